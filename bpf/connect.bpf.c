@@ -1,0 +1,157 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * cgroup/connect4 and cgroup/connect6: the enforcement point.
+ *
+ * Attached to the root of the cgroup2 hierarchy, these run on every TCP
+ * connect() on the node. They may decide exactly three things, for sockets
+ * of processes in a policy cgroup (or its descendants) only:
+ *   - redirect: rewrite the destination to the proxy listener and remember
+ *     the original destination by socket cookie (pending_redirects);
+ *   - allow: leave the connect() alone (an L4-only rule covers it);
+ *   - deny: fail the connect() with EPERM (no rule covers it).
+ * Everything else (no policy cgroup, UDP, other socket types) passes
+ * untouched. Every decision is counted in verdict_counters.
+ */
+#include "common.h"
+#include "maps.h"
+
+/* Static settings, written by userspace before load. */
+const volatile __u32 proxy_ip4 = 0;      /* network order */
+const volatile __u16 proxy_port4 = 0;    /* host order */
+const volatile __u32 proxy_ip6[4] = {};  /* network order; IPv4-mapped if no IPv6 listener */
+const volatile __u16 proxy_port6 = 0;    /* host order */
+
+#define SW_CONNECT_PASS 1
+#define SW_CONNECT_EPERM 0
+
+/* Deepest cgroup (the process's own, or its closest ancestor) with a policy. */
+static __always_inline bool sw_classify(__u32 *policy_id)
+{
+	bool found = false;
+
+	for (int level = 0; level < SW_MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		struct sw_policy_ref *ref;
+
+		if (!id)
+			break;
+		ref = bpf_map_lookup_elem(&policy_cgroups, &id);
+		if (ref) {
+			*policy_id = ref->policy_id;
+			found = true;
+		}
+	}
+	return found;
+}
+
+static __always_inline __u32 sw_rule_verdict(__u32 policy_id, const __u8 addr[16],
+					     __u16 port)
+{
+	struct sw_rule_key key = {
+		.prefixlen = SW_RULE_KEY_FIXED_BITS + 128,
+		.policy_id = policy_id,
+		.port = port,
+	};
+	struct sw_rule_value *v;
+	__u32 verdict = SW_VERDICT_DENY;
+
+	__builtin_memcpy(key.addr, addr, 16);
+	v = bpf_map_lookup_elem(&policy_rules, &key);
+	if (v)
+		verdict = v->verdict;
+	key.port = 0; /* rules that cover every port */
+	v = bpf_map_lookup_elem(&policy_rules, &key);
+	if (v && v->verdict > verdict)
+		verdict = v->verdict;
+	if (verdict >= SW_VERDICT_MAX)
+		verdict = SW_VERDICT_DENY;
+	return verdict;
+}
+
+static __always_inline void sw_count(__u32 policy_id, __u32 verdict)
+{
+	struct sw_counter_key key = { .policy_id = policy_id, .verdict = verdict };
+	__u64 *count = bpf_map_lookup_elem(&verdict_counters, &key);
+
+	if (count)
+		*count += 1; /* per-CPU value: no other writer */
+}
+
+static __always_inline bool sw_is_tcp(struct bpf_sock_addr *ctx)
+{
+	return ctx->type == SOCK_STREAM &&
+	       (ctx->protocol == IPPROTO_TCP || ctx->protocol == IPPROTO_MPTCP_);
+}
+
+/*
+ * Decides for one connect() and returns the hook's return value. On
+ * redirect, records the original destination and sets *redirect: the caller
+ * rewrites the address for its family.
+ */
+static __always_inline int sw_decide(struct bpf_sock_addr *ctx, const __u8 addr[16],
+				     __u16 port, __u16 family, bool *redirect)
+{
+	__u32 policy_id = 0, verdict;
+	struct sw_orig_dst od = {};
+	__u64 cookie;
+
+	*redirect = false;
+	if (!sw_is_tcp(ctx) || !sw_classify(&policy_id))
+		return SW_CONNECT_PASS;
+
+	verdict = sw_rule_verdict(policy_id, addr, port);
+	if (verdict == SW_VERDICT_REDIRECT) {
+		__builtin_memcpy(od.addr, addr, 16);
+		od.port = port;
+		od.family = family;
+		od.policy_id = policy_id;
+		od.cgroup_id = bpf_get_current_cgroup_id();
+		od.netns_cookie = bpf_get_netns_cookie(ctx);
+		cookie = bpf_get_socket_cookie(ctx);
+		/* Fail closed: a redirect we cannot account for is refused. */
+		if (bpf_map_update_elem(&pending_redirects, &cookie, &od, BPF_ANY))
+			verdict = SW_VERDICT_DENY;
+		else
+			*redirect = true;
+	}
+	sw_count(policy_id, verdict);
+	return verdict == SW_VERDICT_DENY ? SW_CONNECT_EPERM : SW_CONNECT_PASS;
+}
+
+SEC("cgroup/connect4")
+int sw_connect4(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	bool redirect;
+	int ret;
+
+	sw_addr_from_ip4(addr, ctx->user_ip4);
+	ret = sw_decide(ctx, addr, bpf_ntohs((__u16)ctx->user_port), AF_INET, &redirect);
+	if (redirect) {
+		ctx->user_ip4 = proxy_ip4;
+		ctx->user_port = bpf_htons(proxy_port4);
+	}
+	return ret;
+}
+
+SEC("cgroup/connect6")
+int sw_connect6(struct bpf_sock_addr *ctx)
+{
+	__u8 addr[16];
+	bool redirect;
+	int ret;
+
+	sw_addr_from_ip6(addr, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
+			 ctx->user_ip6[3]);
+	ret = sw_decide(ctx, addr, bpf_ntohs((__u16)ctx->user_port), AF_INET6, &redirect);
+	if (redirect) {
+		ctx->user_ip6[0] = proxy_ip6[0];
+		ctx->user_ip6[1] = proxy_ip6[1];
+		ctx->user_ip6[2] = proxy_ip6[2];
+		ctx->user_ip6[3] = proxy_ip6[3];
+		ctx->user_port = bpf_htons(proxy_port6);
+	}
+	return ret;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

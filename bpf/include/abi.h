@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The one ABI between sockwarden's eBPF programs and its Rust userspace.
+ *
+ * Every map key, map value and enum that both sides read is defined here and
+ * nowhere else. Rust sees these types through the skeletons that build.rs
+ * generates from the objects' BTF (module `bpf::types`), never through a
+ * hand-written twin. Sizes are pinned with _Static_assert so that a change in
+ * layout fails the build instead of corrupting a map.
+ *
+ * Addresses are always 16 bytes in network order: IPv4 is stored
+ * IPv4-mapped (::ffff:a.b.c.d), so one key shape serves both families.
+ * Ports are host order unless a field says otherwise.
+ */
+#ifndef SOCKWARDEN_ABI_H
+#define SOCKWARDEN_ABI_H
+
+/* Upper bounds shared by both sides. */
+#define SW_MAX_POLICIES 256          /* policy ids are 0..SW_MAX_POLICIES-1 */
+#define SW_MAX_CGROUP_DEPTH 32       /* deepest cgroup level classified */
+#define SW_MAX_POLICY_CGROUPS 1024   /* entries in policy_cgroups */
+#define SW_MAX_RULE_PREFIXES 65536   /* entries in policy_rules */
+#define SW_MAX_TRACKED_CONNS 65536   /* pending_redirects, orig_dsts */
+
+/* What connect() does for a (policy, destination, port). Absence = deny. */
+enum sw_verdict {
+	SW_VERDICT_DENY = 0,     /* refused with EPERM (never stored: absence) */
+	SW_VERDICT_ALLOW = 1,    /* allowed at L4, not redirected */
+	SW_VERDICT_REDIRECT = 2, /* allowed if HTTP rules pass: sent to the proxy */
+	SW_VERDICT_MAX = 3,
+};
+
+/* policy_cgroups value: which policy enforces this cgroup (and descendants). */
+struct sw_policy_ref {
+	__u32 policy_id;
+};
+
+/*
+ * policy_rules key (LPM trie). prefixlen counts bits from policy_id on:
+ * 32 (policy_id) + 16 (port) + 16 (pad) + address prefix (0..128, IPv4
+ * prefixes offset by 96 for the mapped form). port 0 means "any port".
+ */
+struct sw_rule_key {
+	__u32 prefixlen;
+	__u32 policy_id;
+	__u16 port;
+	__u16 pad;
+	__u8 addr[16];
+};
+#define SW_RULE_KEY_FIXED_BITS 64
+
+struct sw_rule_value {
+	enum sw_verdict verdict;
+};
+
+/* Where a redirected connection was really going. */
+struct sw_orig_dst {
+	__u8 addr[16];       /* original destination (IPv4-mapped for IPv4) */
+	__u16 port;          /* original destination port */
+	__u16 family;        /* AF_INET or AF_INET6, as the workload called connect() */
+	__u32 policy_id;
+	__u64 cgroup_id;     /* the workload socket's own cgroup */
+	__u64 netns_cookie;  /* the workload's network namespace */
+};
+
+/*
+ * A connection as the proxy's listener sees it: the workload's address and
+ * port, and the proxy address it was sent to. This is the TCP 4-tuple at the
+ * listener, unique while the connection exists, whichever namespace the
+ * workload lives in (two namespaces cannot present the same 4-tuple to one
+ * listening socket).
+ */
+struct sw_conn_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+};
+
+/* verdict_counters key. */
+struct sw_counter_key {
+	__u32 policy_id;
+	enum sw_verdict verdict;
+};
+
+_Static_assert(sizeof(struct sw_policy_ref) == 4, "sw_policy_ref layout");
+_Static_assert(sizeof(struct sw_rule_key) == 28, "sw_rule_key layout");
+_Static_assert(sizeof(struct sw_rule_value) == 4, "sw_rule_value layout");
+_Static_assert(sizeof(struct sw_orig_dst) == 40, "sw_orig_dst layout");
+_Static_assert(sizeof(struct sw_conn_key) == 36, "sw_conn_key layout");
+_Static_assert(sizeof(struct sw_counter_key) == 8, "sw_counter_key layout");
+
+#endif /* SOCKWARDEN_ABI_H */

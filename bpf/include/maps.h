@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Maps shared by every sockwarden object. Each is pinned by name under the
+ * pin path userspace opens the objects with, so the objects that include
+ * this header share one instance of each map, and bpftool shows them with
+ * their BTF field names.
+ */
+#ifndef SOCKWARDEN_MAPS_H
+#define SOCKWARDEN_MAPS_H
+
+#include "abi.h"
+
+/* cgroup id -> policy enforced on it (and on its descendants). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SW_MAX_POLICY_CGROUPS);
+	__type(key, __u64);
+	__type(value, struct sw_policy_ref);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_cgroups SEC(".maps");
+
+/* (policy, port, destination prefix) -> verdict; longest prefix wins. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, SW_MAX_RULE_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sw_rule_key);
+	__type(value, struct sw_rule_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_rules SEC(".maps");
+
+/* socket cookie -> original destination, from connect() until the SYN. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_MAX_TRACKED_CONNS);
+	__type(key, __u64);
+	__type(value, struct sw_orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pending_redirects SEC(".maps");
+
+/* listener-side 4-tuple -> original destination, until the proxy accepts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_MAX_TRACKED_CONNS);
+	__type(key, struct sw_conn_key);
+	__type(value, struct sw_orig_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} orig_dsts SEC(".maps");
+
+/* (policy, verdict) -> connect() calls, per CPU. Keys are created by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, SW_MAX_POLICIES * SW_VERDICT_MAX);
+	__type(key, struct sw_counter_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} verdict_counters SEC(".maps");
+
+#endif /* SOCKWARDEN_MAPS_H */

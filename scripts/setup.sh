@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every system package sockwarden's build, demo and tests need.
+# Idempotent, and quiet when nothing is missing.
+set -euo pipefail
+
+packages=(
+  clang-19 llvm-19        # BPF C compiler (Debian 12's default clang is 14)
+  libelf-dev zlib1g-dev pkg-config   # libbpf-sys links libelf and zlib
+  bpftool                 # vmlinux.h generation, map inspection in tests and docs
+  iproute2                # network namespaces and veth for the demo and tests
+  curl                    # the demo's and tests' unmodified HTTP client
+  python3                 # the demo origin (http.server)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup.sh: missing packages (${missing[*]}) and not root: run as root to install them" >&2
+    exit 1
+  fi
+  echo "setup.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup.sh: cargo is not on PATH; install a Rust toolchain (rustup) first" >&2
+  exit 1
+fi

@@ -1,0 +1,125 @@
+//! One JSON line per request, written off the data path by a dedicated
+//! thread. When the writer falls behind, lines are dropped and counted
+//! (`sockwarden_access_log_dropped_total`); requests never wait for the log.
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+
+use serde::Serialize;
+
+use crate::metrics;
+
+/// Lines that may wait for the writer.
+const QUEUE: usize = 16 * 1024;
+
+/// Envoy-style response flags.
+pub mod flags {
+    /// Upstream connection failure.
+    pub const UF: &str = "UF";
+    /// Upstream request timeout.
+    pub const UT: &str = "UT";
+    /// Upstream connection termination (closed or reset mid-exchange).
+    pub const UC: &str = "UC";
+    /// Downstream connection termination.
+    pub const DC: &str = "DC";
+    /// Downstream protocol error (bad request).
+    pub const DPE: &str = "DPE";
+    /// Upstream protocol error (bad response).
+    pub const UPE: &str = "UPE";
+    /// Denied by policy (Envoy's RBAC flag).
+    pub const RBAC: &str = "RBAC";
+    /// No original destination (connection not redirected by sockwarden).
+    pub const NR: &str = "NR";
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Record {
+    pub time: String,
+    pub downstream_id: u64,
+    pub upstream_id: Option<u64>,
+    pub policy: Option<String>,
+    pub cgroup: Option<String>,
+    pub cgroup_id: Option<u64>,
+    pub client: String,
+    pub original_dst: Option<String>,
+    pub method: Option<String>,
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub status: u16,
+    pub verdict: &'static str,
+    pub flags: Vec<&'static str>,
+    /// Why the proxy answered for itself, when it did.
+    pub reason: Option<String>,
+    pub upstream_attempts: u32,
+    /// Bytes received from the client for this request (head and body).
+    pub bytes_received: u64,
+    /// Bytes sent to the client for this request (head and body).
+    pub bytes_sent: u64,
+    pub duration_ms: f64,
+}
+
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: Option<SyncSender<Record>>,
+}
+
+impl AccessLog {
+    /// `stdout` (default), `off`, or a file path (appended to).
+    pub fn open(target: Option<&str>) -> std::io::Result<AccessLog> {
+        let sink: Box<dyn Write + Send> = match target.unwrap_or("stdout") {
+            "off" => return Ok(AccessLog { tx: None }),
+            "stdout" => Box::new(std::io::stdout()),
+            path => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel::<Record>(QUEUE);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(sink);
+                while let Ok(first) = rx.recv() {
+                    let mut next = Some(first);
+                    while let Some(rec) = next {
+                        if serde_json::to_writer(&mut out, &rec).is_ok() {
+                            let _ = out.write_all(b"\n");
+                        }
+                        next = rx.try_recv().ok();
+                    }
+                    let _ = out.flush();
+                }
+            })?;
+        Ok(AccessLog { tx: Some(tx) })
+    }
+
+    pub fn write(&self, rec: Record) {
+        if let Some(tx) = &self.tx {
+            match tx.try_send(rec) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) => metrics::access_log_dropped(),
+            }
+        }
+    }
+}
+
+/// RFC 3339 UTC time with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_format_is_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20"), "{t}");
+        assert!(t.ends_with('Z'));
+        assert_eq!(&t[10..11], "T");
+    }
+}

@@ -1,0 +1,422 @@
+//! Loading, attaching, pinning and reading sockwarden's eBPF programs.
+//!
+//! Programs are attached to the root of the cgroup2 hierarchy with bpf_links
+//! that are pinned under `<pin_path>/links/`, and every map is pinned by name
+//! under `<pin_path>/`. Pinned links keep enforcement in place if the process
+//! dies (fail closed: redirected connects are refused instead of bypassing
+//! policy); the next start removes such leftovers before loading.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
+
+use crate::policy::kernel::{addr16, ConnectVerdict, RuleEntry};
+use crate::policy::PolicyId;
+
+pub mod skel;
+
+pub use skel::abi;
+
+/// statfs(2) f_type of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Maps every object shares, pinned under the pin path by these names.
+pub const SHARED_MAPS: [&str; 5] = [
+    "policy_cgroups",
+    "policy_rules",
+    "pending_redirects",
+    "orig_dsts",
+    "verdict_counters",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("{path} is not a bpf filesystem and mounting one there failed: {source}")]
+    BpfFs { path: PathBuf, source: nix::Error },
+    #[error("removing leftovers of an earlier run under {path}: {source}")]
+    Leftovers {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("creating {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading eBPF object {object}: {source} (sockwarden needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    Load {
+        object: &'static str,
+        source: libbpf_rs::Error,
+    },
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("attaching {program} to cgroup {cgroup}: {source}")]
+    Attach {
+        program: &'static str,
+        cgroup: PathBuf,
+        source: libbpf_rs::Error,
+    },
+    #[error("pinning {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        source: libbpf_rs::Error,
+    },
+    #[error("eBPF objects loaded without their maps")]
+    NotLoaded,
+    #[error("map {map}: {op}: {source}")]
+    Map {
+        map: &'static str,
+        op: &'static str,
+        source: libbpf_rs::Error,
+    },
+}
+
+/// Plain-old-data ABI types that may be viewed as bytes.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]`, `Copy`, have no padding and accept any bit
+/// pattern (the C header asserts the sizes; so do the impls below).
+unsafe trait Pod: Copy + Default {
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: Pod types are repr(C) without padding: every byte is initialized.
+        unsafe {
+            std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>())
+        }
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length matches and any bit pattern is a valid value.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+macro_rules! pod {
+    ($($t:ty = $size:expr),* $(,)?) => {$(
+        const _: () = assert!(size_of::<$t>() == $size);
+        // SAFETY: generated from abi.h, where the size is asserted equal to the
+        // sum of the fields (no padding); fields are integers and byte arrays.
+        unsafe impl Pod for $t {}
+    )*};
+}
+
+pod!(
+    abi::sw_policy_ref = 4,
+    abi::sw_rule_key = 28,
+    abi::sw_rule_value = 4,
+    abi::sw_orig_dst = 40,
+    abi::sw_conn_key = 36,
+    abi::sw_counter_key = 8,
+);
+
+/// The original destination of a redirected connection, as the kernel saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrigDst {
+    pub dst: SocketAddr,
+    pub policy_id: PolicyId,
+    /// The workload socket's own cgroup id.
+    pub cgroup_id: u64,
+}
+
+/// Where the proxy listens, as the kernel redirects to it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProxyTarget {
+    pub v4: SocketAddr,
+    pub v6: SocketAddr,
+}
+
+fn ip_from16(a: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(a);
+    v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+}
+
+/// Handles on the pinned maps userspace reads and writes at run time.
+#[derive(Debug)]
+pub struct Maps {
+    policy_cgroups: MapHandle,
+    policy_rules: MapHandle,
+    orig_dsts: MapHandle,
+    verdict_counters: MapHandle,
+}
+
+impl Maps {
+    fn open(pin_path: &Path) -> Result<Maps, BpfError> {
+        let open = |name: &'static str| {
+            MapHandle::from_pinned_path(pin_path.join(name)).map_err(|source| BpfError::Map {
+                map: name,
+                op: "open pinned",
+                source,
+            })
+        };
+        Ok(Maps {
+            policy_cgroups: open("policy_cgroups")?,
+            policy_rules: open("policy_rules")?,
+            orig_dsts: open("orig_dsts")?,
+            verdict_counters: open("verdict_counters")?,
+        })
+    }
+
+    /// Enforces policy `policy_id` on the cgroup with id `cgroup_id`.
+    pub fn set_policy_cgroup(&self, cgroup_id: u64, policy_id: PolicyId) -> Result<(), BpfError> {
+        let v = abi::sw_policy_ref { policy_id };
+        self.policy_cgroups
+            .update(&cgroup_id.to_ne_bytes(), v.as_bytes(), MapFlags::ANY)
+            .map_err(|source| BpfError::Map {
+                map: "policy_cgroups",
+                op: "update",
+                source,
+            })
+    }
+
+    pub fn remove_policy_cgroup(&self, cgroup_id: u64) -> Result<(), BpfError> {
+        match self.policy_cgroups.delete(&cgroup_id.to_ne_bytes()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(BpfError::Map {
+                map: "policy_cgroups",
+                op: "delete",
+                source,
+            }),
+        }
+    }
+
+    fn write_rules(&self, entries: &[RuleEntry]) -> Result<(), BpfError> {
+        for e in entries {
+            let key = abi::sw_rule_key {
+                prefixlen: 64 + u32::from(e.prefix_len),
+                policy_id: e.policy_id,
+                port: e.port,
+                pad: 0,
+                addr: e.addr,
+            };
+            let value = abi::sw_rule_value {
+                verdict: match e.verdict {
+                    ConnectVerdict::Allow => abi::sw_verdict::SW_VERDICT_ALLOW,
+                    ConnectVerdict::Redirect => abi::sw_verdict::SW_VERDICT_REDIRECT,
+                },
+            };
+            self.policy_rules
+                .update(key.as_bytes(), value.as_bytes(), MapFlags::ANY)
+                .map_err(|source| BpfError::Map {
+                    map: "policy_rules",
+                    op: "update",
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    fn counter_key(policy_id: PolicyId, verdict: abi::sw_verdict) -> abi::sw_counter_key {
+        abi::sw_counter_key { policy_id, verdict }
+    }
+
+    fn init_counters(&self, policies: usize) -> Result<(), BpfError> {
+        let ncpu = libbpf_rs::num_possible_cpus().map_err(|source| BpfError::Map {
+            map: "verdict_counters",
+            op: "count possible CPUs",
+            source,
+        })?;
+        let zeros = vec![0u64.to_ne_bytes().to_vec(); ncpu];
+        for id in 0..policies as PolicyId {
+            for v in VERDICTS {
+                let key = Self::counter_key(id, v);
+                self.verdict_counters
+                    .update_percpu(key.as_bytes(), &zeros, MapFlags::ANY)
+                    .map_err(|source| BpfError::Map {
+                        map: "verdict_counters",
+                        op: "initialize",
+                        source,
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// connect() decisions so far for a policy: (allowed, redirected, denied).
+    pub fn connect_counts(&self, policy_id: PolicyId) -> Result<ConnectCounts, BpfError> {
+        let read = |v| -> Result<u64, BpfError> {
+            let key = Self::counter_key(policy_id, v);
+            let per_cpu = self
+                .verdict_counters
+                .lookup_percpu(key.as_bytes(), MapFlags::ANY)
+                .map_err(|source| BpfError::Map {
+                    map: "verdict_counters",
+                    op: "lookup",
+                    source,
+                })?;
+            Ok(per_cpu
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|b| b.as_slice().try_into().ok().map(u64::from_ne_bytes))
+                .sum())
+        };
+        Ok(ConnectCounts {
+            allowed: read(abi::sw_verdict::SW_VERDICT_ALLOW)?,
+            redirected: read(abi::sw_verdict::SW_VERDICT_REDIRECT)?,
+            denied: read(abi::sw_verdict::SW_VERDICT_DENY)?,
+        })
+    }
+
+    /// Takes (reads and deletes) the original destination of the connection
+    /// the listener accepted from `peer` on `local`.
+    pub fn take_orig_dst(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Option<OrigDst>, BpfError> {
+        let key = abi::sw_conn_key {
+            saddr: addr16(peer.ip()),
+            daddr: addr16(local.ip()),
+            sport: peer.port(),
+            dport: local.port(),
+        };
+        let value = self
+            .orig_dsts
+            .lookup(key.as_bytes(), MapFlags::ANY)
+            .map_err(|source| BpfError::Map {
+                map: "orig_dsts",
+                op: "lookup",
+                source,
+            })?;
+        let Some(od) = value.as_deref().and_then(abi::sw_orig_dst::from_bytes) else {
+            return Ok(None);
+        };
+        // A failed delete only leaves an LRU entry behind; the lookup stands.
+        let _ = self.orig_dsts.delete(key.as_bytes());
+        Ok(Some(OrigDst {
+            dst: SocketAddr::new(ip_from16(od.addr), od.port),
+            policy_id: od.policy_id,
+            cgroup_id: od.cgroup_id,
+        }))
+    }
+}
+
+const VERDICTS: [abi::sw_verdict; 3] = [
+    abi::sw_verdict::SW_VERDICT_DENY,
+    abi::sw_verdict::SW_VERDICT_ALLOW,
+    abi::sw_verdict::SW_VERDICT_REDIRECT,
+];
+
+/// Kernel-side connect() decisions of one policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectCounts {
+    pub allowed: u64,
+    pub redirected: u64,
+    pub denied: u64,
+}
+
+/// Loaded and attached programs, with their pinned maps and links.
+#[derive(Debug)]
+pub struct Kernel {
+    pin_path: PathBuf,
+    maps: Arc<Maps>,
+    links: Vec<(PathBuf, Link)>,
+}
+
+/// Makes sure the directory holding `pin_path` is on a bpf filesystem,
+/// mounting one there if it is not (as systemd-less hosts need).
+fn ensure_bpffs(pin_path: &Path) -> Result<(), BpfError> {
+    let parent = pin_path.parent().unwrap_or(Path::new("/"));
+    let on_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    };
+    if on_bpffs(parent) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        parent,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpfError::BpfFs {
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    tracing::info!(path = %parent.display(), "mounted a bpf filesystem");
+    Ok(())
+}
+
+/// Removes pins (links first, which detaches them) left by an earlier run.
+/// Returns whether anything was there.
+pub fn remove_pins(pin_path: &Path) -> Result<bool, BpfError> {
+    if !pin_path.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(pin_path.join("links"))
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })
+        .and_then(|()| std::fs::remove_dir_all(pin_path))
+        .map_err(|source| BpfError::Leftovers {
+            path: pin_path.to_path_buf(),
+            source,
+        })?;
+    Ok(true)
+}
+
+impl Kernel {
+    /// Loads every object, writes the static policy, attaches to the root
+    /// of `cgroup_root` and pins everything under `pin_path`.
+    pub fn load(
+        pin_path: &Path,
+        cgroup_root: &Path,
+        proxy: ProxyTarget,
+        rules: &[RuleEntry],
+        policies: usize,
+    ) -> Result<Kernel, BpfError> {
+        ensure_bpffs(pin_path)?;
+        if remove_pins(pin_path)? {
+            tracing::warn!(path = %pin_path.display(), "removed leftovers of an earlier run");
+        }
+        let links_dir = pin_path.join("links");
+        std::fs::create_dir_all(&links_dir).map_err(|source| BpfError::CreateDir {
+            path: links_dir.clone(),
+            source,
+        })?;
+        let cgroup = std::fs::File::open(cgroup_root).map_err(|source| BpfError::Cgroup {
+            path: cgroup_root.to_path_buf(),
+            source,
+        })?;
+        let mut maps = None;
+        let links = skel::load_and_attach(pin_path, proxy, cgroup.as_raw_fd(), cgroup_root, || {
+            // Maps exist (and are pinned) once the objects are loaded: fill
+            // them before any program runs.
+            let m = Maps::open(pin_path)?;
+            m.write_rules(rules)?;
+            m.init_counters(policies)?;
+            maps = Some(m);
+            Ok(())
+        })?;
+        let maps = maps.ok_or(BpfError::NotLoaded)?;
+        Ok(Kernel {
+            pin_path: pin_path.to_path_buf(),
+            maps: Arc::new(maps),
+            links,
+        })
+    }
+
+    pub fn maps(&self) -> Arc<Maps> {
+        Arc::clone(&self.maps)
+    }
+
+    /// Detaches every program and removes every pin.
+    pub fn shutdown(mut self) -> Result<(), BpfError> {
+        for (path, mut link) in self.links.drain(..) {
+            if let Err(e) = link.unpin() {
+                tracing::warn!(path = %path.display(), error = %e, "unpinning link");
+            }
+        }
+        remove_pins(&self.pin_path).map(|_| ())
+    }
+}

@@ -1,0 +1,124 @@
+//! The generated skeletons, and the one place that opens and loads them.
+
+use std::mem::MaybeUninit;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::Link;
+
+use super::{BpfError, ProxyTarget};
+
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod connect {
+    include!(concat!(env!("OUT_DIR"), "/connect.skel.rs"));
+}
+
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod sockops {
+    include!(concat!(env!("OUT_DIR"), "/sockops.skel.rs"));
+}
+
+/// The ABI types of bpf/include/abi.h, as generated from the objects' BTF.
+pub use connect::types as abi;
+
+/// Points each shared map of an open skeleton at its pin.
+macro_rules! pin_shared_maps {
+    ($maps:expr, $dir:expr) => {{
+        for (name, map) in [
+            ("policy_cgroups", &mut $maps.policy_cgroups),
+            ("policy_rules", &mut $maps.policy_rules),
+            ("pending_redirects", &mut $maps.pending_redirects),
+            ("orig_dsts", &mut $maps.orig_dsts),
+            ("verdict_counters", &mut $maps.verdict_counters),
+        ] {
+            let path = $dir.join(name);
+            map.set_pin_path(&path)
+                .map_err(|source| BpfError::Pin { path, source })?;
+        }
+    }};
+}
+
+/// An IPv4 address as the kernel stores it (network order in memory).
+fn ip4_be(addr: SocketAddr) -> u32 {
+    match addr.ip() {
+        IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(0, |v4| u32::from_ne_bytes(v4.octets())),
+    }
+}
+
+/// An IPv6 address (IPv4-mapped for IPv4) as four network-order words.
+fn ip6_be(addr: SocketAddr) -> [u32; 4] {
+    let octets = super::addr16(addr.ip());
+    let mut words = [0u32; 4];
+    for (w, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
+        *w = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    words
+}
+
+fn load_err(object: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
+    move |source| BpfError::Load { object, source }
+}
+
+/// Loads both objects (their shared maps pinned under `pin_path`), runs
+/// `before_attach` once the maps exist, then attaches every program to the
+/// cgroup `cgroup_fd` and pins the links under `pin_path/links`.
+pub fn load_and_attach(
+    pin_path: &Path,
+    proxy: ProxyTarget,
+    cgroup_fd: i32,
+    cgroup_root: &Path,
+    before_attach: impl FnOnce() -> Result<(), BpfError>,
+) -> Result<Vec<(PathBuf, Link)>, BpfError> {
+    let mut connect_obj = MaybeUninit::uninit();
+    let mut open = connect::ConnectSkelBuilder::default()
+        .open(&mut connect_obj)
+        .map_err(load_err("connect.bpf.o"))?;
+    pin_shared_maps!(open.maps, pin_path);
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or(BpfError::NotLoaded)?;
+    rodata.proxy_ip4 = ip4_be(proxy.v4);
+    rodata.proxy_port4 = proxy.v4.port();
+    rodata.proxy_ip6 = ip6_be(proxy.v6);
+    rodata.proxy_port6 = proxy.v6.port();
+    let connect = open.load().map_err(load_err("connect.bpf.o"))?;
+
+    let mut sockops_obj = MaybeUninit::uninit();
+    let mut open = sockops::SockopsSkelBuilder::default()
+        .open(&mut sockops_obj)
+        .map_err(load_err("sockops.bpf.o"))?;
+    pin_shared_maps!(open.maps, pin_path);
+    let sockops = open.load().map_err(load_err("sockops.bpf.o"))?;
+
+    before_attach()?;
+
+    // sockops first: a connect() redirected before it is attached would
+    // never have its original destination recorded.
+    let mut links = Vec::new();
+    for (name, prog) in [
+        ("sw_sockops", &sockops.progs.sw_sockops),
+        ("sw_connect4", &connect.progs.sw_connect4),
+        ("sw_connect6", &connect.progs.sw_connect6),
+    ] {
+        let mut link = prog
+            .attach_cgroup(cgroup_fd)
+            .map_err(|source| BpfError::Attach {
+                program: name,
+                cgroup: cgroup_root.to_path_buf(),
+                source,
+            })?;
+        let path = pin_path.join("links").join(name);
+        link.pin(&path).map_err(|source| BpfError::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        links.push((path, link));
+    }
+    Ok(links)
+}

@@ -1,0 +1,296 @@
+//! The cgroup2 hierarchy: finding its mount, naming cgroups by id, and
+//! keeping the kernel's policy_cgroups map in step with cgroups that come
+//! and go.
+//!
+//! A policy may name a cgroup that does not exist yet (a systemd unit that
+//! starts later). The watcher adds it to the kernel map when it appears:
+//! inotify on the closest existing ancestor reports the mkdir, and a rescan
+//! every [`RESCAN_INTERVAL`] backs inotify up. The window in which a process
+//! in a brand-new cgroup is not yet enforced is the time from mkdir to the
+//! watcher's map update: well under a millisecond to a few milliseconds with
+//! inotify, at most [`RESCAN_INTERVAL`] if an event were lost.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use tokio::io::unix::AsyncFd;
+
+use crate::bpf::Maps;
+use crate::config::CgroupPath;
+use crate::policy::PolicyId;
+
+/// Backstop rescan period for policy cgroups.
+pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); set bpf.cgroup_root")]
+    NoCgroup2,
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a cgroup2 mount")]
+    NotCgroup2 { path: PathBuf },
+    #[error(
+        "sockwarden's own process is in cgroup {own}, which policy {policy:?} enforces \
+         (cgroup {cgroup}): its upstream connections would be redirected to itself. \
+         Run sockwarden outside every enforced cgroup"
+    )]
+    SelfEnforced {
+        own: String,
+        policy: String,
+        cgroup: String,
+    },
+    #[error("inotify: {0}")]
+    Inotify(nix::Error),
+}
+
+/// statfs(2) f_type of cgroup2.
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+
+/// The cgroup2 mount point: `configured` if given (checked), else the first
+/// cgroup2 mount in /proc/self/mountinfo.
+pub fn cgroup2_root(configured: Option<&Path>) -> Result<PathBuf, CgroupError> {
+    if let Some(p) = configured {
+        let is_cgroup2 = nix::sys::statfs::statfs(p)
+            .is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC);
+        return if is_cgroup2 {
+            Ok(p.to_path_buf())
+        } else {
+            Err(CgroupError::NotCgroup2 {
+                path: p.to_path_buf(),
+            })
+        };
+    }
+    let path = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.into(),
+        source,
+    })?;
+    find_cgroup2_mount(&text).ok_or(CgroupError::NoCgroup2)
+}
+
+/// First cgroup2 mount point in mountinfo text.
+fn find_cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mountinfo(mount_point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The cgroup2 path of this process (`/` for the root).
+pub fn own_cgroup() -> Result<String, CgroupError> {
+    let path = Path::new("/proc/self/cgroup");
+    let text = std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.into(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .unwrap_or("/")
+        .to_string())
+}
+
+/// Refuses to run inside a cgroup that a policy enforces.
+pub fn check_not_self_enforced(
+    own: &str,
+    policies: &[(String, CgroupPath)],
+) -> Result<(), CgroupError> {
+    for (name, cgroup) in policies {
+        if cgroup.contains(own) {
+            return Err(CgroupError::SelfEnforced {
+                own: own.to_string(),
+                policy: name.clone(),
+                cgroup: cgroup.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The id of the cgroup at `dir` (its inode number in cgroup2), if it exists.
+pub fn cgroup_id(dir: &Path) -> Option<u64> {
+    std::fs::metadata(dir)
+        .ok()
+        .filter(|m| m.is_dir())
+        .map(|m| m.ino())
+}
+
+/// An inotify instance as a raw descriptor, for tokio's reactor.
+struct InotifyFd(Inotify);
+
+impl AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+fn io_errno(e: &std::io::Error) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Keeps policy_cgroups in step with the policy cgroups that exist.
+pub struct Watcher {
+    root: PathBuf,
+    /// (policy id, directory) for every policy.
+    policies: Vec<(PolicyId, PathBuf)>,
+    /// Cgroup id currently in the kernel map for each policy.
+    current: HashMap<PolicyId, u64>,
+    maps: Arc<Maps>,
+}
+
+impl Watcher {
+    pub fn new(root: &Path, policies: &[CgroupPath], maps: Arc<Maps>) -> Watcher {
+        Watcher {
+            root: root.to_path_buf(),
+            policies: policies
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (i as PolicyId, c.under(root)))
+                .collect(),
+            current: HashMap::new(),
+            maps,
+        }
+    }
+
+    /// Brings the kernel map in line with the filesystem. Returns the
+    /// directories to watch: each policy cgroup's closest existing ancestor
+    /// (to see it appear) or parent (to see it go).
+    pub fn sync(&mut self) -> Vec<PathBuf> {
+        let mut watch = Vec::new();
+        for (id, dir) in &self.policies {
+            let now = cgroup_id(dir);
+            let before = self.current.get(id).copied();
+            if now != before {
+                if let Some(old) = before {
+                    if let Err(e) = self.maps.remove_policy_cgroup(old) {
+                        tracing::error!(error = %e, "removing a gone cgroup from policy_cgroups");
+                    }
+                    self.current.remove(id);
+                    tracing::info!(cgroup = %dir.display(), "policy cgroup removed");
+                }
+                if let Some(new) = now {
+                    match self.maps.set_policy_cgroup(new, *id) {
+                        Ok(()) => {
+                            self.current.insert(*id, new);
+                            tracing::info!(cgroup = %dir.display(), cgroup_id = new, "enforcing policy cgroup");
+                        }
+                        Err(e) => tracing::error!(error = %e, "adding a cgroup to policy_cgroups"),
+                    }
+                }
+            }
+            let mut anchor = dir.parent();
+            while let Some(a) = anchor {
+                if a.is_dir() || a == self.root {
+                    break;
+                }
+                anchor = a.parent();
+            }
+            if let Some(a) = anchor {
+                watch.push(a.to_path_buf());
+            }
+        }
+        watch
+    }
+
+    /// Runs until the task is dropped: inotify events and periodic rescans
+    /// both trigger [`Watcher::sync`].
+    pub async fn run(mut self) -> Result<(), CgroupError> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(CgroupError::Inotify)?;
+        // SAFETY: InotifyFd owns the inotify descriptor and never closes or
+        // replaces it while the AsyncFd exists.
+        let fd = unsafe { AsyncFd::register(InotifyFd(inotify)) }
+            .map_err(|e| CgroupError::Inotify(io_errno(&e.into_parts().1)))?;
+        let mask = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_ONLYDIR;
+        let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+        loop {
+            for dir in self.sync() {
+                // Re-adding an existing watch only refreshes its mask.
+                let _ = fd.get_ref().0.add_watch(&dir, mask);
+            }
+            tokio::select! {
+                _ = tick.tick() => {}
+                ready = fd.readable() => {
+                    let mut guard = ready.map_err(|e| CgroupError::Inotify(io_errno(&e)))?;
+                    // Drain; the events only say "look again".
+                    while fd.get_ref().0.read_events().is_ok() {}
+                    guard.clear_ready();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_hybrid_mountinfo() {
+        let text = "\
+25 30 0:23 / /sys rw,nosuid shared:7 - sysfs sysfs rw
+35 26 0:30 / /sys/fs/cgroup ro shared:9 - tmpfs tmpfs ro,mode=755
+36 35 0:31 / /sys/fs/cgroup/unified rw,nosuid shared:10 - cgroup2 cgroup2 rw
+37 35 0:32 / /sys/fs/cgroup/systemd rw shared:11 - cgroup cgroup rw,name=systemd
+";
+        assert_eq!(
+            find_cgroup2_mount(text),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(find_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/x rw\n"), None);
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn refuses_to_enforce_itself() {
+        let policies = vec![(
+            "analytics".to_string(),
+            CgroupPath::parse("/apps/analytics").unwrap(),
+        )];
+        assert!(check_not_self_enforced("/apps/analytics", &policies).is_err());
+        assert!(check_not_self_enforced("/apps/analytics/worker", &policies).is_err());
+        assert!(check_not_self_enforced("/apps/analytics2", &policies).is_ok());
+        assert!(check_not_self_enforced("/", &policies).is_ok());
+        let msg = check_not_self_enforced("/apps/analytics", &policies)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("policy \"analytics\""), "{msg}");
+    }
+}

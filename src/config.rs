@@ -1,0 +1,657 @@
+//! The YAML configuration: its shape, its defaults, and validation that
+//! points at file, line, column and field path.
+//!
+//! Values that can be wrong on their own (a CIDR, a regex, a port, a cgroup
+//! path) are checked while deserializing, so the YAML parser's location is
+//! the value's own. Checks across values (duplicate policy names) use
+//! [`serde_saphyr::Spanned`] to keep the location.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+/// A configuration file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {field}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: u64,
+        column: u64,
+        /// Field path, e.g. `policies[0].egress[1].to[0]`.
+        field: String,
+        message: String,
+    },
+}
+
+/// Default pin path for maps and links.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/sockwarden";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub bpf: BpfConfig,
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    pub policies: Vec<Policy>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Where redirected connections go; must be reachable from the workloads.
+    pub listen: SocketAddr,
+    /// Optional IPv6 listener for IPv6 connects. Without it, IPv6 connects are
+    /// redirected to the IPv4-mapped form of `listen` (dual-stack sockets).
+    #[serde(default)]
+    pub listen_v6: Option<SocketAddr>,
+    /// How long a client connection may sit idle between requests.
+    #[serde(default = "default_client_idle_timeout", with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BpfConfig {
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+    /// The cgroup2 mount; auto-detected from /proc/self/mountinfo when absent.
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
+}
+
+impl Default for BpfConfig {
+    fn default() -> Self {
+        BpfConfig {
+            pin_path: default_pin_path(),
+            cgroup_root: None,
+        }
+    }
+}
+
+/// Upstream connection settings: global defaults, overridable per rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for a response head, and longest silence inside a body.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Idle pooled connections are closed after this long.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Retire a connection after this many requests; 0 = unlimited.
+    #[serde(default)]
+    pub max_requests_per_connection: u32,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_requests_per_connection: 0,
+        }
+    }
+}
+
+/// Per-rule overrides of [`UpstreamConfig`]; absent fields inherit.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamOverride {
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+}
+
+impl UpstreamOverride {
+    /// The effective settings: these overrides on top of `base`.
+    pub fn apply(&self, base: &UpstreamConfig) -> UpstreamConfig {
+        UpstreamConfig {
+            connect_timeout: self.connect_timeout.unwrap_or(base.connect_timeout),
+            request_timeout: self.request_timeout.unwrap_or(base.request_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(base.idle_timeout),
+            max_requests_per_connection: self
+                .max_requests_per_connection
+                .unwrap_or(base.max_requests_per_connection),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// Where JSON access-log lines go: `stdout` (default), `off`, or a file path.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(serialize_with = "ser_spanned")]
+    pub name: Spanned<String>,
+    pub cgroup: CgroupPath,
+    pub egress: Vec<EgressRule>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressRule {
+    pub to: Vec<Cidr>,
+    /// Empty or absent: every port.
+    #[serde(default)]
+    pub ports: Vec<Port>,
+    /// Present: the rule is enforced at L7 through the proxy.
+    #[serde(default)]
+    pub http: Option<Vec<HttpRule>>,
+    #[serde(default)]
+    pub upstream: Option<UpstreamOverride>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRule {
+    #[serde(default)]
+    pub method: Option<AnchoredRegex>,
+    #[serde(default)]
+    pub path: Option<AnchoredRegex>,
+    #[serde(default)]
+    pub host: Option<AnchoredRegex>,
+    #[serde(default)]
+    pub headers: Vec<HeaderMatch>,
+}
+
+fn default_client_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9901))
+}
+fn default_pin_path() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_PATH)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn ser_spanned<S: serde::Serializer>(v: &Spanned<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&v.value)
+}
+
+/// A destination prefix. A bare address means a single host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let net = if s.contains('/') {
+            s.parse::<IpNet>()
+                .map_err(|_| de::Error::custom(format!("invalid CIDR {s:?}")))?
+        } else {
+            let ip = s.parse::<std::net::IpAddr>().map_err(|_| {
+                de::Error::custom(format!("invalid CIDR {s:?} (expected e.g. 10.0.0.0/8)"))
+            })?;
+            IpNet::from(ip)
+        };
+        if net.trunc() != net {
+            return Err(de::Error::custom(format!(
+                "CIDR {s:?} has host bits set; did you mean {}?",
+                net.trunc()
+            )));
+        }
+        Ok(Cidr(net))
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// A TCP port, 1 to 65535.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Port(pub u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = i64::deserialize(d)?;
+        match u16::try_from(n) {
+            Ok(p) if p != 0 => Ok(Port(p)),
+            _ => Err(de::Error::custom(format!(
+                "port {n} is out of range (1 to 65535)"
+            ))),
+        }
+    }
+}
+
+/// A regex matched against the whole value, as in Cilium's HTTP rules.
+#[derive(Clone)]
+pub struct AnchoredRegex {
+    pub source: String,
+    pub regex: regex::Regex,
+}
+
+impl AnchoredRegex {
+    pub fn new(source: &str) -> Result<Self, regex::Error> {
+        let regex = regex::Regex::new(&format!("^(?:{source})$"))?;
+        Ok(AnchoredRegex {
+            source: source.to_string(),
+            regex,
+        })
+    }
+
+    pub fn is_match(&self, s: &str) -> bool {
+        self.regex.is_match(s)
+    }
+}
+
+impl fmt::Debug for AnchoredRegex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for AnchoredRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AnchoredRegex::new(&s).map_err(|e| {
+            // The regex crate's message spans lines; keep it on one.
+            let detail = e.to_string().replace('\n', " ");
+            de::Error::custom(format!("invalid regex {s:?}: {detail}"))
+        })
+    }
+}
+
+impl Serialize for AnchoredRegex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+/// A required request header: `name` (present) or `name: value` (exact value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    /// Lowercase.
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl HeaderMatch {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (name, value) = match s.split_once(':') {
+            Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
+            None => (s.trim(), None),
+        };
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if name.is_empty() || !name.chars().all(is_tchar) {
+            return Err(format!(
+                "invalid header {s:?}: expected \"name\" or \"name: value\""
+            ));
+        }
+        Ok(HeaderMatch {
+            name: name.to_ascii_lowercase(),
+            value,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderMatch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        HeaderMatch::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for HeaderMatch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.value {
+            Some(v) => s.collect_str(&format_args!("{}: {}", self.name, v)),
+            None => s.serialize_str(&self.name),
+        }
+    }
+}
+
+/// A cgroup path relative to the cgroup2 mount, normalized to `/a/b`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct CgroupPath(String);
+
+impl CgroupPath {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.starts_with("/sys/") || s.starts_with("/proc/") {
+            return Err(format!(
+                "cgroup {s:?} is not relative to the cgroup2 mount (write e.g. /system.slice/app.service)"
+            ));
+        }
+        let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.is_empty() {
+            return Err("cgroup must name a cgroup below the root of the hierarchy".into());
+        }
+        if let Some(bad) = parts.iter().find(|p| **p == "." || **p == "..") {
+            return Err(format!(
+                "cgroup {s:?} is not relative to the cgroup2 mount: {bad:?} is not allowed"
+            ));
+        }
+        Ok(CgroupPath(format!("/{}", parts.join("/"))))
+    }
+
+    /// The normalized path, starting with `/`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The directory under a cgroup2 mount.
+    pub fn under(&self, mount: &Path) -> PathBuf {
+        mount.join(&self.0[1..])
+    }
+
+    /// Whether `other` (a normalized cgroup path) is this cgroup or below it.
+    pub fn contains(&self, other: &str) -> bool {
+        other == self.0
+            || other
+                .strip_prefix(&self.0)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
+impl<'de> Deserialize<'de> for CgroupPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CgroupPath::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+impl fmt::Display for CgroupPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Most policies one configuration may hold (policy ids are kernel array indexes).
+pub const MAX_POLICIES: usize = 256;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, file)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let mut field = String::new();
+        let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+                field = e.path().to_string();
+                e.into_inner()
+            })
+        });
+        let config = parsed.map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Invalid {
+                file: file.to_path_buf(),
+                line,
+                column,
+                field: if field.is_empty() || field == "." {
+                    "(document)".into()
+                } else {
+                    field.clone()
+                },
+                message: bare_message(&e),
+            }
+        })?;
+        config.validate(file)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), ConfigError> {
+        let at = |span: &Spanned<String>, field: String, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line: span.referenced.line(),
+            column: span.referenced.column(),
+            field,
+            message,
+        };
+        if self.policies.len() > MAX_POLICIES {
+            let p = &self.policies[MAX_POLICIES];
+            return Err(at(
+                &p.name,
+                format!("policies[{MAX_POLICIES}]"),
+                format!("at most {MAX_POLICIES} policies are supported"),
+            ));
+        }
+        for (i, p) in self.policies.iter().enumerate() {
+            if p.name.value.trim().is_empty() {
+                return Err(at(&p.name, format!("policies[{i}].name"), "empty".into()));
+            }
+            if let Some(j) = self.policies[..i]
+                .iter()
+                .position(|q| q.name.value == p.name.value)
+            {
+                return Err(at(
+                    &p.name,
+                    format!("policies[{i}].name"),
+                    format!(
+                        "duplicate policy name {:?} (also policies[{j}], line {})",
+                        p.name.value,
+                        self.policies[j].name.referenced.line()
+                    ),
+                ));
+            }
+            if let Some(j) = self.policies[..i].iter().position(|q| q.cgroup == p.cgroup) {
+                return Err(at(
+                    &p.name,
+                    format!("policies[{i}].cgroup"),
+                    format!(
+                        "cgroup {} is already enforced by policy {:?}",
+                        p.cgroup, self.policies[j].name.value
+                    ),
+                ));
+            }
+            for (k, rule) in p.egress.iter().enumerate() {
+                if rule.to.is_empty() {
+                    return Err(at(
+                        &p.name,
+                        format!("policies[{i}].egress[{k}].to"),
+                        "at least one destination CIDR is required".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The parser's message without its own "error: line L column C: " prefix
+/// (we print the location ourselves, with the file and field).
+fn bare_message(e: &serde_saphyr::Error) -> String {
+    let full = e.to_string();
+    let first = full.lines().next().unwrap_or_default();
+    let rest = first.strip_prefix("error: ").unwrap_or(first);
+    match rest.strip_prefix("line ").and_then(|r| r.split_once(": ")) {
+        Some((_, message)) => message.to_string(),
+        None => rest.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+proxy:
+  listen: 10.77.0.1:15001
+admin:
+  listen: 127.0.0.1:9901
+bpf:
+  pin_path: /sys/fs/bpf/sockwarden
+upstream:
+  connect_timeout: 2s
+  request_timeout: 30s
+  idle_timeout: 30s
+  max_requests_per_connection: 0
+policies:
+  - name: analytics
+    cgroup: /sockwarden-test/analytics
+    egress:
+      - to: ["10.77.1.0/24", "fd77:1::/64"]
+        ports: [80, 8080]
+        http:
+          - method: "GET|HEAD"
+            path: "/data/.*"
+            host: "origin\\.test(:[0-9]+)?"
+            headers: ["x-team: analytics"]
+        upstream:
+          max_requests_per_connection: 100
+      - to: ["10.77.1.10/32"]
+        ports: [9000]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"))
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(EXAMPLE).expect("example is valid");
+        assert_eq!(c.proxy.listen, "10.77.0.1:15001".parse().unwrap());
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
+        let p = &c.policies[0];
+        assert_eq!(p.name.value, "analytics");
+        assert_eq!(p.cgroup.as_str(), "/sockwarden-test/analytics");
+        assert_eq!(p.egress[0].to.len(), 2);
+        assert_eq!(p.egress[0].ports, vec![Port(80), Port(8080)]);
+        let http = p.egress[0].http.as_ref().unwrap();
+        assert!(http[0].method.as_ref().unwrap().is_match("HEAD"));
+        assert!(!http[0].method.as_ref().unwrap().is_match("GETX"));
+        assert_eq!(
+            http[0].headers[0],
+            HeaderMatch {
+                name: "x-team".into(),
+                value: Some("analytics".into())
+            }
+        );
+        let eff = p.egress[0].upstream.unwrap().apply(&c.upstream);
+        assert_eq!(eff.max_requests_per_connection, 100);
+        assert_eq!(eff.idle_timeout, Duration::from_secs(30));
+        assert!(p.egress[1].http.is_none());
+    }
+
+    /// (what to replace in EXAMPLE, with what, expected line, field, message fragment)
+    #[test]
+    fn invalid_files_name_line_column_field_and_cause() {
+        let cases: &[(&str, &str, u64, &str, &str)] = &[
+            ("\"10.77.1.0/24\"", "\"10.77.1.0/33\"", 17, "policies[0].egress[0].to[0]", "invalid CIDR"),
+            ("\"10.77.1.0/24\"", "\"10.77.1.5/24\"", 17, "policies[0].egress[0].to[0]", "host bits set"),
+            ("\"/data/.*\"", "\"/data/(\"", 21, "policies[0].egress[0].http[0].path", "invalid regex"),
+            ("ports: [80, 8080]", "ports: [80, 80800]", 18, "policies[0].egress[0].ports[1]", "out of range"),
+            ("ports: [9000]", "ports: [0]", 27, "policies[0].egress[1].ports[0]", "out of range"),
+            ("    cgroup: /sockwarden-test/analytics", "    cgroup: ../escape", 15, "policies[0].cgroup", "not relative"),
+            ("    cgroup: /sockwarden-test/analytics", "    cgroup: /sys/fs/cgroup/unified/x", 15, "policies[0].cgroup", "not relative"),
+            ("  idle_timeout: 30s", "  idle_timeout: 30s\n  colour: blue", 12, "upstream.colour", "unknown field"),
+            ("  listen: 10.77.0.1:15001", "  listen: 10.77.0.1", 3, "proxy.listen", "address"),
+            ("headers: [\"x-team: analytics\"]", "headers: [\"x team\"]", 23, "policies[0].egress[0].http[0].headers[0]", "invalid header"),
+        ];
+        for (from, to, line, field, fragment) in cases {
+            assert!(EXAMPLE.contains(from), "case {from:?} does not apply");
+            let text = EXAMPLE.replacen(from, to, 1);
+            match parse(&text) {
+                Err(ConfigError::Invalid {
+                    line: l,
+                    column,
+                    field: f,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((l, f.as_str()), (*line, *field), "{to}: {message}");
+                    assert!(column > 0, "{to}: no column");
+                    assert!(message.contains(fragment), "{to}: {message:?} lacks {fragment:?}");
+                }
+                other => panic!("{to}: expected an error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn duplicate_policy_names_point_at_the_second() {
+        let dup = format!(
+            "{EXAMPLE}  - name: analytics\n    cgroup: /other\n    egress: []\n"
+        );
+        let err = parse(&dup).unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.yaml:28:11: policies[1].name: duplicate policy name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cgroup_paths_normalize_and_contain() {
+        let p = CgroupPath::parse("a//b/").unwrap();
+        assert_eq!(p.as_str(), "/a/b");
+        assert!(p.contains("/a/b"));
+        assert!(p.contains("/a/b/c"));
+        assert!(!p.contains("/a/bc"));
+        assert!(CgroupPath::parse("/").is_err());
+    }
+
+    #[test]
+    fn error_display_is_file_line_column_field_message() {
+        let text = EXAMPLE.replacen("\"fd77:1::/64\"", "\"fd77:1::/129\"", 1);
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("test.yaml:17:30: policies[0].egress[0].to[1]: invalid CIDR"),
+            "{err}"
+        );
+    }
+}

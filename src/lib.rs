@@ -1,0 +1,16 @@
+//! sockwarden: an eBPF-first HTTP/1.1 egress policy enforcer.
+//!
+//! The kernel side (bpf/) intercepts connect() of processes in policy
+//! cgroups; this crate loads it, keeps its maps, and runs the layer-7 proxy
+//! the kernel redirects to. See docs/ARCHITECTURE.md.
+
+pub mod accesslog;
+pub mod admin;
+pub mod bpf;
+pub mod cgroup;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod run;

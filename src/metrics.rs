@@ -1,0 +1,179 @@
+//! Every metric sockwarden exports: names, descriptions, and the small
+//! functions that record them. Names live here and nowhere else.
+//!
+//! Label values are bounded: policy names come from the configuration,
+//! statuses are three-digit codes, reasons and errno names are fixed sets.
+
+use metrics::{counter, describe_counter, describe_gauge, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::bpf::Maps;
+use crate::policy::PolicySet;
+
+pub const HTTP_REQUESTS: &str = "sockwarden_http_requests_total";
+pub const CONNECT_DENIED: &str = "sockwarden_connect_denied_total";
+pub const CONNECT_DECISIONS: &str = "sockwarden_connect_decisions_total";
+pub const UPSTREAM_OPENED: &str = "sockwarden_upstream_connections_opened_total";
+pub const UPSTREAM_CLOSED: &str = "sockwarden_upstream_connections_closed_total";
+pub const UPSTREAM_CONNECT_FAILURES: &str = "sockwarden_upstream_connect_failures_total";
+pub const DOWNSTREAM_ACCEPTED: &str = "sockwarden_downstream_connections_total";
+pub const DOWNSTREAM_ACTIVE: &str = "sockwarden_downstream_connections_active";
+pub const ORIG_DST_MISSING: &str = "sockwarden_original_destination_missing_total";
+pub const ACCESS_LOG_DROPPED: &str = "sockwarden_access_log_dropped_total";
+
+/// Installs the global recorder and describes every metric.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new().install_recorder()?;
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests handled by the proxy, by policy, verdict (allowed, denied, error) and response status"
+    );
+    describe_counter!(
+        CONNECT_DENIED,
+        "connect() calls refused with EPERM by policy, counted in the kernel"
+    );
+    describe_counter!(
+        CONNECT_DECISIONS,
+        "connect() decisions taken in the kernel, by policy and verdict (allowed, redirected, denied)"
+    );
+    describe_counter!(UPSTREAM_OPENED, "Upstream connections opened");
+    describe_counter!(
+        UPSTREAM_CLOSED,
+        "Upstream connections closed, by reason (server_close, connection_close_header, max_requests, idle_timeout, error)"
+    );
+    describe_counter!(
+        UPSTREAM_CONNECT_FAILURES,
+        "Failed upstream connection attempts, by errno name"
+    );
+    describe_counter!(DOWNSTREAM_ACCEPTED, "Connections accepted from workloads");
+    describe_gauge!(DOWNSTREAM_ACTIVE, "Workload connections open now");
+    describe_counter!(
+        ORIG_DST_MISSING,
+        "Accepted connections with no original destination in the kernel map (not redirected by sockwarden)"
+    );
+    describe_counter!(
+        ACCESS_LOG_DROPPED,
+        "Access-log lines dropped because the writer fell behind"
+    );
+    Ok(handle)
+}
+
+/// Why an upstream connection was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server closed it (EOF while idle or after a response).
+    ServerClose,
+    /// The server said `Connection: close` (or HTTP/1.0 without keep-alive).
+    ConnectionCloseHeader,
+    /// max_requests_per_connection (or the server's Keep-Alive max) reached.
+    MaxRequests,
+    IdleTimeout,
+    Error,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ServerClose => "server_close",
+            CloseReason::ConnectionCloseHeader => "connection_close_header",
+            CloseReason::MaxRequests => "max_requests",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+pub fn http_request(policy: &str, verdict: &'static str, status: u16) {
+    counter!(HTTP_REQUESTS, "policy" => policy.to_string(), "verdict" => verdict, "status" => status.to_string())
+        .increment(1);
+}
+
+pub fn upstream_opened() {
+    counter!(UPSTREAM_OPENED).increment(1);
+}
+
+pub fn upstream_closed(reason: CloseReason) {
+    counter!(UPSTREAM_CLOSED, "reason" => reason.as_str()).increment(1);
+}
+
+pub fn upstream_connect_failure(errno: &'static str) {
+    counter!(UPSTREAM_CONNECT_FAILURES, "errno" => errno).increment(1);
+}
+
+pub fn downstream_accepted() {
+    counter!(DOWNSTREAM_ACCEPTED).increment(1);
+    gauge!(DOWNSTREAM_ACTIVE).increment(1.0);
+}
+
+pub fn downstream_closed() {
+    gauge!(DOWNSTREAM_ACTIVE).decrement(1.0);
+}
+
+pub fn orig_dst_missing() {
+    counter!(ORIG_DST_MISSING).increment(1);
+}
+
+pub fn access_log_dropped() {
+    counter!(ACCESS_LOG_DROPPED).increment(1);
+}
+
+/// Copies the kernel's per-CPU connect() counters into the exported ones.
+pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
+    for (id, p) in policies.policies.iter().enumerate() {
+        match maps.connect_counts(id as u32) {
+            Ok(c) => {
+                let name = p.name.clone();
+                counter!(CONNECT_DENIED, "policy" => name.clone()).absolute(c.denied);
+                for (verdict, n) in [
+                    ("allowed", c.allowed),
+                    ("redirected", c.redirected),
+                    ("denied", c.denied),
+                ] {
+                    counter!(CONNECT_DECISIONS, "policy" => name.clone(), "verdict" => verdict)
+                        .absolute(n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
+        }
+    }
+}
+
+/// The symbolic name of an errno (`ECONNREFUSED`), for labels and headers.
+pub fn errno_name(err: &std::io::Error) -> &'static str {
+    use nix::errno::Errno;
+    match err.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::ECONNREFUSED) => "ECONNREFUSED",
+        Some(Errno::ECONNRESET) => "ECONNRESET",
+        Some(Errno::ETIMEDOUT) => "ETIMEDOUT",
+        Some(Errno::EHOSTUNREACH) => "EHOSTUNREACH",
+        Some(Errno::ENETUNREACH) => "ENETUNREACH",
+        Some(Errno::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
+        Some(Errno::EADDRINUSE) => "EADDRINUSE",
+        Some(Errno::EPERM) => "EPERM",
+        Some(Errno::EACCES) => "EACCES",
+        Some(Errno::EPIPE) => "EPIPE",
+        Some(Errno::EMFILE) => "EMFILE",
+        Some(Errno::ENFILE) => "ENFILE",
+        Some(Errno::ENOBUFS) => "ENOBUFS",
+        Some(Errno::ENETDOWN) => "ENETDOWN",
+        Some(Errno::EINVAL) => "EINVAL",
+        Some(_) => "EOTHER",
+        None if err.kind() == std::io::ErrorKind::TimedOut => "ETIMEDOUT",
+        None => "EUNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_names_are_symbolic() {
+        let e = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(errno_name(&e), "ECONNREFUSED");
+        let e = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
+        assert_eq!(errno_name(&e), "EADDRNOTAVAIL");
+        let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
+        assert_eq!(errno_name(&e), "ETIMEDOUT");
+    }
+}

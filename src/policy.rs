@@ -1,0 +1,296 @@
+//! Policy evaluation: pure functions of (policy, original destination,
+//! request head), and the kernel's connect()-time view of the same rules.
+//!
+//! Semantics, shared by both sides:
+//! - a rule *covers* a destination when one of its CIDRs contains the
+//!   address and its ports (none = all) contain the port;
+//! - connect(): redirected to the proxy if any covering rule has `http`,
+//!   allowed untouched if only rules without `http` cover it, EPERM if none;
+//! - a request: allowed if a covering rule has no `http` (L4 allows all) or
+//!   one of a covering rule's `http` entries matches; otherwise 403.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::config::{Config, HttpRule, UpstreamConfig};
+
+pub mod kernel;
+
+/// Index of a policy in the configuration; the id the kernel maps carry.
+pub type PolicyId = u32;
+
+/// What a request needs to be matched.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Host header (or absolute-form authority), if any.
+    pub host: Option<&'a str>,
+    /// Header fields as (name, value); names compared case-insensitively.
+    pub headers: &'a [(&'a str, &'a [u8])],
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub nets: Vec<IpNet>,
+    /// Empty: every port.
+    pub ports: Vec<u16>,
+    pub http: Option<Vec<HttpRule>>,
+    pub upstream: UpstreamConfig,
+}
+
+impl CompiledRule {
+    pub fn covers(&self, dst: SocketAddr) -> bool {
+        let ip = canonical_ip(dst.ip());
+        (self.ports.is_empty() || self.ports.contains(&dst.port()))
+            && self.nets.iter().any(|n| n.contains(&ip))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub cgroup: crate::config::CgroupPath,
+    pub rules: Vec<CompiledRule>,
+}
+
+/// The outcome of evaluating one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed by rule `rule` of the policy.
+    Allow { rule: usize },
+    Deny { reason: DenyReason },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// No rule covers the destination at all (the kernel should not have
+    /// redirected it; happens only across a configuration change).
+    NoRuleForDestination,
+    /// Rules cover the destination, but no `http` entry matches the request.
+    NoHttpRuleMatched,
+}
+
+impl DenyReason {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            DenyReason::NoRuleForDestination => "no egress rule covers this destination",
+            DenyReason::NoHttpRuleMatched => "no http rule matches this request",
+        }
+    }
+}
+
+/// Every policy of a configuration, compiled; index = [`PolicyId`].
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    pub policies: Vec<CompiledPolicy>,
+}
+
+impl PolicySet {
+    pub fn compile(config: &Config) -> PolicySet {
+        let policies = config
+            .policies
+            .iter()
+            .map(|p| CompiledPolicy {
+                name: p.name.value.clone(),
+                cgroup: p.cgroup.clone(),
+                rules: p
+                    .egress
+                    .iter()
+                    .map(|r| CompiledRule {
+                        nets: r.to.iter().map(|c| canonical_net(c.0)).collect(),
+                        ports: r.ports.iter().map(|p| p.0).collect(),
+                        http: r.http.clone(),
+                        upstream: r
+                            .upstream
+                            .map_or(config.upstream, |o| o.apply(&config.upstream)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        PolicySet { policies }
+    }
+
+    pub fn get(&self, id: PolicyId) -> Option<&CompiledPolicy> {
+        self.policies.get(id as usize)
+    }
+
+    /// Evaluates a request to `dst` made by a workload under policy `id`.
+    pub fn evaluate(&self, id: PolicyId, dst: SocketAddr, req: &RequestView<'_>) -> Decision {
+        let Some(policy) = self.get(id) else {
+            return Decision::Deny {
+                reason: DenyReason::NoRuleForDestination,
+            };
+        };
+        let mut covered = false;
+        for (i, rule) in policy.rules.iter().enumerate() {
+            if !rule.covers(dst) {
+                continue;
+            }
+            covered = true;
+            match &rule.http {
+                None => return Decision::Allow { rule: i },
+                Some(entries) if entries.iter().any(|h| http_rule_matches(h, req)) => {
+                    return Decision::Allow { rule: i }
+                }
+                Some(_) => {}
+            }
+        }
+        Decision::Deny {
+            reason: if covered {
+                DenyReason::NoHttpRuleMatched
+            } else {
+                DenyReason::NoRuleForDestination
+            },
+        }
+    }
+}
+
+fn http_rule_matches(rule: &HttpRule, req: &RequestView<'_>) -> bool {
+    if let Some(m) = &rule.method {
+        if !m.is_match(req.method) {
+            return false;
+        }
+    }
+    if let Some(p) = &rule.path {
+        if !p.is_match(req.path) {
+            return false;
+        }
+    }
+    if let Some(h) = &rule.host {
+        // Host names are case-insensitive; match the lowercase form.
+        match req.host {
+            Some(host) if h.is_match(&host.to_ascii_lowercase()) => {}
+            _ => return false,
+        }
+    }
+    rule.headers.iter().all(|want| {
+        req.headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case(&want.name)
+                && want
+                    .value
+                    .as_ref()
+                    .is_none_or(|v| value.trim_ascii() == v.as_bytes())
+        })
+    })
+}
+
+/// IPv4-mapped IPv6 addresses are IPv4 addresses.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const CONFIG: &str = r#"
+proxy: { listen: "10.77.0.1:15001" }
+policies:
+  - name: analytics
+    cgroup: /t/analytics
+    egress:
+      - to: ["10.77.1.0/24", "fd77:1::/64"]
+        ports: [80, 8080]
+        http:
+          - method: "GET|HEAD"
+            path: "/data/.*"
+            host: "origin\\.test(:[0-9]+)?"
+            headers: ["x-team: analytics"]
+          - method: POST
+            path: /upload
+        upstream: { max_requests_per_connection: 100 }
+      - to: ["10.77.1.10/32"]
+        ports: [9000]
+      - to: ["10.77.9.0/24"]
+  - name: other
+    cgroup: /t/other
+    egress: []
+"#;
+
+    fn set() -> PolicySet {
+        PolicySet::compile(&Config::parse(CONFIG, Path::new("t.yaml")).unwrap())
+    }
+
+    fn req<'a>(
+        method: &'a str,
+        path: &'a str,
+        host: Option<&'a str>,
+        headers: &'a [(&'a str, &'a [u8])],
+    ) -> RequestView<'a> {
+        RequestView {
+            method,
+            path,
+            host,
+            headers,
+        }
+    }
+
+    #[test]
+    fn request_decisions() {
+        let s = set();
+        let team: &[(&str, &[u8])] = &[("X-Team", b" analytics ")];
+        let wrong_team: &[(&str, &[u8])] = &[("x-team", b"finance")];
+        let allow = |rule| Decision::Allow { rule };
+        let l7_deny = Decision::Deny {
+            reason: DenyReason::NoHttpRuleMatched,
+        };
+        let no_rule = Decision::Deny {
+            reason: DenyReason::NoRuleForDestination,
+        };
+        let cases: Vec<(&str, RequestView<'_>, Decision)> = vec![
+            ("10.77.1.10:80", req("GET", "/data/x", Some("origin.test"), team), allow(0)),
+            ("10.77.1.10:8080", req("HEAD", "/data/", Some("Origin.TEST:8080"), team), allow(0)),
+            ("[fd77:1::10]:80", req("GET", "/data/x", Some("origin.test"), team), allow(0)),
+            ("[::ffff:10.77.1.10]:80", req("GET", "/data/x", Some("origin.test"), team), allow(0)),
+            ("10.77.1.10:80", req("GET", "/data/x", Some("origin.test"), wrong_team), l7_deny.clone()),
+            ("10.77.1.10:80", req("GET", "/data/x", Some("origin.test"), &[]), l7_deny.clone()),
+            ("10.77.1.10:80", req("GET", "/data/x", Some("evil.test"), team), l7_deny.clone()),
+            ("10.77.1.10:80", req("GET", "/data/x", None, team), l7_deny.clone()),
+            ("10.77.1.10:80", req("GETS", "/data/x", Some("origin.test"), team), l7_deny.clone()),
+            ("10.77.1.10:80", req("GET", "/etc/data/x", Some("origin.test"), team), l7_deny.clone()),
+            ("10.77.1.10:80", req("POST", "/upload", None, &[]), allow(0)),
+            ("10.77.1.10:80", req("POST", "/upload/more", None, &[]), l7_deny.clone()),
+            ("10.77.1.10:9000", req("DELETE", "/anything", None, &[]), allow(1)),
+            ("10.77.1.11:9000", req("GET", "/", None, &[]), no_rule.clone()),
+            ("10.77.9.1:12345", req("PUT", "/x", None, &[]), allow(2)),
+            ("10.77.2.1:80", req("GET", "/data/x", Some("origin.test"), team), no_rule.clone()),
+        ];
+        for (dst, r, want) in cases {
+            let got = s.evaluate(0, dst.parse().unwrap(), &r);
+            assert_eq!(got, want, "{dst} {r:?}");
+        }
+        assert_eq!(
+            s.evaluate(1, "10.77.1.10:80".parse().unwrap(), &req("GET", "/", None, &[])),
+            no_rule
+        );
+        assert_eq!(
+            s.evaluate(7, "10.77.1.10:80".parse().unwrap(), &req("GET", "/", None, &[])),
+            no_rule
+        );
+    }
+
+    #[test]
+    fn rule_overrides_apply_on_top_of_globals() {
+        let s = set();
+        assert_eq!(s.policies[0].rules[0].upstream.max_requests_per_connection, 100);
+        assert_eq!(s.policies[0].rules[1].upstream.max_requests_per_connection, 0);
+    }
+}

@@ -1,0 +1,227 @@
+//! Upstream connections and their pool.
+//!
+//! Pooled per (original destination, policy). A connection goes back to the
+//! pool only when the server allowed it (no `Connection: close`, HTTP/1.1 or
+//! keep-alive, body framed by length or chunks), it has served fewer than its
+//! request limit, and nothing is left unread. Idle connections expire after
+//! the configured idle timeout, or sooner when the server announced a shorter
+//! `Keep-Alive: timeout`; one the server closed while idle is noticed by a
+//! non-blocking peek before it is handed out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recv, MsgFlags};
+use tokio::net::TcpStream;
+
+use super::http::KeepAlive;
+use super::stream::BufStream;
+use crate::metrics::{self, CloseReason};
+use crate::policy::PolicyId;
+
+static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub dst: SocketAddr,
+    pub policy: PolicyId,
+}
+
+pub struct UpConn {
+    pub id: u64,
+    pub stream: BufStream,
+    /// Requests whose responses completed on this connection.
+    pub served: u32,
+    /// Further requests the server allows (`Keep-Alive: max=`), if it said.
+    server_remaining: Option<u32>,
+    /// The server's announced idle timeout, if any.
+    server_idle: Option<Duration>,
+    /// Whether this connection came from the pool.
+    pub reused: bool,
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("upstream connect failed: {errno}")]
+    Io {
+        errno: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("upstream connect failed: ETIMEDOUT (no answer within {0:?})")]
+    Timeout(Duration),
+}
+
+impl ConnectError {
+    pub fn errno(&self) -> &'static str {
+        match self {
+            ConnectError::Io { errno, .. } => errno,
+            ConnectError::Timeout(_) => "ETIMEDOUT",
+        }
+    }
+}
+
+pub async fn connect(dst: SocketAddr, wait: Duration) -> Result<UpConn, ConnectError> {
+    let result = match tokio::time::timeout(wait, TcpStream::connect(dst)).await {
+        Err(_) => Err(ConnectError::Timeout(wait)),
+        Ok(Err(source)) => Err(ConnectError::Io {
+            errno: metrics::errno_name(&source),
+            source,
+        }),
+        Ok(Ok(s)) => Ok(s),
+    };
+    match result {
+        Ok(stream) => {
+            let _ = stream.set_nodelay(true);
+            metrics::upstream_opened();
+            Ok(UpConn {
+                id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
+                stream: BufStream::new(stream),
+                served: 0,
+                server_remaining: None,
+                server_idle: None,
+                reused: false,
+            })
+        }
+        Err(e) => {
+            metrics::upstream_connect_failure(e.errno());
+            Err(e)
+        }
+    }
+}
+
+impl UpConn {
+    /// Records a completed exchange and decides whether the connection may
+    /// carry another request; Err(reason) says why not.
+    pub fn complete(
+        &mut self,
+        keep_alive: KeepAlive,
+        max_requests: u32,
+    ) -> Result<(), CloseReason> {
+        self.served += 1;
+        self.server_idle = keep_alive.timeout.or(self.server_idle);
+        self.server_remaining = keep_alive.max.or(self.server_remaining.map(|r| r.saturating_sub(1)));
+        if max_requests > 0 && self.served >= max_requests {
+            return Err(CloseReason::MaxRequests);
+        }
+        if self.server_remaining == Some(0) {
+            return Err(CloseReason::MaxRequests);
+        }
+        if !self.stream.buffered().is_empty() {
+            // The server sent bytes beyond the response: framing is lost.
+            return Err(CloseReason::Error);
+        }
+        Ok(())
+    }
+
+    /// How long this connection may stay idle: ours, or shorter than the server's.
+    fn idle_limit(&self, configured: Duration) -> Duration {
+        match self.server_idle {
+            Some(server) => configured.min(server.saturating_sub(server.min(Duration::from_secs(1)) / 2)),
+            None => configured,
+        }
+    }
+
+    /// Whether the server has closed (or written to) the idle connection.
+    fn peek_closed(&self) -> Option<CloseReason> {
+        let fd = self.stream.get_ref().as_raw_fd();
+        let mut byte = [0u8; 1];
+        match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
+            Err(Errno::EAGAIN) => None,
+            Ok(0) => Some(CloseReason::ServerClose),
+            // Unsolicited bytes (e.g. a 408) or a reset: unusable.
+            Ok(_) | Err(_) => Some(CloseReason::ServerClose),
+        }
+    }
+}
+
+struct Idle {
+    conn: UpConn,
+    expires: Instant,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    idle: Mutex<HashMap<PoolKey, Vec<Idle>>>,
+}
+
+/// Closes a connection, counting why.
+pub fn retire(conn: UpConn, reason: CloseReason) {
+    metrics::upstream_closed(reason);
+    drop(conn);
+}
+
+impl Pool {
+    /// A live idle connection for `key`, most recently used first.
+    pub fn checkout(&self, key: PoolKey) -> Option<UpConn> {
+        let now = Instant::now();
+        loop {
+            let idle = {
+                let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                let list = map.get_mut(&key)?;
+                let idle = list.pop();
+                if list.is_empty() {
+                    map.remove(&key);
+                }
+                idle?
+            };
+            if idle.expires <= now {
+                retire(idle.conn, CloseReason::IdleTimeout);
+                continue;
+            }
+            if let Some(reason) = idle.conn.peek_closed() {
+                retire(idle.conn, reason);
+                continue;
+            }
+            let mut conn = idle.conn;
+            conn.reused = true;
+            return Some(conn);
+        }
+    }
+
+    /// Returns a reusable connection to the pool.
+    pub fn checkin(&self, key: PoolKey, conn: UpConn, idle_timeout: Duration) {
+        let expires = Instant::now() + conn.idle_limit(idle_timeout);
+        let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(key).or_default().push(Idle { conn, expires });
+    }
+
+    /// Closes expired idle connections and ones the server closed.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        {
+            let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            for list in map.values_mut() {
+                let mut i = 0;
+                while i < list.len() {
+                    let reason = if list[i].expires <= now {
+                        Some(CloseReason::IdleTimeout)
+                    } else {
+                        list[i].conn.peek_closed()
+                    };
+                    match reason {
+                        Some(r) => closed.push((list.swap_remove(i).conn, r)),
+                        None => i += 1,
+                    }
+                }
+            }
+            map.retain(|_, l| !l.is_empty());
+        }
+        for (conn, reason) in closed {
+            retire(conn, reason);
+        }
+    }
+
+    /// Idle connections held now.
+    pub fn idle_count(&self) -> usize {
+        let map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,141 @@
+//! `sockwarden run`: wires configuration, kernel, proxy and admin together
+//! and tears the kernel side down on the way out.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::accesslog::AccessLog;
+use crate::admin::{self, AdminState};
+use crate::bpf::{Kernel, ProxyTarget};
+use crate::cgroup::{self, Watcher};
+use crate::config::Config;
+use crate::policy::{kernel::rule_entries, PolicySet};
+use crate::proxy::{OrigDstSource, Proxy, ProxySettings};
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {what} {addr}"))
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let policies = Arc::new(PolicySet::compile(&config));
+    let root = cgroup::cgroup2_root(config.bpf.cgroup_root.as_deref())?;
+    let own = cgroup::own_cgroup()?;
+    let named: Vec<_> = policies
+        .policies
+        .iter()
+        .map(|p| (p.name.clone(), p.cgroup.clone()))
+        .collect();
+    cgroup::check_not_self_enforced(&own, &named)?;
+
+    let prometheus = crate::metrics::install().context("installing the metrics recorder")?;
+    let log = AccessLog::open(config.access_log.path.as_deref())
+        .context("opening the access log")?;
+
+    // Listeners first: a taken address fails before the kernel is touched.
+    let listener = bind(config.proxy.listen, "proxy.listen").await?;
+    let listener_v6 = match config.proxy.listen_v6 {
+        Some(a) => Some(bind(a, "proxy.listen_v6").await?),
+        None => None,
+    };
+    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
+
+    let target = ProxyTarget {
+        v4: config.proxy.listen,
+        v6: config.proxy.listen_v6.unwrap_or(config.proxy.listen),
+    };
+    let kernel = Kernel::load(
+        &config.bpf.pin_path,
+        &root,
+        target,
+        &rule_entries(&policies),
+        policies.policies.len(),
+    )?;
+    tracing::info!(
+        pin_path = %config.bpf.pin_path.display(),
+        cgroup_root = %root.display(),
+        "eBPF programs attached"
+    );
+    let result = serve(&config, &root, &kernel, policies, prometheus, log, listener, listener_v6, admin_listener).await;
+    let detached = kernel.shutdown();
+    tracing::info!("eBPF programs detached and pins removed");
+    result?;
+    detached?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    config: &Config,
+    root: &std::path::Path,
+    kernel: &Kernel,
+    policies: Arc<PolicySet>,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+    log: AccessLog,
+    listener: TcpListener,
+    listener_v6: Option<TcpListener>,
+    admin_listener: TcpListener,
+) -> anyhow::Result<()> {
+    let maps = kernel.maps();
+    let cgroups: Vec<_> = policies.policies.iter().map(|p| p.cgroup.clone()).collect();
+    let mut watcher = Watcher::new(root, &cgroups, Arc::clone(&maps));
+    watcher.sync();
+    let watcher_task = tokio::spawn(watcher.run());
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let state = AdminState {
+        prometheus,
+        ready: Arc::clone(&ready),
+        config: Arc::new(serde_json::to_value(config).context("serializing the configuration")?),
+        kernel: Some((Arc::clone(&maps), Arc::clone(&policies))),
+    };
+    let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
+
+    let orig: Arc<dyn OrigDstSource> = maps;
+    let proxy = Proxy::new(
+        policies,
+        orig,
+        log,
+        ProxySettings {
+            client_idle_timeout: config.proxy.client_idle_timeout,
+        },
+    );
+    let mut tasks = vec![tokio::spawn(Arc::clone(&proxy).serve(listener, shutdown_rx.clone()))];
+    if let Some(l) = listener_v6 {
+        tasks.push(tokio::spawn(Arc::clone(&proxy).serve(l, shutdown_rx.clone())));
+    }
+    ready.store(true, Ordering::Release);
+    tracing::info!(listen = %config.proxy.listen, admin = %config.admin.listen, "ready");
+
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let why = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        r = watcher_task => {
+            ready.store(false, Ordering::Release);
+            let _ = shutdown_tx.send(true);
+            return match r {
+                Ok(Err(e)) => Err(e).context("cgroup watcher"),
+                _ => Err(anyhow::anyhow!("cgroup watcher stopped")),
+            };
+        }
+    };
+    tracing::info!(signal = why, "shutting down");
+    ready.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = admin_task.await;
+    Ok(())
+}
