@@ -67,6 +67,8 @@ pub enum BpfError {
         path: PathBuf,
         source: libbpf_rs::Error,
     },
+    #[error("another sockwarden is running with pin path {pin_path} (it holds {lock}); stop it or give this one another bpf.pin_path")]
+    InUse { pin_path: PathBuf, lock: PathBuf },
     #[error("eBPF objects loaded without their maps")]
     NotLoaded,
     #[error("map {map}: {op}: {source}")]
@@ -316,6 +318,8 @@ pub struct ConnectCounts {
 /// Loaded and attached programs, with their pinned maps and links.
 #[derive(Debug)]
 pub struct Kernel {
+    /// Held while this process owns `pin_path`.
+    _lock: nix::fcntl::Flock<std::fs::File>,
     pin_path: PathBuf,
     maps: Arc<Maps>,
     links: Vec<(PathBuf, Link)>,
@@ -344,6 +348,33 @@ fn ensure_bpffs(pin_path: &Path) -> Result<(), BpfError> {
     })?;
     tracing::info!(path = %parent.display(), "mounted a bpf filesystem");
     Ok(())
+}
+
+/// Directory of the per-pin-path instance locks.
+const LOCK_DIR: &str = "/run/sockwarden";
+
+/// Takes the lock that says "a live sockwarden owns this pin path", so a
+/// second instance cannot mistake the first one's pins for leftovers.
+fn lock_pin_path(pin_path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, BpfError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let name = pin_path.to_string_lossy().replace('/', "_");
+    let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
+    let file = std::fs::create_dir_all(LOCK_DIR)
+        .and_then(|()| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+        })
+        .map_err(|source| BpfError::CreateDir {
+            path: path.clone(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| BpfError::InUse {
+        pin_path: pin_path.to_path_buf(),
+        lock: path,
+    })
 }
 
 /// Removes pins (links first, which detaches them) left by an earlier run.
@@ -376,6 +407,7 @@ impl Kernel {
         policies: usize,
     ) -> Result<Kernel, BpfError> {
         ensure_bpffs(pin_path)?;
+        let lock = lock_pin_path(pin_path)?;
         if remove_pins(pin_path)? {
             tracing::warn!(path = %pin_path.display(), "removed leftovers of an earlier run");
         }
@@ -400,6 +432,7 @@ impl Kernel {
         })?;
         let maps = maps.ok_or(BpfError::NotLoaded)?;
         Ok(Kernel {
+            _lock: lock,
             pin_path: pin_path.to_path_buf(),
             maps: Arc::new(maps),
             links,
