@@ -319,7 +319,7 @@ pub struct ConnectCounts {
 #[derive(Debug)]
 pub struct Kernel {
     /// Held while this process owns `pin_path`.
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    _lock: PinLock,
     pin_path: PathBuf,
     maps: Arc<Maps>,
     links: Vec<(PathBuf, Link)>,
@@ -355,7 +355,7 @@ const LOCK_DIR: &str = "/run/sockwarden";
 
 /// Takes the lock that says "a live sockwarden owns this pin path", so a
 /// second instance cannot mistake the first one's pins for leftovers.
-fn lock_pin_path(pin_path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, BpfError> {
+pub fn lock_pin_path(pin_path: &Path) -> Result<PinLock, BpfError> {
     use nix::fcntl::{Flock, FlockArg};
     let name = pin_path.to_string_lossy().replace('/', "_");
     let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
@@ -371,10 +371,18 @@ fn lock_pin_path(pin_path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, Bp
             path: path.clone(),
             source,
         })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| BpfError::InUse {
-        pin_path: pin_path.to_path_buf(),
-        lock: path,
-    })
+    Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map(|f| PinLock { _flock: f })
+        .map_err(|_| BpfError::InUse {
+            pin_path: pin_path.to_path_buf(),
+            lock: path,
+        })
+}
+
+/// Proof that this process owns a pin path; released when dropped.
+#[derive(Debug)]
+pub struct PinLock {
+    _flock: nix::fcntl::Flock<std::fs::File>,
 }
 
 /// Removes pins (links first, which detaches them) left by an earlier run.
@@ -400,6 +408,7 @@ impl Kernel {
     /// Loads every object, writes the static policy, attaches to the root
     /// of `cgroup_root` and pins everything under `pin_path`.
     pub fn load(
+        lock: PinLock,
         pin_path: &Path,
         cgroup_root: &Path,
         proxy: ProxyTarget,
@@ -407,7 +416,6 @@ impl Kernel {
         policies: usize,
     ) -> Result<Kernel, BpfError> {
         ensure_bpffs(pin_path)?;
-        let lock = lock_pin_path(pin_path)?;
         if remove_pins(pin_path)? {
             tracing::warn!(path = %pin_path.display(), "removed leftovers of an earlier run");
         }

@@ -36,6 +36,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     cgroup::check_not_self_enforced(&own, &named)?;
 
+    // Before anything else that could collide with a running instance.
+    let lock = crate::bpf::lock_pin_path(&config.bpf.pin_path)?;
     let prometheus = crate::metrics::install().context("installing the metrics recorder")?;
     let log = AccessLog::open(config.access_log.path.as_deref())
         .context("opening the access log")?;
@@ -53,6 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         v6: config.proxy.listen_v6.unwrap_or(config.proxy.listen),
     };
     let kernel = Kernel::load(
+        lock,
         &config.bpf.pin_path,
         &root,
         target,
