@@ -50,7 +50,10 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     if s.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: programs not attached yet\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: programs not attached yet\n",
+        )
     }
 }
 

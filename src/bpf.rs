@@ -87,9 +87,7 @@ pub enum BpfError {
 unsafe trait Pod: Copy + Default {
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: Pod types are repr(C) without padding: every byte is initialized.
-        unsafe {
-            std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>())
-        }
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
     }
 
     fn from_bytes(bytes: &[u8]) -> Option<Self> {
@@ -329,9 +327,8 @@ pub struct Kernel {
 /// mounting one there if it is not (as systemd-less hosts need).
 fn ensure_bpffs(pin_path: &Path) -> Result<(), BpfError> {
     let parent = pin_path.parent().unwrap_or(Path::new("/"));
-    let on_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
-    };
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     if on_bpffs(parent) {
         return Ok(());
     }
@@ -429,15 +426,16 @@ impl Kernel {
             source,
         })?;
         let mut maps = None;
-        let links = skel::load_and_attach(pin_path, proxy, cgroup.as_raw_fd(), cgroup_root, || {
-            // Maps exist (and are pinned) once the objects are loaded: fill
-            // them before any program runs.
-            let m = Maps::open(pin_path)?;
-            m.write_rules(rules)?;
-            m.init_counters(policies)?;
-            maps = Some(m);
-            Ok(())
-        })?;
+        let links =
+            skel::load_and_attach(pin_path, proxy, cgroup.as_raw_fd(), cgroup_root, || {
+                // Maps exist (and are pinned) once the objects are loaded: fill
+                // them before any program runs.
+                let m = Maps::open(pin_path)?;
+                m.write_rules(rules)?;
+                m.init_counters(policies)?;
+                maps = Some(m);
+                Ok(())
+            })?;
         let maps = maps.ok_or(BpfError::NotLoaded)?;
         Ok(Kernel {
             _lock: lock,

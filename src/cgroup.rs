@@ -29,7 +29,9 @@ pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); set bpf.cgroup_root")]
+    #[error(
+        "no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); set bpf.cgroup_root"
+    )]
     NoCgroup2,
     #[error("reading {path}: {source}")]
     Read {
@@ -59,8 +61,8 @@ const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// cgroup2 mount in /proc/self/mountinfo.
 pub fn cgroup2_root(configured: Option<&Path>) -> Result<PathBuf, CgroupError> {
     if let Some(p) = configured {
-        let is_cgroup2 = nix::sys::statfs::statfs(p)
-            .is_ok_and(|s| s.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC);
+        let is_cgroup2 =
+            nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
         return if is_cgroup2 {
             Ok(p.to_path_buf())
         } else {
@@ -93,7 +95,9 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut rest = s;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(c) => {
                 out.push(char::from(c));
@@ -274,7 +278,10 @@ mod tests {
             find_cgroup2_mount(text),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(find_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/x rw\n"), None);
+        assert_eq!(
+            find_cgroup2_mount("1 2 0:1 / /x rw - ext4 /dev/x rw\n"),
+            None
+        );
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
     }
 

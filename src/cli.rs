@@ -9,7 +9,11 @@ use crate::config::Config;
 use crate::policy::PolicySet;
 
 #[derive(Parser)]
-#[command(name = "sockwarden", version, about = "eBPF-first HTTP/1.1 egress policy enforcer")]
+#[command(
+    name = "sockwarden",
+    version,
+    about = "eBPF-first HTTP/1.1 egress policy enforcer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -592,16 +592,76 @@ policies:
     #[test]
     fn invalid_files_name_line_column_field_and_cause() {
         let cases: &[(&str, &str, u64, &str, &str)] = &[
-            ("\"10.77.1.0/24\"", "\"10.77.1.0/33\"", 17, "policies[0].egress[0].to[0]", "invalid CIDR"),
-            ("\"10.77.1.0/24\"", "\"10.77.1.5/24\"", 17, "policies[0].egress[0].to[0]", "host bits set"),
-            ("\"/data/.*\"", "\"/data/(\"", 21, "policies[0].egress[0].http[0].path", "invalid regex"),
-            ("ports: [80, 8080]", "ports: [80, 80800]", 18, "policies[0].egress[0].ports[1]", "out of range"),
-            ("ports: [9000]", "ports: [0]", 27, "policies[0].egress[1].ports[0]", "out of range"),
-            ("    cgroup: /sockwarden-test/analytics", "    cgroup: ../escape", 15, "policies[0].cgroup", "not relative"),
-            ("    cgroup: /sockwarden-test/analytics", "    cgroup: /sys/fs/cgroup/unified/x", 15, "policies[0].cgroup", "not relative"),
-            ("  idle_timeout: 30s", "  idle_timeout: 30s\n  colour: blue", 12, "upstream.colour", "unknown field"),
-            ("  listen: 10.77.0.1:15001", "  listen: 10.77.0.1", 3, "proxy.listen", "address"),
-            ("headers: [\"x-team: analytics\"]", "headers: [\"x team\"]", 23, "policies[0].egress[0].http[0].headers[0]", "invalid header"),
+            (
+                "\"10.77.1.0/24\"",
+                "\"10.77.1.0/33\"",
+                17,
+                "policies[0].egress[0].to[0]",
+                "invalid CIDR",
+            ),
+            (
+                "\"10.77.1.0/24\"",
+                "\"10.77.1.5/24\"",
+                17,
+                "policies[0].egress[0].to[0]",
+                "host bits set",
+            ),
+            (
+                "\"/data/.*\"",
+                "\"/data/(\"",
+                21,
+                "policies[0].egress[0].http[0].path",
+                "invalid regex",
+            ),
+            (
+                "ports: [80, 8080]",
+                "ports: [80, 80800]",
+                18,
+                "policies[0].egress[0].ports[1]",
+                "out of range",
+            ),
+            (
+                "ports: [9000]",
+                "ports: [0]",
+                27,
+                "policies[0].egress[1].ports[0]",
+                "out of range",
+            ),
+            (
+                "    cgroup: /sockwarden-test/analytics",
+                "    cgroup: ../escape",
+                15,
+                "policies[0].cgroup",
+                "not relative",
+            ),
+            (
+                "    cgroup: /sockwarden-test/analytics",
+                "    cgroup: /sys/fs/cgroup/unified/x",
+                15,
+                "policies[0].cgroup",
+                "not relative",
+            ),
+            (
+                "  idle_timeout: 30s",
+                "  idle_timeout: 30s\n  colour: blue",
+                12,
+                "upstream.colour",
+                "unknown field",
+            ),
+            (
+                "  listen: 10.77.0.1:15001",
+                "  listen: 10.77.0.1",
+                3,
+                "proxy.listen",
+                "address",
+            ),
+            (
+                "headers: [\"x-team: analytics\"]",
+                "headers: [\"x team\"]",
+                23,
+                "policies[0].egress[0].http[0].headers[0]",
+                "invalid header",
+            ),
         ];
         for (from, to, line, field, fragment) in cases {
             assert!(EXAMPLE.contains(from), "case {from:?} does not apply");
@@ -616,7 +676,10 @@ policies:
                 }) => {
                     assert_eq!((l, f.as_str()), (*line, *field), "{to}: {message}");
                     assert!(column > 0, "{to}: no column");
-                    assert!(message.contains(fragment), "{to}: {message:?} lacks {fragment:?}");
+                    assert!(
+                        message.contains(fragment),
+                        "{to}: {message:?} lacks {fragment:?}"
+                    );
                 }
                 other => panic!("{to}: expected an error, got {other:?}"),
             }
@@ -625,9 +688,7 @@ policies:
 
     #[test]
     fn duplicate_policy_names_point_at_the_second() {
-        let dup = format!(
-            "{EXAMPLE}  - name: analytics\n    cgroup: /other\n    egress: []\n"
-        );
+        let dup = format!("{EXAMPLE}  - name: analytics\n    cgroup: /other\n    egress: []\n");
         let err = parse(&dup).unwrap_err().to_string();
         assert!(
             err.starts_with("test.yaml:28:11: policies[1].name: duplicate policy name"),

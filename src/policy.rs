@@ -59,8 +59,12 @@ pub struct CompiledPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Allowed by rule `rule` of the policy.
-    Allow { rule: usize },
-    Deny { reason: DenyReason },
+    Allow {
+        rule: usize,
+    },
+    Deny {
+        reason: DenyReason,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,9 +183,7 @@ fn http_rule_matches(rule: &HttpRule, req: &RequestView<'_>) -> bool {
 /// IPv4-mapped IPv6 addresses are IPv4 addresses.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -256,33 +258,97 @@ policies:
             reason: DenyReason::NoRuleForDestination,
         };
         let cases: Vec<(&str, RequestView<'_>, Decision)> = vec![
-            ("10.77.1.10:80", req("GET", "/data/x", Some("origin.test"), team), allow(0)),
-            ("10.77.1.10:8080", req("HEAD", "/data/", Some("Origin.TEST:8080"), team), allow(0)),
-            ("[fd77:1::10]:80", req("GET", "/data/x", Some("origin.test"), team), allow(0)),
-            ("[::ffff:10.77.1.10]:80", req("GET", "/data/x", Some("origin.test"), team), allow(0)),
-            ("10.77.1.10:80", req("GET", "/data/x", Some("origin.test"), wrong_team), l7_deny.clone()),
-            ("10.77.1.10:80", req("GET", "/data/x", Some("origin.test"), &[]), l7_deny.clone()),
-            ("10.77.1.10:80", req("GET", "/data/x", Some("evil.test"), team), l7_deny.clone()),
-            ("10.77.1.10:80", req("GET", "/data/x", None, team), l7_deny.clone()),
-            ("10.77.1.10:80", req("GETS", "/data/x", Some("origin.test"), team), l7_deny.clone()),
-            ("10.77.1.10:80", req("GET", "/etc/data/x", Some("origin.test"), team), l7_deny.clone()),
+            (
+                "10.77.1.10:80",
+                req("GET", "/data/x", Some("origin.test"), team),
+                allow(0),
+            ),
+            (
+                "10.77.1.10:8080",
+                req("HEAD", "/data/", Some("Origin.TEST:8080"), team),
+                allow(0),
+            ),
+            (
+                "[fd77:1::10]:80",
+                req("GET", "/data/x", Some("origin.test"), team),
+                allow(0),
+            ),
+            (
+                "[::ffff:10.77.1.10]:80",
+                req("GET", "/data/x", Some("origin.test"), team),
+                allow(0),
+            ),
+            (
+                "10.77.1.10:80",
+                req("GET", "/data/x", Some("origin.test"), wrong_team),
+                l7_deny.clone(),
+            ),
+            (
+                "10.77.1.10:80",
+                req("GET", "/data/x", Some("origin.test"), &[]),
+                l7_deny.clone(),
+            ),
+            (
+                "10.77.1.10:80",
+                req("GET", "/data/x", Some("evil.test"), team),
+                l7_deny.clone(),
+            ),
+            (
+                "10.77.1.10:80",
+                req("GET", "/data/x", None, team),
+                l7_deny.clone(),
+            ),
+            (
+                "10.77.1.10:80",
+                req("GETS", "/data/x", Some("origin.test"), team),
+                l7_deny.clone(),
+            ),
+            (
+                "10.77.1.10:80",
+                req("GET", "/etc/data/x", Some("origin.test"), team),
+                l7_deny.clone(),
+            ),
             ("10.77.1.10:80", req("POST", "/upload", None, &[]), allow(0)),
-            ("10.77.1.10:80", req("POST", "/upload/more", None, &[]), l7_deny.clone()),
-            ("10.77.1.10:9000", req("DELETE", "/anything", None, &[]), allow(1)),
-            ("10.77.1.11:9000", req("GET", "/", None, &[]), no_rule.clone()),
+            (
+                "10.77.1.10:80",
+                req("POST", "/upload/more", None, &[]),
+                l7_deny.clone(),
+            ),
+            (
+                "10.77.1.10:9000",
+                req("DELETE", "/anything", None, &[]),
+                allow(1),
+            ),
+            (
+                "10.77.1.11:9000",
+                req("GET", "/", None, &[]),
+                no_rule.clone(),
+            ),
             ("10.77.9.1:12345", req("PUT", "/x", None, &[]), allow(2)),
-            ("10.77.2.1:80", req("GET", "/data/x", Some("origin.test"), team), no_rule.clone()),
+            (
+                "10.77.2.1:80",
+                req("GET", "/data/x", Some("origin.test"), team),
+                no_rule.clone(),
+            ),
         ];
         for (dst, r, want) in cases {
             let got = s.evaluate(0, dst.parse().unwrap(), &r);
             assert_eq!(got, want, "{dst} {r:?}");
         }
         assert_eq!(
-            s.evaluate(1, "10.77.1.10:80".parse().unwrap(), &req("GET", "/", None, &[])),
+            s.evaluate(
+                1,
+                "10.77.1.10:80".parse().unwrap(),
+                &req("GET", "/", None, &[])
+            ),
             no_rule
         );
         assert_eq!(
-            s.evaluate(7, "10.77.1.10:80".parse().unwrap(), &req("GET", "/", None, &[])),
+            s.evaluate(
+                7,
+                "10.77.1.10:80".parse().unwrap(),
+                &req("GET", "/", None, &[])
+            ),
             no_rule
         );
     }
@@ -290,7 +356,13 @@ policies:
     #[test]
     fn rule_overrides_apply_on_top_of_globals() {
         let s = set();
-        assert_eq!(s.policies[0].rules[0].upstream.max_requests_per_connection, 100);
-        assert_eq!(s.policies[0].rules[1].upstream.max_requests_per_connection, 0);
+        assert_eq!(
+            s.policies[0].rules[0].upstream.max_requests_per_connection,
+            100
+        );
+        assert_eq!(
+            s.policies[0].rules[1].upstream.max_requests_per_connection,
+            0
+        );
     }
 }

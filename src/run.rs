@@ -39,8 +39,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before anything else that could collide with a running instance.
     let lock = crate::bpf::lock_pin_path(&config.bpf.pin_path)?;
     let prometheus = crate::metrics::install().context("installing the metrics recorder")?;
-    let log = AccessLog::open(config.access_log.path.as_deref())
-        .context("opening the access log")?;
+    let log =
+        AccessLog::open(config.access_log.path.as_deref()).context("opening the access log")?;
 
     // Listeners first: a taken address fails before the kernel is touched.
     let listener = bind(config.proxy.listen, "proxy.listen").await?;
@@ -67,7 +67,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cgroup_root = %root.display(),
         "eBPF programs attached"
     );
-    let result = serve(&config, &root, &kernel, policies, prometheus, log, listener, listener_v6, admin_listener).await;
+    let result = serve(
+        &config,
+        &root,
+        &kernel,
+        policies,
+        prometheus,
+        log,
+        listener,
+        listener_v6,
+        admin_listener,
+    )
+    .await;
     let detached = kernel.shutdown();
     tracing::info!("eBPF programs detached and pins removed");
     result?;
@@ -112,9 +123,13 @@ async fn serve(
             client_idle_timeout: config.proxy.client_idle_timeout,
         },
     );
-    let mut tasks = vec![tokio::spawn(Arc::clone(&proxy).serve(listener, shutdown_rx.clone()))];
+    let mut tasks = vec![tokio::spawn(
+        Arc::clone(&proxy).serve(listener, shutdown_rx.clone()),
+    )];
     if let Some(l) = listener_v6 {
-        tasks.push(tokio::spawn(Arc::clone(&proxy).serve(l, shutdown_rx.clone())));
+        tasks.push(tokio::spawn(
+            Arc::clone(&proxy).serve(l, shutdown_rx.clone()),
+        ));
     }
     ready.store(true, Ordering::Release);
     tracing::info!(listen = %config.proxy.listen, admin = %config.admin.listen, "ready");

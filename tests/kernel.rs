@@ -50,7 +50,13 @@ impl Sockwarden {
 
     /// Spawns without waiting. `tag` names the pin path, `run` the
     /// directory holding config, logs and access log.
-    fn spawn(node: &Netns, tag: &str, run: &str, policies: &str, cgroup: Option<&Path>) -> Sockwarden {
+    fn spawn(
+        node: &Netns,
+        tag: &str,
+        run: &str,
+        policies: &str,
+        cgroup: Option<&Path>,
+    ) -> Sockwarden {
         let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
         std::fs::create_dir_all(&dir).expect("test dir");
         let config = dir.join("sockwarden.yaml");
@@ -100,7 +106,11 @@ impl Sockwarden {
             let addr: SocketAddr = ADMIN.parse().expect("admin addr");
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
             let r = read_response(&mut BufReader::new(s), false).ok()?;
             Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
         })
@@ -112,7 +122,13 @@ impl Sockwarden {
         let (status, body) = self.admin_get("/metrics").expect("metrics reachable");
         assert_eq!(status, 200);
         body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0)
     }
 
@@ -135,7 +151,10 @@ impl Sockwarden {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("sockwarden did not exit within {limit:?}:\n{}", self.stderr());
+                panic!(
+                    "sockwarden did not exit within {limit:?}:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -194,7 +213,15 @@ fn connect_args(host: &str, port: u16) -> Vec<String> {
 
 /// curl printing the status code; extra args before the URL.
 fn curl_status(netns: &Netns, cgroup: Option<&TestCgroup>, extra: &[&str], url: &str) -> String {
-    let mut args = vec!["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"];
+    let mut args = vec![
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ];
     args.extend_from_slice(extra);
     args.push(url);
     let o = match cgroup {
@@ -218,63 +245,194 @@ fn allowed_denied_refused_and_untouched() {
     require_root();
     let tag = unique_tag("basic");
     let topo = Topology::new(&tag);
-    let origin = Origin::start("10.77.1.10:80".parse().unwrap(), Some(&topo.origin.path()), OriginConfig::default());
-    let l4_origin = Origin::start("10.77.1.10:9000".parse().unwrap(), Some(&topo.origin.path()), OriginConfig::default());
+    let origin = Origin::start(
+        "10.77.1.10:80".parse().unwrap(),
+        Some(&topo.origin.path()),
+        OriginConfig::default(),
+    );
+    let l4_origin = Origin::start(
+        "10.77.1.10:9000".parse().unwrap(),
+        Some(&topo.origin.path()),
+        OriginConfig::default(),
+    );
     let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/analytics"));
     let mut sw = Sockwarden::start(&topo.node, &tag, &policy("analytics", cg.rel()));
     let team = ["-H", "x-team: analytics"];
 
     // Allowed at L7.
-    let o = workload(&topo.node, &cg, "curl", &["-sS", "--max-time", "10", "-H", "x-team: analytics", "http://10.77.1.10/data/1000"]);
-    assert_eq!(o.stdout, common::origin::pattern(1000), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = workload(
+        &topo.node,
+        &cg,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "x-team: analytics",
+            "http://10.77.1.10/data/1000",
+        ],
+    );
+    assert_eq!(
+        o.stdout,
+        common::origin::pattern(1000),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Denied at L7: wrong path, and missing header.
-    let o = workload(&topo.node, &cg, "curl", &["-sS", "-D", "-", "-o", "/dev/null", "--max-time", "10", "-H", "x-team: analytics", "http://10.77.1.10/private"]);
+    let o = workload(
+        &topo.node,
+        &cg,
+        "curl",
+        &[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "10",
+            "-H",
+            "x-team: analytics",
+            "http://10.77.1.10/private",
+        ],
+    );
     let head = stdout(&o).to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert!(head.contains("sockwarden-denied: analytics"), "{head}");
-    assert_eq!(curl_status(&topo.node, Some(&cg), &[], "http://10.77.1.10/data/1"), "403");
+    assert_eq!(
+        curl_status(&topo.node, Some(&cg), &[], "http://10.77.1.10/data/1"),
+        "403"
+    );
     // The keep-alive connection stays usable after a 403: two URLs, one connection.
-    let o = workload(&topo.node, &cg, "curl", &["-sS", "--max-time", "10", "-H", "x-team: analytics",
-        "-w", "%{http_code} %{num_connects}\n", "-o", "/dev/null", "http://10.77.1.10/private",
-        "-o", "/dev/null", "http://10.77.1.10/data/5"]);
-    assert_eq!(stdout(&o), "403 1\n200 0\n", "{}", String::from_utf8_lossy(&o.stderr));
+    let o = workload(
+        &topo.node,
+        &cg,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "-H",
+            "x-team: analytics",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            "-o",
+            "/dev/null",
+            "http://10.77.1.10/private",
+            "-o",
+            "/dev/null",
+            "http://10.77.1.10/data/5",
+        ],
+    );
+    assert_eq!(
+        stdout(&o),
+        "403 1\n200 0\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Refused at connect(): no rule covers port 81, nor 10.77.3.1.
-    let o = workload(&topo.node, &cg, "bash", &connect_args("10.77.1.10", 81).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = workload(
+        &topo.node,
+        &cg,
+        "bash",
+        &connect_args("10.77.1.10", 81)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(tcp_connect(o).contains("Operation not permitted"));
-    let o = workload(&topo.node, &cg, "bash", &connect_args("10.77.3.1", 80).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = workload(
+        &topo.node,
+        &cg,
+        "bash",
+        &connect_args("10.77.3.1", 80)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(tcp_connect(o).contains("Operation not permitted"));
     // L4-only rule: allowed, not redirected (no access-log line, no proxy).
-    assert_eq!(curl_status(&topo.node, Some(&cg), &[], "http://10.77.1.10:9000/anything"), "200");
+    assert_eq!(
+        curl_status(
+            &topo.node,
+            Some(&cg),
+            &[],
+            "http://10.77.1.10:9000/anything"
+        ),
+        "200"
+    );
     assert_eq!(l4_origin.requests(), 1);
     // UDP is never touched, even to a destination no rule allows.
-    let o = workload(&topo.node, &cg, "bash", &["-c", "exec 3<>/dev/udp/10.77.1.99/53"]);
+    let o = workload(
+        &topo.node,
+        &cg,
+        "bash",
+        &["-c", "exec 3<>/dev/udp/10.77.1.99/53"],
+    );
     assert_eq!(tcp_connect(o), "ok");
     // Outside the cgroup nothing is touched: /private reaches the origin.
-    assert_eq!(curl_status(&topo.node, None, &team, "http://10.77.1.10/private"), "200");
-    let o = outsider(&topo.node, "bash", &["-c", "exec 3<>/dev/tcp/10.77.1.10/81"]);
+    assert_eq!(
+        curl_status(&topo.node, None, &team, "http://10.77.1.10/private"),
+        "200"
+    );
+    let o = outsider(
+        &topo.node,
+        "bash",
+        &["-c", "exec 3<>/dev/tcp/10.77.1.10/81"],
+    );
     assert!(tcp_connect(o).contains("Connection refused"));
 
     // Metrics equal what this test did.
     let m = |s: &str| sw.metric(s);
-    assert_eq!(m(r#"sockwarden_http_requests_total{policy="analytics",verdict="allowed",status="200"}"#), 2.0);
-    assert_eq!(m(r#"sockwarden_http_requests_total{policy="analytics",verdict="denied",status="403"}"#), 3.0);
-    assert_eq!(m(r#"sockwarden_connect_denied_total{policy="analytics"}"#), 2.0);
-    assert_eq!(m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="allowed"}"#), 1.0);
-    assert_eq!(m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="redirected"}"#), 4.0);
-    assert_eq!(m("sockwarden_upstream_connections_opened_total"), 1.0, "the second allowed request reused the pooled connection");
-    assert_eq!(origin.requests(), 3, "2 allowed through the proxy + 1 from outside");
+    assert_eq!(
+        m(r#"sockwarden_http_requests_total{policy="analytics",verdict="allowed",status="200"}"#),
+        2.0
+    );
+    assert_eq!(
+        m(r#"sockwarden_http_requests_total{policy="analytics",verdict="denied",status="403"}"#),
+        3.0
+    );
+    assert_eq!(
+        m(r#"sockwarden_connect_denied_total{policy="analytics"}"#),
+        2.0
+    );
+    assert_eq!(
+        m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="allowed"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="redirected"}"#),
+        4.0
+    );
+    assert_eq!(
+        m("sockwarden_upstream_connections_opened_total"),
+        1.0,
+        "the second allowed request reused the pooled connection"
+    );
+    assert_eq!(
+        origin.requests(),
+        3,
+        "2 allowed through the proxy + 1 from outside"
+    );
 
     // The access log names policy, cgroup, destination, verdict, flags.
     let log = sw.access_log();
     assert_eq!(log.len(), 5, "{log:?}");
-    let denied = log.iter().find(|l| l["path"] == "/private").expect("denied line");
+    let denied = log
+        .iter()
+        .find(|l| l["path"] == "/private")
+        .expect("denied line");
     assert_eq!(denied["status"], 403);
     assert_eq!(denied["policy"], "analytics");
     assert_eq!(denied["cgroup"], cg.rel());
     assert_eq!(denied["cgroup_id"], cg.id());
     assert_eq!(denied["original_dst"], "10.77.1.10:80");
     assert_eq!(denied["flags"], serde_json::json!(["RBAC"]));
-    let allowed = log.iter().find(|l| l["path"] == "/data/1000").expect("allowed line");
+    let allowed = log
+        .iter()
+        .find(|l| l["path"] == "/data/1000")
+        .expect("allowed line");
     assert_eq!(allowed["status"], 200);
     assert_eq!(allowed["upstream_attempts"], 1);
     assert!(allowed["upstream_id"].as_u64().is_some());
@@ -284,7 +442,15 @@ fn allowed_denied_refused_and_untouched() {
     assert!(status.success(), "exit {status:?}: {}", sw.stderr());
     assert!(!sw.pin.exists(), "pins removed on exit");
     // Detached: the same connect() now reaches the origin namespace (refused there).
-    let o = workload(&topo.node, &cg, "bash", &connect_args("10.77.1.10", 81).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = workload(
+        &topo.node,
+        &cg,
+        "bash",
+        &connect_args("10.77.1.10", 81)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(tcp_connect(o).contains("Connection refused"));
 }
 
@@ -293,24 +459,57 @@ fn workload_in_its_own_namespace_ipv4_and_ipv6() {
     require_root();
     let tag = unique_tag("pod");
     let topo = Topology::new(&tag);
-    let origin4 = Origin::start("10.77.1.10:80".parse().unwrap(), Some(&topo.origin.path()), OriginConfig::default());
-    let origin6 = Origin::start("[fd77:1::10]:80".parse().unwrap(), Some(&topo.origin.path()), OriginConfig::default());
+    let origin4 = Origin::start(
+        "10.77.1.10:80".parse().unwrap(),
+        Some(&topo.origin.path()),
+        OriginConfig::default(),
+    );
+    let origin6 = Origin::start(
+        "[fd77:1::10]:80".parse().unwrap(),
+        Some(&topo.origin.path()),
+        OriginConfig::default(),
+    );
     let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
     let sw = Sockwarden::start(&topo.node, &tag, &policy("pod", cg.rel()));
     let team = ["-H", "x-team: analytics"];
 
-    assert_eq!(curl_status(&topo.pod, Some(&cg), &team, "http://10.77.1.10/data/10"), "200");
-    assert_eq!(curl_status(&topo.pod, Some(&cg), &team, "http://[fd77:1::10]/data/10"), "200");
-    assert_eq!(curl_status(&topo.pod, Some(&cg), &team, "http://[fd77:1::10]/private"), "403");
-    let o = workload(&topo.pod, &cg, "bash", &connect_args("fd77:1::10", 81).iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        curl_status(&topo.pod, Some(&cg), &team, "http://10.77.1.10/data/10"),
+        "200"
+    );
+    assert_eq!(
+        curl_status(&topo.pod, Some(&cg), &team, "http://[fd77:1::10]/data/10"),
+        "200"
+    );
+    assert_eq!(
+        curl_status(&topo.pod, Some(&cg), &team, "http://[fd77:1::10]/private"),
+        "403"
+    );
+    let o = workload(
+        &topo.pod,
+        &cg,
+        "bash",
+        &connect_args("fd77:1::10", 81)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(tcp_connect(o).contains("Operation not permitted"));
     assert_eq!(origin4.requests(), 1);
     assert_eq!(origin6.requests(), 1);
     let log = sw.access_log();
     assert_eq!(log.len(), 3, "{log:?}");
-    assert!(log.iter().any(|l| l["original_dst"] == "[fd77:1::10]:80" && l["status"] == 200));
-    assert!(log.iter().all(|l| l["client"].as_str().unwrap().contains("fd77:2::2") || l["client"].as_str().unwrap().starts_with("10.77.2.2")));
-    assert_eq!(sw.metric(r#"sockwarden_connect_denied_total{policy="pod"}"#), 1.0);
+    assert!(log
+        .iter()
+        .any(|l| l["original_dst"] == "[fd77:1::10]:80" && l["status"] == 200));
+    assert!(log
+        .iter()
+        .all(|l| l["client"].as_str().unwrap().contains("fd77:2::2")
+            || l["client"].as_str().unwrap().starts_with("10.77.2.2")));
+    assert_eq!(
+        sw.metric(r#"sockwarden_connect_denied_total{policy="pod"}"#),
+        1.0
+    );
 }
 
 #[test]
@@ -321,21 +520,34 @@ fn origin_closing_every_100_requests_causes_no_errors() {
     let origin = Origin::start(
         "10.77.1.10:80".parse().unwrap(),
         Some(&topo.origin.path()),
-        OriginConfig { close_after: Some(100), ..OriginConfig::default() },
+        OriginConfig {
+            close_after: Some(100),
+            ..OriginConfig::default()
+        },
     );
     let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/s3"));
     let sw = Sockwarden::start(&topo.node, &tag, &policy("s3", cg.rel()));
 
     // One curl, one keep-alive connection, 10,000 sequential requests.
     const N: usize = 10_000;
-    let mut cfg = String::from("header = \"x-team: analytics\"\nsilent\nwrite-out = \"%{http_code} %{num_connects}\\n\"\n");
+    let mut cfg = String::from(
+        "header = \"x-team: analytics\"\nsilent\nwrite-out = \"%{http_code} %{num_connects}\\n\"\n",
+    );
     for i in 0..N {
-        cfg.push_str(&format!("url = \"http://10.77.1.10/data/{}\"\noutput = \"/dev/null\"\n", 16 + i % 7));
+        cfg.push_str(&format!(
+            "url = \"http://10.77.1.10/data/{}\"\noutput = \"/dev/null\"\n",
+            16 + i % 7
+        ));
     }
     let cfg_path = sw.dir.join("curl.cfg");
     std::fs::write(&cfg_path, cfg).unwrap();
     let started = Instant::now();
-    let o = workload(&topo.node, &cg, "curl", &["--config", cfg_path.to_str().unwrap()]);
+    let o = workload(
+        &topo.node,
+        &cg,
+        "curl",
+        &["--config", cfg_path.to_str().unwrap()],
+    );
     let took = started.elapsed();
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
@@ -346,12 +558,20 @@ fn origin_closing_every_100_requests_causes_no_errors() {
     assert_eq!(client_connects, 1, "the client kept one connection");
     assert_eq!(origin.requests(), N as u64);
     assert_eq!(origin.connections(), (N / 100) as u64);
-    assert_eq!(sw.metric("sockwarden_upstream_connections_opened_total"), (N / 100) as f64);
     assert_eq!(
-        sw.metric(r#"sockwarden_upstream_connections_closed_total{reason="connection_close_header"}"#),
+        sw.metric("sockwarden_upstream_connections_opened_total"),
         (N / 100) as f64
     );
-    assert_eq!(sw.metric(r#"sockwarden_http_requests_total{policy="s3",verdict="allowed",status="200"}"#), N as f64);
+    assert_eq!(
+        sw.metric(
+            r#"sockwarden_upstream_connections_closed_total{reason="connection_close_header"}"#
+        ),
+        (N / 100) as f64
+    );
+    assert_eq!(
+        sw.metric(r#"sockwarden_http_requests_total{policy="s3",verdict="allowed",status="200"}"#),
+        N as f64
+    );
     eprintln!("10,000 requests through the proxy in {took:?}");
 }
 
@@ -369,7 +589,15 @@ fn cgroup_created_later_is_enforced_without_restart() {
     let created = Instant::now();
     let mut window = None;
     while created.elapsed() < Duration::from_secs(3) {
-        let o = workload(&topo.node, &cg, "bash", &connect_args("10.77.1.10", 81).iter().map(String::as_str).collect::<Vec<_>>());
+        let o = workload(
+            &topo.node,
+            &cg,
+            "bash",
+            &connect_args("10.77.1.10", 81)
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
         if tcp_connect(o).contains("Operation not permitted") {
             window = Some(created.elapsed());
             break;
@@ -377,7 +605,10 @@ fn cgroup_created_later_is_enforced_without_restart() {
     }
     let window = window.expect("the new cgroup was never enforced");
     eprintln!("enforced {window:?} after mkdir");
-    assert!(window < Duration::from_millis(900), "enforcement took {window:?}: inotify did not fire");
+    assert!(
+        window < Duration::from_millis(900),
+        "enforcement took {window:?}: inotify did not fire"
+    );
     assert!(sw.stderr().contains("enforcing policy cgroup"));
 }
 
@@ -389,11 +620,20 @@ fn refuses_to_run_inside_an_enforced_cgroup() {
     node.run(&["addr", "add", "10.77.0.1/32", "dev", "lo"]);
     node.run(&["addr", "add", "fd77::1/128", "dev", "lo", "nodad"]);
     let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/self"));
-    let mut sw = Sockwarden::spawn(&node, &tag, &tag, &policy("self", cg.rel()), Some(cg.path()));
+    let mut sw = Sockwarden::spawn(
+        &node,
+        &tag,
+        &tag,
+        &policy("self", cg.rel()),
+        Some(cg.path()),
+    );
     let status = sw.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "{status:?}");
     let err = sw.stderr();
-    assert!(err.contains("sockwarden's own process is in cgroup"), "{err}");
+    assert!(
+        err.contains("sockwarden's own process is in cgroup"),
+        "{err}"
+    );
     assert!(!sw.pin.exists(), "nothing loaded");
 }
 
@@ -408,23 +648,55 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
     assert!(first.child.is_none());
     // Killed: links stay pinned, so the policy still holds (fail closed).
     assert!(first.pin.join("links/sw_connect4").exists());
-    let o = workload(&topo.node, &cg, "bash", &connect_args("10.77.1.10", 81).iter().map(String::as_str).collect::<Vec<_>>());
+    let o = workload(
+        &topo.node,
+        &cg,
+        "bash",
+        &connect_args("10.77.1.10", 81)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
     assert!(tcp_connect(o).contains("Operation not permitted"));
 
     let mut second = Sockwarden::start(&topo.node, &tag, &policy("app", cg.rel()));
-    assert!(second.stderr().contains("removed leftovers of an earlier run"), "{}", second.stderr());
+    assert!(
+        second
+            .stderr()
+            .contains("removed leftovers of an earlier run"),
+        "{}",
+        second.stderr()
+    );
     // A second instance on the same pin path is refused while one runs.
     let third_run = format!("{tag}-third");
     let mut third = Sockwarden::spawn(&topo.node, &tag, &third_run, &policy("app", cg.rel()), None);
     let status = third.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1));
-    assert!(third.stderr().contains("another sockwarden is running"), "{}", third.stderr());
-    assert!(second.pin.exists(), "the refused instance left the running one's pins alone");
+    assert!(
+        third.stderr().contains("another sockwarden is running"),
+        "{}",
+        third.stderr()
+    );
+    assert!(
+        second.pin.exists(),
+        "the refused instance left the running one's pins alone"
+    );
 
     let status = second.stop();
     assert!(status.success(), "{}", second.stderr());
     assert!(!second.pin.exists());
-    let o = workload(&topo.node, &cg, "bash", &connect_args("10.77.1.10", 81).iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(tcp_connect(o).contains("Connection refused"), "detached after a clean exit");
+    let o = workload(
+        &topo.node,
+        &cg,
+        "bash",
+        &connect_args("10.77.1.10", 81)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(
+        tcp_connect(o).contains("Connection refused"),
+        "detached after a clean exit"
+    );
     drop(first);
 }

@@ -41,14 +41,17 @@ pub fn addr16(ip: IpAddr) -> [u8; 16] {
     }
 }
 
-fn prefix16(net: &IpNet) -> ([u8; 16], u8) {
+/// An address prefix in the 16-byte form: (address, prefix length).
+type Prefix = ([u8; 16], u8);
+
+fn prefix16(net: &IpNet) -> Prefix {
     match net {
         IpNet::V4(n) => (addr16(IpAddr::V4(n.network())), n.prefix_len() + 96),
         IpNet::V6(n) => (addr16(IpAddr::V6(n.network())), n.prefix_len()),
     }
 }
 
-fn contains(outer: &([u8; 16], u8), inner: &([u8; 16], u8)) -> bool {
+fn contains(outer: &Prefix, inner: &Prefix) -> bool {
     if outer.1 > inner.1 {
         return false;
     }
@@ -65,8 +68,7 @@ fn contains(outer: &([u8; 16], u8), inner: &([u8; 16], u8)) -> bool {
 /// All entries for the kernel map, merged as described in the module docs.
 pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
     // (policy, port) -> prefix -> strongest verdict of the rules naming it.
-    let mut groups: BTreeMap<(PolicyId, u16), BTreeMap<([u8; 16], u8), ConnectVerdict>> =
-        BTreeMap::new();
+    let mut groups: BTreeMap<(PolicyId, u16), BTreeMap<Prefix, ConnectVerdict>> = BTreeMap::new();
     for (id, policy) in set.policies.iter().enumerate() {
         let id = id as PolicyId;
         for rule in &policy.rules {
@@ -118,7 +120,7 @@ pub fn kernel_verdict(
     ip: IpAddr,
     port: u16,
 ) -> Option<ConnectVerdict> {
-    let target = (addr16(ip), 128u8);
+    let target: Prefix = (addr16(ip), 128);
     let lpm = |p: u16| {
         entries
             .iter()

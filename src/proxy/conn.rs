@@ -139,10 +139,12 @@ impl Proxy {
                     rec.host = head.host();
                     rec.path = Some(head.path());
                     rec.bytes_received = head_len as u64;
-                    self.exchange(down, &head, &orig, &policy_name, &mut rec).await
+                    self.exchange(down, &head, &orig, &policy_name, &mut rec)
+                        .await
                 }
                 Err(HeadReadError::Head(e)) => {
-                    let reply = LocalReply::error(e.request_status(), flags::DPE, e.to_string(), true);
+                    let reply =
+                        LocalReply::error(e.request_status(), flags::DPE, e.to_string(), true);
                     self.reply(down, &mut rec, reply).await
                 }
                 Err(HeadReadError::Timeout) => {
@@ -296,7 +298,8 @@ impl Proxy {
             None => match upstream::connect(orig.dst, settings.connect_timeout).await {
                 Ok(c) => c,
                 Err(e) => {
-                    let reply = LocalReply::error(503, flags::UF, e.to_string(), client_close || has_body);
+                    let reply =
+                        LocalReply::error(503, flags::UF, e.to_string(), client_close || has_body);
                     return self.reply(down, rec, reply).await;
                 }
             },
@@ -326,7 +329,10 @@ impl Proxy {
         let expect = has_body && head.expects_continue();
         let mut body_sent = !has_body;
         if has_body && !expect {
-            match self.send_request_body(down, &mut up, framing, settings, rec).await {
+            match self
+                .send_request_body(down, &mut up, framing, settings, rec)
+                .await
+            {
                 Ok(()) => body_sent = true,
                 Err(reply) => {
                     retire(up, CloseReason::Error);
@@ -350,7 +356,9 @@ impl Proxy {
                 Ok(None) => {
                     retire(up, CloseReason::ServerClose);
                     let reason = "upstream closed the connection before responding".to_string();
-                    return self.reply(down, rec, LocalReply::error(503, flags::UC, reason, close)).await;
+                    return self
+                        .reply(down, rec, LocalReply::error(503, flags::UC, reason, close))
+                        .await;
                 }
                 Err(e) => {
                     retire(up, CloseReason::Error);
@@ -379,7 +387,8 @@ impl Proxy {
                         HeadReadError::Truncated => LocalReply::error(
                             502,
                             flags::UPE,
-                            "bad upstream response: connection closed inside the response head".into(),
+                            "bad upstream response: connection closed inside the response head"
+                                .into(),
                             close,
                         ),
                     };
@@ -402,18 +411,27 @@ impl Proxy {
                 }
                 101 => {
                     retire(up, CloseReason::Error);
-                    let reason = "bad upstream response: 101 without an Upgrade request".to_string();
-                    return self.reply(down, rec, LocalReply::error(502, flags::UPE, reason, true)).await;
+                    let reason =
+                        "bad upstream response: 101 without an Upgrade request".to_string();
+                    return self
+                        .reply(down, rec, LocalReply::error(502, flags::UPE, reason, true))
+                        .await;
                 }
                 100 if expect && !body_sent => {
                     if head.version == Version::Http11
-                        && down.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err()
+                        && down
+                            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                            .await
+                            .is_err()
                     {
                         rec.flags.push(flags::DC);
                         retire(up, CloseReason::Error);
                         return Next::Close;
                     }
-                    match self.send_request_body(down, &mut up, framing, settings, rec).await {
+                    match self
+                        .send_request_body(down, &mut up, framing, settings, rec)
+                        .await
+                    {
                         Ok(()) => body_sent = true,
                         Err(reply) => {
                             retire(up, CloseReason::Error);
@@ -527,7 +545,11 @@ impl Proxy {
         rec: &mut Record,
     ) -> Result<(), Option<LocalReply>> {
         match down
-            .forward_body(Dest::Stream(&mut up.stream), framing, settings.request_timeout)
+            .forward_body(
+                Dest::Stream(&mut up.stream),
+                framing,
+                settings.request_timeout,
+            )
             .await
         {
             Ok(n) => {
@@ -539,7 +561,12 @@ impl Proxy {
                 rec.reason = Some(format!("request body: {e}"));
                 if let super::stream::BodyError::Chunk(_) = e {
                     // A malformed chunked body is the client's protocol error.
-                    return Err(Some(LocalReply::error(400, flags::DPE, e.to_string(), true)));
+                    return Err(Some(LocalReply::error(
+                        400,
+                        flags::DPE,
+                        e.to_string(),
+                        true,
+                    )));
                 }
                 Err(None)
             }

@@ -29,6 +29,9 @@ pub enum HeadReadError {
     Io(#[from] io::Error),
 }
 
+/// A head parser: Ok(Some((head, length))) once a whole head is buffered.
+pub type HeadParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>;
+
 /// Which side of a body transfer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -115,7 +118,7 @@ impl BufStream {
     /// `idle_is_eof`) was silent for `wait`.
     pub async fn read_head<T>(
         &mut self,
-        parse: fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>,
+        parse: HeadParser<T>,
         wait: Duration,
         idle_is_eof: bool,
     ) -> Result<Option<(T, usize)>, HeadReadError> {
@@ -190,14 +193,21 @@ impl BufStream {
             if self.buffered().is_empty() && self.fill_body(idle).await? == 0 {
                 return Err(BodyError::Truncated { missing: left });
             }
-            let n = self.buffered().len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self
+                .buffered()
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
             self.send_buffered(&mut dst, n).await?;
             left -= n as u64;
         }
         Ok(len)
     }
 
-    async fn forward_chunked(&mut self, mut dst: Dest<'_>, idle: Duration) -> Result<u64, BodyError> {
+    async fn forward_chunked(
+        &mut self,
+        mut dst: Dest<'_>,
+        idle: Duration,
+    ) -> Result<u64, BodyError> {
         let mut scanner = ChunkedScanner::new();
         let mut total = 0u64;
         loop {

@@ -106,7 +106,9 @@ impl UpConn {
     ) -> Result<(), CloseReason> {
         self.served += 1;
         self.server_idle = keep_alive.timeout.or(self.server_idle);
-        self.server_remaining = keep_alive.max.or(self.server_remaining.map(|r| r.saturating_sub(1)));
+        self.server_remaining = keep_alive
+            .max
+            .or(self.server_remaining.map(|r| r.saturating_sub(1)));
         if max_requests > 0 && self.served >= max_requests {
             return Err(CloseReason::MaxRequests);
         }
@@ -123,7 +125,9 @@ impl UpConn {
     /// How long this connection may stay idle: ours, or shorter than the server's.
     fn idle_limit(&self, configured: Duration) -> Duration {
         match self.server_idle {
-            Some(server) => configured.min(server.saturating_sub(server.min(Duration::from_secs(1)) / 2)),
+            Some(server) => {
+                configured.min(server.saturating_sub(server.min(Duration::from_secs(1)) / 2))
+            }
             None => configured,
         }
     }

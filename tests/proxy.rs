@@ -1,0 +1,875 @@
+//! Loopback tests of the proxy core: no root, no namespaces, no eBPF.
+//!
+//! Each test starts its own [`Proxy`] on 127.0.0.1 (a private two-worker
+//! tokio runtime), with an [`OrigDstSource`] that sends every connection to
+//! one test origin, a policy parsed from YAML, and the access log in a
+//! temporary file. Clients are blocking std sockets with 5 s timeouts.
+
+mod common;
+
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::origin::{self, pattern, read_response, Origin, OriginConfig, Response};
+use serde_json::Value;
+use sockwarden::accesslog::AccessLog;
+use sockwarden::bpf::OrigDst;
+use sockwarden::config::Config;
+use sockwarden::policy::PolicySet;
+use sockwarden::proxy::{OrigDstSource, Proxy, ProxySettings};
+use tokio::sync::watch;
+
+/// The policy name the tests' configuration uses.
+const POLICY: &str = "loopback-test";
+
+/// How long a test waits for an access-log line.
+const LOG_WAIT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------
+// Harness.
+
+/// Sends every connection to one fixed destination (or to none).
+struct FixedOrigDst(Option<SocketAddr>);
+
+impl OrigDstSource for FixedOrigDst {
+    fn take(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<OrigDst> {
+        self.0.map(|dst| OrigDst {
+            dst,
+            policy_id: 0,
+            cgroup_id: 1,
+        })
+    }
+}
+
+/// The test configuration: one policy covering 127.0.0.0/8 with L7 rules.
+/// `global_upstream` and `rule_upstream` are YAML flow mappings (or empty).
+fn config_yaml(global_upstream: &str, rule_upstream: &str) -> String {
+    let mut text = String::from("proxy: { listen: \"127.0.0.1:15001\" }\n");
+    if !global_upstream.is_empty() {
+        text.push_str(&format!("upstream: {global_upstream}\n"));
+    }
+    text.push_str(&format!(
+        r#"policies:
+  - name: {POLICY}
+    cgroup: /sockwarden-loopback-test
+    egress:
+      - to: ["127.0.0.0/8"]
+        http:
+          - method: "GET|HEAD|POST|PUT"
+            path: "/data/.*"
+          - method: "POST|PUT"
+            path: "/echo"
+          - method: "GET|HEAD"
+            path: "/status/.*"
+"#
+    ));
+    if !rule_upstream.is_empty() {
+        text.push_str(&format!("        upstream: {rule_upstream}\n"));
+    }
+    text
+}
+
+/// A unique path for an access-log file.
+fn temp_log_path() -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "sockwarden-proxy-test-{}-{n}.log",
+        std::process::id()
+    ))
+}
+
+/// A running proxy on 127.0.0.1 with its own runtime; stopped on drop.
+struct Harness {
+    rt: Option<tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    log_path: PathBuf,
+}
+
+impl Harness {
+    /// A proxy whose connections all go to `dst` (None: no original
+    /// destination), with default upstream settings.
+    fn start(dst: Option<SocketAddr>) -> Harness {
+        Harness::with_config(dst, "", "")
+    }
+
+    fn with_config(dst: Option<SocketAddr>, global_upstream: &str, rule_upstream: &str) -> Harness {
+        let yaml = config_yaml(global_upstream, rule_upstream);
+        let config = Config::parse(&yaml, Path::new("proxy-test.yaml"))
+            .unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
+        let policies = Arc::new(PolicySet::compile(&config));
+        let log_path = temp_log_path();
+        let _ = std::fs::remove_file(&log_path);
+        let log = AccessLog::open(Some(log_path.to_str().expect("utf-8 temp path")))
+            .expect("open access log");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind proxy listener");
+        let addr = listener.local_addr().expect("proxy local_addr");
+        let proxy = Proxy::new(
+            policies,
+            Arc::new(FixedOrigDst(dst)),
+            log,
+            ProxySettings {
+                client_idle_timeout: Duration::from_secs(10),
+            },
+        );
+        let (shutdown, rx) = watch::channel(false);
+        let task = rt.spawn(proxy.serve(listener, rx));
+        Harness {
+            rt: Some(rt),
+            addr,
+            shutdown,
+            task: Some(task),
+            log_path,
+        }
+    }
+
+    fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Every access-log line written so far, parsed.
+    fn log_lines(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        text.lines()
+            // The writer may be in the middle of a line; skip partial ones.
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The first access-log line with `status`, waiting up to [`LOG_WAIT`].
+    fn log_line_with_status(&self, status: u16) -> Value {
+        let deadline = Instant::now() + LOG_WAIT;
+        loop {
+            if let Some(v) = self
+                .log_lines()
+                .into_iter()
+                .find(|v| v["status"] == u64::from(status))
+            {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "no access-log line with status {status} within {LOG_WAIT:?}; lines: {:?}",
+                    self.log_lines()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(rt) = self.rt.take() {
+            if let Some(task) = self.task.take() {
+                let _ =
+                    rt.block_on(async { tokio::time::timeout(Duration::from_secs(2), task).await });
+            }
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+        let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// Asserts an access-log line's flags are exactly `want`.
+fn assert_flags(line: &Value, want: &[&str]) {
+    let flags: Vec<&str> = line["flags"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no flags array in {line}"))
+        .iter()
+        .map(|f| f.as_str().expect("flag is a string"))
+        .collect();
+    assert_eq!(flags, want, "flags of {line}");
+}
+
+/// A blocking test client on one connection.
+struct Client {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let w = origin::connect(addr);
+        let r = BufReader::new(w.try_clone().expect("clone client socket"));
+        Client { w, r }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).expect("write to proxy");
+    }
+
+    fn response(&mut self) -> Response {
+        read_response(&mut self.r, false).unwrap_or_else(|e| panic!("reading a response: {e}"))
+    }
+
+    /// Sends `GET path` (keep-alive) and reads the response.
+    fn get(&mut self, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: origin.test\r\n\r\n").as_bytes());
+        self.response()
+    }
+
+    /// Asserts the proxy closed the connection: the next read is EOF.
+    fn expect_eof(&mut self) {
+        let mut byte = [0u8; 1];
+        match self.r.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("expected EOF, got more bytes: {:?}", self.r.buffer()),
+            Err(e) => panic!("expected EOF, got error {e}"),
+        }
+    }
+}
+
+/// Asserts a 200 whose body is `pattern(n)`.
+fn assert_data(resp: &Response, n: usize) {
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.body.len(), n, "body length of /data/{n}");
+    assert!(
+        resp.body == pattern(n),
+        "body of /data/{n} differs from the pattern"
+    );
+}
+
+/// Asserts a proxy-generated error: status, a `sockwarden-error` header,
+/// `connection: close`, and the connection closed after it.
+fn assert_error_and_closed(client: &mut Client, status: u16) -> Response {
+    let resp = client.response();
+    assert_eq!(resp.status, status, "{}", resp.head);
+    assert!(
+        resp.header("sockwarden-error").is_some(),
+        "no sockwarden-error header: {}",
+        resp.head
+    );
+    assert!(
+        resp.connection_close(),
+        "no Connection: close: {}",
+        resp.head
+    );
+    client.expect_eof();
+    resp
+}
+
+// ---------------------------------------------------------------------------
+// Raw origins: misbehaving servers on std sockets.
+
+/// A listener whose connections each get `handler` on their own thread.
+/// Stops (and joins every thread) when dropped.
+struct RawOrigin {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    accept: Option<JoinHandle<()>>,
+}
+
+type Handler = fn(TcpStream, &AtomicBool);
+
+impl RawOrigin {
+    fn start(handler: Handler) -> RawOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("raw origin bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("raw origin addr");
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (st, acc) = (stop.clone(), accepted.clone());
+        let accept = std::thread::spawn(move || {
+            let conns: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
+            // Bounded: the test suite never needs a raw origin for this long.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !st.load(Ordering::SeqCst) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        acc.fetch_add(1, Ordering::SeqCst);
+                        let _ = s.set_nonblocking(false);
+                        let st2 = st.clone();
+                        let h = std::thread::spawn(move || handler(s, &st2));
+                        conns.lock().unwrap().push(h);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            for h in conns.into_inner().unwrap() {
+                let _ = h.join();
+            }
+        });
+        RawOrigin {
+            addr,
+            stop,
+            accepted,
+            accept: Some(accept),
+        }
+    }
+
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Reads one request head (through the blank line; bounded in size and
+/// time); false if the peer closed or the stop flag was raised first.
+fn raw_read_head(s: &mut TcpStream, stop: &AtomicBool) -> bool {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while head.len() < 64 << 10 && !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match s.read(&mut byte) {
+            Ok(0) => return false,
+            Ok(_) => {
+                head.push(byte[0]);
+                if head.ends_with(b"\r\n\r\n") {
+                    return true;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Reads and drops everything until EOF, the stop flag or 10 s.
+fn raw_drain(s: &mut TcpStream, stop: &AtomicBool) {
+    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Accepts and never answers.
+fn silent_handler(mut s: TcpStream, stop: &AtomicBool) {
+    raw_drain(&mut s, stop);
+}
+
+/// Answers every request with bytes that are not HTTP.
+fn garbage_handler(mut s: TcpStream, stop: &AtomicBool) {
+    if raw_read_head(&mut s, stop) {
+        let _ = s.write_all(b"garbage\r\n\r\n");
+        let _ = s.shutdown(Shutdown::Write);
+        raw_drain(&mut s, stop);
+    }
+}
+
+/// Serves exactly one response per connection (Content-Length, no
+/// Connection header), then closes.
+fn one_shot_handler(mut s: TcpStream, stop: &AtomicBool) {
+    if raw_read_head(&mut s, stop) {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\none-shot");
+    }
+    // Dropping `s` closes the socket (nothing unread: a FIN, not a RST).
+}
+
+/// A loopback address nothing listens on.
+fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn allowed_get_returns_the_body_byte_exact() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let mut c = proxy.connect();
+    for n in [0usize, 1, 65535, 65536, 1 << 20] {
+        let resp = c.get(&format!("/data/{n}"));
+        assert_data(&resp, n);
+        assert_eq!(resp.header("content-length"), Some(n.to_string().as_str()));
+        assert!(!resp.connection_close(), "{}", resp.head);
+    }
+    let line = proxy.log_line_with_status(200);
+    assert_eq!(line["verdict"], "allowed", "{line}");
+    assert_eq!(line["policy"], POLICY, "{line}");
+    assert_eq!(line["upstream_attempts"], 1, "{line}");
+    assert_flags(&line, &[]);
+}
+
+#[test]
+fn keep_alive_reuses_one_upstream_connection() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let mut c = proxy.connect();
+    for i in 1..=20usize {
+        let resp = c.get(&format!("/data/{}", i * 100));
+        assert_data(&resp, i * 100);
+        assert_eq!(
+            resp.header("x-origin-request-count"),
+            Some(i.to_string().as_str()),
+            "request {i} should be the {i}th on the upstream connection"
+        );
+    }
+    assert_eq!(origin.connections(), 1);
+    assert_eq!(origin.requests(), 20);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let mut c = proxy.connect();
+    let sizes = [1000usize, 70_000, 5];
+    let batch: String = sizes
+        .iter()
+        .map(|n| format!("GET /data/{n} HTTP/1.1\r\nHost: origin.test\r\n\r\n"))
+        .collect();
+    c.send(batch.as_bytes());
+    for (i, n) in sizes.iter().enumerate() {
+        let resp = c.response();
+        assert_data(&resp, *n);
+        assert_eq!(
+            resp.header("x-origin-request-count"),
+            Some((i + 1).to_string().as_str())
+        );
+    }
+    // The connection is still usable.
+    assert_data(&c.get("/data/7"), 7);
+}
+
+#[test]
+fn http10_client_closes_unless_keep_alive() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+
+    // Without keep-alive: one response, then the proxy closes.
+    let mut c = proxy.connect();
+    c.send(b"GET /data/300 HTTP/1.0\r\nHost: origin.test\r\n\r\n");
+    let resp = c.response();
+    assert_data(&resp, 300);
+    assert!(resp.connection_close(), "{}", resp.head);
+    c.expect_eof();
+
+    // With keep-alive: the connection stays and serves a second request.
+    let mut c = proxy.connect();
+    for n in [400usize, 500] {
+        let req = format!(
+            "GET /data/{n} HTTP/1.0\r\nHost: origin.test\r\nConnection: keep-alive\r\n\r\n"
+        );
+        c.send(req.as_bytes());
+        let resp = c.response();
+        assert_data(&resp, n);
+        assert_eq!(
+            resp.header("connection"),
+            Some("keep-alive"),
+            "{}",
+            resp.head
+        );
+    }
+}
+
+#[test]
+fn framing_errors_get_their_status_and_close() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let big_head = format!(
+        "GET /data/1 HTTP/1.1\r\nHost: origin.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(66 << 10)
+    );
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "invalid head",
+            b"GET /data/1 HTTP/1.1\r\nBad Header\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("head over 64 KiB", big_head.into_bytes(), 431),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST /echo HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            "conflicting Content-Lengths",
+            b"POST /echo HTTP/1.1\r\nHost: o\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!".to_vec(),
+            400,
+        ),
+        (
+            "Transfer-Encoding: gzip, chunked",
+            b"POST /echo HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            501,
+        ),
+    ];
+    for (name, request, status) in cases {
+        let mut c = proxy.connect();
+        c.send(&request);
+        let resp = c.response();
+        assert_eq!(resp.status, status, "{name}: {}", resp.head);
+        assert!(
+            resp.header("sockwarden-error")
+                .is_some_and(|v| !v.is_empty()),
+            "{name}: no sockwarden-error header: {}",
+            resp.head
+        );
+        assert!(resp.connection_close(), "{name}: {}", resp.head);
+        c.expect_eof();
+    }
+    // Nothing of these reached the origin.
+    assert_eq!(origin.requests(), 0);
+    for status in [400, 431, 501] {
+        assert_flags(&proxy.log_line_with_status(status), &["DPE"]);
+    }
+}
+
+#[test]
+fn denied_request_gets_403_and_keeps_the_connection() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let mut c = proxy.connect();
+
+    let resp = c.get("/private");
+    assert_eq!(resp.status, 403, "{}", resp.head);
+    assert_eq!(resp.header("sockwarden-denied"), Some(POLICY));
+    let body = String::from_utf8_lossy(&resp.body);
+    assert!(
+        body.contains(&format!("{POLICY:?}")),
+        "body {body:?} does not name the policy"
+    );
+    assert!(!resp.connection_close(), "{}", resp.head);
+    assert_data(&c.get("/data/123"), 123);
+
+    // A denied request with a small body: the body is drained, the
+    // connection stays in sync.
+    c.send(b"POST /private HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 11\r\n\r\nhello world");
+    let resp = c.response();
+    assert_eq!(resp.status, 403, "{}", resp.head);
+    assert_eq!(resp.header("sockwarden-denied"), Some(POLICY));
+    assert!(!resp.connection_close(), "{}", resp.head);
+    assert_data(&c.get("/data/456"), 456);
+
+    assert_eq!(
+        origin.requests(),
+        2,
+        "denied requests must not reach the origin"
+    );
+    let line = proxy.log_line_with_status(403);
+    assert_eq!(line["verdict"], "denied", "{line}");
+    assert_flags(&line, &["RBAC"]);
+}
+
+#[test]
+fn expect_100_continue_is_relayed() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let mut c = proxy.connect();
+    let body = b"the body after 100-continue";
+    c.send(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: origin.test\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let interim = c.response();
+    assert_eq!(interim.status, 100, "{}", interim.head);
+    assert!(
+        interim.head.starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        interim.head
+    );
+    c.send(body);
+    let resp = c.response();
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.body, body);
+    // Still usable.
+    assert_data(&c.get("/data/10"), 10);
+}
+
+#[test]
+fn chunked_and_close_delimited_bodies() {
+    // A chunked request body, written in small pieces.
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let mut c = proxy.connect();
+    let chunks: [&[u8]; 4] = [b"hello", b", ", b"chunked ", b"world!"];
+    let mut wire =
+        b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for chunk in chunks {
+        wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        wire.extend_from_slice(chunk);
+        wire.extend_from_slice(b"\r\n");
+    }
+    wire.extend_from_slice(b"0\r\n\r\n");
+    for piece in wire.chunks(7) {
+        c.send(piece);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let resp = c.response();
+    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.body, b"hello, chunked world!");
+    assert_data(&c.get("/data/33"), 33);
+    drop(origin);
+
+    // A chunked response.
+    let chunked = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig {
+            chunked: true,
+            ..OriginConfig::default()
+        },
+    );
+    let proxy = Harness::start(Some(chunked.addr()));
+    let mut c = proxy.connect();
+    for n in [100_001usize, 3] {
+        let resp = c.get(&format!("/data/{n}"));
+        assert_eq!(
+            resp.header("transfer-encoding"),
+            Some("chunked"),
+            "{}",
+            resp.head
+        );
+        assert_eq!(resp.header("content-length"), None, "{}", resp.head);
+        assert_data(&resp, n);
+    }
+    assert_eq!(chunked.connections(), 1);
+
+    // A close-delimited response: the proxy closes the client after it.
+    let until_close = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig {
+            close_delimited: true,
+            ..OriginConfig::default()
+        },
+    );
+    let proxy = Harness::start(Some(until_close.addr()));
+    let mut c = proxy.connect();
+    let resp = c.get("/data/200000");
+    assert_eq!(resp.header("content-length"), None, "{}", resp.head);
+    assert_eq!(resp.header("transfer-encoding"), None, "{}", resp.head);
+    assert!(resp.connection_close(), "{}", resp.head);
+    assert_data(&resp, 200_000);
+    c.expect_eof();
+}
+
+#[test]
+fn origin_closing_after_100_requests_causes_no_errors() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig {
+            close_after: Some(100),
+            ..OriginConfig::default()
+        },
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for i in 0..10_000usize {
+        let n = i % 300;
+        let resp = c.get(&format!("/data/{n}"));
+        if resp.status != 200 || resp.body != pattern(n) {
+            failures.push((i, resp.status, resp.head.clone()));
+            if failures.len() >= 10 {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "too slow: {i} requests in {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert_eq!(origin.requests(), 10_000);
+    assert_eq!(origin.connections(), 100);
+}
+
+#[test]
+fn connect_failure_is_503_with_uf() {
+    let proxy = Harness::start(Some(closed_port()));
+    let mut c = proxy.connect();
+    let resp = c.get("/data/1");
+    assert_eq!(resp.status, 503, "{}", resp.head);
+    assert_eq!(
+        resp.header("sockwarden-error"),
+        Some("upstream connect failed: ECONNREFUSED")
+    );
+    // A failed connect without a request body keeps the client connection.
+    assert!(!resp.connection_close(), "{}", resp.head);
+    assert_eq!(c.get("/data/2").status, 503);
+    let line = proxy.log_line_with_status(503);
+    assert_flags(&line, &["UF"]);
+    assert_eq!(line["verdict"], "error", "{line}");
+    assert_eq!(line["upstream_attempts"], 1, "{line}");
+}
+
+#[test]
+fn upstream_timeout_is_504_with_ut() {
+    let origin = RawOrigin::start(silent_handler);
+    let proxy = Harness::with_config(Some(origin.addr), "{ request_timeout: 300ms }", "");
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    let resp = c.get("/data/1");
+    let waited = started.elapsed();
+    assert_eq!(resp.status, 504, "{}", resp.head);
+    let err = resp
+        .header("sockwarden-error")
+        .expect("sockwarden-error header");
+    assert!(err.contains("timeout"), "{err:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "answered after {waited:?}, expected about 300ms"
+    );
+    assert_flags(&proxy.log_line_with_status(504), &["UT"]);
+    assert_eq!(origin.accepted(), 1);
+}
+
+#[test]
+fn bad_upstream_response_is_502_with_upe() {
+    let origin = RawOrigin::start(garbage_handler);
+    let proxy = Harness::start(Some(origin.addr));
+    let mut c = proxy.connect();
+    let resp = c.get("/data/1");
+    assert_eq!(resp.status, 502, "{}", resp.head);
+    let err = resp
+        .header("sockwarden-error")
+        .expect("sockwarden-error header");
+    assert!(err.starts_with("bad upstream response"), "{err:?}");
+    assert_flags(&proxy.log_line_with_status(502), &["UPE"]);
+}
+
+#[test]
+fn idle_upstream_closed_by_server_is_not_reused() {
+    let origin = RawOrigin::start(one_shot_handler);
+    let proxy = Harness::start(Some(origin.addr));
+    let mut c = proxy.connect();
+    let first = c.get("/data/1");
+    assert_eq!(first.status, 200, "{}", first.head);
+    assert_eq!(first.body, b"one-shot");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = c.get("/data/1");
+    assert_eq!(second.status, 200, "{}", second.head);
+    assert_eq!(second.body, b"one-shot");
+    assert_eq!(
+        origin.accepted(),
+        2,
+        "the second request needs a new upstream connection"
+    );
+}
+
+#[test]
+fn max_requests_per_connection_retires_upstreams() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::with_config(
+        Some(origin.addr()),
+        "",
+        "{ max_requests_per_connection: 3 }",
+    );
+    let mut c = proxy.connect();
+    for i in 0..9usize {
+        let resp = c.get(&format!("/data/{}", i + 1));
+        assert_data(&resp, i + 1);
+        assert_eq!(
+            resp.header("x-origin-request-count"),
+            Some((i % 3 + 1).to_string().as_str())
+        );
+    }
+    assert_eq!(origin.connections(), 3);
+}
+
+#[test]
+fn no_original_destination_is_421() {
+    let proxy = Harness::start(None);
+    let mut c = proxy.connect();
+    c.send(b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+    let resp = assert_error_and_closed(&mut c, 421);
+    assert!(
+        resp.header("sockwarden-error")
+            .is_some_and(|v| v.contains("no original destination")),
+        "{}",
+        resp.head
+    );
+    assert_flags(&proxy.log_line_with_status(421), &["NR"]);
+}
+
+/// The harness itself: a closed proxy refuses connections after drop, so
+/// tests cannot pass against a leftover listener.
+#[test]
+fn harness_stops_the_proxy_on_drop() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let proxy = Harness::start(Some(origin.addr()));
+    let addr = proxy.addr;
+    assert_data(&proxy.connect().get("/data/5"), 5);
+    drop(proxy);
+    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    assert!(
+        refused.is_err(),
+        "proxy still listening on {addr} after drop"
+    );
+}
