@@ -324,11 +324,27 @@ pub struct Kernel {
 }
 
 /// Makes sure the directory holding `pin_path` is on a bpf filesystem,
-/// mounting one there if it is not (as systemd-less hosts need).
+/// mounting one there if it is not (as hosts without systemd need). Checking
+/// and mounting happen under a host-wide lock, so two instances starting
+/// together cannot stack two mounts (which would hide the first one's pins).
 fn ensure_bpffs(pin_path: &Path) -> Result<(), BpfError> {
+    use nix::fcntl::{Flock, FlockArg};
     let parent = pin_path.parent().unwrap_or(Path::new("/"));
     let on_bpffs =
         |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if on_bpffs(parent) {
+        return Ok(());
+    }
+    let lock_path = Path::new(LOCK_DIR).join("bpffs-mount.lock");
+    let _lock = open_lock_file(&lock_path)
+        .and_then(|f| {
+            Flock::lock(f, FlockArg::LockExclusive)
+                .map_err(|(_, e)| std::io::Error::from_raw_os_error(e as i32))
+        })
+        .map_err(|source| BpfError::CreateDir {
+            path: lock_path.clone(),
+            source,
+        })?;
     if on_bpffs(parent) {
         return Ok(());
     }
@@ -347,6 +363,15 @@ fn ensure_bpffs(pin_path: &Path) -> Result<(), BpfError> {
     Ok(())
 }
 
+fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(LOCK_DIR)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
 /// Directory of the per-pin-path instance locks.
 const LOCK_DIR: &str = "/run/sockwarden";
 
@@ -356,18 +381,10 @@ pub fn lock_pin_path(pin_path: &Path) -> Result<PinLock, BpfError> {
     use nix::fcntl::{Flock, FlockArg};
     let name = pin_path.to_string_lossy().replace('/', "_");
     let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
-    let file = std::fs::create_dir_all(LOCK_DIR)
-        .and_then(|()| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-        })
-        .map_err(|source| BpfError::CreateDir {
-            path: path.clone(),
-            source,
-        })?;
+    let file = open_lock_file(&path).map_err(|source| BpfError::CreateDir {
+        path: path.clone(),
+        source,
+    })?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map(|f| PinLock { _flock: f })
         .map_err(|_| BpfError::InUse {

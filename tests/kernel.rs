@@ -198,8 +198,15 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// `bash /dev/tcp` connect: "ok", or bash's error text (strerror).
-fn tcp_connect(o: Output) -> String {
+/// A TCP connect() from `netns`, in `cgroup` if given, through bash's
+/// /dev/tcp: "ok", or bash's error text (strerror, e.g. "Operation not
+/// permitted").
+fn tcp_connect(netns: &Netns, cgroup: Option<&TestCgroup>, host: &str, port: u16) -> String {
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
+    let o = match cgroup {
+        Some(cg) => workload(netns, cg, "bash", &["-c", &script]),
+        None => outsider(netns, "bash", &["-c", &script]),
+    };
     if o.status.success() {
         "ok".into()
     } else {
@@ -207,8 +214,21 @@ fn tcp_connect(o: Output) -> String {
     }
 }
 
-fn connect_args(host: &str, port: u16) -> Vec<String> {
-    vec!["-c".into(), format!("exec 3<>/dev/tcp/{host}/{port}")]
+/// The lowercased response head of a GET with the team header.
+fn curl_head(netns: &Netns, cgroup: &TestCgroup, url: &str) -> String {
+    let args = [
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "10",
+        "-H",
+        "x-team: analytics",
+        url,
+    ];
+    stdout(&workload(netns, cgroup, "curl", &args)).to_ascii_lowercase()
 }
 
 /// curl printing the status code; extra args before the URL.
@@ -234,7 +254,7 @@ fn curl_status(netns: &Netns, cgroup: Option<&TestCgroup>, extra: &[&str], url: 
 fn policy(name: &str, cgroup: &str) -> String {
     format!(
         "  - name: {name}\n    cgroup: {cgroup}\n    egress:\n\
-         \x20     - to: [\"10.77.1.0/24\", \"fd77:1::/64\"]\n        ports: [80]\n        http:\n\
+         \x20     - to: [\"10.77.1.0/24\", \"fd77:1::/64\"]\n        ports: [80, 8080]\n        http:\n\
          \x20         - method: \"GET|HEAD\"\n            path: \"/data/.*\"\n            headers: [\"x-team: analytics\"]\n\
          \x20     - to: [\"10.77.1.10/32\"]\n        ports: [9000]\n"
     )
@@ -280,24 +300,7 @@ fn allowed_denied_refused_and_untouched() {
         String::from_utf8_lossy(&o.stderr)
     );
     // Denied at L7: wrong path, and missing header.
-    let o = workload(
-        &topo.node,
-        &cg,
-        "curl",
-        &[
-            "-sS",
-            "-D",
-            "-",
-            "-o",
-            "/dev/null",
-            "--max-time",
-            "10",
-            "-H",
-            "x-team: analytics",
-            "http://10.77.1.10/private",
-        ],
-    );
-    let head = stdout(&o).to_ascii_lowercase();
+    let head = curl_head(&topo.node, &cg, "http://10.77.1.10/private");
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert!(head.contains("sockwarden-denied: analytics"), "{head}");
     assert_eq!(
@@ -332,26 +335,10 @@ fn allowed_denied_refused_and_untouched() {
         String::from_utf8_lossy(&o.stderr)
     );
     // Refused at connect(): no rule covers port 81, nor 10.77.3.1.
-    let o = workload(
-        &topo.node,
-        &cg,
-        "bash",
-        &connect_args("10.77.1.10", 81)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+    assert!(
+        tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Operation not permitted")
     );
-    assert!(tcp_connect(o).contains("Operation not permitted"));
-    let o = workload(
-        &topo.node,
-        &cg,
-        "bash",
-        &connect_args("10.77.3.1", 80)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    assert!(tcp_connect(o).contains("Operation not permitted"));
+    assert!(tcp_connect(&topo.node, Some(&cg), "10.77.3.1", 80).contains("Operation not permitted"));
     // L4-only rule: allowed, not redirected (no access-log line, no proxy).
     assert_eq!(
         curl_status(
@@ -370,18 +357,20 @@ fn allowed_denied_refused_and_untouched() {
         "bash",
         &["-c", "exec 3<>/dev/udp/10.77.1.99/53"],
     );
-    assert_eq!(tcp_connect(o), "ok");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Nothing listens on 8080: the proxy answers 503 and names the errno.
+    let head = curl_head(&topo.node, &cg, "http://10.77.1.10:8080/data/1");
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(
+        head.contains("sockwarden-error: upstream connect failed: econnrefused"),
+        "{head}"
+    );
     // Outside the cgroup nothing is touched: /private reaches the origin.
     assert_eq!(
         curl_status(&topo.node, None, &team, "http://10.77.1.10/private"),
         "200"
     );
-    let o = outsider(
-        &topo.node,
-        "bash",
-        &["-c", "exec 3<>/dev/tcp/10.77.1.10/81"],
-    );
-    assert!(tcp_connect(o).contains("Connection refused"));
+    assert!(tcp_connect(&topo.node, None, "10.77.1.10", 81).contains("Connection refused"));
 
     // Metrics equal what this test did.
     let m = |s: &str| sw.metric(s);
@@ -403,7 +392,15 @@ fn allowed_denied_refused_and_untouched() {
     );
     assert_eq!(
         m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="redirected"}"#),
-        4.0
+        5.0
+    );
+    assert_eq!(
+        m(r#"sockwarden_http_requests_total{policy="analytics",verdict="error",status="503"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"sockwarden_upstream_connect_failures_total{errno="ECONNREFUSED"}"#),
+        1.0
     );
     assert_eq!(
         m("sockwarden_upstream_connections_opened_total"),
@@ -418,7 +415,10 @@ fn allowed_denied_refused_and_untouched() {
 
     // The access log names policy, cgroup, destination, verdict, flags.
     let log = sw.access_log();
-    assert_eq!(log.len(), 5, "{log:?}");
+    assert_eq!(log.len(), 6, "{log:?}");
+    let failed = log.iter().find(|l| l["status"] == 503).expect("503 line");
+    assert_eq!(failed["flags"], serde_json::json!(["UF"]));
+    assert_eq!(failed["reason"], "upstream connect failed: ECONNREFUSED");
     let denied = log
         .iter()
         .find(|l| l["path"] == "/private")
@@ -438,20 +438,23 @@ fn allowed_denied_refused_and_untouched() {
     assert!(allowed["upstream_id"].as_u64().is_some());
     assert!(allowed["bytes_sent"].as_u64().unwrap() > 1000);
 
+    // Admin API.
+    assert_eq!(sw.admin_get("/healthz").map(|r| r.0), Some(200));
+    let (status, dump) = sw.admin_get("/config_dump").expect("config_dump");
+    assert_eq!(status, 200);
+    let dump: serde_json::Value = serde_json::from_str(&dump).expect("config_dump is JSON");
+    assert_eq!(dump["policies"][0]["name"], "analytics");
+    assert_eq!(
+        dump["policies"][0]["egress"][0]["ports"],
+        serde_json::json!([80, 8080])
+    );
+    assert_eq!(dump["upstream"]["connect_timeout"], "2s");
+
     let status = sw.stop();
     assert!(status.success(), "exit {status:?}: {}", sw.stderr());
     assert!(!sw.pin.exists(), "pins removed on exit");
     // Detached: the same connect() now reaches the origin namespace (refused there).
-    let o = workload(
-        &topo.node,
-        &cg,
-        "bash",
-        &connect_args("10.77.1.10", 81)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    assert!(tcp_connect(o).contains("Connection refused"));
+    assert!(tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Connection refused"));
 }
 
 #[test]
@@ -485,16 +488,7 @@ fn workload_in_its_own_namespace_ipv4_and_ipv6() {
         curl_status(&topo.pod, Some(&cg), &team, "http://[fd77:1::10]/private"),
         "403"
     );
-    let o = workload(
-        &topo.pod,
-        &cg,
-        "bash",
-        &connect_args("fd77:1::10", 81)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    assert!(tcp_connect(o).contains("Operation not permitted"));
+    assert!(tcp_connect(&topo.pod, Some(&cg), "fd77:1::10", 81).contains("Operation not permitted"));
     assert_eq!(origin4.requests(), 1);
     assert_eq!(origin6.requests(), 1);
     let log = sw.access_log();
@@ -589,16 +583,8 @@ fn cgroup_created_later_is_enforced_without_restart() {
     let created = Instant::now();
     let mut window = None;
     while created.elapsed() < Duration::from_secs(3) {
-        let o = workload(
-            &topo.node,
-            &cg,
-            "bash",
-            &connect_args("10.77.1.10", 81)
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
-        if tcp_connect(o).contains("Operation not permitted") {
+        if tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Operation not permitted")
+        {
             window = Some(created.elapsed());
             break;
         }
@@ -648,16 +634,9 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
     assert!(first.child.is_none());
     // Killed: links stay pinned, so the policy still holds (fail closed).
     assert!(first.pin.join("links/sw_connect4").exists());
-    let o = workload(
-        &topo.node,
-        &cg,
-        "bash",
-        &connect_args("10.77.1.10", 81)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
+    assert!(
+        tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Operation not permitted")
     );
-    assert!(tcp_connect(o).contains("Operation not permitted"));
 
     let mut second = Sockwarden::start(&topo.node, &tag, &policy("app", cg.rel()));
     assert!(
@@ -685,17 +664,8 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
     let status = second.stop();
     assert!(status.success(), "{}", second.stderr());
     assert!(!second.pin.exists());
-    let o = workload(
-        &topo.node,
-        &cg,
-        "bash",
-        &connect_args("10.77.1.10", 81)
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
     assert!(
-        tcp_connect(o).contains("Connection refused"),
+        tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Connection refused"),
         "detached after a clean exit"
     );
     drop(first);

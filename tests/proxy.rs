@@ -150,6 +150,18 @@ impl Harness {
             .collect()
     }
 
+    /// The access log once it has at least `n` lines, waiting up to [`LOG_WAIT`].
+    fn wait_log_lines(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + LOG_WAIT;
+        loop {
+            let lines = self.log_lines();
+            if lines.len() >= n || Instant::now() >= deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The first access-log line with `status`, waiting up to [`LOG_WAIT`].
     fn log_line_with_status(&self, status: u16) -> Value {
         let deadline = Instant::now() + LOG_WAIT;
@@ -740,6 +752,26 @@ fn origin_closing_after_100_requests_causes_no_errors() {
     assert!(failures.is_empty(), "failed requests: {failures:?}");
     assert_eq!(origin.requests(), 10_000);
     assert_eq!(origin.connections(), 100);
+
+    // The access log agrees: 10,000 clean exchanges over 100 upstream
+    // connections of 100 requests each.
+    let lines = proxy.wait_log_lines(10_000);
+    assert_eq!(lines.len(), 10_000);
+    let mut per_upstream = std::collections::BTreeMap::<u64, u32>::new();
+    for line in &lines {
+        assert_eq!(line["status"], 200, "{line}");
+        assert_flags(line, &[]);
+        assert_eq!(line["upstream_attempts"], 1, "{line}");
+        let id = line["upstream_id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{line}"));
+        *per_upstream.entry(id).or_default() += 1;
+    }
+    assert_eq!(per_upstream.len(), 100, "upstream connections in the log");
+    assert!(
+        per_upstream.values().all(|&n| n == 100),
+        "requests per upstream connection: {per_upstream:?}"
+    );
 }
 
 #[test]

@@ -33,6 +33,14 @@ enum Next {
     Tunnel(BufStream),
 }
 
+/// The client went away mid-exchange: the upstream connection is in an
+/// unknown state, so it is closed too.
+fn client_gone(rec: &mut Record, up: upstream::UpConn) -> Next {
+    rec.flags.push(flags::DC);
+    retire(up, CloseReason::Error);
+    Next::Close
+}
+
 /// A response the proxy writes itself.
 struct LocalReply {
     status: u16,
@@ -329,19 +337,13 @@ impl Proxy {
         let expect = has_body && head.expects_continue();
         let mut body_sent = !has_body;
         if has_body && !expect {
-            match self
+            if let Err(reply) = self
                 .send_request_body(down, &mut up, framing, settings, rec)
                 .await
             {
-                Ok(()) => body_sent = true,
-                Err(reply) => {
-                    retire(up, CloseReason::Error);
-                    return match reply {
-                        Some(r) => self.reply(down, rec, r).await,
-                        None => Next::Close,
-                    };
-                }
+                return self.give_up(down, rec, up, reply).await;
             }
+            body_sent = true;
         }
 
         // Interim responses, then the final head.
@@ -402,9 +404,7 @@ impl Proxy {
                     rec.status = 101;
                     rec.verdict = "allowed";
                     if down.write_all(&out).await.is_err() {
-                        rec.flags.push(flags::DC);
-                        retire(up, CloseReason::Error);
-                        return Next::Close;
+                        return client_gone(rec, up);
                     }
                     rec.bytes_sent += out.len() as u64;
                     return Next::Tunnel(up.stream);
@@ -424,23 +424,15 @@ impl Proxy {
                             .await
                             .is_err()
                     {
-                        rec.flags.push(flags::DC);
-                        retire(up, CloseReason::Error);
-                        return Next::Close;
+                        return client_gone(rec, up);
                     }
-                    match self
+                    if let Err(reply) = self
                         .send_request_body(down, &mut up, framing, settings, rec)
                         .await
                     {
-                        Ok(()) => body_sent = true,
-                        Err(reply) => {
-                            retire(up, CloseReason::Error);
-                            return match reply {
-                                Some(r) => self.reply(down, rec, r).await,
-                                None => Next::Close,
-                            };
-                        }
+                        return self.give_up(down, rec, up, reply).await;
                     }
+                    body_sent = true;
                 }
                 102..=199 | 100 => {
                     // Interim responses go to HTTP/1.1 clients only.
@@ -448,9 +440,7 @@ impl Proxy {
                         let mut out = Vec::new();
                         write_response_head(&resp, ConnectionHeader::None, &mut out);
                         if down.write_all(&out).await.is_err() {
-                            rec.flags.push(flags::DC);
-                            retire(up, CloseReason::Error);
-                            return Next::Close;
+                            return client_gone(rec, up);
                         }
                     }
                 }
@@ -486,9 +476,7 @@ impl Proxy {
         rec.status = resp.status;
         rec.verdict = "allowed";
         if down.write_all(&out).await.is_err() {
-            rec.flags.push(flags::DC);
-            retire(up, CloseReason::Error);
-            return Next::Close;
+            return client_gone(rec, up);
         }
         rec.bytes_sent += out.len() as u64;
         match up
@@ -531,6 +519,22 @@ impl Proxy {
             Next::Close
         } else {
             Next::Keep
+        }
+    }
+
+    /// Gives up on an exchange whose upstream connection cannot be kept:
+    /// closes it and answers the client with `reply`, or just closes.
+    async fn give_up(
+        &self,
+        down: &mut BufStream,
+        rec: &mut Record,
+        up: upstream::UpConn,
+        reply: Option<LocalReply>,
+    ) -> Next {
+        retire(up, CloseReason::Error);
+        match reply {
+            Some(r) => self.reply(down, rec, r).await,
+            None => Next::Close,
         }
     }
 
