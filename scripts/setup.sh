@@ -26,8 +26,13 @@ if ((${#missing[@]})); then
   fi
   echo "setup.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  log=$(mktemp /tmp/sockwarden-setup.XXXXXX)
+  if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup.sh: installing packages failed (log above)" >&2
+    exit 1
+  fi
+  rm -f "$log"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
