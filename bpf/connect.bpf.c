@@ -9,6 +9,8 @@
  *     the original destination by socket cookie (pending_redirects);
  *   - allow: leave the connect() alone (an L4-only rule covers it);
  *   - deny: fail the connect() with EPERM (no rule covers it).
+ * Sockets it lets through are marked in sock_roles so that sockops keeps
+ * their 4-tuples in the tuples map.
  * Everything else (no policy cgroup, UDP, other socket types) passes
  * untouched. Every decision is counted in verdict_counters.
  */
@@ -77,6 +79,19 @@ static __always_inline void sw_count(__u32 policy_id, __u32 verdict)
 		*count += 1; /* per-CPU value: no other writer */
 }
 
+/* Marks an enforced socket so sockops records its tuple. */
+static __always_inline void sw_mark_workload(struct bpf_sock_addr *ctx)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct sw_sock_info *info;
+
+	if (!sk)
+		return;
+	info = bpf_sk_storage_get(&sock_roles, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (info)
+		info->role = SW_ROLE_WORKLOAD;
+}
+
 static __always_inline bool sw_is_tcp(struct bpf_sock_addr *ctx)
 {
 	return ctx->type == SOCK_STREAM &&
@@ -115,7 +130,10 @@ static __always_inline int sw_decide(struct bpf_sock_addr *ctx, const __u8 addr[
 			*redirect = true;
 	}
 	sw_count(policy_id, verdict);
-	return verdict == SW_VERDICT_DENY ? SW_CONNECT_EPERM : SW_CONNECT_PASS;
+	if (verdict == SW_VERDICT_DENY)
+		return SW_CONNECT_EPERM;
+	sw_mark_workload(ctx);
+	return SW_CONNECT_PASS;
 }
 
 SEC("cgroup/connect4")

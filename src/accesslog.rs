@@ -18,6 +18,8 @@ pub mod flags {
     pub const UF: &str = "UF";
     /// Upstream request timeout.
     pub const UT: &str = "UT";
+    /// Upstream retry limit exceeded (retries were made and all failed).
+    pub const URX: &str = "URX";
     /// Upstream connection termination (closed or reset mid-exchange).
     pub const UC: &str = "UC";
     /// Downstream connection termination.

@@ -7,30 +7,22 @@
 //! policy); the next start removes such leftovers before loading.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle};
 
 use crate::policy::kernel::{addr16, ConnectVerdict, RuleEntry};
 use crate::policy::PolicyId;
 
-pub mod skel;
+pub(crate) mod skel;
 
 pub use skel::abi;
 
 /// statfs(2) f_type of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-/// Maps every object shares, pinned under the pin path by these names.
-pub const SHARED_MAPS: [&str; 5] = [
-    "policy_cgroups",
-    "policy_rules",
-    "pending_redirects",
-    "orig_dsts",
-    "verdict_counters",
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -46,7 +38,7 @@ pub enum BpfError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("loading eBPF object {object}: {source} (sockwarden needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
+    #[error("loading eBPF object {object}: {source} (a verifier rejection is explained in the log above; otherwise sockwarden lacks privileges: it needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)")]
     Load {
         object: &'static str,
         source: libbpf_rs::Error,
@@ -109,6 +101,9 @@ macro_rules! pod {
 }
 
 pod!(
+    abi::sw_sock_info = 4,
+    abi::sw_tuple_key = 48,
+    abi::sw_tuple_value = 24,
     abi::sw_policy_ref = 4,
     abi::sw_rule_key = 28,
     abi::sw_rule_value = 4,
@@ -145,6 +140,78 @@ pub struct Maps {
     policy_rules: MapHandle,
     orig_dsts: MapHandle,
     verdict_counters: MapHandle,
+    sock_roles: MapHandle,
+    tuples: MapHandle,
+}
+
+/// How long a tuple stays in TIME_WAIT after an active close (Linux's fixed
+/// TCP_TIMEWAIT_LEN).
+pub const TIME_WAIT: Duration = Duration::from_secs(60);
+
+/// Whose socket holds a tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockRole {
+    Workload,
+    Upstream,
+    Other,
+}
+
+/// One entry of the in-use tuple map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TupleEntry {
+    pub netns_cookie: u64,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// TCP state name (ESTABLISHED, TIME_WAIT, ...).
+    pub state: &'static str,
+    pub role: SockRole,
+    pub cookie: u64,
+    /// Time since the last state change.
+    pub age: Duration,
+}
+
+impl TupleEntry {
+    /// Whether the tuple is still held: every state but a TIME_WAIT older
+    /// than [`TIME_WAIT`].
+    pub fn in_use(&self) -> bool {
+        self.state != "TIME_WAIT" || self.age < TIME_WAIT
+    }
+}
+
+fn tcp_state_name(s: abi::sw_tcp_state) -> &'static str {
+    use abi::sw_tcp_state as S;
+    match s {
+        S::SW_TCP_ESTABLISHED => "ESTABLISHED",
+        S::SW_TCP_SYN_SENT => "SYN_SENT",
+        S::SW_TCP_SYN_RECV => "SYN_RECV",
+        S::SW_TCP_FIN_WAIT1 => "FIN_WAIT1",
+        S::SW_TCP_FIN_WAIT2 => "FIN_WAIT2",
+        S::SW_TCP_TIME_WAIT => "TIME_WAIT",
+        S::SW_TCP_CLOSE => "CLOSE",
+        S::SW_TCP_CLOSE_WAIT => "CLOSE_WAIT",
+        S::SW_TCP_LAST_ACK => "LAST_ACK",
+        S::SW_TCP_LISTEN => "LISTEN",
+        S::SW_TCP_CLOSING => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}
+
+/// CLOCK_BOOTTIME, the clock of bpf_ktime_get_boot_ns().
+fn boot_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+fn tuple_key(netns_cookie: u64, src: SocketAddr, dst: SocketAddr) -> abi::sw_tuple_key {
+    abi::sw_tuple_key {
+        netns_cookie,
+        saddr: addr16(src.ip()),
+        daddr: addr16(dst.ip()),
+        sport: src.port(),
+        dport: dst.port(),
+        pad: 0,
+    }
 }
 
 impl Maps {
@@ -161,7 +228,92 @@ impl Maps {
             policy_rules: open("policy_rules")?,
             orig_dsts: open("orig_dsts")?,
             verdict_counters: open("verdict_counters")?,
+            sock_roles: open("sock_roles")?,
+            tuples: open("tuples")?,
         })
+    }
+
+    /// Opens the maps of a running instance, for `sockwarden tuples`.
+    pub fn open_pinned(pin_path: &Path) -> Result<Maps, BpfError> {
+        Maps::open(pin_path)
+    }
+
+    /// Marks a socket as one of the proxy's upstream sockets, so its tuple
+    /// is tracked from connect() on. Call before connect().
+    pub fn mark_upstream(&self, socket: BorrowedFd<'_>) -> Result<(), BpfError> {
+        let info = abi::sw_sock_info {
+            role: abi::sw_sock_role::SW_ROLE_UPSTREAM,
+        };
+        self.sock_roles
+            .update(
+                &socket.as_raw_fd().to_ne_bytes(),
+                info.as_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(|source| BpfError::Map {
+                map: "sock_roles",
+                op: "update",
+                source,
+            })
+    }
+
+    /// Whether a socket in namespace `netns_cookie` holds `src -> dst`.
+    pub fn tuple_in_use(
+        &self,
+        netns_cookie: u64,
+        src: SocketAddr,
+        dst: SocketAddr,
+    ) -> Result<bool, BpfError> {
+        let key = tuple_key(netns_cookie, src, dst);
+        let value = self
+            .tuples
+            .lookup(key.as_bytes(), MapFlags::ANY)
+            .map_err(|source| BpfError::Map {
+                map: "tuples",
+                op: "lookup",
+                source,
+            })?;
+        Ok(value
+            .as_deref()
+            .and_then(abi::sw_tuple_value::from_bytes)
+            .is_some_and(|v| entry(&key, &v, boot_ns()).in_use()))
+    }
+
+    /// Every entry of the in-use tuple map.
+    pub fn tuples(&self) -> Vec<TupleEntry> {
+        let now = boot_ns();
+        self.tuples
+            .keys()
+            .filter_map(|k| {
+                let key = abi::sw_tuple_key::from_bytes(&k)?;
+                let v = self.tuples.lookup(&k, MapFlags::ANY).ok()??;
+                let value = abi::sw_tuple_value::from_bytes(&v)?;
+                Some(entry(&key, &value, now))
+            })
+            .collect()
+    }
+
+    /// Deletes TIME_WAIT entries older than [`TIME_WAIT`]; returns how many.
+    pub fn expire_tuples(&self) -> usize {
+        let now = boot_ns();
+        let expired: Vec<Vec<u8>> = self
+            .tuples
+            .keys()
+            .filter(|k| {
+                let value = self.tuples.lookup(k, MapFlags::ANY).ok().flatten();
+                match (
+                    abi::sw_tuple_key::from_bytes(k),
+                    value.as_deref().and_then(abi::sw_tuple_value::from_bytes),
+                ) {
+                    (Some(key), Some(v)) => !entry(&key, &v, now).in_use(),
+                    _ => false,
+                }
+            })
+            .collect();
+        expired
+            .iter()
+            .filter(|k| self.tuples.delete(k).is_ok())
+            .count()
     }
 
     /// Enforces policy `policy_id` on the cgroup with id `cgroup_id`.
@@ -296,6 +448,22 @@ impl Maps {
             policy_id: od.policy_id,
             cgroup_id: od.cgroup_id,
         }))
+    }
+}
+
+fn entry(key: &abi::sw_tuple_key, v: &abi::sw_tuple_value, now_ns: u64) -> TupleEntry {
+    TupleEntry {
+        netns_cookie: key.netns_cookie,
+        src: SocketAddr::new(ip_from16(key.saddr), key.sport),
+        dst: SocketAddr::new(ip_from16(key.daddr), key.dport),
+        state: tcp_state_name(v.state),
+        role: match v.role {
+            abi::sw_sock_role::SW_ROLE_WORKLOAD => SockRole::Workload,
+            abi::sw_sock_role::SW_ROLE_UPSTREAM => SockRole::Upstream,
+            _ => SockRole::Other,
+        },
+        cookie: v.cookie,
+        age: Duration::from_nanos(now_ns.saturating_sub(v.updated_ns)),
     }
 }
 

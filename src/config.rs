@@ -51,7 +51,57 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub access_log: AccessLogConfig,
+    #[serde(default)]
+    pub transparent: TransparentConfig,
+    #[serde(default)]
+    pub testing: TestingConfig,
     pub policies: Vec<Policy>,
+}
+
+/// Return-path setup for the preserve source modes (used only when a rule
+/// or the global `upstream.source` asks for one).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransparentConfig {
+    /// Packet mark the tc program sets on return traffic (and its mask).
+    #[serde(default = "default_transparent_mark")]
+    pub mark: u32,
+    /// Routing table holding `local default dev lo`, looked up for the mark.
+    #[serde(default = "default_transparent_table")]
+    pub route_table: u32,
+    /// Interfaces to attach the tc program to; empty = every Ethernet-like
+    /// interface of the proxy's namespace except loopback.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+}
+
+impl Default for TransparentConfig {
+    fn default() -> Self {
+        TransparentConfig {
+            mark: default_transparent_mark(),
+            route_table: default_transparent_table(),
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+fn default_transparent_mark() -> u32 {
+    0x5357_0000
+}
+
+fn default_transparent_table() -> u32 {
+    0x5357
+}
+
+/// Switches for the test suite only. Never set them in production: they
+/// turn off protections so that tests can prove those protections matter.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestingConfig {
+    /// preserve-ip-port: skip the in-use tuple check before bind() (the
+    /// EADDRNOTAVAIL fallback still applies). Off by default.
+    #[serde(default)]
+    pub skip_tuple_check: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -117,6 +167,11 @@ pub struct UpstreamConfig {
     /// Retire a connection after this many requests; 0 = unlimited.
     #[serde(default)]
     pub max_requests_per_connection: u32,
+    /// Which source address and port upstream connections leave from.
+    #[serde(default)]
+    pub source: SourceMode,
+    #[serde(default)]
+    pub retries: RetryPolicy,
 }
 
 impl Default for UpstreamConfig {
@@ -126,7 +181,121 @@ impl Default for UpstreamConfig {
             request_timeout: default_request_timeout(),
             idle_timeout: default_idle_timeout(),
             max_requests_per_connection: 0,
+            source: SourceMode::default(),
+            retries: RetryPolicy::default(),
         }
+    }
+}
+
+/// Source address of upstream connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceMode {
+    /// The node's address, a port the kernel picks.
+    #[default]
+    Node,
+    /// The workload's IP, a port the kernel picks unique for the 4-tuple.
+    PreserveIp,
+    /// The workload's IP and port when the 4-tuple is free, else another port.
+    PreserveIpPort,
+}
+
+impl SourceMode {
+    pub fn is_transparent(self) -> bool {
+        self != SourceMode::Node
+    }
+}
+
+/// When a failed request is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    /// The upstream connect failed: the request never left.
+    ConnectFailure,
+    /// The upstream connection closed or reset before any response byte.
+    ResetBeforeResponse,
+    /// The upstream answered 503.
+    Status503,
+}
+
+/// `upstream.retries`: at most `attempts` retries on the `on` conditions,
+/// with jittered exponential backoff starting at `backoff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default = "default_retry_on", with = "retry_on_set")]
+    pub on: RetryOnSet,
+    #[serde(default = "default_backoff", with = "humantime_serde")]
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 0,
+            on: default_retry_on(),
+            backoff: default_backoff(),
+        }
+    }
+}
+
+/// A set of [`RetryOn`] conditions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOnSet {
+    pub connect_failure: bool,
+    pub reset_before_response: bool,
+    pub status_503: bool,
+}
+
+impl RetryOnSet {
+    pub fn contains(self, on: RetryOn) -> bool {
+        match on {
+            RetryOn::ConnectFailure => self.connect_failure,
+            RetryOn::ResetBeforeResponse => self.reset_before_response,
+            RetryOn::Status503 => self.status_503,
+        }
+    }
+}
+
+fn default_retry_on() -> RetryOnSet {
+    RetryOnSet {
+        connect_failure: true,
+        reset_before_response: true,
+        status_503: false,
+    }
+}
+
+fn default_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+
+/// (De)serializes a [`RetryOnSet`] as a list of condition names.
+mod retry_on_set {
+    use super::{RetryOn, RetryOnSet};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<RetryOnSet, D::Error> {
+        let mut set = RetryOnSet::default();
+        for on in Vec::<RetryOn>::deserialize(d)? {
+            match on {
+                RetryOn::ConnectFailure => set.connect_failure = true,
+                RetryOn::ResetBeforeResponse => set.reset_before_response = true,
+                RetryOn::Status503 => set.status_503 = true,
+            }
+        }
+        Ok(set)
+    }
+
+    pub fn serialize<S: Serializer>(set: &RetryOnSet, s: S) -> Result<S::Ok, S::Error> {
+        let all = [
+            RetryOn::ConnectFailure,
+            RetryOn::ResetBeforeResponse,
+            RetryOn::Status503,
+        ];
+        let on: Vec<RetryOn> = all.into_iter().filter(|o| set.contains(*o)).collect();
+        on.serialize(s)
     }
 }
 
@@ -142,6 +311,10 @@ pub struct UpstreamOverride {
     pub idle_timeout: Option<Duration>,
     #[serde(default)]
     pub max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub source: Option<SourceMode>,
+    #[serde(default)]
+    pub retries: Option<RetryPolicy>,
 }
 
 impl UpstreamOverride {
@@ -154,6 +327,8 @@ impl UpstreamOverride {
             max_requests_per_connection: self
                 .max_requests_per_connection
                 .unwrap_or(base.max_requests_per_connection),
+            source: self.source.unwrap_or(base.source),
+            retries: self.retries.unwrap_or(base.retries),
         }
     }
 }

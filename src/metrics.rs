@@ -20,6 +20,10 @@ pub const DOWNSTREAM_ACCEPTED: &str = "sockwarden_downstream_connections_total";
 pub const DOWNSTREAM_ACTIVE: &str = "sockwarden_downstream_connections_active";
 pub const ORIG_DST_MISSING: &str = "sockwarden_original_destination_missing_total";
 pub const ACCESS_LOG_DROPPED: &str = "sockwarden_access_log_dropped_total";
+pub const UPSTREAM_RETRIES: &str = "sockwarden_upstream_retries_total";
+pub const RETRY_BUDGET_EXHAUSTED: &str = "sockwarden_upstream_retry_budget_exhausted_total";
+pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
+pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -55,7 +59,39 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         ACCESS_LOG_DROPPED,
         "Access-log lines dropped because the writer fell behind"
     );
+    describe_counter!(
+        UPSTREAM_RETRIES,
+        "Upstream retries, by reason (connect_failure, reset_before_response, status_503, idle_race)"
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED,
+        "Retries not made because concurrent retries were at max(3, 20% of active upstream requests)"
+    );
+    describe_counter!(
+        SOURCE_PORT_FALLBACKS,
+        "preserve-ip-port connections that left from another port because the in-use tuple map held the workload's 4-tuple"
+    );
+    describe_counter!(
+        TUPLES_EXPIRED,
+        "TIME_WAIT entries removed from the in-use tuple map after the TIME_WAIT period"
+    );
     Ok(handle)
+}
+
+pub fn upstream_retry(reason: &'static str) {
+    counter!(UPSTREAM_RETRIES, "reason" => reason).increment(1);
+}
+
+pub fn retry_budget_exhausted() {
+    counter!(RETRY_BUDGET_EXHAUSTED).increment(1);
+}
+
+pub fn source_port_fallback() {
+    counter!(SOURCE_PORT_FALLBACKS).increment(1);
+}
+
+pub fn tuples_expired(n: usize) {
+    counter!(TUPLES_EXPIRED).increment(n as u64);
 }
 
 /// Why an upstream connection was closed.

@@ -2,10 +2,11 @@
 //! request heads, asks the policy, and forwards what is allowed.
 //!
 //! One tokio task per downstream connection. The original destination comes
-//! from an [`OrigDstSource`] (the kernel map in production), never from the
+//! from a [`KernelState`] (the kernel map in production), never from the
 //! Host header.
 
 use std::net::SocketAddr;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,37 +20,64 @@ use crate::policy::PolicySet;
 
 mod conn;
 pub mod http;
+pub mod retry;
 mod stream;
 pub mod upstream;
 
-/// Where the proxy learns a connection's original destination.
-pub trait OrigDstSource: Send + Sync + 'static {
-    /// Takes the entry for the connection from `peer` accepted on `local`.
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst>;
-}
+/// What the proxy needs from the kernel side (the pinned maps in
+/// production; a stand-in in the loopback tests).
+pub trait KernelState: Send + Sync + 'static {
+    /// Takes the original destination of the connection from `peer`
+    /// accepted on `local`.
+    fn take_orig_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst>;
 
-impl OrigDstSource for Maps {
-    fn take(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
-        match self.take_orig_dst(peer, local) {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::error!(error = %e, "reading the original destination");
-                None
-            }
-        }
+    /// Marks an upstream socket before connect() so its tuple is tracked.
+    fn mark_upstream(&self, _socket: BorrowedFd<'_>) {}
+
+    /// Whether a socket in namespace `netns_cookie` holds `src -> dst`.
+    fn tuple_in_use(&self, _netns_cookie: u64, _src: SocketAddr, _dst: SocketAddr) -> bool {
+        false
     }
 }
 
-/// Settings of the downstream side.
+impl KernelState for Maps {
+    fn take_orig_dst(&self, peer: SocketAddr, local: SocketAddr) -> Option<OrigDst> {
+        Maps::take_orig_dst(self, peer, local).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading the original destination");
+            None
+        })
+    }
+
+    fn mark_upstream(&self, socket: BorrowedFd<'_>) {
+        if let Err(e) = Maps::mark_upstream(self, socket) {
+            tracing::warn!(error = %e, "marking an upstream socket for tuple tracking");
+        }
+    }
+
+    fn tuple_in_use(&self, netns_cookie: u64, src: SocketAddr, dst: SocketAddr) -> bool {
+        Maps::tuple_in_use(self, netns_cookie, src, dst).unwrap_or_else(|e| {
+            // Unknown counts as taken: the fallback port is always safe.
+            tracing::warn!(error = %e, "reading the tuple map");
+            true
+        })
+    }
+}
+
+/// Settings of the proxy itself.
 #[derive(Debug, Clone, Copy)]
 pub struct ProxySettings {
     pub client_idle_timeout: Duration,
+    /// Test-only: skip the in-use tuple check in preserve-ip-port.
+    pub skip_tuple_check: bool,
 }
 
 pub struct Proxy {
     policies: Arc<PolicySet>,
-    orig: Arc<dyn OrigDstSource>,
+    kernel: Arc<dyn KernelState>,
     pool: upstream::Pool,
+    budget: retry::Budget,
+    /// The namespace the proxy's sockets live in (tuple map keys).
+    netns_cookie: u64,
     log: AccessLog,
     settings: ProxySettings,
     next_downstream_id: AtomicU64,
@@ -61,14 +89,16 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 impl Proxy {
     pub fn new(
         policies: Arc<PolicySet>,
-        orig: Arc<dyn OrigDstSource>,
+        kernel: Arc<dyn KernelState>,
         log: AccessLog,
         settings: ProxySettings,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             policies,
-            orig,
+            kernel,
             pool: upstream::Pool::default(),
+            budget: retry::Budget::default(),
+            netns_cookie: upstream::own_netns_cookie(),
             log,
             settings,
             next_downstream_id: AtomicU64::new(1),

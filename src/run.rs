@@ -16,7 +16,10 @@ use crate::bpf::{Kernel, ProxyTarget};
 use crate::cgroup::{self, Watcher};
 use crate::config::Config;
 use crate::policy::{kernel::rule_entries, PolicySet};
-use crate::proxy::{OrigDstSource, Proxy, ProxySettings};
+use crate::proxy::{KernelState, Proxy, ProxySettings};
+
+/// How often expired TIME_WAIT entries are removed from the tuple map.
+const TUPLE_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
@@ -67,6 +70,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cgroup_root = %root.display(),
         "eBPF programs attached"
     );
+    let transparent = policies
+        .policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .any(|r| r.upstream.source.is_transparent());
+    let mut return_path = None;
+    if transparent {
+        match crate::transparent::ReturnPath::install(&config.transparent) {
+            Ok(rp) => return_path = Some(rp),
+            Err(e) => {
+                let _ = kernel.shutdown();
+                return Err(e)
+                    .context("setting up the return path for upstream.source preserve modes");
+            }
+        }
+    }
     let result = serve(
         &config,
         &root,
@@ -79,6 +98,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         admin_listener,
     )
     .await;
+    if let Some(mut rp) = return_path {
+        rp.remove();
+    }
     let detached = kernel.shutdown();
     tracing::info!("eBPF programs detached and pins removed");
     result?;
@@ -103,6 +125,18 @@ async fn serve(
     let mut watcher = Watcher::new(root, &cgroups, Arc::clone(&maps));
     watcher.sync();
     let watcher_task = tokio::spawn(watcher.run());
+    // TIME_WAIT entries leave the tuple map once the period is over.
+    let expiry_maps = Arc::clone(&maps);
+    let expiry_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(TUPLE_EXPIRY_INTERVAL);
+        loop {
+            tick.tick().await;
+            let n = expiry_maps.expire_tuples();
+            if n > 0 {
+                crate::metrics::tuples_expired(n);
+            }
+        }
+    });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -114,13 +148,14 @@ async fn serve(
     };
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
 
-    let orig: Arc<dyn OrigDstSource> = maps;
+    let kernel_state: Arc<dyn KernelState> = maps;
     let proxy = Proxy::new(
         policies,
-        orig,
+        kernel_state,
         log,
         ProxySettings {
             client_idle_timeout: config.proxy.client_idle_timeout,
+            skip_tuple_check: config.testing.skip_tuple_check,
         },
     );
     let mut tasks = vec![tokio::spawn(
@@ -155,5 +190,6 @@ async fn serve(
         let _ = t.await;
     }
     let _ = admin_task.await;
+    expiry_task.abort();
     Ok(())
 }

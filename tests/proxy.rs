@@ -1,7 +1,7 @@
 //! Loopback tests of the proxy core: no root, no namespaces, no eBPF.
 //!
 //! Each test starts its own [`Proxy`] on 127.0.0.1 (a private two-worker
-//! tokio runtime), with an [`OrigDstSource`] that sends every connection to
+//! tokio runtime), with an [`KernelState`] that sends every connection to
 //! one test origin, a policy parsed from YAML, and the access log in a
 //! temporary file. Clients are blocking std sockets with 5 s timeouts.
 
@@ -21,7 +21,7 @@ use sockwarden::accesslog::AccessLog;
 use sockwarden::bpf::OrigDst;
 use sockwarden::config::Config;
 use sockwarden::policy::PolicySet;
-use sockwarden::proxy::{OrigDstSource, Proxy, ProxySettings};
+use sockwarden::proxy::{KernelState, Proxy, ProxySettings};
 use tokio::sync::watch;
 
 /// The policy name the tests' configuration uses.
@@ -36,8 +36,8 @@ const LOG_WAIT: Duration = Duration::from_secs(5);
 /// Sends every connection to one fixed destination (or to none).
 struct FixedOrigDst(Option<SocketAddr>);
 
-impl OrigDstSource for FixedOrigDst {
-    fn take(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<OrigDst> {
+impl KernelState for FixedOrigDst {
+    fn take_orig_dst(&self, _peer: SocketAddr, _local: SocketAddr) -> Option<OrigDst> {
         self.0.map(|dst| OrigDst {
             dst,
             policy_id: 0,
@@ -124,6 +124,7 @@ impl Harness {
             log,
             ProxySettings {
                 client_idle_timeout: Duration::from_secs(10),
+                skip_tuple_check: false,
             },
         );
         let (shutdown, rx) = watch::channel(false);

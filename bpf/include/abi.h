@@ -21,6 +21,7 @@
 #define SW_MAX_POLICY_CGROUPS 1024   /* entries in policy_cgroups */
 #define SW_MAX_RULE_PREFIXES 65536   /* entries in policy_rules */
 #define SW_MAX_TRACKED_CONNS 65536   /* pending_redirects, orig_dsts */
+#define SW_MAX_TUPLES 262144         /* tuples */
 
 /* What connect() does for a (policy, destination, port). Absence = deny. */
 enum sw_verdict {
@@ -28,6 +29,60 @@ enum sw_verdict {
 	SW_VERDICT_ALLOW = 1,    /* allowed at L4, not redirected */
 	SW_VERDICT_REDIRECT = 2, /* allowed if HTTP rules pass: sent to the proxy */
 	SW_VERDICT_MAX = 3,
+};
+
+/* TCP states as the tuple map records them (the kernel's BPF_TCP_* values). */
+enum sw_tcp_state {
+	SW_TCP_ESTABLISHED = 1,
+	SW_TCP_SYN_SENT = 2,
+	SW_TCP_SYN_RECV = 3,
+	SW_TCP_FIN_WAIT1 = 4,
+	SW_TCP_FIN_WAIT2 = 5,
+	SW_TCP_TIME_WAIT = 6,
+	SW_TCP_CLOSE = 7,
+	SW_TCP_CLOSE_WAIT = 8,
+	SW_TCP_LAST_ACK = 9,
+	SW_TCP_LISTEN = 10,
+	SW_TCP_CLOSING = 11,
+	SW_TCP_NEW_SYN_RECV = 12,
+};
+
+/* Whose socket a tuple belongs to (sock_roles value, tuples value). */
+enum sw_sock_role {
+	SW_ROLE_NONE = 0,
+	SW_ROLE_WORKLOAD = 1, /* an enforced workload's socket (allowed or redirected) */
+	SW_ROLE_UPSTREAM = 2, /* the proxy's upstream socket (set by userspace) */
+};
+
+/* sock_roles (socket storage) value. */
+struct sw_sock_info {
+	enum sw_sock_role role;
+};
+
+/*
+ * tuples key: a TCP 4-tuple in one network namespace. Source is the local
+ * side of the socket that holds it.
+ */
+struct sw_tuple_key {
+	__u64 netns_cookie;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+	__u32 pad;
+};
+
+/*
+ * tuples value. An actively closed socket enters TIME_WAIT, which the state
+ * callback only reports as a transition to CLOSE: such entries are kept with
+ * state SW_TCP_TIME_WAIT and updated_ns = the close, and userspace expires
+ * them after the TIME_WAIT period.
+ */
+struct sw_tuple_value {
+	__u64 cookie;
+	__u64 updated_ns; /* bpf_ktime_get_boot_ns() of the last change */
+	enum sw_tcp_state state;
+	enum sw_sock_role role;
 };
 
 /* policy_cgroups value: which policy enforces this cgroup (and descendants). */
@@ -89,5 +144,8 @@ _Static_assert(sizeof(struct sw_rule_value) == 4, "sw_rule_value layout");
 _Static_assert(sizeof(struct sw_orig_dst) == 40, "sw_orig_dst layout");
 _Static_assert(sizeof(struct sw_conn_key) == 36, "sw_conn_key layout");
 _Static_assert(sizeof(struct sw_counter_key) == 8, "sw_counter_key layout");
+_Static_assert(sizeof(struct sw_sock_info) == 4, "sw_sock_info layout");
+_Static_assert(sizeof(struct sw_tuple_key) == 48, "sw_tuple_key layout");
+_Static_assert(sizeof(struct sw_tuple_value) == 24, "sw_tuple_value layout");
 
 #endif /* SOCKWARDEN_ABI_H */

@@ -56,4 +56,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } verdict_counters SEC(".maps");
 
+/* Per-socket role: set by connect4/6 for enforced workloads, by userspace for upstreams. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sw_sock_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sock_roles SEC(".maps");
+
+/* In-use source tuples of upstream and workload sockets, with their state. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_MAX_TUPLES);
+	__type(key, struct sw_tuple_key);
+	__type(value, struct sw_tuple_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tuples SEC(".maps");
+
 #endif /* SOCKWARDEN_MAPS_H */

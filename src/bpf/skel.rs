@@ -19,6 +19,11 @@ mod sockops {
     include!(concat!(env!("OUT_DIR"), "/sockops.skel.rs"));
 }
 
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod tc {
+    include!(concat!(env!("OUT_DIR"), "/tc.skel.rs"));
+}
+
 /// The ABI types of bpf/include/abi.h, as generated from the objects' BTF.
 pub use connect::types as abi;
 
@@ -31,6 +36,8 @@ macro_rules! pin_shared_maps {
             ("pending_redirects", &mut $maps.pending_redirects),
             ("orig_dsts", &mut $maps.orig_dsts),
             ("verdict_counters", &mut $maps.verdict_counters),
+            ("sock_roles", &mut $maps.sock_roles),
+            ("tuples", &mut $maps.tuples),
         ] {
             let path = $dir.join(name);
             map.set_pin_path(&path)
@@ -121,4 +128,24 @@ pub fn load_and_attach(
         links.push((path, link));
     }
     Ok(links)
+}
+
+/// Loads the return-path tc program with `mark` and hands its descriptor to
+/// `attach`; the program stays in the kernel through what `attach` attaches.
+pub fn with_tc_program<R, E: From<BpfError>>(
+    mark: u32,
+    attach: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> Result<R, E>,
+) -> Result<R, E> {
+    use std::os::fd::AsFd;
+    let mut obj = MaybeUninit::uninit();
+    let mut open = tc::TcSkelBuilder::default()
+        .open(&mut obj)
+        .map_err(load_err("tc.bpf.o"))?;
+    open.maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or(BpfError::NotLoaded)?
+        .transparent_mark = mark;
+    let skel = open.load().map_err(load_err("tc.bpf.o"))?;
+    attach(skel.progs.sw_tc_ingress.as_fd())
 }

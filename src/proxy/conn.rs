@@ -7,17 +7,19 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
+use super::http::ResponseHead;
 use super::http::{
     keep_alive_params, local_response, parse_request_head, parse_response_head, request_framing,
     response_framing, wants_close, write_request_head, write_response_head, BodyFraming,
     ConnectionHeader, RequestHead, Version,
 };
+use super::retry::{self, Failure, RequestFacts, RetryReason};
 use super::stream::{tunnel, BufStream, Dest, HeadReadError};
-use super::upstream::{self, retire, PoolKey};
+use super::upstream::{self, retire, Bind, ConnectError, PoolKey, SourceKey};
 use super::Proxy;
 use crate::accesslog::{flags, now_rfc3339, Record};
 use crate::bpf::OrigDst;
-use crate::config::UpstreamConfig;
+use crate::config::{SourceMode, UpstreamConfig};
 use crate::metrics::{self, CloseReason};
 use crate::policy::{Decision, RequestView};
 
@@ -39,6 +41,29 @@ fn client_gone(rec: &mut Record, up: upstream::UpConn) -> Next {
     rec.flags.push(flags::DC);
     retire(up, CloseReason::Error);
     Next::Close
+}
+
+/// Where a request goes, and from whom.
+pub(super) struct Target {
+    pub orig: OrigDst,
+    /// The workload's address as the listener saw it.
+    pub client: SocketAddr,
+}
+
+/// Settings of one upstream attempt.
+struct AttemptCtx {
+    settings: UpstreamConfig,
+    /// A retry: fresh connection and fresh source tuple, never the pool.
+    fresh: bool,
+    /// Treat a 503 as a retryable failure instead of forwarding it.
+    intercept_503: bool,
+}
+
+/// An attempt that failed before anything reached the client.
+struct AttemptFailure {
+    failure: Failure,
+    /// What to answer if it is not retried.
+    reply: LocalReply,
 }
 
 /// A response the proxy writes itself.
@@ -80,9 +105,10 @@ impl Proxy {
             client: peer.to_string(),
             ..Record::default()
         };
-        match self.orig.take(peer, local) {
+        match self.kernel.take_orig_dst(peer, local) {
             Some(orig) => {
-                if let Some(up) = self.serve_requests(&mut down, orig, rec).await {
+                let target = Target { orig, client: peer };
+                if let Some(up) = self.serve_requests(&mut down, &target, rec).await {
                     match tunnel(down, up).await {
                         Ok((sent, received)) => {
                             tracing::debug!(id, sent, received, "upgraded connection closed")
@@ -119,9 +145,10 @@ impl Proxy {
     async fn serve_requests(
         &self,
         down: &mut BufStream,
-        orig: OrigDst,
+        target: &Target,
         base: Record,
     ) -> Option<BufStream> {
+        let orig = &target.orig;
         let policy = self.policies.get(orig.policy_id);
         let policy_name = policy.map_or_else(|| "(unknown)".to_string(), |p| p.name.clone());
         let base = Record {
@@ -147,7 +174,7 @@ impl Proxy {
                     rec.host = head.host();
                     rec.path = Some(head.path());
                     rec.bytes_received = head_len as u64;
-                    self.exchange(down, &head, &orig, &policy_name, &mut rec)
+                    self.exchange(down, &head, target, &policy_name, &mut rec)
                         .await
                 }
                 Err(HeadReadError::Head(e)) => {
@@ -203,10 +230,11 @@ impl Proxy {
         &self,
         down: &mut BufStream,
         head: &RequestHead,
-        orig: &OrigDst,
+        target: &Target,
         policy_name: &str,
         rec: &mut Record,
     ) -> Next {
+        let orig = &target.orig;
         let framing = match request_framing(head) {
             Ok(f) => f,
             Err(e) => {
@@ -252,7 +280,8 @@ impl Proxy {
                     .and_then(|p| p.rules.get(rule))
                     .map(|r| r.upstream)
                     .unwrap_or_default();
-                self.forward(down, head, framing, orig, settings, rec).await
+                self.forward(down, head, framing, target, settings, rec)
+                    .await
             }
         }
     }
@@ -284,33 +313,190 @@ impl Proxy {
         }
     }
 
-    /// Forwards an allowed request and its response.
+    /// Forwards an allowed request and its response, retrying what is safe
+    /// to retry while the budget allows.
     async fn forward(
         &self,
         down: &mut BufStream,
         head: &RequestHead,
         framing: BodyFraming,
-        orig: &OrigDst,
+        target: &Target,
         settings: UpstreamConfig,
         rec: &mut Record,
     ) -> Next {
+        let _active = self.budget.request();
+        let facts = RequestFacts {
+            method: &head.method,
+            has_body: framing != BodyFraming::None,
+        };
+        let mut failures: Vec<String> = Vec::new();
+        let mut retries = 0u32;
+        let mut idle_race_used = false;
+        let mut _permit = None;
+        let mut fresh = false;
+        loop {
+            let ctx = AttemptCtx {
+                settings,
+                fresh,
+                intercept_503: retry::decide(
+                    &settings.retries,
+                    &Failure::Status503,
+                    facts,
+                    retries,
+                    idle_race_used,
+                )
+                .is_some(),
+            };
+            let failed = match self.attempt(down, head, framing, target, &ctx, rec).await {
+                Ok(next) => return next,
+                Err(f) => f,
+            };
+            failures.push(failed.failure.describe());
+            let decision = retry::decide(
+                &settings.retries,
+                &failed.failure,
+                facts,
+                retries,
+                idle_race_used,
+            );
+            let permit = decision.and_then(|_| self.budget.try_retry());
+            let (Some(reason), Some(permit)) = (decision, permit) else {
+                if decision.is_some() {
+                    metrics::retry_budget_exhausted();
+                    failures.push("retry budget exhausted".into());
+                }
+                return self
+                    .fail_after_attempts(down, rec, failed.reply, &failures)
+                    .await;
+            };
+            _permit = Some(permit);
+            metrics::upstream_retry(reason.as_str());
+            if reason == RetryReason::IdleRace {
+                idle_race_used = true;
+            } else {
+                let jitter: f64 = rand::random();
+                tokio::time::sleep(retry::backoff(settings.retries.backoff, retries, jitter)).await;
+                retries += 1;
+            }
+            fresh = true;
+        }
+    }
+
+    /// The final answer after failed attempts: the last failure's reply,
+    /// naming every attempt when there was more than one (flag URX).
+    async fn fail_after_attempts(
+        &self,
+        down: &mut BufStream,
+        rec: &mut Record,
+        mut reply: LocalReply,
+        failures: &[String],
+    ) -> Next {
+        if rec.upstream_attempts > 1 {
+            rec.flags.push(flags::URX);
+            let summary = format!(
+                "{} (after {} attempts: {})",
+                reply.header.1,
+                rec.upstream_attempts,
+                failures.join("; ")
+            );
+            reply.body = format!("sockwarden: {summary}\n");
+            reply.header.1 = summary;
+        }
+        self.reply(down, rec, reply).await
+    }
+
+    /// Chooses the source of an upstream connection and its pool key.
+    fn source_for(&self, target: &Target, mode: SourceMode, fresh: bool) -> (PoolKey, Bind) {
+        let client = target.client;
+        let dst = target.orig.dst;
+        let key = |source| PoolKey {
+            dst,
+            policy: target.orig.policy_id,
+            source,
+        };
+        // A workload address of the other family cannot be preserved.
+        let mode = if client.is_ipv4() == dst.is_ipv4() {
+            mode
+        } else {
+            SourceMode::Node
+        };
+        match mode {
+            SourceMode::Node => (key(SourceKey::Node), Bind::Node),
+            SourceMode::PreserveIp => (key(SourceKey::Ip(client.ip())), Bind::Ip(client.ip())),
+            SourceMode::PreserveIpPort => {
+                let taken = !fresh
+                    && !self.settings.skip_tuple_check
+                    && self.kernel.tuple_in_use(self.netns_cookie, client, dst);
+                if taken {
+                    metrics::source_port_fallback();
+                }
+                let bind = if fresh || taken {
+                    Bind::Ip(client.ip())
+                } else {
+                    Bind::IpPort(client)
+                };
+                (key(SourceKey::IpPort(client)), bind)
+            }
+        }
+    }
+
+    /// Opens an upstream connection; an EADDRNOTAVAIL on an exact port is
+    /// tried once more on a kernel-picked port (never the same 4-tuple).
+    async fn open(
+        &self,
+        dst: SocketAddr,
+        bind: Bind,
+        settings: &UpstreamConfig,
+        rec: &mut Record,
+    ) -> Result<upstream::UpConn, ConnectError> {
+        let kernel = self.kernel.as_ref();
+        match upstream::connect(dst, bind, settings.connect_timeout, kernel).await {
+            Err(e) if e.errno() == "EADDRNOTAVAIL" => {
+                let Bind::IpPort(addr) = bind else {
+                    return Err(e);
+                };
+                rec.upstream_attempts += 1;
+                upstream::connect(dst, Bind::Ip(addr.ip()), settings.connect_timeout, kernel).await
+            }
+            other => other,
+        }
+    }
+
+    /// One upstream attempt. Err: it failed before anything reached the
+    /// client, and may be retried.
+    async fn attempt(
+        &self,
+        down: &mut BufStream,
+        head: &RequestHead,
+        framing: BodyFraming,
+        target: &Target,
+        ctx: &AttemptCtx,
+        rec: &mut Record,
+    ) -> Result<Next, AttemptFailure> {
+        let settings = &ctx.settings;
         let client_close = wants_close(head.version, &head.headers);
         let has_body = framing != BodyFraming::None;
-        let key = PoolKey {
-            dst: orig.dst,
-            policy: orig.policy_id,
+        rec.upstream_attempts += 1;
+        let (key, bind) = self.source_for(target, settings.source, ctx.fresh);
+        let pooled = if ctx.fresh {
+            None
+        } else {
+            self.pool.checkout(key)
         };
-        rec.upstream_attempts = 1;
-        let mut up = match self.pool.checkout(key) {
+        let mut up = match pooled {
             Some(c) => c,
-            None => match upstream::connect(orig.dst, settings.connect_timeout).await {
-                Ok(c) => c,
-                Err(e) => {
-                    let reply =
-                        LocalReply::error(503, flags::UF, e.to_string(), client_close || has_body);
-                    return self.reply(down, rec, reply).await;
-                }
-            },
+            None => self
+                .open(target.orig.dst, bind, settings, rec)
+                .await
+                .map_err(|e| AttemptFailure {
+                    failure: Failure::Connect(e.errno()),
+                    reply: LocalReply::error(
+                        503,
+                        flags::UF,
+                        e.to_string(),
+                        client_close || has_body,
+                    ),
+                })?,
         };
         rec.upstream_id = Some(up.id);
 
@@ -325,23 +511,29 @@ impl Proxy {
         let mut out = Vec::with_capacity(1024);
         write_request_head(head, conn_header, &mut out);
         if let Err(e) = up.stream.write_all(&out).await {
+            let reused = up.reused;
             retire(up, CloseReason::Error);
             let reason = format!(
                 "upstream connection failed while sending the request: {}",
                 metrics::errno_name(&e)
             );
-            let reply = LocalReply::error(503, flags::UC, reason, client_close || has_body);
-            return self.reply(down, rec, reply).await;
+            return Err(AttemptFailure {
+                failure: Failure::ResetBeforeResponse {
+                    reused,
+                    detail: reason.clone(),
+                },
+                reply: LocalReply::error(503, flags::UC, reason, client_close || has_body),
+            });
         }
 
         let expect = has_body && head.expects_continue();
         let mut body_sent = !has_body;
         if has_body && !expect {
             if let Err(reply) = self
-                .send_request_body(down, &mut up, framing, settings, rec)
+                .send_request_body(down, &mut up, framing, *settings, rec)
                 .await
             {
-                return self.give_up(down, rec, up, reply).await;
+                return Ok(self.give_up(down, rec, up, reply).await);
             }
             body_sent = true;
         }
@@ -356,11 +548,28 @@ impl Proxy {
             let (resp, _) = match read {
                 Ok(Some(r)) => r,
                 Ok(None) => {
+                    let reused = up.reused;
                     retire(up, CloseReason::ServerClose);
                     let reason = "upstream closed the connection before responding".to_string();
-                    return self
-                        .reply(down, rec, LocalReply::error(503, flags::UC, reason, close))
-                        .await;
+                    return Err(AttemptFailure {
+                        failure: Failure::ResetBeforeResponse {
+                            reused,
+                            detail: reason.clone(),
+                        },
+                        reply: LocalReply::error(503, flags::UC, reason, close),
+                    });
+                }
+                Err(HeadReadError::Io(e)) => {
+                    let reused = up.reused;
+                    retire(up, CloseReason::Error);
+                    let reason = format!("upstream connection failed: {}", metrics::errno_name(&e));
+                    return Err(AttemptFailure {
+                        failure: Failure::ResetBeforeResponse {
+                            reused,
+                            detail: reason.clone(),
+                        },
+                        reply: LocalReply::error(503, flags::UC, reason, close),
+                    });
                 }
                 Err(e) => {
                     retire(up, CloseReason::Error);
@@ -374,12 +583,7 @@ impl Proxy {
                             ),
                             close,
                         ),
-                        HeadReadError::Io(e) => LocalReply::error(
-                            503,
-                            flags::UC,
-                            format!("upstream connection failed: {}", metrics::errno_name(&e)),
-                            close,
-                        ),
+                        HeadReadError::Io(_) => unreachable!("handled above"),
                         HeadReadError::Head(e) => LocalReply::error(
                             502,
                             flags::UPE,
@@ -394,28 +598,40 @@ impl Proxy {
                             close,
                         ),
                     };
-                    return self.reply(down, rec, reply).await;
+                    return Ok(self.reply(down, rec, reply).await);
                 }
             };
             match resp.status {
+                503 if ctx.intercept_503 => {
+                    retire(up, CloseReason::Error);
+                    return Err(AttemptFailure {
+                        failure: Failure::Status503,
+                        reply: LocalReply::error(
+                            503,
+                            flags::UC,
+                            "upstream answered 503".into(),
+                            close,
+                        ),
+                    });
+                }
                 101 if upgrade => {
                     let mut out = Vec::new();
                     write_response_head(&resp, ConnectionHeader::Upgrade, &mut out);
                     rec.status = 101;
                     rec.verdict = "allowed";
                     if down.write_all(&out).await.is_err() {
-                        return client_gone(rec, up);
+                        return Ok(client_gone(rec, up));
                     }
                     rec.bytes_sent += out.len() as u64;
-                    return Next::Tunnel(up.stream);
+                    return Ok(Next::Tunnel(up.stream));
                 }
                 101 => {
                     retire(up, CloseReason::Error);
                     let reason =
                         "bad upstream response: 101 without an Upgrade request".to_string();
-                    return self
+                    return Ok(self
                         .reply(down, rec, LocalReply::error(502, flags::UPE, reason, true))
-                        .await;
+                        .await);
                 }
                 100 if expect && !body_sent => {
                     if head.version == Version::Http11
@@ -424,13 +640,13 @@ impl Proxy {
                             .await
                             .is_err()
                     {
-                        return client_gone(rec, up);
+                        return Ok(client_gone(rec, up));
                     }
                     if let Err(reply) = self
-                        .send_request_body(down, &mut up, framing, settings, rec)
+                        .send_request_body(down, &mut up, framing, *settings, rec)
                         .await
                     {
-                        return self.give_up(down, rec, up, reply).await;
+                        return Ok(self.give_up(down, rec, up, reply).await);
                     }
                     body_sent = true;
                 }
@@ -440,7 +656,7 @@ impl Proxy {
                         let mut out = Vec::new();
                         write_response_head(&resp, ConnectionHeader::None, &mut out);
                         if down.write_all(&out).await.is_err() {
-                            return client_gone(rec, up);
+                            return Ok(client_gone(rec, up));
                         }
                     }
                 }
@@ -448,6 +664,26 @@ impl Proxy {
             }
         };
 
+        Ok(self
+            .deliver(down, head, up, key, resp, body_sent, settings, rec)
+            .await)
+    }
+
+    /// Sends the final response to the client and decides what happens to
+    /// the upstream connection.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &self,
+        down: &mut BufStream,
+        head: &RequestHead,
+        mut up: upstream::UpConn,
+        key: PoolKey,
+        resp: ResponseHead,
+        body_sent: bool,
+        settings: &UpstreamConfig,
+        rec: &mut Record,
+    ) -> Next {
+        let client_close = wants_close(head.version, &head.headers);
         let resp_framing = match response_framing(&head.method, &resp) {
             Ok(f) => f,
             Err(e) => {

@@ -9,27 +9,141 @@
 //! non-blocking peek before it is handed out.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recv, MsgFlags};
-use tokio::net::TcpStream;
+use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags};
+use tokio::net::TcpSocket;
 
 use super::http::KeepAlive;
 use super::stream::BufStream;
+use super::KernelState;
 use crate::metrics::{self, CloseReason};
 use crate::policy::PolicyId;
 
 static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The source identity a pooled connection was opened with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceKey {
+    Node,
+    Ip(IpAddr),
+    IpPort(SocketAddr),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub dst: SocketAddr,
     pub policy: PolicyId,
+    pub source: SourceKey,
+}
+
+/// The local address an upstream socket binds before connect().
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bind {
+    /// The node's address and a kernel-picked port.
+    Node,
+    /// A (possibly non-local) IP; the kernel picks a port unique for the
+    /// 4-tuple at connect time (IP_BIND_ADDRESS_NO_PORT).
+    Ip(IpAddr),
+    /// A (possibly non-local) IP and exactly this port, with SO_REUSEADDR.
+    IpPort(SocketAddr),
+}
+
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the network namespace `socket` lives in (SO_NETNS_COOKIE,
+/// Linux 5.14+), as bpf_get_netns_cookie() reports it.
+pub fn netns_cookie(socket: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, and a u64 out-buffer whose size is passed in len.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(cookie)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The cookie of this process's network namespace (0 if unknown: the tuple
+/// map then never matches, and preserve-ip-port relies on its fallback).
+pub fn own_netns_cookie() -> u64 {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        netns_cookie(fd.as_fd()).map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
+    })
+    .unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading this namespace's cookie (SO_NETNS_COOKIE)");
+        0
+    })
+}
+
+/// IP_TRANSPARENT (IPv4) or IPV6_TRANSPARENT: lets the socket bind and use a
+/// non-local address. Needs CAP_NET_ADMIN.
+fn set_transparent(socket: &TcpSocket, v6: bool) -> std::io::Result<()> {
+    if !v6 {
+        return setsockopt(socket, sockopt::IpTransparent, &true).map_err(std::io::Error::from);
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: valid fd, and a c_int option value whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_IPV6,
+            libc::IPV6_TRANSPARENT,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// A socket for `dst`, bound as `bind` says.
+fn prepare(dst: SocketAddr, bind: Bind) -> std::io::Result<TcpSocket> {
+    let socket = if dst.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    match bind {
+        Bind::Node => {}
+        Bind::Ip(ip) => {
+            set_transparent(&socket, dst.is_ipv6())?;
+            if dst.is_ipv4() {
+                setsockopt(&socket, sockopt::IpBindAddressNoPort, &true)?;
+            }
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        Bind::IpPort(addr) => {
+            set_transparent(&socket, dst.is_ipv6())?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+        }
+    }
+    Ok(socket)
 }
 
 pub struct UpConn {
@@ -67,14 +181,29 @@ impl ConnectError {
     }
 }
 
-pub async fn connect(dst: SocketAddr, wait: Duration) -> Result<UpConn, ConnectError> {
-    let result = match tokio::time::timeout(wait, TcpStream::connect(dst)).await {
-        Err(_) => Err(ConnectError::Timeout(wait)),
-        Ok(Err(source)) => Err(ConnectError::Io {
-            errno: metrics::errno_name(&source),
-            source,
-        }),
-        Ok(Ok(s)) => Ok(s),
+/// Opens an upstream connection from `bind` to `dst`; the socket is marked
+/// as an upstream in `kernel` before connect(), so its tuple is tracked
+/// from the SYN on.
+pub async fn connect(
+    dst: SocketAddr,
+    bind: Bind,
+    wait: Duration,
+    kernel: &dyn KernelState,
+) -> Result<UpConn, ConnectError> {
+    let io_err = |source: std::io::Error| ConnectError::Io {
+        errno: metrics::errno_name(&source),
+        source,
+    };
+    let result = match prepare(dst, bind) {
+        Err(e) => Err(io_err(e)),
+        Ok(socket) => {
+            kernel.mark_upstream(socket.as_fd());
+            match tokio::time::timeout(wait, socket.connect(dst)).await {
+                Err(_) => Err(ConnectError::Timeout(wait)),
+                Ok(Err(source)) => Err(io_err(source)),
+                Ok(Ok(s)) => Ok(s),
+            }
+        }
     };
     match result {
         Ok(stream) => {
