@@ -32,6 +32,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the in-use source tuple map of a running instance.
+    Tuples {
+        /// The instance's configuration (for its pin path).
+        #[arg(long, short, conflicts_with = "pin_path")]
+        config: Option<PathBuf>,
+        /// The pin path directly (default /sys/fs/bpf/sockwarden).
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -47,6 +56,32 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Tuples { config, pin_path } => {
+            let pin_path = match (config, pin_path) {
+                (Some(c), _) => match Config::load(&c) {
+                    Ok(c) => c.bpf.pin_path,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, Some(p)) => p,
+                (None, None) => PathBuf::from(crate::config::DEFAULT_PIN_PATH),
+            };
+            match crate::bpf::Maps::open_pinned(&pin_path) {
+                Ok(maps) => {
+                    print!("{}", tuples_table(maps.tuples()));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "sockwarden: {e} (is sockwarden running with pin path {}?)",
+                        pin_path.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
             init_tracing();
             let loaded = match Config::load(&config) {
@@ -108,5 +143,33 @@ fn summary(path: &std::path::Path, c: &Config) -> String {
             p.rules.len() - l7
         ));
     }
+    out
+}
+
+/// The tuple map as a table, sorted by namespace, source and destination.
+fn tuples_table(mut entries: Vec<crate::bpf::TupleEntry>) -> String {
+    entries.sort_by_key(|e| (e.netns_cookie, e.src, e.dst));
+    let mut out = format!(
+        "{:<12} {:<46} {:<46} {:<12} {:<9} {:>8} {:>12}\n",
+        "NETNS", "SOURCE", "DESTINATION", "STATE", "ROLE", "AGE", "COOKIE"
+    );
+    for e in &entries {
+        let role = match e.role {
+            crate::bpf::SockRole::Workload => "workload",
+            crate::bpf::SockRole::Upstream => "upstream",
+            crate::bpf::SockRole::Other => "other",
+        };
+        out.push_str(&format!(
+            "{:<12} {:<46} {:<46} {:<12} {:<9} {:>7.1}s {:>12}\n",
+            e.netns_cookie,
+            e.src,
+            e.dst,
+            e.state,
+            role,
+            e.age.as_secs_f64(),
+            e.cookie
+        ));
+    }
+    out.push_str(&format!("{} tuples\n", entries.len()));
     out
 }

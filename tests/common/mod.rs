@@ -18,6 +18,7 @@
 pub mod cgroup;
 pub mod netns;
 pub mod origin;
+pub mod sw;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs::{File, OpenOptions};

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::netns::in_netns;
 
@@ -59,6 +59,14 @@ pub struct OriginConfig {
     pub close_delimited: bool,
     /// Answer with "HTTP/1.0" status lines, no keep-alive, and close.
     pub http10: bool,
+    /// After deciding to close (e.g. `close_after`), keep the connection
+    /// open this long before closing: the peer then closes first.
+    pub linger_after_close: Option<Duration>,
+    /// A server-side keep-alive timeout that fires just as the next request
+    /// arrives: a request whose first byte comes after the connection was
+    /// idle this long is not answered; the connection is closed instead
+    /// (the idle-close race, made deterministic).
+    pub idle_timeout: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -479,9 +487,23 @@ fn serve_conn(stream: TcpStream, cfg: &OriginConfig, shared: &Shared) {
         if shared.shutdown.load(Ordering::SeqCst) {
             break;
         }
+        if let Some(idle) = cfg.idle_timeout {
+            let idle_since = Instant::now();
+            if k > 1
+                && matches!(reader.fill_buf(), Ok(b) if !b.is_empty())
+                && idle_since.elapsed() >= idle
+            {
+                break;
+            }
+        }
         match serve_one(&mut reader, &mut w, cfg, shared, k) {
             Ok(true) => continue,
-            Ok(false) => break,
+            Ok(false) => {
+                if let Some(linger) = cfg.linger_after_close {
+                    std::thread::sleep(linger.min(Duration::from_secs(5)));
+                }
+                break;
+            }
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
                     write_simple_error(&mut w, cfg, 400, &format!("{e}\n"));

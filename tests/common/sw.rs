@@ -1,0 +1,254 @@
+//! The sockwarden binary under test, and workload helpers: shared by the
+//! kernel-tier test files.
+
+use std::io::{BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::cgroup::TestCgroup;
+use super::command_in;
+use super::netns::{in_netns, Netns};
+use super::origin::read_response;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sockwarden");
+pub const ADMIN: &str = "127.0.0.1:9901";
+
+/// A running `sockwarden run` inside a node namespace.
+pub struct Sockwarden {
+    pub child: Option<Child>,
+    node: PathBuf,
+    pub pin: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Sockwarden {
+    /// The configuration: proxy, admin, pins and access log set up for the
+    /// test topology, then `body` (other top-level sections and `policies`).
+    pub fn config(tag: &str, dir: &Path, body: &str) -> String {
+        format!(
+            "proxy:\n  listen: 10.77.0.1:15001\n  listen_v6: \"[fd77::1]:15001\"\n\
+             admin:\n  listen: {ADMIN}\n\
+             bpf:\n  pin_path: /sys/fs/bpf/sw-test-{tag}\n\
+             access_log:\n  path: {}/access.log\n\
+             {body}",
+            dir.display()
+        )
+    }
+
+    /// Starts sockwarden in `node` with `body` (see [`Sockwarden::config`])
+    /// and waits until /readyz answers.
+    pub fn start(node: &Netns, tag: &str, body: &str) -> Sockwarden {
+        let sw = Self::spawn(node, tag, tag, body, None);
+        sw.wait_ready();
+        sw
+    }
+
+    /// Spawns without waiting. `tag` names the pin path, `run` the
+    /// directory holding config, logs and access log.
+    pub fn spawn(
+        node: &Netns,
+        tag: &str,
+        run: &str,
+        body: &str,
+        cgroup: Option<&Path>,
+    ) -> Sockwarden {
+        let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let config = dir.join("sockwarden.yaml");
+        std::fs::write(&config, Self::config(tag, &dir, body)).expect("write config");
+        let child = command_in(Some(&node.path()), cgroup, BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("spawn sockwarden");
+        Sockwarden {
+            child: Some(child),
+            node: node.path(),
+            pin: PathBuf::from(format!("/sys/fs/bpf/sw-test-{tag}")),
+            dir,
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
+            .collect()
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.admin_get("/readyz").is_some_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sockwarden did not become ready:\n{}", self.stderr());
+    }
+
+    /// GET on the admin listener (inside the node namespace).
+    pub fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        let path = path.to_string();
+        in_netns(&self.node, move || {
+            let addr: SocketAddr = ADMIN.parse().expect("admin addr");
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+            )
+            .ok()?;
+            let r = read_response(&mut BufReader::new(s), false).ok()?;
+            Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+        })
+    }
+
+    /// The value of one exported series, e.g.
+    /// `sockwarden_connect_denied_total{policy="p"}`; 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (status, body) = self.admin_get("/metrics").expect("metrics reachable");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_ref().expect("running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// Waits for the process to exit on its own.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "sockwarden did not exit within {limit:?}:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Sockwarden {
+    fn drop(&mut self) {
+        self.kill();
+        // Unlinking pinned links detaches them; the maps go with the programs.
+        let _ = std::fs::remove_dir_all(self.pin.join("links"));
+        let _ = std::fs::remove_dir_all(&self.pin);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `program args` as a workload: in `netns` and `cgroup`.
+pub fn workload(netns: &Netns, cgroup: &TestCgroup, program: &str, args: &[&str]) -> Output {
+    command_in(Some(&netns.path()), Some(cgroup.path()), program)
+        .args(args)
+        .output()
+        .expect("run workload")
+}
+
+/// The same, outside any policy cgroup.
+pub fn outsider(netns: &Netns, program: &str, args: &[&str]) -> Output {
+    command_in(Some(&netns.path()), None, program)
+        .args(args)
+        .output()
+        .expect("run outsider")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A TCP connect() from `netns`, in `cgroup` if given, through bash's
+/// /dev/tcp: "ok", or bash's error text (strerror, e.g. "Operation not
+/// permitted").
+pub fn tcp_connect(netns: &Netns, cgroup: Option<&TestCgroup>, host: &str, port: u16) -> String {
+    let script = format!("exec 3<>/dev/tcp/{host}/{port}");
+    let o = match cgroup {
+        Some(cg) => workload(netns, cg, "bash", &["-c", &script]),
+        None => outsider(netns, "bash", &["-c", &script]),
+    };
+    if o.status.success() {
+        "ok".into()
+    } else {
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+/// The lowercased response head of a GET with the team header.
+pub fn curl_head(netns: &Netns, cgroup: &TestCgroup, url: &str) -> String {
+    let args = [
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "10",
+        "-H",
+        "x-team: analytics",
+        url,
+    ];
+    stdout(&workload(netns, cgroup, "curl", &args)).to_ascii_lowercase()
+}
+
+/// curl printing the status code; extra args before the URL.
+pub fn curl_status(
+    netns: &Netns,
+    cgroup: Option<&TestCgroup>,
+    extra: &[&str],
+    url: &str,
+) -> String {
+    let mut args = vec![
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let o = match cgroup {
+        Some(cg) => workload(netns, cg, "curl", &args),
+        None => outsider(netns, "curl", &args),
+    };
+    stdout(&o)
+}
