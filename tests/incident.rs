@@ -228,6 +228,14 @@ fn down_origin_stays_within_the_retry_budget() {
     for l in &lines {
         assert!(l.starts_with("503 ") && l.contains("ECONNREFUSED"), "{l}");
     }
+    // A retried request's 503 names every attempt.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                .contains("attempts: connect failed: ECONNREFUSED; connect failed: ECONNREFUSED")),
+        "{lines:?}"
+    );
     let attempts = sw.metric(r#"sockwarden_upstream_connect_failures_total{errno="ECONNREFUSED"}"#);
     let retries = sw.metric(r#"sockwarden_upstream_retries_total{reason="connect_failure"}"#);
     let exhausted = sw.metric("sockwarden_upstream_retry_budget_exhausted_total");
@@ -342,4 +350,66 @@ fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
             && l.contains("upstream")),
         "{table}"
     );
+}
+
+#[test]
+fn preserve_ip_leaves_from_the_workload_ip_with_a_kernel_port() {
+    require_root();
+    let tag = unique_tag("pip");
+    let topo = Topology::new(&tag);
+    let origin = Origin::start(
+        "10.77.1.10:80".parse().unwrap(),
+        Some(&topo.origin.path()),
+        OriginConfig::default(),
+    );
+    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
+    let body = format!("upstream:\n  source: preserve-ip\n{}", policy(cg.rel(), ""));
+    let sw = Sockwarden::start(&topo.node, &tag, &body);
+    let o = workload(
+        &topo.pod,
+        &cg,
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{local_port}",
+            "http://10.77.1.10/data/8",
+        ],
+    );
+    let out = stdout(&o);
+    let (status, client_port) = out.split_once(' ').expect("status and port");
+    assert_eq!(status, "200");
+    let peers = origin.peers();
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0].ip().to_string(), "10.77.2.2");
+    assert_ne!(
+        peers[0].port().to_string(),
+        client_port,
+        "preserve-ip keeps the IP only"
+    );
+    assert_eq!(sw.metric("sockwarden_source_port_fallbacks_total"), 0.0);
+}
+
+#[test]
+fn refuses_a_preserve_mode_it_cannot_set_up() {
+    require_root();
+    let tag = unique_tag("noif");
+    let topo = Topology::new(&tag);
+    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
+    let body = format!(
+        "upstream:\n  source: preserve-ip-port\ntransparent:\n  interfaces: [nope0]\n{}",
+        policy(cg.rel(), "")
+    );
+    let mut sw = Sockwarden::spawn(&topo.node, &tag, &tag, &body, None);
+    let status = sw.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let err = sw.stderr();
+    assert!(
+        err.contains("setting up the return path for upstream.source preserve modes")
+            && err.contains("interface \"nope0\" (transparent.interfaces) does not exist"),
+        "{err}"
+    );
+    assert!(!sw.pin.exists(), "nothing left attached");
 }
