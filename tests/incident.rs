@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::cgroup::TestCgroup;
 use common::netns::Topology;
 use common::origin::{Origin, OriginConfig};
-use common::sw::{stdout, workload, Sockwarden, BIN};
+use common::sw::{stdout, workload, Scene, Sockwarden, BIN};
 use common::{require_root, unique_tag};
 
 fn policy(cgroup: &str, extra_rule: &str) -> String {
@@ -143,18 +143,19 @@ fn incident_scenario_without_the_tuple_check_hits_eaddrnotavail() {
 
 #[test]
 fn idle_race_costs_the_client_nothing() {
-    require_root();
-    let tag = unique_tag("idlerace");
-    let topo = Topology::new(&tag);
-    let origin = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
+    let Scene {
+        tag,
+        topo,
+        origin,
+        cg,
+    } = Scene::new(
+        "idlerace",
+        "pod",
         OriginConfig {
             idle_timeout: Some(Duration::from_millis(200)),
             ..OriginConfig::default()
         },
     );
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
     let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel(), ""));
     // A request every ~200 ms (jittered around the origin's idle timeout),
     // each on a new client connection, so each reuses the pooled upstream.
@@ -271,15 +272,12 @@ fn down_origin_stays_within_the_retry_budget() {
 
 #[test]
 fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
-    require_root();
-    let tag = unique_tag("bpftool");
-    let topo = Topology::new(&tag);
-    let _origin = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
-        OriginConfig::default(),
-    );
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
+    let Scene {
+        tag,
+        topo,
+        origin: _origin,
+        cg,
+    } = Scene::new("bpftool", "pod", OriginConfig::default());
     let body = policy(
         cg.rel(),
         "        upstream:\n          max_requests_per_connection: 2\n",
@@ -354,15 +352,12 @@ fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
 
 #[test]
 fn preserve_ip_leaves_from_the_workload_ip_with_a_kernel_port() {
-    require_root();
-    let tag = unique_tag("pip");
-    let topo = Topology::new(&tag);
-    let origin = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
-        OriginConfig::default(),
-    );
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
+    let Scene {
+        tag,
+        topo,
+        origin,
+        cg,
+    } = Scene::new("pip", "pod", OriginConfig::default());
     let body = format!("upstream:\n  source: preserve-ip\n{}", policy(cg.rel(), ""));
     let sw = Sockwarden::start(&topo.node, &tag, &body);
     let o = workload(

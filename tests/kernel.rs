@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::cgroup::TestCgroup;
 use common::netns::{Netns, Topology};
 use common::origin::{Origin, OriginConfig};
-use common::sw::{curl_head, curl_status, stdout, tcp_connect, workload, Sockwarden};
+use common::sw::{curl_head, curl_status, stdout, tcp_connect, workload, Scene, Sockwarden};
 use common::{require_root, unique_tag};
 
 fn policy(name: &str, cgroup: &str) -> String {
@@ -271,18 +271,19 @@ fn workload_in_its_own_namespace_ipv4_and_ipv6() {
 
 #[test]
 fn origin_closing_every_100_requests_causes_no_errors() {
-    require_root();
-    let tag = unique_tag("s3");
-    let topo = Topology::new(&tag);
-    let origin = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
+    let Scene {
+        tag,
+        topo,
+        origin,
+        cg,
+    } = Scene::new(
+        "s3",
+        "s3",
         OriginConfig {
             close_after: Some(100),
             ..OriginConfig::default()
         },
     );
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/s3"));
     let sw = Sockwarden::start(&topo.node, &tag, &policy("s3", cg.rel()));
 
     // One curl, one keep-alive connection, 10,000 sequential requests.

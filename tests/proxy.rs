@@ -185,6 +185,13 @@ impl Harness {
     }
 }
 
+/// A loopback origin with `cfg`, and a proxy whose every connection goes to it.
+fn origin_and_proxy(cfg: OriginConfig) -> (Origin, Harness) {
+    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None, cfg);
+    let proxy = Harness::start(Some(origin.addr()));
+    (origin, proxy)
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
@@ -415,12 +422,7 @@ fn closed_port() -> SocketAddr {
 
 #[test]
 fn allowed_get_returns_the_body_byte_exact() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (_origin, proxy) = origin_and_proxy(OriginConfig::default());
     let mut c = proxy.connect();
     for n in [0usize, 1, 65535, 65536, 1 << 20] {
         let resp = c.get(&format!("/data/{n}"));
@@ -437,12 +439,7 @@ fn allowed_get_returns_the_body_byte_exact() {
 
 #[test]
 fn keep_alive_reuses_one_upstream_connection() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (origin, proxy) = origin_and_proxy(OriginConfig::default());
     let mut c = proxy.connect();
     for i in 1..=20usize {
         let resp = c.get(&format!("/data/{}", i * 100));
@@ -459,12 +456,7 @@ fn keep_alive_reuses_one_upstream_connection() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (_origin, proxy) = origin_and_proxy(OriginConfig::default());
     let mut c = proxy.connect();
     let sizes = [1000usize, 70_000, 5];
     let batch: String = sizes
@@ -486,12 +478,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn http10_client_closes_unless_keep_alive() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (_origin, proxy) = origin_and_proxy(OriginConfig::default());
 
     // Without keep-alive: one response, then the proxy closes.
     let mut c = proxy.connect();
@@ -521,12 +508,7 @@ fn http10_client_closes_unless_keep_alive() {
 
 #[test]
 fn framing_errors_get_their_status_and_close() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (origin, proxy) = origin_and_proxy(OriginConfig::default());
     let big_head = format!(
         "GET /data/1 HTTP/1.1\r\nHost: origin.test\r\nX-Big: {}\r\n\r\n",
         "a".repeat(66 << 10)
@@ -579,12 +561,7 @@ fn framing_errors_get_their_status_and_close() {
 
 #[test]
 fn denied_request_gets_403_and_keeps_the_connection() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (origin, proxy) = origin_and_proxy(OriginConfig::default());
     let mut c = proxy.connect();
 
     let resp = c.get("/private");
@@ -619,12 +596,7 @@ fn denied_request_gets_403_and_keeps_the_connection() {
 
 #[test]
 fn expect_100_continue_is_relayed() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (_origin, proxy) = origin_and_proxy(OriginConfig::default());
     let mut c = proxy.connect();
     let body = b"the body after 100-continue";
     c.send(
@@ -652,12 +624,7 @@ fn expect_100_continue_is_relayed() {
 #[test]
 fn chunked_and_close_delimited_bodies() {
     // A chunked request body, written in small pieces.
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (origin, proxy) = origin_and_proxy(OriginConfig::default());
     let mut c = proxy.connect();
     let chunks: [&[u8]; 4] = [b"hello", b", ", b"chunked ", b"world!"];
     let mut wire =
@@ -723,15 +690,10 @@ fn chunked_and_close_delimited_bodies() {
 
 #[test]
 fn origin_closing_after_100_requests_causes_no_errors() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig {
-            close_after: Some(100),
-            ..OriginConfig::default()
-        },
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (origin, proxy) = origin_and_proxy(OriginConfig {
+        close_after: Some(100),
+        ..OriginConfig::default()
+    });
     let mut c = proxy.connect();
     let started = Instant::now();
     let mut failures = Vec::new();
@@ -891,12 +853,7 @@ fn no_original_destination_is_421() {
 /// tests cannot pass against a leftover listener.
 #[test]
 fn harness_stops_the_proxy_on_drop() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
-    let proxy = Harness::start(Some(origin.addr()));
+    let (_origin, proxy) = origin_and_proxy(OriginConfig::default());
     let addr = proxy.addr;
     assert_data(&proxy.connect().get("/data/5"), 5);
     drop(proxy);

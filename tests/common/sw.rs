@@ -8,9 +8,9 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::cgroup::TestCgroup;
-use super::command_in;
-use super::netns::{in_netns, Netns};
-use super::origin::read_response;
+use super::netns::{in_netns, Netns, Topology};
+use super::origin::{read_response, Origin, OriginConfig};
+use super::{command_in, require_root, unique_tag};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sockwarden");
 pub const ADMIN: &str = "127.0.0.1:9901";
@@ -251,4 +251,34 @@ pub fn curl_status(
         None => outsider(netns, "curl", &args),
     };
     stdout(&o)
+}
+
+/// The usual kernel-test scene: a fresh topology, an origin on
+/// 10.77.1.10:80 in its namespace, and a workload cgroup
+/// `/sockwarden-test-<tag>/<leaf>`. Requires root.
+pub struct Scene {
+    pub tag: String,
+    pub topo: Topology,
+    pub origin: Origin,
+    pub cg: TestCgroup,
+}
+
+impl Scene {
+    pub fn new(test: &str, leaf: &str, origin: OriginConfig) -> Scene {
+        require_root();
+        let tag = unique_tag(test);
+        let topo = Topology::new(&tag);
+        let origin = Origin::start(
+            "10.77.1.10:80".parse().expect("origin address"),
+            Some(&topo.origin.path()),
+            origin,
+        );
+        let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/{leaf}"));
+        Scene {
+            tag,
+            topo,
+            origin,
+            cg,
+        }
+    }
 }
