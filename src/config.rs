@@ -52,10 +52,61 @@ pub struct Config {
     #[serde(default)]
     pub access_log: AccessLogConfig,
     #[serde(default)]
+    pub forwarding: ForwardingConfig,
+    #[serde(default)]
     pub transparent: TransparentConfig,
     #[serde(default)]
     pub testing: TestingConfig,
     pub policies: Vec<Policy>,
+}
+
+/// How body bytes move between the two sockets of an exchange.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// splice on this kernel (see docs/performance.md).
+    #[default]
+    Auto,
+    /// splice(2) through a pipe: kernel-side, with TCP backpressure.
+    Splice,
+    /// sockmap redirects (not shipped: see docs/performance.md).
+    Sockmap,
+    /// Userspace copy through the proxy's buffer.
+    Copy,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    #[serde(default)]
+    pub engine: Engine,
+    /// Pipe size per direction of a connection, for splice (bytes; the
+    /// kernel rounds up to a power-of-two number of pages).
+    #[serde(default = "default_pipe_size")]
+    pub pipe_size: u32,
+}
+
+impl Default for ForwardingConfig {
+    fn default() -> Self {
+        ForwardingConfig {
+            engine: Engine::Auto,
+            pipe_size: default_pipe_size(),
+        }
+    }
+}
+
+fn default_pipe_size() -> u32 {
+    1 << 20
+}
+
+impl ForwardingConfig {
+    /// The pipe size when bodies are spliced; None for the copy engine.
+    pub fn splice_pipe_size(&self) -> Option<usize> {
+        match self.engine {
+            Engine::Auto | Engine::Splice => Some(self.pipe_size as usize),
+            Engine::Copy | Engine::Sockmap => None,
+        }
+    }
 }
 
 /// Return-path setup for the preserve source modes (used only when a rule
@@ -638,6 +689,24 @@ impl Config {
             field,
             message,
         };
+        if self.forwarding.engine == Engine::Sockmap {
+            return Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                field: "forwarding.engine".into(),
+                message: "the sockmap engine is not shipped in this version (measured slower than splice and not yet proven byte-exact, FIN-safe and bounded; see docs/performance.md): use auto, splice or copy".into(),
+            });
+        }
+        if !(4096..=(256 << 20)).contains(&self.forwarding.pipe_size) {
+            return Err(ConfigError::Invalid {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                field: "forwarding.pipe_size".into(),
+                message: format!("{} is out of range (4096 to 268435456 bytes)", self.forwarding.pipe_size),
+            });
+        }
         if self.policies.len() > MAX_POLICIES {
             let p = &self.policies[MAX_POLICIES];
             return Err(at(

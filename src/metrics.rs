@@ -24,6 +24,7 @@ pub const UPSTREAM_RETRIES: &str = "sockwarden_upstream_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "sockwarden_upstream_retry_budget_exhausted_total";
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
+pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -75,7 +76,33 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         TUPLES_EXPIRED,
         "TIME_WAIT entries removed from the in-use tuple map after the TIME_WAIT period"
     );
+    describe_counter!(
+        FORWARDED_BYTES,
+        "Body bytes forwarded, by direction (upstream: request bodies, downstream: response bodies) and engine (splice: kernel-side, copy: through the proxy's buffer)"
+    );
     Ok(handle)
+}
+
+/// Which way body bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Workload to origin (request bodies).
+    Upstream,
+    /// Origin to workload (response bodies).
+    Downstream,
+}
+
+pub fn forwarded(direction: Direction, copied: u64, spliced: u64) {
+    let dir = match direction {
+        Direction::Upstream => "upstream",
+        Direction::Downstream => "downstream",
+    };
+    if copied > 0 {
+        counter!(FORWARDED_BYTES, "direction" => dir, "engine" => "copy").increment(copied);
+    }
+    if spliced > 0 {
+        counter!(FORWARDED_BYTES, "direction" => dir, "engine" => "splice").increment(spliced);
+    }
 }
 
 pub fn upstream_retry(reason: &'static str) {

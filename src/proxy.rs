@@ -21,6 +21,7 @@ use crate::policy::PolicySet;
 mod conn;
 pub mod http;
 pub mod retry;
+mod splice;
 mod stream;
 pub mod upstream;
 
@@ -69,6 +70,8 @@ pub struct ProxySettings {
     pub client_idle_timeout: Duration,
     /// Test-only: skip the in-use tuple check in preserve-ip-port.
     pub skip_tuple_check: bool,
+    /// Some(pipe size): splice bodies kernel-side; None: copy them.
+    pub splice_pipe_size: Option<usize>,
 }
 
 pub struct Proxy {

@@ -156,6 +156,7 @@ async fn serve(
         ProxySettings {
             client_idle_timeout: config.proxy.client_idle_timeout,
             skip_tuple_check: config.testing.skip_tuple_check,
+            splice_pipe_size: config.forwarding.splice_pipe_size(),
         },
     );
     let mut tasks = vec![tokio::spawn(

@@ -99,7 +99,7 @@ impl Proxy {
         local: SocketAddr,
     ) {
         metrics::downstream_accepted();
-        let mut down = BufStream::new(stream);
+        let mut down = BufStream::new(stream, self.settings.splice_pipe_size);
         let mut rec = Record {
             downstream_id: id,
             client: peer.to_string(),
@@ -109,7 +109,7 @@ impl Proxy {
             Some(orig) => {
                 let target = Target { orig, client: peer };
                 if let Some(up) = self.serve_requests(&mut down, &target, rec).await {
-                    match tunnel(down, up).await {
+                    match tunnel(down, up, self.settings.client_idle_timeout).await {
                         Ok((sent, received)) => {
                             tracing::debug!(id, sent, received, "upgraded connection closed")
                         }
@@ -303,7 +303,7 @@ impl Proxy {
                     .await
                 {
                     Ok(n) => {
-                        rec.bytes_received += n;
+                        rec.bytes_received += n.total();
                         true
                     }
                     Err(_) => false,
@@ -450,13 +450,15 @@ impl Proxy {
         rec: &mut Record,
     ) -> Result<upstream::UpConn, ConnectError> {
         let kernel = self.kernel.as_ref();
-        match upstream::connect(dst, bind, settings.connect_timeout, kernel).await {
+        let pipe = self.settings.splice_pipe_size;
+        match upstream::connect(dst, bind, settings.connect_timeout, kernel, pipe).await {
             Err(e) if e.errno() == "EADDRNOTAVAIL" => {
                 let Bind::IpPort(addr) = bind else {
                     return Err(e);
                 };
                 rec.upstream_attempts += 1;
-                upstream::connect(dst, Bind::Ip(addr.ip()), settings.connect_timeout, kernel).await
+                let bind = Bind::Ip(addr.ip());
+                upstream::connect(dst, bind, settings.connect_timeout, kernel, pipe).await
             }
             other => other,
         }
@@ -720,7 +722,10 @@ impl Proxy {
             .forward_body(Dest::Stream(down), resp_framing, settings.request_timeout)
             .await
         {
-            Ok(n) => rec.bytes_sent += n,
+            Ok(n) => {
+                metrics::forwarded(metrics::Direction::Downstream, n.copied, n.spliced);
+                rec.bytes_sent += n.total();
+            }
             Err(e) => {
                 if e.is_source_side() {
                     rec.flags.push(flags::UC);
@@ -793,7 +798,8 @@ impl Proxy {
             .await
         {
             Ok(n) => {
-                rec.bytes_received += n;
+                metrics::forwarded(metrics::Direction::Upstream, n.copied, n.spliced);
+                rec.bytes_received += n.total();
                 Ok(())
             }
             Err(e) if e.is_source_side() => {

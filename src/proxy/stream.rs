@@ -1,21 +1,32 @@
 //! A TCP stream with a read buffer: heads are parsed from the buffer, and
 //! bodies are forwarded from it and then from the socket.
 //!
-//! Body forwarding here is the `copy` engine: bytes pass through this
-//! buffer. Bytes that arrived in the same read as a head always take this
-//! path, so the forwarded head reaches the peer before any body byte.
+//! Two body engines: `copy` passes bytes through this buffer; `splice`
+//! moves them kernel-side (src/proxy/splice.rs). Either way, bytes that
+//! arrived in the same read as a head are written from the buffer first,
+//! and a head is written before its body, so the peer sees them in order;
+//! a body ends exactly at its framing's last byte, so the next head is
+//! parsed intact.
 
 use std::io;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::os::fd::AsRawFd;
+
+use nix::sys::socket::MsgFlags;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::http::{BodyFraming, ChunkError, ChunkedScanner, HeadError};
+use super::splice::{splice_stream, splice_tunnel, Pipe, SpliceError};
 
 /// Read size for heads and bodies.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Longest chunk-size line or trailer line read exactly; longer ones are
+/// read in pieces and rejected by the chunk scanner.
+const MAX_LINE: usize = 4096 + 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HeadReadError {
@@ -61,19 +72,42 @@ pub enum Dest<'a> {
     Discard,
 }
 
+/// Body bytes forwarded, by engine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// Through the proxy's buffer (bytes that came with a head, framing
+    /// lines, or everything with the copy engine).
+    pub copied: u64,
+    /// Kernel-side with splice(2).
+    pub spliced: u64,
+}
+
+impl Forwarded {
+    pub fn total(&self) -> u64 {
+        self.copied + self.spliced
+    }
+}
+
 pub struct BufStream {
     stream: TcpStream,
     buf: Vec<u8>,
     /// Start of unconsumed bytes in `buf`.
     pos: usize,
+    /// Some(pipe size): bodies read from this stream are spliced.
+    pipe_size: Option<usize>,
+    /// The pipe, created on the first splice and reused for later bodies.
+    pipe: Option<Pipe>,
 }
 
 impl BufStream {
-    pub fn new(stream: TcpStream) -> Self {
+    /// `pipe_size`: Some to splice bodies read from this stream.
+    pub fn new(stream: TcpStream, pipe_size: Option<usize>) -> Self {
         BufStream {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
             pos: 0,
+            pipe_size,
+            pipe: None,
         }
     }
 
@@ -147,18 +181,162 @@ impl BufStream {
     }
 
     /// Forwards one body framed by `framing` to `dst` (or discards it),
-    /// waiting at most `idle` for each read. Returns the bytes forwarded.
+    /// waiting at most `idle` for each read. Bytes already buffered (those
+    /// that came with the head) are written first, from userspace; with the
+    /// splice engine the rest moves kernel-side.
     pub async fn forward_body(
         &mut self,
-        dst: Dest<'_>,
+        mut dst: Dest<'_>,
         framing: BodyFraming,
         idle: Duration,
-    ) -> Result<u64, BodyError> {
+    ) -> Result<Forwarded, BodyError> {
+        let mut done = Forwarded::default();
         match framing {
-            BodyFraming::None => Ok(0),
-            BodyFraming::Length(n) => self.forward_length(dst, n, idle).await,
-            BodyFraming::Chunked => self.forward_chunked(dst, idle).await,
-            BodyFraming::UntilClose => self.forward_until_close(dst, idle).await,
+            BodyFraming::None => {}
+            BodyFraming::Length(len) => {
+                let mut left = len;
+                while left > 0 {
+                    if self.buffered().is_empty() {
+                        if let Some(n) = self.splice_to(&mut dst, Some(left), idle).await? {
+                            done.spliced += n;
+                            left -= n;
+                            if left > 0 {
+                                return Err(BodyError::Truncated { missing: left });
+                            }
+                            break;
+                        }
+                        if self.fill_body(idle).await? == 0 {
+                            return Err(BodyError::Truncated { missing: left });
+                        }
+                    }
+                    let n = self.buffered().len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    self.send_buffered(&mut dst, n).await?;
+                    done.copied += n as u64;
+                    left -= n as u64;
+                }
+            }
+            BodyFraming::Chunked => {
+                let mut scanner = ChunkedScanner::new();
+                loop {
+                    if !self.buffered().is_empty() {
+                        let n = scanner.feed(self.buffered())?;
+                        self.send_buffered(&mut dst, n).await?;
+                        done.copied += n as u64;
+                        if scanner.is_done() {
+                            break;
+                        }
+                    }
+                    let data = scanner.data_remaining();
+                    if data > 0 && self.buffered().is_empty() {
+                        if let Some(n) = self.splice_to(&mut dst, Some(data), idle).await? {
+                            scanner.skip_data(n);
+                            done.spliced += n;
+                            if n < data {
+                                return Err(BodyError::Truncated { missing: data - n });
+                            }
+                            continue;
+                        }
+                    }
+                    // Framing lines are read exactly, so chunk data stays in
+                    // the kernel for the splice engine.
+                    let read = if self.pipe_size.is_some() {
+                        self.fill_line(idle).await?
+                    } else {
+                        self.fill_body(idle).await?
+                    };
+                    if read == 0 {
+                        return Err(BodyError::Truncated { missing: data });
+                    }
+                }
+            }
+            BodyFraming::UntilClose => loop {
+                let n = self.buffered().len();
+                if n > 0 {
+                    self.send_buffered(&mut dst, n).await?;
+                    done.copied += n as u64;
+                }
+                if let Some(n) = self.splice_to(&mut dst, None, idle).await? {
+                    done.spliced += n;
+                    break;
+                }
+                if self.fill_body(idle).await? == 0 {
+                    break;
+                }
+            },
+        }
+        Ok(done)
+    }
+
+    /// With the splice engine and a stream destination, moves `limit` bytes
+    /// (None: until EOF) kernel-side and returns Some(moved); otherwise None.
+    async fn splice_to(
+        &mut self,
+        dst: &mut Dest<'_>,
+        limit: Option<u64>,
+        idle: Duration,
+    ) -> Result<Option<u64>, BodyError> {
+        let (Some(size), Dest::Stream(out)) = (self.pipe_size, dst) else {
+            return Ok(None);
+        };
+        if self.pipe.is_none() {
+            self.pipe = Some(Pipe::new(size).map_err(BodyError::Read)?);
+        }
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Ok(None);
+        };
+        let moved = splice_stream(&self.stream, &out.stream, pipe, limit, idle).await;
+        match moved {
+            Ok(n) => Ok(Some(n)),
+            Err(e) => {
+                // Bytes stranded in the pipe belong to a body that failed:
+                // the pipe cannot be reused.
+                self.pipe = None;
+                Err(match e {
+                    SpliceError::Read(e) => BodyError::Read(e),
+                    SpliceError::Write(e) => BodyError::Write(e),
+                    SpliceError::Timeout => BodyError::Timeout(idle),
+                })
+            }
+        }
+    }
+
+    /// Reads exactly one line (up to and including LF, at most
+    /// [`MAX_LINE`] bytes) into the buffer, leaving what follows in the
+    /// socket. Returns the bytes read; 0 at EOF.
+    async fn fill_line(&mut self, idle: Duration) -> Result<usize, BodyError> {
+        let mut peek = [0u8; MAX_LINE];
+        loop {
+            let peeked = self.stream.try_io(Interest::READABLE, || {
+                nix::sys::socket::recv(
+                    self.stream.as_raw_fd(),
+                    &mut peek,
+                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(io::Error::from)
+            });
+            match peeked {
+                Ok(0) => return Ok(0),
+                Ok(n) => {
+                    // Through the LF, or everything peeked if the line is
+                    // longer (the chunk scanner then rejects it).
+                    let take = peek[..n].iter().position(|&b| b == b'\n').map_or(n, |i| i + 1);
+                    let len = self.buf.len();
+                    self.buf.resize(len + take, 0);
+                    let got = self
+                        .stream
+                        .try_read(&mut self.buf[len..])
+                        .map_err(BodyError::Read)?;
+                    self.buf.truncate(len + got);
+                    return Ok(got);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match timeout(idle, self.stream.readable()).await {
+                        Err(_) => return Err(BodyError::Timeout(idle)),
+                        Ok(r) => r.map_err(BodyError::Read)?,
+                    }
+                }
+                Err(e) => return Err(BodyError::Read(e)),
+            }
         }
     }
 
@@ -182,80 +360,24 @@ impl BufStream {
         Ok(())
     }
 
-    async fn forward_length(
-        &mut self,
-        mut dst: Dest<'_>,
-        len: u64,
-        idle: Duration,
-    ) -> Result<u64, BodyError> {
-        let mut left = len;
-        while left > 0 {
-            if self.buffered().is_empty() && self.fill_body(idle).await? == 0 {
-                return Err(BodyError::Truncated { missing: left });
-            }
-            let n = self
-                .buffered()
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            self.send_buffered(&mut dst, n).await?;
-            left -= n as u64;
-        }
-        Ok(len)
-    }
-
-    async fn forward_chunked(
-        &mut self,
-        mut dst: Dest<'_>,
-        idle: Duration,
-    ) -> Result<u64, BodyError> {
-        let mut scanner = ChunkedScanner::new();
-        let mut total = 0u64;
-        loop {
-            if !self.buffered().is_empty() {
-                let n = scanner.feed(self.buffered())?;
-                self.send_buffered(&mut dst, n).await?;
-                total += n as u64;
-                if scanner.is_done() {
-                    return Ok(total);
-                }
-            }
-            if self.fill_body(idle).await? == 0 {
-                return Err(BodyError::Truncated { missing: 0 });
-            }
-        }
-    }
-
-    async fn forward_until_close(
-        &mut self,
-        mut dst: Dest<'_>,
-        idle: Duration,
-    ) -> Result<u64, BodyError> {
-        let mut total = 0u64;
-        loop {
-            let n = self.buffered().len();
-            if n > 0 {
-                self.send_buffered(&mut dst, n).await?;
-                total += n as u64;
-            }
-            if self.fill_body(idle).await? == 0 {
-                return Ok(total);
-            }
-        }
-    }
-
     /// Flushes and half-closes the write side.
     pub async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }
 }
 
-/// Splices two connections together after a protocol upgrade (101), first
-/// delivering bytes each side already had buffered.
-pub async fn tunnel(a: BufStream, b: BufStream) -> io::Result<(u64, u64)> {
+/// Joins two connections after a protocol upgrade (101), first delivering
+/// bytes each side already had buffered, then with the connections' engine
+/// (splice, or a userspace copy).
+pub async fn tunnel(a: BufStream, b: BufStream, idle: Duration) -> io::Result<(u64, u64)> {
+    let pipe_size = a.pipe_size;
     let (mut a, a_rest) = a.into_parts();
     let (mut b, b_rest) = b.into_parts();
     b.write_all(&a_rest).await?;
     a.write_all(&b_rest).await?;
-    let (ab, ba) = tokio::io::copy_bidirectional(&mut a, &mut b).await?;
+    let (ab, ba) = match pipe_size {
+        Some(size) => splice_tunnel(&a, &b, size, idle).await?,
+        None => tokio::io::copy_bidirectional(&mut a, &mut b).await?,
+    };
     Ok((ab + a_rest.len() as u64, ba + b_rest.len() as u64))
 }

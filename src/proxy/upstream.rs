@@ -189,6 +189,7 @@ pub async fn connect(
     bind: Bind,
     wait: Duration,
     kernel: &dyn KernelState,
+    pipe_size: Option<usize>,
 ) -> Result<UpConn, ConnectError> {
     let io_err = |source: std::io::Error| ConnectError::Io {
         errno: metrics::errno_name(&source),
@@ -211,7 +212,7 @@ pub async fn connect(
             metrics::upstream_opened();
             Ok(UpConn {
                 id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
-                stream: BufStream::new(stream),
+                stream: BufStream::new(stream, pipe_size),
                 served: 0,
                 server_remaining: None,
                 server_idle: None,

@@ -16,6 +16,7 @@
 //! inside the namespaces a test creates.
 
 pub mod cgroup;
+pub mod harness;
 pub mod netns;
 pub mod origin;
 pub mod sw;

@@ -1,0 +1,171 @@
+//! The `splice` engine: body bytes go socket → pipe → socket inside the
+//! kernel, never through the proxy's memory.
+//!
+//! Both ends are non-blocking tokio sockets; readiness comes from tokio and
+//! the moves are splice(2) with SPLICE_F_NONBLOCK. At most one pipe's worth
+//! of data is in flight: the source is read only while the pipe has room,
+//! and the pipe drains only as fast as the destination accepts, so a slow
+//! reader holds the sender back (backpressure is TCP's own).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// A pipe used as the in-kernel buffer of one direction.
+#[derive(Debug)]
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+    /// Bytes spliced into the pipe and not yet out of it.
+    pending: usize,
+}
+
+impl Pipe {
+    /// A non-blocking pipe of (at least) `size` bytes, if the kernel allows
+    /// that size (the default is one page per slot, 64 KiB).
+    pub fn new(size: usize) -> io::Result<Pipe> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
+        let requested = i32::try_from(size).unwrap_or(i32::MAX);
+        let capacity = fcntl(&write, FcntlArg::F_SETPIPE_SZ(requested))
+            .or_else(|_| fcntl(&write, FcntlArg::F_GETPIPE_SZ))
+            .map_err(io::Error::from)?;
+        Ok(Pipe {
+            read,
+            write,
+            capacity: usize::try_from(capacity).unwrap_or(64 * 1024),
+            pending: 0,
+        })
+    }
+}
+
+/// Which side of a splice failed.
+#[derive(Debug)]
+pub enum SpliceError {
+    Read(io::Error),
+    Write(io::Error),
+    Timeout,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+/// Moves `limit` bytes (or everything until EOF with None) from `src` to
+/// `dst` through `pipe`. Returns the bytes moved: fewer than `limit` only
+/// when `src` reached EOF. `idle` bounds every wait for either side.
+pub async fn splice_stream(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &mut Pipe,
+    limit: Option<u64>,
+    idle: Duration,
+) -> Result<u64, SpliceError> {
+    let mut moved: u64 = 0;
+    let mut queued: u64 = pipe.pending as u64;
+    let mut eof = false;
+    loop {
+        let want_in = match limit {
+            Some(l) => l.saturating_sub(moved + queued),
+            None => u64::MAX,
+        };
+        if pipe.pending == 0 && (eof || want_in == 0) {
+            return Ok(moved);
+        }
+        let mut progressed = false;
+        if !eof && want_in > 0 && pipe.pending < pipe.capacity {
+            let len = (pipe.capacity - pipe.pending).min(usize::try_from(want_in).unwrap_or(usize::MAX));
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            match src.try_io(Interest::READABLE, || {
+                splice(src.as_fd(), None, pipe.write.as_fd(), None, len, flags).map_err(io::Error::from)
+            }) {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    pipe.pending += n;
+                    queued += n as u64;
+                    progressed = true;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(SpliceError::Read(e)),
+            }
+        }
+        if pipe.pending > 0 {
+            let more = !eof && want_in > 0;
+            let mut flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+            if more {
+                flags |= SpliceFFlags::SPLICE_F_MORE;
+            }
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_fd(), None, dst.as_fd(), None, pipe.pending, flags)
+                    .map_err(io::Error::from)
+            }) {
+                Ok(n) => {
+                    pipe.pending -= n;
+                    queued -= n as u64;
+                    moved += n as u64;
+                    progressed |= n > 0;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(SpliceError::Write(e)),
+            }
+        }
+        if progressed {
+            continue;
+        }
+        // Nothing moved: wait for whichever side can unblock us.
+        let can_read = !eof && want_in > 0 && pipe.pending < pipe.capacity;
+        let can_write = pipe.pending > 0;
+        let wait = async {
+            match (can_read, can_write) {
+                (true, true) => tokio::select! {
+                    r = src.readable() => r.map_err(SpliceError::Read),
+                    w = dst.writable() => w.map_err(SpliceError::Write),
+                },
+                (true, false) => src.readable().await.map_err(SpliceError::Read),
+                (false, true) => dst.writable().await.map_err(SpliceError::Write),
+                (false, false) => Ok(()),
+            }
+        };
+        match tokio::time::timeout(idle, wait).await {
+            Err(_) => return Err(SpliceError::Timeout),
+            Ok(r) => r?,
+        }
+    }
+}
+
+/// One direction of a tunnel: splice until EOF, then pass the EOF on.
+async fn half_tunnel(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pipe: &mut Pipe,
+    idle: Duration,
+) -> Result<u64, SpliceError> {
+    let r = splice_stream(src, dst, pipe, None, idle).await;
+    let _ = nix::sys::socket::shutdown(dst.as_raw_fd(), nix::sys::socket::Shutdown::Write);
+    r
+}
+
+/// Splices both directions of an upgraded connection until each side has
+/// sent EOF; returns (a→b, b→a) bytes.
+pub async fn splice_tunnel(
+    a: &TcpStream,
+    b: &TcpStream,
+    pipe_size: usize,
+    idle: Duration,
+) -> io::Result<(u64, u64)> {
+    let mut ab = Pipe::new(pipe_size)?;
+    let mut ba = Pipe::new(pipe_size)?;
+    let (x, y) = tokio::join!(
+        half_tunnel(a, b, &mut ab, idle),
+        half_tunnel(b, a, &mut ba, idle)
+    );
+    let err = |e: SpliceError| match e {
+        SpliceError::Read(e) | SpliceError::Write(e) => e,
+        SpliceError::Timeout => io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"),
+    };
+    Ok((x.map_err(err)?, y.map_err(err)?))
+}
