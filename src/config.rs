@@ -704,7 +704,10 @@ impl Config {
                 line: 0,
                 column: 0,
                 field: "forwarding.pipe_size".into(),
-                message: format!("{} is out of range (4096 to 268435456 bytes)", self.forwarding.pipe_size),
+                message: format!(
+                    "{} is out of range (4096 to 268435456 bytes)",
+                    self.forwarding.pipe_size
+                ),
             });
         }
         if self.policies.len() > MAX_POLICIES {

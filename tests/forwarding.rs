@@ -33,7 +33,12 @@ fn noise() -> &'static [u8] {
 }
 
 /// Calls `f` with consecutive slices of body (seed, len), each at most `max`.
-fn for_body_slices(seed: u64, len: usize, mut cut: impl FnMut() -> usize, mut f: impl FnMut(&[u8])) {
+fn for_body_slices(
+    seed: u64,
+    len: usize,
+    mut cut: impl FnMut() -> usize,
+    mut f: impl FnMut(&[u8]),
+) {
     let noise = noise();
     let mut off = (seed as usize) % NOISE_LEN;
     let mut left = len;
@@ -114,17 +119,18 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 /// feeding it to `f`.
 fn read_body(r: &mut impl BufRead, head: &str, mut f: impl FnMut(&[u8])) -> std::io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut take = |r: &mut dyn BufRead, mut n: usize, f: &mut dyn FnMut(&[u8])| -> std::io::Result<()> {
-        while n > 0 {
-            let k = r.read(&mut buf[..n.min(64 * 1024)])?;
-            if k == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
+    let mut take =
+        |r: &mut dyn BufRead, mut n: usize, f: &mut dyn FnMut(&[u8])| -> std::io::Result<()> {
+            while n > 0 {
+                let k = r.read(&mut buf[..n.min(64 * 1024)])?;
+                if k == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                f(&buf[..k]);
+                n -= k;
             }
-            f(&buf[..k]);
-            n -= k;
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     if header(head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
         loop {
             let mut line = String::new();
@@ -141,22 +147,37 @@ fn read_body(r: &mut impl BufRead, head: &str, mut f: impl FnMut(&[u8])) -> std:
             r.read_exact(&mut crlf)?;
         }
     }
-    let len: usize = header(head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let len: usize = header(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     take(r, len, &mut f)
 }
 
 /// Writes body (seed, len), chunked or not, in random splits.
-fn write_body(w: &mut impl Write, seed: u64, len: usize, chunked: bool, rng: &mut StdRng) -> std::io::Result<()> {
+fn write_body(
+    w: &mut impl Write,
+    seed: u64,
+    len: usize,
+    chunked: bool,
+    rng: &mut StdRng,
+) -> std::io::Result<()> {
     let mut err = Ok(());
-    for_body_slices(seed, len, || split(rng), |s| {
-        if err.is_ok() {
-            err = if chunked {
-                write!(w, "{:x}\r\n", s.len()).and_then(|()| w.write_all(s)).and_then(|()| w.write_all(b"\r\n"))
-            } else {
-                w.write_all(s)
-            };
-        }
-    });
+    for_body_slices(
+        seed,
+        len,
+        || split(rng),
+        |s| {
+            if err.is_ok() {
+                err = if chunked {
+                    write!(w, "{:x}\r\n", s.len())
+                        .and_then(|()| w.write_all(s))
+                        .and_then(|()| w.write_all(b"\r\n"))
+                } else {
+                    w.write_all(s)
+                };
+            }
+        },
+    );
     err?;
     if chunked {
         w.write_all(b"0\r\n\r\n")?;
@@ -191,7 +212,11 @@ impl StressOrigin {
             }
             drop(conns);
         });
-        StressOrigin { addr, stop, accept: Some(accept) }
+        StressOrigin {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
     }
 }
 
@@ -208,34 +233,54 @@ fn serve(stream: TcpStream) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let Ok(read_half) = stream.try_clone() else { return };
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
     let mut r = BufReader::new(read_half);
     let mut w = stream;
     let mut rng = StdRng::seed_from_u64(u64::from(w.local_addr().map_or(0, |a| a.port())));
     // Bounded: a connection serves at most 10,000 requests.
     for _ in 0..10_000 {
-        let Ok(Some(head)) = read_head(&mut r) else { return };
+        let Ok(Some(head)) = read_head(&mut r) else {
+            return;
+        };
         let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
         let parts: Vec<&str> = target.trim_start_matches('/').split('/').collect();
         let result = match parts.as_slice() {
             ["data", "blob", seed, len, mode] => {
                 let (seed, len) = (seed.parse().unwrap_or(0), len.parse().unwrap_or(0));
                 let chunked = *mode == "k";
-                let framing = if chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {len}") };
-                write!(w, "HTTP/1.1 200 OK\r\n{framing}\r\n\r\n").and_then(|()| write_body(&mut w, seed, len, chunked, &mut rng))
+                let framing = if chunked {
+                    "Transfer-Encoding: chunked".to_string()
+                } else {
+                    format!("Content-Length: {len}")
+                };
+                write!(w, "HTTP/1.1 200 OK\r\n{framing}\r\n\r\n")
+                    .and_then(|()| write_body(&mut w, seed, len, chunked, &mut rng))
             }
             ["data", "upload"] => {
                 let mut h = Sha256::new();
                 read_body(&mut r, &head, |s| h.update(s)).and_then(|()| {
                     let digest = hex(&h.finalize());
-                    write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{digest}", digest.len())
+                    write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{digest}",
+                        digest.len()
+                    )
                 })
             }
             ["data", "abort", len] => {
                 let len: usize = len.parse().unwrap_or(0);
                 let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
                 let _ = write_body(&mut w, 1, len / 2, false, &mut rng);
-                let _ = nix::sys::socket::setsockopt(&w, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+                let _ = nix::sys::socket::setsockopt(
+                    &w,
+                    nix::sys::socket::sockopt::Linger,
+                    &libc::linger {
+                        l_onoff: 1,
+                        l_linger: 0,
+                    },
+                );
                 return;
             }
             _ => write!(w, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
@@ -257,13 +302,24 @@ fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
     let mut done = 0;
     while done < exchanges {
         // Sometimes pipeline up to 3 GETs: all requests first, then the responses.
-        let batch = if rng.random_range(0..10) == 0 { rng.random_range(2..=3).min(exchanges - done) } else { 1 };
+        let batch = if rng.random_range(0..10) == 0 {
+            rng.random_range(2..=3).min(exchanges - done)
+        } else {
+            1
+        };
         if batch > 1 || rng.random_range(0..2) == 0 {
-            let wanted: Vec<(u64, usize, bool)> = (0..batch).map(|_| (rng.random(), body_size(&mut rng), rng.random())).collect();
+            let wanted: Vec<(u64, usize, bool)> = (0..batch)
+                .map(|_| (rng.random(), body_size(&mut rng), rng.random()))
+                .collect();
             let mut reqs = Vec::new();
             for (s, len, chunked) in &wanted {
                 let mode = if *chunked { "k" } else { "c" };
-                reqs.extend_from_slice(format!("GET /data/blob/{s}/{len}/{mode} HTTP/1.1\r\nHost: origin.test\r\n\r\n").as_bytes());
+                reqs.extend_from_slice(
+                    format!(
+                        "GET /data/blob/{s}/{len}/{mode} HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
             }
             let mut off = 0;
             while off < reqs.len() {
@@ -282,19 +338,39 @@ fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
                 })
                 .unwrap_or_else(|e| panic!("GET body of {len} bytes: {e} after {got}"));
                 assert_eq!(got, len);
-                assert_eq!(<[u8; 32]>::from(h.finalize()), body_sha(s, len), "GET {s}/{len} corrupted");
+                assert_eq!(
+                    <[u8; 32]>::from(h.finalize()),
+                    body_sha(s, len),
+                    "GET {s}/{len} corrupted"
+                );
             }
             done += batch;
         } else {
-            let (s, len, chunked) = (rng.random::<u64>(), body_size(&mut rng), rng.random::<bool>());
-            let framing = if chunked { "Transfer-Encoding: chunked".to_string() } else { format!("Content-Length: {len}") };
-            write!(w, "POST /data/upload HTTP/1.1\r\nHost: origin.test\r\n{framing}\r\n\r\n").expect("write head");
+            let (s, len, chunked) = (
+                rng.random::<u64>(),
+                body_size(&mut rng),
+                rng.random::<bool>(),
+            );
+            let framing = if chunked {
+                "Transfer-Encoding: chunked".to_string()
+            } else {
+                format!("Content-Length: {len}")
+            };
+            write!(
+                w,
+                "POST /data/upload HTTP/1.1\r\nHost: origin.test\r\n{framing}\r\n\r\n"
+            )
+            .expect("write head");
             write_body(&mut w, s, len, chunked, &mut rng).expect("write body");
             let head = read_head(&mut r).expect("response head").expect("response");
             assert!(head.starts_with("HTTP/1.1 200"), "{head}");
             let mut digest = Vec::new();
             read_body(&mut r, &head, |b| digest.extend_from_slice(b)).expect("digest");
-            assert_eq!(String::from_utf8_lossy(&digest), hex(&body_sha(s, len)), "POST {len} bytes corrupted");
+            assert_eq!(
+                String::from_utf8_lossy(&digest),
+                hex(&body_sha(s, len)),
+                "POST {len} bytes corrupted"
+            );
             done += 1;
         }
     }
@@ -310,12 +386,22 @@ fn stress(engine: Option<usize>) {
     let workers: Vec<_> = (0..4u64)
         .map(|t| {
             let addr = proxy.addr;
-            std::thread::spawn(move || (0..5u64).map(|c| client(addr, t * 1000 + c, 100)).sum::<usize>())
+            std::thread::spawn(move || {
+                (0..5u64)
+                    .map(|c| client(addr, t * 1000 + c, 100))
+                    .sum::<usize>()
+            })
         })
         .collect();
-    let verified: usize = workers.into_iter().map(|w| w.join().expect("client thread")).sum();
+    let verified: usize = workers
+        .into_iter()
+        .map(|w| w.join().expect("client thread"))
+        .sum();
     assert_eq!(verified, 2_000);
-    eprintln!("engine {engine:?}: 2,000 verified exchanges in {:?}", started.elapsed());
+    eprintln!(
+        "engine {engine:?}: 2,000 verified exchanges in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -343,10 +429,12 @@ fn aborts(engine: Option<usize>) {
     // Origin resets after half of a 4 MiB body: the client sees a short
     // body and a closed connection; flag UC.
     let s = TcpStream::connect(proxy.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut w = s.try_clone().expect("clone");
     let mut r = BufReader::new(s);
-    w.write_all(b"GET /data/abort/4194304 HTTP/1.1\r\nHost: o\r\n\r\n").expect("write");
+    w.write_all(b"GET /data/abort/4194304 HTTP/1.1\r\nHost: o\r\n\r\n")
+        .expect("write");
     let head = read_head(&mut r).expect("head").expect("response");
     assert!(head.contains("Content-Length: 4194304"), "{head}");
     let mut got = 0;
@@ -354,32 +442,45 @@ fn aborts(engine: Option<usize>) {
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     assert!(got < 4 * MIB);
     let line = proxy.log_line_with_status(200);
-    assert!(line["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UC")), "{line}");
+    assert!(
+        line["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UC")),
+        "{line}"
+    );
 
     // Client leaves mid-upload: flag DC, nothing hangs.
     let mut s = TcpStream::connect(proxy.addr).expect("connect");
-    s.write_all(b"POST /data/upload HTTP/1.1\r\nHost: o\r\nContent-Length: 8388608\r\n\r\n").expect("write");
+    s.write_all(b"POST /data/upload HTTP/1.1\r\nHost: o\r\nContent-Length: 8388608\r\n\r\n")
+        .expect("write");
     s.write_all(&noise()[..MIB]).expect("write part");
     s.shutdown(Shutdown::Both).expect("shutdown");
     drop(s);
     // Client leaves mid-download of 32 MiB.
     let mut s = TcpStream::connect(proxy.addr).expect("connect");
-    s.write_all(b"GET /data/blob/7/33554432/c HTTP/1.1\r\nHost: o\r\n\r\n").expect("write");
+    s.write_all(b"GET /data/blob/7/33554432/c HTTP/1.1\r\nHost: o\r\n\r\n")
+        .expect("write");
     let mut first = [0u8; 4096];
     let _ = s.read(&mut first).expect("some response bytes");
     drop(s);
     let lines = proxy.wait_log_lines(3);
     let dc = lines
         .iter()
-        .filter(|l| l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "DC")))
+        .filter(|l| {
+            l["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "DC"))
+        })
         .count();
     assert_eq!(dc, 2, "{lines:?}");
     // The proxy still serves.
     let s = TcpStream::connect(proxy.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     let mut w = s.try_clone().expect("clone");
     let mut r = BufReader::new(s);
-    w.write_all(b"GET /data/blob/3/100000/k HTTP/1.1\r\nHost: o\r\n\r\n").expect("write");
+    w.write_all(b"GET /data/blob/3/100000/k HTTP/1.1\r\nHost: o\r\n\r\n")
+        .expect("write");
     let head = read_head(&mut r).expect("head").expect("response");
     let mut h = Sha256::new();
     read_body(&mut r, &head, |b| h.update(b)).expect("body");

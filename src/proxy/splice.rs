@@ -78,10 +78,12 @@ pub async fn splice_stream(
         }
         let mut progressed = false;
         if !eof && want_in > 0 && pipe.pending < pipe.capacity {
-            let len = (pipe.capacity - pipe.pending).min(usize::try_from(want_in).unwrap_or(usize::MAX));
+            let len =
+                (pipe.capacity - pipe.pending).min(usize::try_from(want_in).unwrap_or(usize::MAX));
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
             match src.try_io(Interest::READABLE, || {
-                splice(src.as_fd(), None, pipe.write.as_fd(), None, len, flags).map_err(io::Error::from)
+                splice(src.as_fd(), None, pipe.write.as_fd(), None, len, flags)
+                    .map_err(io::Error::from)
             }) {
                 Ok(0) => eof = true,
                 Ok(n) => {
@@ -100,8 +102,15 @@ pub async fn splice_stream(
                 flags |= SpliceFFlags::SPLICE_F_MORE;
             }
             match dst.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_fd(), None, dst.as_fd(), None, pipe.pending, flags)
-                    .map_err(io::Error::from)
+                splice(
+                    pipe.read.as_fd(),
+                    None,
+                    dst.as_fd(),
+                    None,
+                    pipe.pending,
+                    flags,
+                )
+                .map_err(io::Error::from)
             }) {
                 Ok(n) => {
                     pipe.pending -= n;

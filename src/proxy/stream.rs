@@ -209,7 +209,10 @@ impl BufStream {
                             return Err(BodyError::Truncated { missing: left });
                         }
                     }
-                    let n = self.buffered().len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let n = self
+                        .buffered()
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
                     self.send_buffered(&mut dst, n).await?;
                     done.copied += n as u64;
                     left -= n as u64;
@@ -319,7 +322,10 @@ impl BufStream {
                 Ok(n) => {
                     // Through the LF, or everything peeked if the line is
                     // longer (the chunk scanner then rejects it).
-                    let take = peek[..n].iter().position(|&b| b == b'\n').map_or(n, |i| i + 1);
+                    let take = peek[..n]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(n, |i| i + 1);
                     let len = self.buf.len();
                     self.buf.resize(len + take, 0);
                     let got = self

@@ -212,4 +212,3 @@ impl Drop for Harness {
         let _ = std::fs::remove_file(&self.log_path);
     }
 }
-

@@ -73,6 +73,8 @@ pub struct OriginConfig {
 struct Shared {
     shutdown: AtomicBool,
     requests: AtomicU64,
+    /// Body bytes of large Content-Length responses accepted by sockets.
+    body_bytes: AtomicU64,
     connections: AtomicU64,
     peers: Mutex<Vec<SocketAddr>>,
     last_head: Mutex<Option<String>>,
@@ -131,6 +133,10 @@ impl Origin {
     }
 
     /// Connections accepted so far.
+    pub fn body_bytes_sent(&self) -> u64 {
+        self.shared.body_bytes.load(Ordering::SeqCst)
+    }
+
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::SeqCst)
     }
@@ -392,6 +398,25 @@ impl Body {
     }
 }
 
+/// Counts body bytes as they are accepted by the socket, so a test can see
+/// how far ahead of a slow client the origin got.
+struct Counting<'a, W: Write> {
+    inner: &'a mut W,
+    sent: &'a AtomicU64,
+}
+
+impl<W: Write> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sent.fetch_add(n as u64, Ordering::SeqCst);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn write_pattern<W: Write>(w: &mut W, start: usize, len: usize) -> io::Result<()> {
     const STEP: usize = 251 * 261; // a multiple of 251, so blocks line up
     static BLOCK: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
@@ -628,7 +653,11 @@ fn serve_one(
             w.write_all(&all)?;
         } else {
             w.write_all(h.as_bytes())?;
-            body.write_range(w, 0, n)?;
+            let mut counted = Counting {
+                inner: &mut *w,
+                sent: &shared.body_bytes,
+            };
+            body.write_range(&mut counted, 0, n)?;
         }
     }
     w.flush()?;

@@ -1,0 +1,271 @@
+//! Kernel tier: bodies through the real binary with the default engine
+//! (splice). A 64 MiB response is moved kernel-side and arrives intact; a
+//! slow reader holds the origin back without the proxy growing; an aborted
+//! transfer leaves no connection and no map entry behind.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::netns::Netns;
+use common::origin::{pattern, OriginConfig};
+use common::sw::{stdout, workload, Scene, Sockwarden};
+use sha2::{Digest, Sha256};
+
+const BIG: usize = 64 << 20;
+
+fn policy(cgroup: &str) -> String {
+    format!(
+        "policies:\n  - name: bodies\n    cgroup: {cgroup}\n    egress:\n\
+         \x20     - to: [\"10.77.1.0/24\"]\n        ports: [80]\n        http:\n\
+         \x20         - method: GET\n"
+    )
+}
+
+/// VmRSS of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Socket memory (receive + send queues) of `pid`'s TCP sockets in `ns`,
+/// from `ss -tmp` (skmem r and w fields).
+fn socket_memory(ns: &Netns, pid: u32) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "ss", "-Htmpn"])
+        .output()
+        .expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    let mut mine = false;
+    for line in text.lines() {
+        if line.contains("users:") {
+            mine = line.contains(&format!("pid={pid},"));
+        }
+        if let (true, Some(i)) = (mine, line.find("skmem:(")) {
+            for field in line[i + 7..].split([',', ')']) {
+                for key in ["r", "w"] {
+                    if let Some(v) = field.strip_prefix(key).and_then(|v| v.parse::<u64>().ok()) {
+                        total += v;
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+/// The maximum of a tcp_rmem/tcp_wmem triple in `ns`.
+fn tcp_mem_max(ns: &Netns, name: &str) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "cat"])
+        .arg(format!("/proc/sys/net/ipv4/{name}"))
+        .output()
+        .expect("sysctl");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("tcp_*mem has three values")
+}
+
+#[test]
+fn a_64_mib_response_moves_kernel_side_and_arrives_intact() {
+    let Scene {
+        tag,
+        topo,
+        origin: _origin,
+        cg,
+    } = Scene::new("big", "pod", OriginConfig::default());
+    let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
+    let o = workload(
+        &topo.pod,
+        &cg,
+        "bash",
+        &[
+            "-c",
+            "curl -sS --max-time 60 http://10.77.1.10/data/67108864 | sha256sum",
+        ],
+    );
+    let want: String = Sha256::digest(pattern(BIG))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(stdout(&o).starts_with(&want), "{} vs {want}", stdout(&o));
+    let spliced =
+        sw.metric(r#"sockwarden_forwarded_bytes_total{direction="downstream",engine="splice"}"#);
+    let copied =
+        sw.metric(r#"sockwarden_forwarded_bytes_total{direction="downstream",engine="copy"}"#);
+    eprintln!("64 MiB: {spliced} bytes spliced, {copied} copied");
+    assert_eq!(spliced + copied, BIG as f64);
+    assert!(
+        spliced >= 0.99 * BIG as f64,
+        "only {spliced} of {BIG} bytes kernel-side"
+    );
+}
+
+#[test]
+fn a_slow_reader_holds_the_origin_back() {
+    let Scene {
+        tag,
+        topo,
+        origin,
+        cg,
+    } = Scene::new("slow", "pod", OriginConfig::default());
+    // Linux's default buffer maxima (this machine raises tcp_rmem to 32 MiB,
+    // which lets the three hops buffer more than the whole 64 MiB body).
+    for ns in [&topo.origin, &topo.node, &topo.pod] {
+        ns.sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456");
+        ns.sysctl("net.ipv4.tcp_wmem", "4096 16384 4194304");
+    }
+    let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
+    let pid = sw.pid();
+    let rss_before = rss(pid);
+    let mut client = common::command_in(Some(&topo.pod.path()), Some(cg.path()), "curl")
+        .args([
+            "-sS",
+            "--limit-rate",
+            "10M",
+            "-o",
+            "/dev/null",
+            "http://10.77.1.10/data/67108864",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("curl");
+    let started = Instant::now();
+    let (mut peak_rss, mut peak_sockets) = (0u64, 0u64);
+    let mut sent_at = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(100));
+        peak_rss = peak_rss.max(rss(pid));
+        peak_sockets = peak_sockets.max(socket_memory(&topo.node, pid));
+        sent_at.push((started.elapsed().as_secs_f64(), origin.body_bytes_sent()));
+    }
+    let _ = client.kill();
+    let _ = client.wait();
+    let pipes = 2 * (1 << 20);
+    let (rmem, wmem) = (
+        tcp_mem_max(&topo.node, "tcp_rmem"),
+        tcp_mem_max(&topo.node, "tcp_wmem"),
+    );
+    let at = |t: f64| sent_at.iter().find(|(s, _)| *s >= t).map_or(0, |(_, b)| *b);
+    let (one, three) = (at(1.0), sent_at.last().map_or(0, |(_, b)| *b));
+    let t_last = sent_at.last().map_or(3.0, |(t, _)| *t);
+    let rate = (three - one) as f64 / (t_last - 1.0);
+    eprintln!(
+        "slow reader: origin sent {:.1} MiB by 1 s, {:.1} MiB by {t_last:.1} s ({:.1} MiB/s in between); proxy RSS {:.1} → {:.1} MiB, socket queues ≤ {:.1} MiB, pipes ≤ 2 MiB",
+        one as f64 / 1048576.0,
+        three as f64 / 1048576.0,
+        rate / 1048576.0,
+        rss_before as f64 / 1048576.0,
+        peak_rss as f64 / 1048576.0,
+        peak_sockets as f64 / 1048576.0
+    );
+    // Without backpressure the origin sends the 64 MiB in a fraction of a
+    // second. With it, only the path's bounded buffers (two send buffers,
+    // two receive buffers, one pipe: about 23 MiB here) run ahead of the
+    // client, and then the origin goes at the client's 10 MiB/s.
+    let path_buffers = 2 * (rmem + wmem) + pipes;
+    assert!(
+        one < 10 * 1048576 + path_buffers + (4 << 20),
+        "origin ran ahead: {one} bytes by 1 s"
+    );
+    assert!(
+        rate < 16.0 * 1048576.0,
+        "origin not held back: {rate} bytes/s"
+    );
+    // The proxy itself holds at most its two sockets' buffers and the pipe.
+    let growth = peak_rss.saturating_sub(rss_before);
+    assert!(growth < 4 << 20, "proxy RSS grew {growth} bytes");
+    assert!(
+        peak_sockets <= rmem + wmem + (1 << 20),
+        "proxy socket queues {peak_sockets}"
+    );
+}
+
+#[test]
+fn an_aborted_download_leaves_nothing_behind() {
+    let Scene {
+        tag,
+        topo,
+        origin: _origin,
+        cg,
+    } = Scene::new("abort", "pod", OriginConfig::default());
+    let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
+    // The client gives up half a second into a slow 64 MiB download.
+    let o = workload(
+        &topo.pod,
+        &cg,
+        "curl",
+        &[
+            "-sS",
+            "--limit-rate",
+            "1M",
+            "--max-time",
+            "0.5",
+            "-o",
+            "/dev/null",
+            "http://10.77.1.10/data/67108864",
+        ],
+    );
+    assert!(!o.status.success(), "curl should have timed out");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let established = || {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                topo.node.name(),
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .output()
+            .expect("ss");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    while established() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(established(), 0, "both proxy sockets closed");
+    let log = sw.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert!(
+        log[0]["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "DC")),
+        "{log:?}"
+    );
+    // No map entry left: orig_dsts is empty, and no tracked tuple is open.
+    let dump = |map: &str| -> serde_json::Value {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(sw.pin.join(map))
+            .output()
+            .expect("bpftool");
+        serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+    };
+    assert_eq!(dump("orig_dsts"), serde_json::json!([]));
+    let open: Vec<_> = dump("tuples")
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| {
+            let v = if e["formatted"].is_null() {
+                &e["value"]
+            } else {
+                &e["formatted"]["value"]
+            };
+            v["state"] != "SW_TCP_TIME_WAIT"
+        })
+        .cloned()
+        .collect();
+    assert!(open.is_empty(), "tuples still open: {open:?}");
+}
