@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
@@ -34,9 +35,12 @@ pub mod flags {
     pub const NR: &str = "NR";
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Record {
-    pub time: String,
+    /// When the request head was read; formatted (RFC 3339, UTC) by the
+    /// writer thread, off the data path.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
     pub downstream_id: u64,
     pub upstream_id: Option<u64>,
     pub policy: Option<String>,
@@ -107,9 +111,34 @@ impl AccessLog {
     }
 }
 
-/// RFC 3339 UTC time with milliseconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            time: SystemTime::now(),
+            downstream_id: 0,
+            upstream_id: None,
+            policy: None,
+            cgroup: None,
+            cgroup_id: None,
+            client: String::new(),
+            original_dst: None,
+            method: None,
+            host: None,
+            path: None,
+            status: 0,
+            verdict: "",
+            flags: Vec::new(),
+            reason: None,
+            upstream_attempts: 0,
+            bytes_received: 0,
+            bytes_sent: 0,
+            duration_ms: 0.0,
+        }
+    }
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
 }
 
 #[cfg(test)]
@@ -117,8 +146,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn time_format_is_rfc3339() {
-        let t = now_rfc3339();
+    fn time_is_serialized_as_rfc3339() {
+        let rec = Record::default();
+        let v = serde_json::to_value(&rec).expect("serializes");
+        let t = v["time"].as_str().expect("a string");
         assert_eq!(t.len(), 24, "{t}");
         assert!(t.starts_with("20"), "{t}");
         assert!(t.ends_with('Z'));

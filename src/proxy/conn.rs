@@ -17,7 +17,7 @@ use super::retry::{self, Failure, RequestFacts, RetryReason};
 use super::stream::{tunnel, BufStream, Dest, HeadReadError};
 use super::upstream::{self, retire, Bind, ConnectError, PoolKey, SourceKey};
 use super::Proxy;
-use crate::accesslog::{flags, now_rfc3339, Record};
+use crate::accesslog::{flags, Record};
 use crate::bpf::OrigDst;
 use crate::config::{SourceMode, UpstreamConfig};
 use crate::metrics::{self, CloseReason};
@@ -122,7 +122,7 @@ impl Proxy {
             }
             None => {
                 metrics::orig_dst_missing();
-                rec.time = now_rfc3339();
+                rec.time = std::time::SystemTime::now();
                 let reply = LocalReply::error(
                     421,
                     flags::NR,
@@ -164,7 +164,7 @@ impl Proxy {
                 .await;
             let started = Instant::now();
             let mut rec = Record {
-                time: now_rfc3339(),
+                time: std::time::SystemTime::now(),
                 ..base.clone()
             };
             let next = match read {
@@ -713,13 +713,23 @@ impl Proxy {
         write_response_head(&resp, conn_header, &mut out);
         rec.status = resp.status;
         rec.verdict = "allowed";
+        // A small body that came with the head leaves with it, in one write.
+        let (rest, carried) = match resp_framing {
+            BodyFraming::Length(n) if up.stream.take_buffered(n, &mut out) => {
+                (BodyFraming::None, n)
+            }
+            other => (other, 0),
+        };
         if down.write_all(&out).await.is_err() {
             return client_gone(rec, up);
         }
         rec.bytes_sent += out.len() as u64;
+        if carried > 0 {
+            metrics::forwarded(metrics::Direction::Downstream, carried, 0);
+        }
         match up
             .stream
-            .forward_body(Dest::Stream(down), resp_framing, settings.request_timeout)
+            .forward_body(Dest::Stream(down), rest, settings.request_timeout)
             .await
         {
             Ok(n) => {

@@ -125,6 +125,19 @@ impl BufStream {
         &self.buf[self.pos..]
     }
 
+    /// If the next `n` bytes are all buffered, appends them to `out`,
+    /// consumes them and returns true.
+    pub fn take_buffered(&mut self, n: u64, out: &mut Vec<u8>) -> bool {
+        match usize::try_from(n) {
+            Ok(n) if n <= self.buffered().len() => {
+                out.extend_from_slice(&self.buf[self.pos..self.pos + n]);
+                self.consume(n);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn consume(&mut self, n: usize) {
         self.pos += n;
         if self.pos == self.buf.len() {
