@@ -414,6 +414,13 @@ fn stress_splice_small_pipe() {
     stress(Some(64 * 1024));
 }
 
+/// A one-page pipe runs out of slots all the time: readiness must survive
+/// an EAGAIN that came from the pipe, not the socket (a hang otherwise).
+#[test]
+fn stress_splice_one_page_pipe() {
+    stress(Some(4096));
+}
+
 #[test]
 fn stress_copy() {
     stress(None);

@@ -81,10 +81,21 @@ pub async fn splice_stream(
             let len =
                 (pipe.capacity - pipe.pending).min(usize::try_from(want_in).unwrap_or(usize::MAX));
             let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            match src.try_io(Interest::READABLE, || {
+            let fill = || {
                 splice(src.as_fd(), None, pipe.write.as_fd(), None, len, flags)
                     .map_err(io::Error::from)
-            }) {
+            };
+            // EAGAIN means "socket empty" only when the pipe is empty: a pipe
+            // holding data can be out of slots (one per page fragment)
+            // before it is out of bytes. Only then may tokio forget the
+            // socket's readiness, or a socket full of data (and so receiving
+            // no more) would never be woken for again.
+            let filled = if pipe.pending == 0 {
+                src.try_io(Interest::READABLE, fill)
+            } else {
+                fill()
+            };
+            match filled {
                 Ok(0) => eof = true,
                 Ok(n) => {
                     pipe.pending += n;
@@ -96,11 +107,7 @@ pub async fn splice_stream(
             }
         }
         if pipe.pending > 0 {
-            let more = !eof && want_in > 0;
-            let mut flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            if more {
-                flags |= SpliceFFlags::SPLICE_F_MORE;
-            }
+            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
             match dst.try_io(Interest::WRITABLE, || {
                 splice(
                     pipe.read.as_fd(),
@@ -125,18 +132,17 @@ pub async fn splice_stream(
         if progressed {
             continue;
         }
-        // Nothing moved: wait for whichever side can unblock us.
-        let can_read = !eof && want_in > 0 && pipe.pending < pipe.capacity;
+        // Nothing moved: wait for whichever side can unblock us. With data in
+        // the pipe, only the destination can (the pipe may be out of slots).
         let can_write = pipe.pending > 0;
+        let can_read = !eof && want_in > 0 && !can_write;
         let wait = async {
-            match (can_read, can_write) {
-                (true, true) => tokio::select! {
-                    r = src.readable() => r.map_err(SpliceError::Read),
-                    w = dst.writable() => w.map_err(SpliceError::Write),
-                },
-                (true, false) => src.readable().await.map_err(SpliceError::Read),
-                (false, true) => dst.writable().await.map_err(SpliceError::Write),
-                (false, false) => Ok(()),
+            if can_write {
+                dst.writable().await.map_err(SpliceError::Write)
+            } else if can_read {
+                src.readable().await.map_err(SpliceError::Read)
+            } else {
+                Ok(())
             }
         };
         match tokio::time::timeout(idle, wait).await {
