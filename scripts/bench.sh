@@ -169,7 +169,7 @@ start_haproxy() {  # PORT SPLICE(0|1)
 
 start_sockwarden 1 splice 1048576 splice1m
 start_sockwarden 2 splice 65536 splice64k
-start_sockwarden 3 copy 1048576 copy
+start_sockwarden 3 copy 65536 copy
 start_haproxy 8080 0
 start_haproxy 8081 1
 
