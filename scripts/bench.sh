@@ -25,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 [[ $(id -u) -eq 0 ]] || { echo "bench.sh: run as root" >&2; exit 1; }
-ROUNDS=${ROUNDS:-9}
+ROUNDS=${ROUNDS:-25}
 WRK_SECONDS=${WRK_SECONDS:-5}
 
 scripts/setup.sh

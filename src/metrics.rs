@@ -146,9 +146,31 @@ impl CloseReason {
     }
 }
 
-pub fn http_request(policy: &str, verdict: &'static str, status: u16) {
-    counter!(HTTP_REQUESTS, "policy" => policy.to_string(), "verdict" => verdict, "status" => status.to_string())
-        .increment(1);
+/// `sockwarden_http_requests_total` for one policy, with the handles a
+/// connection has used kept, so a request costs no registry lookup.
+pub struct RequestCounter {
+    policy: String,
+    handles: Vec<((&'static str, u16), metrics::Counter)>,
+}
+
+impl RequestCounter {
+    pub fn new(policy: &str) -> RequestCounter {
+        RequestCounter {
+            policy: policy.to_string(),
+            handles: Vec::new(),
+        }
+    }
+
+    pub fn record(&mut self, verdict: &'static str, status: u16) {
+        let key = (verdict, status);
+        if let Some((_, c)) = self.handles.iter().find(|(k, _)| *k == key) {
+            c.increment(1);
+            return;
+        }
+        let c = counter!(HTTP_REQUESTS, "policy" => self.policy.clone(), "verdict" => verdict, "status" => status.to_string());
+        c.increment(1);
+        self.handles.push((key, c));
+    }
 }
 
 pub fn upstream_opened() {

@@ -151,6 +151,7 @@ impl Proxy {
         let orig = &target.orig;
         let policy = self.policies.get(orig.policy_id);
         let policy_name = policy.map_or_else(|| "(unknown)".to_string(), |p| p.name.clone());
+        let mut requests = metrics::RequestCounter::new(&policy_name);
         let base = Record {
             policy: Some(policy_name.clone()),
             cgroup: policy.map(|p| p.cgroup.to_string()),
@@ -190,7 +191,7 @@ impl Proxy {
                 Err(HeadReadError::Truncated | HeadReadError::Io(_)) => return None,
             };
             rec.duration_ms = started.elapsed().as_secs_f64() * 1e3;
-            metrics::http_request(&policy_name, rec.verdict, rec.status);
+            requests.record(rec.verdict, rec.status);
             self.log.write(rec);
             match next {
                 Next::Keep => {}

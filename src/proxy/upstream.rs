@@ -6,7 +6,8 @@
 //! request limit, and nothing is left unread. Idle connections expire after
 //! the configured idle timeout, or sooner when the server announced a shorter
 //! `Keep-Alive: timeout`; one the server closed while idle is noticed by a
-//! non-blocking peek before it is handed out.
+//! non-blocking peek before it is handed out (after 50 ms of idleness;
+//! sooner than that, the idle-close race retry covers it).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -277,8 +278,15 @@ impl UpConn {
 
 struct Idle {
     conn: UpConn,
+    since: Instant,
     expires: Instant,
 }
+
+/// A connection idle for less than this is handed out without a liveness
+/// peek: a server closing it within that instant is the idle-close race,
+/// which the request path retries anyway, and the peek would cost every
+/// back-to-back request a system call.
+const PEEK_AFTER_IDLE: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 pub struct Pool {
@@ -309,9 +317,11 @@ impl Pool {
                 retire(idle.conn, CloseReason::IdleTimeout);
                 continue;
             }
-            if let Some(reason) = idle.conn.peek_closed() {
-                retire(idle.conn, reason);
-                continue;
+            if now.duration_since(idle.since) >= PEEK_AFTER_IDLE {
+                if let Some(reason) = idle.conn.peek_closed() {
+                    retire(idle.conn, reason);
+                    continue;
+                }
             }
             let mut conn = idle.conn;
             conn.reused = true;
@@ -321,9 +331,14 @@ impl Pool {
 
     /// Returns a reusable connection to the pool.
     pub fn checkin(&self, key: PoolKey, conn: UpConn, idle_timeout: Duration) {
-        let expires = Instant::now() + conn.idle_limit(idle_timeout);
+        let since = Instant::now();
+        let expires = since + conn.idle_limit(idle_timeout);
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(key).or_default().push(Idle { conn, expires });
+        map.entry(key).or_default().push(Idle {
+            conn,
+            since,
+            expires,
+        });
     }
 
     /// Closes expired idle connections and ones the server closed.
