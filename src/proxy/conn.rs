@@ -66,6 +66,58 @@ struct AttemptFailure {
     reply: LocalReply,
 }
 
+/// The upstream connection ended before any response byte: closes it and
+/// describes the failure (retryable as reset-before-response).
+fn reset_failure(
+    up: upstream::UpConn,
+    why: CloseReason,
+    detail: String,
+    close: bool,
+) -> AttemptFailure {
+    let reused = up.reused;
+    retire(up, why);
+    AttemptFailure {
+        failure: Failure::ResetBeforeResponse {
+            reused,
+            detail: detail.clone(),
+        },
+        reply: LocalReply::error(503, flags::UC, detail, close),
+    }
+}
+
+/// What a failed response-head read means: Ok(the final answer), or
+/// Err(detail) when the connection died before a response byte.
+fn head_error_reply(
+    e: HeadReadError,
+    timeout: std::time::Duration,
+    close: bool,
+) -> Result<LocalReply, String> {
+    match e {
+        HeadReadError::Io(e) => Err(format!(
+            "upstream connection failed: {}",
+            metrics::errno_name(&e)
+        )),
+        HeadReadError::Timeout => Ok(LocalReply::error(
+            504,
+            flags::UT,
+            format!("upstream request timeout: no response within {timeout:?}"),
+            close,
+        )),
+        HeadReadError::Head(e) => Ok(LocalReply::error(
+            502,
+            flags::UPE,
+            format!("bad upstream response: {e}"),
+            close,
+        )),
+        HeadReadError::Truncated => Ok(LocalReply::error(
+            502,
+            flags::UPE,
+            "bad upstream response: connection closed inside the response head".into(),
+            close,
+        )),
+    }
+}
+
 /// A response the proxy writes itself.
 struct LocalReply {
     status: u16,
@@ -514,19 +566,16 @@ impl Proxy {
         let mut out = Vec::with_capacity(1024);
         write_request_head(head, conn_header, &mut out);
         if let Err(e) = up.stream.write_all(&out).await {
-            let reused = up.reused;
-            retire(up, CloseReason::Error);
-            let reason = format!(
+            let detail = format!(
                 "upstream connection failed while sending the request: {}",
                 metrics::errno_name(&e)
             );
-            return Err(AttemptFailure {
-                failure: Failure::ResetBeforeResponse {
-                    reused,
-                    detail: reason.clone(),
-                },
-                reply: LocalReply::error(503, flags::UC, reason, client_close || has_body),
-            });
+            return Err(reset_failure(
+                up,
+                CloseReason::Error,
+                detail,
+                client_close || has_body,
+            ));
         }
 
         let expect = has_body && head.expects_continue();
@@ -551,58 +600,18 @@ impl Proxy {
             let (resp, _) = match read {
                 Ok(Some(r)) => r,
                 Ok(None) => {
-                    let reused = up.reused;
-                    retire(up, CloseReason::ServerClose);
-                    let reason = "upstream closed the connection before responding".to_string();
-                    return Err(AttemptFailure {
-                        failure: Failure::ResetBeforeResponse {
-                            reused,
-                            detail: reason.clone(),
-                        },
-                        reply: LocalReply::error(503, flags::UC, reason, close),
-                    });
+                    let detail = "upstream closed the connection before responding".to_string();
+                    return Err(reset_failure(up, CloseReason::ServerClose, detail, close));
                 }
-                Err(HeadReadError::Io(e)) => {
-                    let reused = up.reused;
-                    retire(up, CloseReason::Error);
-                    let reason = format!("upstream connection failed: {}", metrics::errno_name(&e));
-                    return Err(AttemptFailure {
-                        failure: Failure::ResetBeforeResponse {
-                            reused,
-                            detail: reason.clone(),
-                        },
-                        reply: LocalReply::error(503, flags::UC, reason, close),
-                    });
-                }
-                Err(e) => {
-                    retire(up, CloseReason::Error);
-                    let reply = match e {
-                        HeadReadError::Timeout => LocalReply::error(
-                            504,
-                            flags::UT,
-                            format!(
-                                "upstream request timeout: no response within {:?}",
-                                settings.request_timeout
-                            ),
-                            close,
-                        ),
-                        HeadReadError::Io(_) => unreachable!("handled above"),
-                        HeadReadError::Head(e) => LocalReply::error(
-                            502,
-                            flags::UPE,
-                            format!("bad upstream response: {e}"),
-                            close,
-                        ),
-                        HeadReadError::Truncated => LocalReply::error(
-                            502,
-                            flags::UPE,
-                            "bad upstream response: connection closed inside the response head"
-                                .into(),
-                            close,
-                        ),
-                    };
-                    return Ok(self.reply(down, rec, reply).await);
-                }
+                Err(e) => match head_error_reply(e, settings.request_timeout, close) {
+                    Ok(reply) => {
+                        retire(up, CloseReason::Error);
+                        return Ok(self.reply(down, rec, reply).await);
+                    }
+                    Err(detail) => {
+                        return Err(reset_failure(up, CloseReason::Error, detail, close))
+                    }
+                },
             };
             match resp.status {
                 503 if ctx.intercept_503 => {
