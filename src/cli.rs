@@ -32,6 +32,9 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Probe the kernel features sockwarden needs and print them; exits 1
+    /// if one is missing.
+    Features,
     /// Print the in-use source tuple map of a running instance.
     Tuples {
         /// The instance's configuration (for its pin path).
@@ -56,6 +59,17 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Features => {
+            let features = crate::features::probe();
+            print!("{}", crate::features::table(&features));
+            match crate::features::require(&features) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sockwarden: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Tuples { config, pin_path } => {
             let pin_path = match (config, pin_path) {
                 (Some(c), _) => match Config::load(&c) {

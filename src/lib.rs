@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod features;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

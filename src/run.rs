@@ -39,6 +39,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .collect();
     cgroup::check_not_self_enforced(&own, &named)?;
 
+    // A kernel without what the programs need is refused in one sentence.
+    crate::features::require(&crate::features::probe())?;
     // Before anything else that could collide with a running instance.
     let lock = crate::bpf::lock_pin_path(&config.bpf.pin_path)?;
     let prometheus = crate::metrics::install().context("installing the metrics recorder")?;

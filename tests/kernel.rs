@@ -434,3 +434,23 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
     );
     drop(first);
 }
+
+#[test]
+fn the_feature_probe_finds_everything_on_this_kernel() {
+    require_root();
+    let out = std::process::Command::new(common::sw::BIN)
+        .arg("features")
+        .output()
+        .expect("sockwarden features");
+    let table = stdout(&out);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert!(rows.len() >= 19, "{table}");
+    for row in rows {
+        assert!(row.contains(" yes "), "{row}");
+    }
+}

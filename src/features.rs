@@ -1,0 +1,262 @@
+//! Probes every kernel feature sockwarden relies on, so a kernel that lacks
+//! one is refused at startup with a sentence naming it, instead of failing
+//! halfway through loading. `sockwarden features` prints the probe.
+//!
+//! Program types, map types and helpers are probed by libbpf (it loads a
+//! trivial program or creates a small map). "Since" is the mainline version
+//! that introduced the feature for that program type, where known.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use libbpf_rs::libbpf_sys as sys;
+
+/// One feature and whether this kernel has it.
+#[derive(Debug, Clone)]
+pub struct Feature {
+    pub name: &'static str,
+    /// Mainline version that introduced it (for this program type), if known.
+    pub since: Option<&'static str>,
+    /// What sockwarden uses it for.
+    pub used_for: &'static str,
+    /// Ok(true) present, Ok(false) absent, Err(probe failure).
+    pub present: Result<bool, String>,
+}
+
+enum Probe {
+    Prog(sys::bpf_prog_type),
+    Map(sys::bpf_map_type),
+    Helper(sys::bpf_prog_type, sys::bpf_func_id),
+    Path(&'static str),
+}
+
+fn run(p: &Probe) -> Result<bool, String> {
+    // SAFETY: the libbpf probes take a type id and an optional options
+    // pointer (NULL is documented as "no options"); they only create and
+    // close kernel objects of their own.
+    let rc = unsafe {
+        match *p {
+            Probe::Prog(t) => sys::libbpf_probe_bpf_prog_type(t, std::ptr::null()),
+            Probe::Map(t) => sys::libbpf_probe_bpf_map_type(t, std::ptr::null()),
+            Probe::Helper(t, h) => sys::libbpf_probe_bpf_helper(t, h, std::ptr::null()),
+            Probe::Path(path) => return Ok(Path::new(path).exists()),
+        }
+    };
+    match rc {
+        1 => Ok(true),
+        0 => Ok(false),
+        e => Err(std::io::Error::from_raw_os_error(-e).to_string()),
+    }
+}
+
+/// Every feature, probed now.
+pub fn probe() -> Vec<Feature> {
+    use sys::*;
+    let table: &[(&'static str, Option<&'static str>, &'static str, Probe)] = &[
+        (
+            "kernel BTF (/sys/kernel/btf/vmlinux)",
+            Some("5.4"),
+            "CO-RE relocations",
+            Probe::Path("/sys/kernel/btf/vmlinux"),
+        ),
+        (
+            "program type cgroup_sock_addr",
+            Some("4.17"),
+            "connect4/connect6: the enforcement point",
+            Probe::Prog(BPF_PROG_TYPE_CGROUP_SOCK_ADDR),
+        ),
+        (
+            "program type sock_ops",
+            Some("4.13"),
+            "original destinations and the tuple map",
+            Probe::Prog(BPF_PROG_TYPE_SOCK_OPS),
+        ),
+        (
+            "program type sched_cls (tc)",
+            Some("4.1"),
+            "return path of the preserve source modes",
+            Probe::Prog(BPF_PROG_TYPE_SCHED_CLS),
+        ),
+        (
+            "map type hash",
+            Some("3.19"),
+            "policy cgroups",
+            Probe::Map(BPF_MAP_TYPE_HASH),
+        ),
+        (
+            "map type per-CPU hash",
+            Some("4.6"),
+            "connect() counters",
+            Probe::Map(BPF_MAP_TYPE_PERCPU_HASH),
+        ),
+        (
+            "map type LRU hash",
+            Some("4.10"),
+            "redirect bookkeeping, tuple map",
+            Probe::Map(BPF_MAP_TYPE_LRU_HASH),
+        ),
+        (
+            "map type LPM trie",
+            Some("4.11"),
+            "policy rules by prefix",
+            Probe::Map(BPF_MAP_TYPE_LPM_TRIE),
+        ),
+        (
+            "map type socket storage",
+            Some("5.2"),
+            "per-socket roles",
+            Probe::Map(BPF_MAP_TYPE_SK_STORAGE),
+        ),
+        (
+            "helper get_current_ancestor_cgroup_id in cgroup_sock_addr",
+            None,
+            "policy cgroup of the caller",
+            Probe::Helper(
+                BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                BPF_FUNC_get_current_ancestor_cgroup_id,
+            ),
+        ),
+        (
+            "helper get_socket_cookie in cgroup_sock_addr",
+            None,
+            "redirect bookkeeping",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_socket_cookie),
+        ),
+        (
+            "helper get_netns_cookie in cgroup_sock_addr",
+            Some("5.7"),
+            "workload namespace in the access log",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_netns_cookie),
+        ),
+        (
+            "helper sk_storage_get in cgroup_sock_addr",
+            None,
+            "marking enforced sockets",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_sk_storage_get),
+        ),
+        (
+            "helper get_socket_cookie in sock_ops",
+            None,
+            "redirect bookkeeping",
+            Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_get_socket_cookie),
+        ),
+        (
+            "helper get_netns_cookie in sock_ops",
+            Some("5.15"),
+            "tuple map keys",
+            Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_get_netns_cookie),
+        ),
+        (
+            "helper sk_storage_get in sock_ops",
+            None,
+            "reading socket roles",
+            Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sk_storage_get),
+        ),
+        (
+            "helper sock_ops_cb_flags_set",
+            Some("4.16"),
+            "the TCP state callback",
+            Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_ops_cb_flags_set),
+        ),
+        (
+            "helper ktime_get_boot_ns in sock_ops",
+            Some("5.8"),
+            "TIME_WAIT ages",
+            Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_ktime_get_boot_ns),
+        ),
+        (
+            "helper skc_lookup_tcp in tc",
+            Some("5.2"),
+            "return path of the preserve source modes",
+            Probe::Helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_skc_lookup_tcp),
+        ),
+    ];
+    table
+        .iter()
+        .map(|(name, since, used_for, p)| Feature {
+            name,
+            since: *since,
+            used_for,
+            present: run(p),
+        })
+        .collect()
+}
+
+/// The probe as a table, for `sockwarden features`.
+pub fn table(features: &[Feature]) -> String {
+    let mut out = format!(
+        "{:<60} {:<8} {:<7} {}\n",
+        "FEATURE", "PRESENT", "SINCE", "USED FOR"
+    );
+    for f in features {
+        let present = match &f.present {
+            Ok(true) => "yes".to_string(),
+            Ok(false) => "NO".to_string(),
+            Err(e) => format!("? ({e})"),
+        };
+        let _ = writeln!(
+            out,
+            "{:<60} {:<8} {:<7} {}",
+            f.name,
+            present,
+            f.since.unwrap_or("-"),
+            f.used_for
+        );
+    }
+    out
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("this kernel lacks {name}{since}, which sockwarden needs for {used_for} (see `sockwarden features`)")]
+pub struct MissingFeature {
+    pub name: &'static str,
+    pub since: String,
+    pub used_for: &'static str,
+}
+
+/// The first feature this kernel lacks, as an error; probe failures (for
+/// example a lack of privilege) are left to the loader's own errors.
+pub fn require(features: &[Feature]) -> Result<(), MissingFeature> {
+    match features.iter().find(|f| matches!(f.present, Ok(false))) {
+        Some(f) => Err(MissingFeature {
+            name: f.name,
+            since: f
+                .since
+                .map_or_else(String::new, |v| format!(" (Linux {v})")),
+            used_for: f.used_for,
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_feature_is_one_sentence_naming_it() {
+        let features = vec![
+            Feature {
+                name: "map type LPM trie",
+                since: Some("4.11"),
+                used_for: "policy rules by prefix",
+                present: Ok(true),
+            },
+            Feature {
+                name: "helper skc_lookup_tcp in tc",
+                since: Some("5.2"),
+                used_for: "return path of the preserve source modes",
+                present: Ok(false),
+            },
+        ];
+        let err = require(&features).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "this kernel lacks helper skc_lookup_tcp in tc (Linux 5.2), which sockwarden needs \
+             for return path of the preserve source modes (see `sockwarden features`)"
+        );
+        assert!(require(&features[..1]).is_ok());
+        let t = table(&features);
+        assert!(t.contains("NO"), "{t}");
+    }
+}
