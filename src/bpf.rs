@@ -484,11 +484,11 @@ pub struct ConnectCounts {
 /// Loaded and attached programs, with their pinned maps and links.
 #[derive(Debug)]
 pub struct Kernel {
-    /// Held while this process owns `pin_path`.
-    _lock: PinLock,
     pin_path: PathBuf,
     maps: Arc<Maps>,
     links: Vec<(PathBuf, Link)>,
+    /// Held while this process owns `pin_path`; the last field, so dropped last.
+    _lock: PinLock,
 }
 
 /// Makes sure the directory holding `pin_path` is on a bpf filesystem,
@@ -547,24 +547,47 @@ const LOCK_DIR: &str = "/run/sockwarden";
 /// second instance cannot mistake the first one's pins for leftovers.
 pub fn lock_pin_path(pin_path: &Path) -> Result<PinLock, BpfError> {
     use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::MetadataExt;
     let name = pin_path.to_string_lossy().replace('/', "_");
     let path = Path::new(LOCK_DIR).join(format!("{name}.lock"));
-    let file = open_lock_file(&path).map_err(|source| BpfError::CreateDir {
+    let create_err = |source| BpfError::CreateDir {
         path: path.clone(),
         source,
-    })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map(|f| PinLock { _flock: f })
-        .map_err(|_| BpfError::InUse {
-            pin_path: pin_path.to_path_buf(),
-            lock: path,
-        })
+    };
+    // The owner removes the file on shutdown, so a lock taken on a file that
+    // was unlinked meanwhile proves nothing: check the path still names it.
+    // Bounded: each retry means another instance just shut down.
+    for _ in 0..8 {
+        let file = open_lock_file(&path).map_err(create_err)?;
+        let lock =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| BpfError::InUse {
+                pin_path: pin_path.to_path_buf(),
+                lock: path.clone(),
+            })?;
+        let held = lock.metadata().map_err(create_err)?.ino();
+        if std::fs::metadata(&path).is_ok_and(|m| m.ino() == held) {
+            return Ok(PinLock { path, _flock: lock });
+        }
+    }
+    Err(BpfError::InUse {
+        pin_path: pin_path.to_path_buf(),
+        lock: path,
+    })
 }
 
 /// Proof that this process owns a pin path; released when dropped.
 #[derive(Debug)]
 pub struct PinLock {
+    path: PathBuf,
     _flock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Drop for PinLock {
+    /// Removes the lock file while still holding the lock; the flock goes
+    /// with the file descriptor right after.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Removes pins (links first, which detaches them) left by an earlier run.
@@ -623,10 +646,10 @@ impl Kernel {
             })?;
         let maps = maps.ok_or(BpfError::NotLoaded)?;
         Ok(Kernel {
-            _lock: lock,
             pin_path: pin_path.to_path_buf(),
             maps: Arc::new(maps),
             links,
+            _lock: lock,
         })
     }
 

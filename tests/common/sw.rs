@@ -172,11 +172,27 @@ impl Sockwarden {
 
 impl Drop for Sockwarden {
     fn drop(&mut self) {
+        // A clean stop first (it removes pins and its lock file); SIGKILL if
+        // that does not finish within 5 s.
+        if let Some(child) = self.child.as_ref() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                match self.child.as_mut().map(|c| c.try_wait()) {
+                    Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
+                    _ => break,
+                }
+            }
+        }
         self.kill();
-        // Unlinking pinned links detaches them; the maps go with the programs.
+        // Backstops for a killed run. Unlinking pinned links detaches them;
+        // the maps go with the programs.
         let _ = std::fs::remove_dir_all(self.pin.join("links"));
         let _ = std::fs::remove_dir_all(&self.pin);
         let _ = std::fs::remove_dir_all(&self.dir);
+        let lock = self.pin.to_string_lossy().replace('/', "_");
+        let _ = std::fs::remove_file(format!("/run/sockwarden/{lock}.lock"));
     }
 }
 
