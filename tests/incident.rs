@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::cgroup::TestCgroup;
 use common::netns::Topology;
 use common::origin::{Origin, OriginConfig};
-use common::sw::{stdout, workload, Scene, Sockwarden, BIN};
+use common::sw::{bare_scene, stdout, workload, Scene, Sockwarden, BIN};
 use common::{require_root, unique_tag};
 
 fn policy(cgroup: &str, extra_rule: &str) -> String {
@@ -181,11 +181,8 @@ fn idle_race_costs_the_client_nothing() {
 
 #[test]
 fn down_origin_stays_within_the_retry_budget() {
-    require_root();
-    let tag = unique_tag("down");
-    let topo = Topology::new(&tag);
+    let (tag, topo, cg) = bare_scene("down", "pod");
     // Nothing listens on 10.77.1.10:80: every connect is refused.
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
     let body = format!(
         "upstream:\n  retries:\n    attempts: 3\n    on: [connect-failure]\n    backoff: 50ms\n{}",
         policy(cg.rel(), "")
@@ -389,10 +386,7 @@ fn preserve_ip_leaves_from_the_workload_ip_with_a_kernel_port() {
 
 #[test]
 fn refuses_a_preserve_mode_it_cannot_set_up() {
-    require_root();
-    let tag = unique_tag("noif");
-    let topo = Topology::new(&tag);
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
+    let (tag, topo, cg) = bare_scene("noif", "pod");
     let body = format!(
         "upstream:\n  source: preserve-ip-port\ntransparent:\n  interfaces: [nope0]\n{}",
         policy(cg.rel(), "")

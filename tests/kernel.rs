@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::cgroup::TestCgroup;
 use common::netns::{Netns, Topology};
-use common::origin::{Origin, OriginConfig};
-use common::sw::{curl_head, curl_status, stdout, tcp_connect, workload, Scene, Sockwarden};
+use common::origin::OriginConfig;
+use common::sw::{
+    curl_head, curl_status, origin_at, stdout, tcp_connect, workload, Scene, Sockwarden,
+};
 use common::{require_root, unique_tag};
 
 fn policy(name: &str, cgroup: &str) -> String {
@@ -25,20 +27,13 @@ fn policy(name: &str, cgroup: &str) -> String {
 
 #[test]
 fn allowed_denied_refused_and_untouched() {
-    require_root();
-    let tag = unique_tag("basic");
-    let topo = Topology::new(&tag);
-    let origin = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
-        OriginConfig::default(),
-    );
-    let l4_origin = Origin::start(
-        "10.77.1.10:9000".parse().unwrap(),
-        Some(&topo.origin.path()),
-        OriginConfig::default(),
-    );
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/analytics"));
+    let Scene {
+        tag,
+        topo,
+        origin,
+        cg,
+    } = Scene::new("basic", "analytics", OriginConfig::default());
+    let l4_origin = origin_at(&topo, "10.77.1.10:9000", OriginConfig::default());
     let mut sw = Sockwarden::start(&topo.node, &tag, &policy("analytics", cg.rel()));
     let team = ["-H", "x-team: analytics"];
 
@@ -222,20 +217,13 @@ fn allowed_denied_refused_and_untouched() {
 
 #[test]
 fn workload_in_its_own_namespace_ipv4_and_ipv6() {
-    require_root();
-    let tag = unique_tag("pod");
-    let topo = Topology::new(&tag);
-    let origin4 = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
-        OriginConfig::default(),
-    );
-    let origin6 = Origin::start(
-        "[fd77:1::10]:80".parse().unwrap(),
-        Some(&topo.origin.path()),
-        OriginConfig::default(),
-    );
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/pod"));
+    let Scene {
+        tag,
+        topo,
+        origin: origin4,
+        cg,
+    } = Scene::new("pod", "pod", OriginConfig::default());
+    let origin6 = origin_at(&topo, "[fd77:1::10]:80", OriginConfig::default());
     let sw = Sockwarden::start(&topo.node, &tag, &policy("pod", cg.rel()));
     let team = ["-H", "x-team: analytics"];
 

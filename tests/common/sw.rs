@@ -286,15 +286,8 @@ pub struct Scene {
 
 impl Scene {
     pub fn new(test: &str, leaf: &str, origin: OriginConfig) -> Scene {
-        require_root();
-        let tag = unique_tag(test);
-        let topo = Topology::new(&tag);
-        let origin = Origin::start(
-            "10.77.1.10:80".parse().expect("origin address"),
-            Some(&topo.origin.path()),
-            origin,
-        );
-        let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/{leaf}"));
+        let (tag, topo, cg) = bare_scene(test, leaf);
+        let origin = origin_at(&topo, "10.77.1.10:80", origin);
         Scene {
             tag,
             topo,
@@ -302,4 +295,19 @@ impl Scene {
             cg,
         }
     }
+}
+
+/// A scene without an origin: (tag, topology, workload cgroup). Requires root.
+pub fn bare_scene(test: &str, leaf: &str) -> (String, Topology, TestCgroup) {
+    require_root();
+    let tag = unique_tag(test);
+    let topo = Topology::new(&tag);
+    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/{leaf}"));
+    (tag, topo, cg)
+}
+
+/// Another origin in the scene's origin namespace.
+pub fn origin_at(topo: &Topology, addr: &str, cfg: OriginConfig) -> Origin {
+    let addr = addr.parse().expect("origin address");
+    Origin::start(addr, Some(&topo.origin.path()), cfg)
 }
