@@ -128,6 +128,11 @@ pub struct ProxyTarget {
     pub v6: SocketAddr,
 }
 
+/// The error for operation `op` on map `map`.
+fn map_error(map: &'static str, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
+    move |source| BpfError::Map { map, op, source }
+}
+
 fn ip_from16(a: [u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(a);
     v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
@@ -217,11 +222,7 @@ fn tuple_key(netns_cookie: u64, src: SocketAddr, dst: SocketAddr) -> abi::sw_tup
 impl Maps {
     fn open(pin_path: &Path) -> Result<Maps, BpfError> {
         let open = |name: &'static str| {
-            MapHandle::from_pinned_path(pin_path.join(name)).map_err(|source| BpfError::Map {
-                map: name,
-                op: "open pinned",
-                source,
-            })
+            MapHandle::from_pinned_path(pin_path.join(name)).map_err(map_error(name, "open pinned"))
         };
         Ok(Maps {
             policy_cgroups: open("policy_cgroups")?,
@@ -250,11 +251,7 @@ impl Maps {
                 info.as_bytes(),
                 MapFlags::ANY,
             )
-            .map_err(|source| BpfError::Map {
-                map: "sock_roles",
-                op: "update",
-                source,
-            })
+            .map_err(map_error("sock_roles", "update"))
     }
 
     /// Whether a socket in namespace `netns_cookie` holds `src -> dst`.
@@ -268,19 +265,15 @@ impl Maps {
         let value = self
             .tuples
             .lookup(key.as_bytes(), MapFlags::ANY)
-            .map_err(|source| BpfError::Map {
-                map: "tuples",
-                op: "lookup",
-                source,
-            })?;
+            .map_err(map_error("tuples", "lookup"))?;
         Ok(value
             .as_deref()
             .and_then(abi::sw_tuple_value::from_bytes)
             .is_some_and(|v| entry(&key, &v, boot_ns()).in_use()))
     }
 
-    /// Every entry of the in-use tuple map.
-    pub fn tuples(&self) -> Vec<TupleEntry> {
+    /// Every entry of the in-use tuple map, with its raw key.
+    fn tuple_entries(&self) -> Vec<(Vec<u8>, TupleEntry)> {
         let now = boot_ns();
         self.tuples
             .keys()
@@ -288,31 +281,22 @@ impl Maps {
                 let key = abi::sw_tuple_key::from_bytes(&k)?;
                 let v = self.tuples.lookup(&k, MapFlags::ANY).ok()??;
                 let value = abi::sw_tuple_value::from_bytes(&v)?;
-                Some(entry(&key, &value, now))
+                let e = entry(&key, &value, now);
+                Some((k, e))
             })
             .collect()
     }
 
+    /// Every entry of the in-use tuple map.
+    pub fn tuples(&self) -> Vec<TupleEntry> {
+        self.tuple_entries().into_iter().map(|(_, e)| e).collect()
+    }
+
     /// Deletes TIME_WAIT entries older than [`TIME_WAIT`]; returns how many.
     pub fn expire_tuples(&self) -> usize {
-        let now = boot_ns();
-        let expired: Vec<Vec<u8>> = self
-            .tuples
-            .keys()
-            .filter(|k| {
-                let value = self.tuples.lookup(k, MapFlags::ANY).ok().flatten();
-                match (
-                    abi::sw_tuple_key::from_bytes(k),
-                    value.as_deref().and_then(abi::sw_tuple_value::from_bytes),
-                ) {
-                    (Some(key), Some(v)) => !entry(&key, &v, now).in_use(),
-                    _ => false,
-                }
-            })
-            .collect();
-        expired
+        self.tuple_entries()
             .iter()
-            .filter(|k| self.tuples.delete(k).is_ok())
+            .filter(|(k, e)| !e.in_use() && self.tuples.delete(k).is_ok())
             .count()
     }
 
@@ -321,22 +305,14 @@ impl Maps {
         let v = abi::sw_policy_ref { policy_id };
         self.policy_cgroups
             .update(&cgroup_id.to_ne_bytes(), v.as_bytes(), MapFlags::ANY)
-            .map_err(|source| BpfError::Map {
-                map: "policy_cgroups",
-                op: "update",
-                source,
-            })
+            .map_err(map_error("policy_cgroups", "update"))
     }
 
     pub fn remove_policy_cgroup(&self, cgroup_id: u64) -> Result<(), BpfError> {
         match self.policy_cgroups.delete(&cgroup_id.to_ne_bytes()) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(BpfError::Map {
-                map: "policy_cgroups",
-                op: "delete",
-                source,
-            }),
+            Err(source) => Err(map_error("policy_cgroups", "delete")(source)),
         }
     }
 
@@ -357,11 +333,7 @@ impl Maps {
             };
             self.policy_rules
                 .update(key.as_bytes(), value.as_bytes(), MapFlags::ANY)
-                .map_err(|source| BpfError::Map {
-                    map: "policy_rules",
-                    op: "update",
-                    source,
-                })?;
+                .map_err(map_error("policy_rules", "update"))?;
         }
         Ok(())
     }
@@ -371,22 +343,15 @@ impl Maps {
     }
 
     fn init_counters(&self, policies: usize) -> Result<(), BpfError> {
-        let ncpu = libbpf_rs::num_possible_cpus().map_err(|source| BpfError::Map {
-            map: "verdict_counters",
-            op: "count possible CPUs",
-            source,
-        })?;
+        let ncpu = libbpf_rs::num_possible_cpus()
+            .map_err(map_error("verdict_counters", "count possible CPUs"))?;
         let zeros = vec![0u64.to_ne_bytes().to_vec(); ncpu];
         for id in 0..policies as PolicyId {
             for v in VERDICTS {
                 let key = Self::counter_key(id, v);
                 self.verdict_counters
                     .update_percpu(key.as_bytes(), &zeros, MapFlags::ANY)
-                    .map_err(|source| BpfError::Map {
-                        map: "verdict_counters",
-                        op: "initialize",
-                        source,
-                    })?;
+                    .map_err(map_error("verdict_counters", "initialize"))?;
             }
         }
         Ok(())
@@ -399,11 +364,7 @@ impl Maps {
             let per_cpu = self
                 .verdict_counters
                 .lookup_percpu(key.as_bytes(), MapFlags::ANY)
-                .map_err(|source| BpfError::Map {
-                    map: "verdict_counters",
-                    op: "lookup",
-                    source,
-                })?;
+                .map_err(map_error("verdict_counters", "lookup"))?;
             Ok(per_cpu
                 .unwrap_or_default()
                 .iter()
@@ -433,11 +394,7 @@ impl Maps {
         let value = self
             .orig_dsts
             .lookup(key.as_bytes(), MapFlags::ANY)
-            .map_err(|source| BpfError::Map {
-                map: "orig_dsts",
-                op: "lookup",
-                source,
-            })?;
+            .map_err(map_error("orig_dsts", "lookup"))?;
         let Some(od) = value.as_deref().and_then(abi::sw_orig_dst::from_bytes) else {
             return Ok(None);
         };
