@@ -122,14 +122,12 @@ fn interfaces(wanted: &[String]) -> Result<Vec<(String, u32)>, TransparentError>
 }
 
 fn hook_for(ifindex: u32, prog_fd: std::os::fd::BorrowedFd<'_>) -> TcHook {
-    let mut hook = TcHookBuilder::new(prog_fd)
+    TcHookBuilder::new(prog_fd)
         .ifindex(ifindex as i32)
         .replace(true)
         .handle(TC_HANDLE)
         .priority(TC_PRIORITY)
-        .hook(TC_INGRESS);
-    hook.ifindex(ifindex as i32);
-    hook
+        .hook(TC_INGRESS)
 }
 
 impl ReturnPath {

@@ -21,26 +21,30 @@ fn policy(cgroup: &str, extra_rule: &str) -> String {
     )
 }
 
-/// One curl, one keep-alive connection, `n` sequential GETs; returns the
-/// status of each.
+/// One curl in the pod, one keep-alive connection, `n` sequential GETs of
+/// `path`; prints `write_out` for each.
 fn curl_many(
     topo: &Topology,
     cg: &TestCgroup,
     sw: &Sockwarden,
     name: &str,
     n: usize,
+    path: &str,
+    write_out: &str,
 ) -> std::thread::JoinHandle<Output> {
-    let mut cfg = String::from("silent\nwrite-out = \"%{http_code}\\n\"\n");
+    let mut cfg = format!("silent\nwrite-out = \"{write_out}\\n\"\n");
     for _ in 0..n {
-        cfg.push_str("url = \"http://10.77.1.10/data/64\"\noutput = \"/dev/null\"\n");
+        cfg.push_str(&format!(
+            "url = \"http://10.77.1.10{path}\"\noutput = \"/dev/null\"\n"
+        ));
     }
-    let path = sw.dir.join(format!("{name}.curl"));
-    std::fs::write(&path, cfg).expect("curl config");
+    let file = sw.dir.join(format!("{name}.curl"));
+    std::fs::write(&file, cfg).expect("curl config");
     let ns = topo.pod.path();
     let cg = cg.path().to_path_buf();
     std::thread::spawn(move || {
         common::command_in(Some(&ns), Some(&cg), "curl")
-            .args(["--config", path.to_str().expect("utf-8 path")])
+            .args(["--config", file.to_str().expect("utf-8 path")])
             .output()
             .expect("curl")
     })
@@ -83,7 +87,17 @@ fn incident(skip_tuple_check: bool) -> IncidentRun {
     const CONNS: usize = 4;
     const PER_CONN: usize = 2_500;
     let clients: Vec<_> = (0..CONNS)
-        .map(|i| curl_many(&topo, &cg, &sw, &format!("c{i}"), PER_CONN))
+        .map(|i| {
+            curl_many(
+                &topo,
+                &cg,
+                &sw,
+                &format!("c{i}"),
+                PER_CONN,
+                "/data/64",
+                "%{http_code}",
+            )
+        })
         .collect();
     let mut statuses = Vec::new();
     for c in clients {
@@ -194,21 +208,16 @@ fn down_origin_stays_within_the_retry_budget() {
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
-            let ns = topo.pod.path();
-            let cgp = cg.path().to_path_buf();
-            let mut cfg =
-                String::from("silent\nwrite-out = \"%{http_code} %header{sockwarden-error}\\n\"\n");
-            for _ in 0..PER_CLIENT {
-                cfg.push_str("url = \"http://10.77.1.10/data/8\"\noutput = \"/dev/null\"\n");
-            }
-            let path = sw.dir.join(format!("down{i}.curl"));
-            std::fs::write(&path, cfg).expect("curl config");
-            std::thread::spawn(move || {
-                common::command_in(Some(&ns), Some(&cgp), "curl")
-                    .args(["--config", path.to_str().expect("utf-8")])
-                    .output()
-                    .expect("curl")
-            })
+            let write_out = "%{http_code} %header{sockwarden-error}";
+            curl_many(
+                &topo,
+                &cg,
+                &sw,
+                &format!("down{i}"),
+                PER_CLIENT,
+                "/data/8",
+                write_out,
+            )
         })
         .collect();
     let mut lines = Vec::new();
