@@ -78,12 +78,33 @@ pub enum Engine {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardingConfig {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "shipped_engine")]
     pub engine: Engine,
     /// Pipe size per direction of a connection, for splice (bytes; the
     /// kernel rounds up to a power-of-two number of pages).
-    #[serde(default = "default_pipe_size")]
+    #[serde(default = "default_pipe_size", deserialize_with = "pipe_size_in_range")]
     pub pipe_size: u32,
+}
+
+/// An engine this version ships (checked while parsing, so the error has
+/// the value's own location).
+fn shipped_engine<'de, D: Deserializer<'de>>(d: D) -> Result<Engine, D::Error> {
+    match Engine::deserialize(d)? {
+        Engine::Sockmap => Err(de::Error::custom(
+            "the sockmap engine is not shipped in this version (measured slower than splice and not yet proven byte-exact, FIN-safe and bounded; see docs/performance.md): use auto, splice or copy",
+        )),
+        other => Ok(other),
+    }
+}
+
+fn pipe_size_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u32::try_from(n) {
+        Ok(size) if (4096..=(256 << 20)).contains(&size) => Ok(size),
+        _ => Err(de::Error::custom(format!(
+            "{n} is out of range (4096 to 268435456 bytes)"
+        ))),
+    }
 }
 
 impl Default for ForwardingConfig {
@@ -691,27 +712,6 @@ impl Config {
             field,
             message,
         };
-        if self.forwarding.engine == Engine::Sockmap {
-            return Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                line: 0,
-                column: 0,
-                field: "forwarding.engine".into(),
-                message: "the sockmap engine is not shipped in this version (measured slower than splice and not yet proven byte-exact, FIN-safe and bounded; see docs/performance.md): use auto, splice or copy".into(),
-            });
-        }
-        if !(4096..=(256 << 20)).contains(&self.forwarding.pipe_size) {
-            return Err(ConfigError::Invalid {
-                file: file.to_path_buf(),
-                line: 0,
-                column: 0,
-                field: "forwarding.pipe_size".into(),
-                message: format!(
-                    "{} is out of range (4096 to 268435456 bytes)",
-                    self.forwarding.pipe_size
-                ),
-            });
-        }
         if self.policies.len() > MAX_POLICIES {
             let p = &self.policies[MAX_POLICIES];
             return Err(at(
@@ -896,6 +896,20 @@ policies:
                 12,
                 "upstream.colour",
                 "unknown field",
+            ),
+            (
+                "  max_requests_per_connection: 0\n",
+                "  max_requests_per_connection: 0\nforwarding:\n  engine: sockmap\n",
+                14,
+                "forwarding.engine",
+                "not shipped",
+            ),
+            (
+                "  max_requests_per_connection: 0\n",
+                "  max_requests_per_connection: 0\nforwarding:\n  pipe_size: 100\n",
+                14,
+                "forwarding.pipe_size",
+                "out of range",
             ),
             (
                 "  listen: 10.77.0.1:15001",
