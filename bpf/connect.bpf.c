@@ -79,8 +79,11 @@ static __always_inline void sw_count(__u32 policy_id, __u32 verdict)
 		*count += 1; /* per-CPU value: no other writer */
 }
 
-/* Marks an enforced socket so sockops records its tuple. */
-static __always_inline void sw_mark_workload(struct bpf_sock_addr *ctx)
+/*
+ * Marks an enforced socket so sockops records its tuple (and, if it was
+ * redirected, may link it for the sockmap engine).
+ */
+static __always_inline void sw_mark_workload(struct bpf_sock_addr *ctx, bool redirected)
 {
 	struct bpf_sock *sk = ctx->sk;
 	struct sw_sock_info *info;
@@ -88,8 +91,10 @@ static __always_inline void sw_mark_workload(struct bpf_sock_addr *ctx)
 	if (!sk)
 		return;
 	info = bpf_sk_storage_get(&sock_roles, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (info)
+	if (info) {
 		info->role = SW_ROLE_WORKLOAD;
+		info->flags = redirected ? SW_SOCK_REDIRECTED : 0;
+	}
 }
 
 static __always_inline bool sw_is_tcp(struct bpf_sock_addr *ctx)
@@ -132,7 +137,7 @@ static __always_inline int sw_decide(struct bpf_sock_addr *ctx, const __u8 addr[
 	sw_count(policy_id, verdict);
 	if (verdict == SW_VERDICT_DENY)
 		return SW_CONNECT_EPERM;
-	sw_mark_workload(ctx);
+	sw_mark_workload(ctx, *redirect);
 	return SW_CONNECT_PASS;
 }
 

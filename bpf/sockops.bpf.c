@@ -15,9 +15,79 @@
  *    CLOSING is an active close: the tuple now sits in TIME_WAIT, so the entry
  *    stays, marked SW_TCP_TIME_WAIT with the time of the close, and userspace
  *    expires it after the TIME_WAIT period. Any other CLOSE frees the tuple.
+ *
+ * 3. The sockmap engine (only when userspace sets sockmap_enabled): a
+ *    redirected workload socket is entered in sk_workloads when it is
+ *    established, and each of the proxy's accepted sockets in sk_proxy
+ *    (keyed by the listener-side 4-tuple) when it is. sw_msg, attached to
+ *    sk_workloads, then moves a workload's outgoing bytes straight into the
+ *    proxy socket's receive queue instead of through the TCP stack (and
+ *    veth); see the comment above sw_msg for why that is always in order and
+ *    bounded. Closing a socket removes it from its sockhash.
  */
 #include "common.h"
 #include "maps.h"
+
+/* Static settings, written by userspace before load. */
+const volatile bool sockmap_enabled = false;
+const volatile __u64 proxy_netns_cookie = 0; /* the proxy's network namespace */
+const volatile __u16 proxy_port4 = 0;        /* host order */
+const volatile __u16 proxy_port6 = 0;        /* host order */
+
+/* Redirected workload sockets (key: socket cookie); sw_msg runs on their sends. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SW_MAX_LINKED_SOCKS);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_workloads SEC(".maps");
+
+/*
+ * The proxy's accepted sockets (key: listener-side 4-tuple). No program is
+ * attached to this map: its sockets only gain a second receive queue that
+ * recvmsg() reads before the TCP one.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SW_MAX_LINKED_SOCKS);
+	__type(key, struct sw_conn_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_proxy SEC(".maps");
+
+/*
+ * Bytes the proxy has read from each linked proxy socket, as the proxy
+ * reports them (in steps; see SW_MSG_UNREAD_LIMIT). Written and deleted by
+ * userspace.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_MAX_LINKED_SOCKS);
+	__type(key, struct sw_conn_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_consumed SEC(".maps");
+
+/* Puts enum sw_msg_counter in this object's BTF, hence in its Rust skeleton. */
+const volatile enum sw_msg_counter msg_counters_len = SW_MSG_COUNTERS;
+
+/* enum sw_msg_counter -> count, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_MSG_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} msg_counters SEC(".maps");
+
+static __always_inline void sw_msg_count(__u32 counter, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&msg_counters, &counter);
+
+	if (v)
+		*v += n; /* per-CPU value: no other writer */
+}
 
 /* The socket's 4-tuple, local side as source, in the 16-byte form. */
 static __always_inline void sw_sockops_tuple(struct bpf_sock_ops *skops, __u8 saddr[16],
@@ -64,14 +134,19 @@ static __always_inline void sw_record_redirect(struct bpf_sock_ops *skops, __u64
 	bpf_map_delete_elem(&pending_redirects, &cookie);
 }
 
-static __always_inline enum sw_sock_role sw_role(struct bpf_sock_ops *skops)
+static __always_inline struct sw_sock_info *sw_info(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
-	struct sw_sock_info *info;
 
 	if (!sk)
-		return SW_ROLE_NONE;
-	info = bpf_sk_storage_get(&sock_roles, sk, 0, 0);
+		return NULL;
+	return bpf_sk_storage_get(&sock_roles, sk, 0, 0);
+}
+
+static __always_inline enum sw_sock_role sw_role(struct bpf_sock_ops *skops)
+{
+	struct sw_sock_info *info = sw_info(skops);
+
 	return info ? info->role : SW_ROLE_NONE;
 }
 
@@ -121,12 +196,126 @@ static __always_inline void sw_track_state(struct bpf_sock_ops *skops)
 	value->updated_ns = bpf_ktime_get_boot_ns();
 }
 
+/*
+ * A redirected workload socket, now established: remember the key its proxy
+ * socket will have in sk_proxy (the listener-side 4-tuple is this socket's
+ * own, local side first) and enter it in sk_workloads.
+ */
+static __always_inline void sw_link_workload(struct bpf_sock_ops *skops)
+{
+	struct sw_sock_info *info = sw_info(skops);
+	__u64 cookie;
+
+	if (!info || !(info->flags & SW_SOCK_REDIRECTED))
+		return;
+	sw_sockops_tuple(skops, info->peer.saddr, info->peer.daddr, &info->peer.sport,
+			 &info->peer.dport);
+	cookie = bpf_get_socket_cookie(skops);
+	if (bpf_sock_hash_update(skops, &sk_workloads, &cookie, BPF_NOEXIST))
+		return;
+	info->path = SW_MSG_PENDING;
+	info->redirected = 0;
+	sw_msg_count(SW_MSG_LINKED_WORKLOADS, 1);
+}
+
+/* One of the proxy's accepted sockets, now established: enter it in sk_proxy. */
+static __always_inline void sw_link_proxy(struct bpf_sock_ops *skops)
+{
+	struct sw_conn_key key = {};
+	__u16 port = (__u16)skops->local_port;
+
+	if (bpf_get_netns_cookie(skops) != proxy_netns_cookie ||
+	    (port != proxy_port4 && port != proxy_port6))
+		return;
+	/* Listener side: the workload is the remote end. */
+	sw_sockops_tuple(skops, key.daddr, key.saddr, &key.dport, &key.sport);
+	if (!bpf_sock_hash_update(skops, &sk_proxy, &key, BPF_ANY))
+		sw_msg_count(SW_MSG_LINKED_PROXY, 1);
+}
+
+/*
+ * sk_msg on every send of a linked workload socket.
+ *
+ * The proxy reads its socket with recvmsg(), which (tcp_bpf_recvmsg) returns
+ * bytes redirected into it before bytes that came through TCP whenever both
+ * queues hold some. Hence the only path changes allowed:
+ *   - at the first message, to redirect, if no byte of this socket was ever
+ *     queued for TCP and the proxy's socket is linked; otherwise to TCP for
+ *     good (nothing TCP-borne can ever be overtaken);
+ *   - from redirect to TCP, which is in order (the redirected bytes are read
+ *     first). It is taken when more than SW_MSG_UNREAD_LIMIT redirected bytes
+ *     may be unread (the proxy reports what it read in sk_consumed): from
+ *     then on TCP's window holds the sender back, so a proxy that stops
+ *     reading stops the workload instead of queueing without bound. It is
+ *     also taken when the proxy's socket is gone: the connection is over,
+ *     and TCP answers with a reset as it would without sockwarden.
+ */
+SEC("sk_msg")
+int sw_msg(struct sk_msg_md *msg)
+{
+	struct bpf_sock *sk = msg->sk;
+	struct sw_sock_info *info;
+	struct tcp_sock *tp;
+	__u64 size = msg->size, *consumed;
+
+	if (!sk)
+		return SK_PASS;
+	info = bpf_sk_storage_get(&sock_roles, sk, 0, 0);
+	if (!info)
+		return SK_PASS;
+	switch (info->path) {
+	case SW_MSG_PENDING:
+		tp = bpf_skc_to_tcp_sock(sk);
+		if (tp && tp->bytes_sent == 0 && tp->write_seq == tp->snd_nxt &&
+		    bpf_msg_redirect_hash(msg, &sk_proxy, &info->peer, BPF_F_INGRESS) == SK_PASS) {
+			info->path = SW_MSG_REDIRECT;
+			sw_msg_count(SW_MSG_FIRST_REDIRECT, 1);
+			goto redirected;
+		}
+		info->path = SW_MSG_TCP;
+		sw_msg_count(SW_MSG_FIRST_TCP, 1);
+		goto tcp;
+	case SW_MSG_REDIRECT:
+		consumed = bpf_map_lookup_elem(&sk_consumed, &info->peer);
+		if (info->redirected + size > (consumed ? *consumed : 0) + SW_MSG_UNREAD_LIMIT) {
+			info->path = SW_MSG_TCP;
+			sw_msg_count(SW_MSG_SWITCH_TCP, 1);
+			goto tcp;
+		}
+		if (bpf_msg_redirect_hash(msg, &sk_proxy, &info->peer, BPF_F_INGRESS) != SK_PASS) {
+			info->path = SW_MSG_TCP;
+			sw_msg_count(SW_MSG_PEER_GONE, 1);
+			goto tcp;
+		}
+		goto redirected;
+	default:
+		goto tcp;
+	}
+redirected:
+	info->redirected += size;
+	sw_msg_count(SW_MSG_REDIRECTED_MSGS, 1);
+	sw_msg_count(SW_MSG_REDIRECTED_BYTES, size);
+	return SK_PASS;
+tcp:
+	sw_msg_count(SW_MSG_TCP_MSGS, 1);
+	sw_msg_count(SW_MSG_TCP_BYTES, size);
+	return SK_PASS;
+}
+
 SEC("sockops")
 int sw_sockops(struct bpf_sock_ops *skops)
 {
 	__u64 cookie;
 
 	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		if (sockmap_enabled)
+			sw_link_workload(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		if (sockmap_enabled)
+			sw_link_proxy(skops);
+		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		cookie = bpf_get_socket_cookie(skops);
 		sw_record_redirect(skops, cookie);

@@ -54,6 +54,12 @@ pub enum BpfError {
         cgroup: PathBuf,
         source: libbpf_rs::Error,
     },
+    #[error("attaching {program} to map {map}: {source}")]
+    AttachMap {
+        program: &'static str,
+        map: &'static str,
+        source: libbpf_rs::Error,
+    },
     #[error("pinning {path}: {source}")]
     Pin {
         path: PathBuf,
@@ -101,7 +107,7 @@ macro_rules! pod {
 }
 
 pod!(
-    abi::sw_sock_info = 4,
+    abi::sw_sock_info = 56,
     abi::sw_tuple_key = 48,
     abi::sw_tuple_value = 24,
     abi::sw_policy_ref = 4,
@@ -147,6 +153,8 @@ pub struct Maps {
     verdict_counters: MapHandle,
     sock_roles: MapHandle,
     tuples: MapHandle,
+    msg_counters: MapHandle,
+    sk_consumed: MapHandle,
 }
 
 /// How long a tuple stays in TIME_WAIT after an active close (Linux's fixed
@@ -231,6 +239,8 @@ impl Maps {
             verdict_counters: open("verdict_counters")?,
             sock_roles: open("sock_roles")?,
             tuples: open("tuples")?,
+            msg_counters: open("msg_counters")?,
+            sk_consumed: open("sk_consumed")?,
         })
     }
 
@@ -244,6 +254,7 @@ impl Maps {
     pub fn mark_upstream(&self, socket: BorrowedFd<'_>) -> Result<(), BpfError> {
         let info = abi::sw_sock_info {
             role: abi::sw_sock_role::SW_ROLE_UPSTREAM,
+            ..Default::default()
         };
         self.sock_roles
             .update(
@@ -359,23 +370,55 @@ impl Maps {
 
     /// connect() decisions so far for a policy: (allowed, redirected, denied).
     pub fn connect_counts(&self, policy_id: PolicyId) -> Result<ConnectCounts, BpfError> {
-        let read = |v| -> Result<u64, BpfError> {
+        let read = |v| {
             let key = Self::counter_key(policy_id, v);
-            let per_cpu = self
-                .verdict_counters
-                .lookup_percpu(key.as_bytes(), MapFlags::ANY)
-                .map_err(map_error("verdict_counters", "lookup"))?;
-            Ok(per_cpu
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|b| b.as_slice().try_into().ok().map(u64::from_ne_bytes))
-                .sum())
+            percpu_sum(&self.verdict_counters, "verdict_counters", key.as_bytes())
         };
         Ok(ConnectCounts {
             allowed: read(abi::sw_verdict::SW_VERDICT_ALLOW)?,
             redirected: read(abi::sw_verdict::SW_VERDICT_REDIRECT)?,
             denied: read(abi::sw_verdict::SW_VERDICT_DENY)?,
         })
+    }
+
+    /// What the sockmap engine's programs did so far (sums over CPUs).
+    pub fn msg_counts(&self) -> Result<MsgCounts, BpfError> {
+        use abi::sw_msg_counter as C;
+        let read = |c: C| percpu_sum(&self.msg_counters, "msg_counters", &c.0.to_ne_bytes());
+        Ok(MsgCounts {
+            redirected_msgs: read(C::SW_MSG_REDIRECTED_MSGS)?,
+            redirected_bytes: read(C::SW_MSG_REDIRECTED_BYTES)?,
+            tcp_msgs: read(C::SW_MSG_TCP_MSGS)?,
+            tcp_bytes: read(C::SW_MSG_TCP_BYTES)?,
+            first_redirect: read(C::SW_MSG_FIRST_REDIRECT)?,
+            first_tcp: read(C::SW_MSG_FIRST_TCP)?,
+            unread_limit: read(C::SW_MSG_SWITCH_TCP)?,
+            peer_gone: read(C::SW_MSG_PEER_GONE)?,
+            linked_workloads: read(C::SW_MSG_LINKED_WORKLOADS)?,
+            linked_proxy: read(C::SW_MSG_LINKED_PROXY)?,
+        })
+    }
+
+    /// Tells the sockmap engine that the proxy has read `bytes` from the
+    /// connection from `peer` accepted on `local`.
+    pub fn report_consumed(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+        bytes: u64,
+    ) -> Result<(), BpfError> {
+        self.sk_consumed
+            .update(
+                conn_key(peer, local).as_bytes(),
+                &bytes.to_ne_bytes(),
+                MapFlags::ANY,
+            )
+            .map_err(map_error("sk_consumed", "update"))
+    }
+
+    /// Forgets what was reported for a connection (absent is fine).
+    pub fn forget_consumed(&self, peer: SocketAddr, local: SocketAddr) {
+        let _ = self.sk_consumed.delete(conn_key(peer, local).as_bytes());
     }
 
     /// Takes (reads and deletes) the original destination of the connection
@@ -385,12 +428,7 @@ impl Maps {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Result<Option<OrigDst>, BpfError> {
-        let key = abi::sw_conn_key {
-            saddr: addr16(peer.ip()),
-            daddr: addr16(local.ip()),
-            sport: peer.port(),
-            dport: local.port(),
-        };
+        let key = conn_key(peer, local);
         let value = self
             .orig_dsts
             .lookup(key.as_bytes(), MapFlags::ANY)
@@ -406,6 +444,28 @@ impl Maps {
             cgroup_id: od.cgroup_id,
         }))
     }
+}
+
+/// The listener-side key of the connection from `peer` accepted on `local`.
+fn conn_key(peer: SocketAddr, local: SocketAddr) -> abi::sw_conn_key {
+    abi::sw_conn_key {
+        saddr: addr16(peer.ip()),
+        daddr: addr16(local.ip()),
+        sport: peer.port(),
+        dport: local.port(),
+    }
+}
+
+/// The sum over CPUs of a per-CPU u64 counter (0 if the key is absent).
+fn percpu_sum(map: &MapHandle, name: &'static str, key: &[u8]) -> Result<u64, BpfError> {
+    let per_cpu = map
+        .lookup_percpu(key, MapFlags::ANY)
+        .map_err(map_error(name, "lookup"))?;
+    Ok(per_cpu
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| b.as_slice().try_into().ok().map(u64::from_ne_bytes))
+        .sum())
 }
 
 fn entry(key: &abi::sw_tuple_key, v: &abi::sw_tuple_value, now_ns: u64) -> TupleEntry {
@@ -436,6 +496,25 @@ pub struct ConnectCounts {
     pub allowed: u64,
     pub redirected: u64,
     pub denied: u64,
+}
+
+/// The sockmap engine's kernel-side counters (see enum sw_msg_counter).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsgCounts {
+    pub redirected_msgs: u64,
+    pub redirected_bytes: u64,
+    pub tcp_msgs: u64,
+    pub tcp_bytes: u64,
+    /// Connections whose first message was redirected.
+    pub first_redirect: u64,
+    /// Connections whose first message went through TCP.
+    pub first_tcp: u64,
+    /// Redirect -> TCP because SW_MSG_UNREAD_LIMIT was reached.
+    pub unread_limit: u64,
+    /// Redirect -> TCP because the proxy's socket was gone.
+    pub peer_gone: u64,
+    pub linked_workloads: u64,
+    pub linked_proxy: u64,
 }
 
 /// Loaded and attached programs, with their pinned maps and links.
@@ -574,6 +653,7 @@ impl Kernel {
         pin_path: &Path,
         cgroup_root: &Path,
         proxy: ProxyTarget,
+        sockmap: Option<u64>,
         rules: &[RuleEntry],
         policies: usize,
     ) -> Result<Kernel, BpfError> {
@@ -591,8 +671,13 @@ impl Kernel {
             source,
         })?;
         let mut maps = None;
-        let links =
-            skel::load_and_attach(pin_path, proxy, cgroup.as_raw_fd(), cgroup_root, || {
+        let links = skel::load_and_attach(
+            pin_path,
+            proxy,
+            sockmap,
+            cgroup.as_raw_fd(),
+            cgroup_root,
+            || {
                 // Maps exist (and are pinned) once the objects are loaded: fill
                 // them before any program runs.
                 let m = Maps::open(pin_path)?;
@@ -600,7 +685,8 @@ impl Kernel {
                 m.init_counters(policies)?;
                 maps = Some(m);
                 Ok(())
-            })?;
+            },
+        )?;
         let maps = maps.ok_or(BpfError::NotLoaded)?;
         Ok(Kernel {
             pin_path: pin_path.to_path_buf(),

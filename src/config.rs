@@ -69,7 +69,9 @@ pub enum Engine {
     Auto,
     /// splice(2) through a pipe: kernel-side, with TCP backpressure.
     Splice,
-    /// sockmap redirects (not shipped: see docs/performance.md).
+    /// sk_msg moves node-local workloads' outgoing bytes straight into the
+    /// proxy's socket; request bodies are then copied, response bodies
+    /// spliced (see docs/performance.md).
     Sockmap,
     /// Userspace copy through the proxy's buffer.
     Copy,
@@ -78,23 +80,12 @@ pub enum Engine {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardingConfig {
-    #[serde(default, deserialize_with = "shipped_engine")]
+    #[serde(default)]
     pub engine: Engine,
     /// Pipe size per direction of a connection, for splice (bytes; the
     /// kernel rounds up to a power-of-two number of pages).
     #[serde(default = "default_pipe_size", deserialize_with = "pipe_size_in_range")]
     pub pipe_size: u32,
-}
-
-/// An engine this version ships (checked while parsing, so the error has
-/// the value's own location).
-fn shipped_engine<'de, D: Deserializer<'de>>(d: D) -> Result<Engine, D::Error> {
-    match Engine::deserialize(d)? {
-        Engine::Sockmap => Err(de::Error::custom(
-            "the sockmap engine is not shipped in this version (measured slower than splice and not yet proven byte-exact, FIN-safe and bounded; see docs/performance.md): use auto, splice or copy",
-        )),
-        other => Ok(other),
-    }
 }
 
 fn pipe_size_in_range<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -123,13 +114,37 @@ fn default_pipe_size() -> u32 {
 }
 
 impl ForwardingConfig {
-    /// The pipe size when bodies are spliced; None for the copy engine.
-    pub fn splice_pipe_size(&self) -> Option<usize> {
+    /// The pipe sizes for bodies read from the workload (request bodies)
+    /// and from the origin (response bodies); None where bodies are copied.
+    /// Under sockmap the workload's socket may hold redirected bytes, which
+    /// only recvmsg() returns (splice reads the TCP queue alone), so request
+    /// bodies are copied there.
+    pub fn pipe_sizes(&self) -> PipeSizes {
+        let pipe = Some(self.pipe_size as usize);
         match self.engine {
-            Engine::Auto | Engine::Splice => Some(self.pipe_size as usize),
-            Engine::Copy | Engine::Sockmap => None,
+            Engine::Auto | Engine::Splice => PipeSizes {
+                requests: pipe,
+                responses: pipe,
+            },
+            Engine::Sockmap => PipeSizes {
+                requests: None,
+                responses: pipe,
+            },
+            Engine::Copy => PipeSizes::default(),
         }
     }
+
+    /// Whether the sockmap programs are to be loaded.
+    pub fn sockmap(&self) -> bool {
+        self.engine == Engine::Sockmap
+    }
+}
+
+/// Pipe sizes per body direction; None copies that direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PipeSizes {
+    pub requests: Option<usize>,
+    pub responses: Option<usize>,
 }
 
 /// Return-path setup for the preserve source modes (used only when a rule
@@ -899,10 +914,10 @@ policies:
             ),
             (
                 "  max_requests_per_connection: 0\n",
-                "  max_requests_per_connection: 0\nforwarding:\n  engine: sockmap\n",
+                "  max_requests_per_connection: 0\nforwarding:\n  engine: zerocopy\n",
                 14,
                 "forwarding.engine",
-                "not shipped",
+                "unknown variant",
             ),
             (
                 "  max_requests_per_connection: 0\n",

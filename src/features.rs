@@ -78,6 +78,12 @@ pub fn probe() -> Vec<Feature> {
             Probe::Prog(BPF_PROG_TYPE_SCHED_CLS),
         ),
         (
+            "program type sk_msg",
+            Some("4.17"),
+            "sockmap engine: workload bytes into the proxy's socket",
+            Probe::Prog(BPF_PROG_TYPE_SK_MSG),
+        ),
+        (
             "map type hash",
             Some("3.19"),
             "policy cgroups",
@@ -106,6 +112,18 @@ pub fn probe() -> Vec<Feature> {
             Some("5.2"),
             "per-socket roles",
             Probe::Map(BPF_MAP_TYPE_SK_STORAGE),
+        ),
+        (
+            "map type sockhash",
+            Some("4.18"),
+            "sockmap engine: linked sockets",
+            Probe::Map(BPF_MAP_TYPE_SOCKHASH),
+        ),
+        (
+            "map type per-CPU array",
+            Some("4.6"),
+            "sockmap engine counters",
+            Probe::Map(BPF_MAP_TYPE_PERCPU_ARRAY),
         ),
         (
             "helper get_current_ancestor_cgroup_id in cgroup_sock_addr",
@@ -163,6 +181,30 @@ pub fn probe() -> Vec<Feature> {
             Some("5.8"),
             "TIME_WAIT ages",
             Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_ktime_get_boot_ns),
+        ),
+        (
+            "helper sock_hash_update in sock_ops",
+            Some("4.18"),
+            "sockmap engine: linking sockets",
+            Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_hash_update),
+        ),
+        (
+            "helper msg_redirect_hash in sk_msg",
+            Some("4.18"),
+            "sockmap engine: the redirect",
+            Probe::Helper(BPF_PROG_TYPE_SK_MSG, BPF_FUNC_msg_redirect_hash),
+        ),
+        (
+            "helper sk_storage_get in sk_msg",
+            None,
+            "sockmap engine: per-socket path",
+            Probe::Helper(BPF_PROG_TYPE_SK_MSG, BPF_FUNC_sk_storage_get),
+        ),
+        (
+            "helper skc_to_tcp_sock in sk_msg",
+            None,
+            "sockmap engine: the first message's path",
+            Probe::Helper(BPF_PROG_TYPE_SK_MSG, BPF_FUNC_skc_to_tcp_sock),
         ),
         (
             "helper skc_lookup_tcp in tc",

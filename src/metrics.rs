@@ -25,6 +25,11 @@ pub const RETRY_BUDGET_EXHAUSTED: &str = "sockwarden_upstream_retry_budget_exhau
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
+pub const SOCKMAP_BYTES: &str = "sockwarden_sockmap_bytes_total";
+pub const SOCKMAP_MESSAGES: &str = "sockwarden_sockmap_messages_total";
+pub const SOCKMAP_CONNECTIONS: &str = "sockwarden_sockmap_connections_total";
+pub const SOCKMAP_TO_TCP: &str = "sockwarden_sockmap_switches_to_tcp_total";
+pub const SOCKMAP_LINKED: &str = "sockwarden_sockmap_linked_sockets_total";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -79,6 +84,26 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         FORWARDED_BYTES,
         "Body bytes forwarded, by direction (upstream: request bodies, downstream: response bodies) and engine (splice: kernel-side, copy: through the proxy's buffer)"
+    );
+    describe_counter!(
+        SOCKMAP_BYTES,
+        "sockmap engine: bytes sent by linked workload sockets, by path (redirect: straight into the proxy's socket by sk_msg; tcp: through the TCP stack)"
+    );
+    describe_counter!(
+        SOCKMAP_MESSAGES,
+        "sockmap engine: sendmsg() pieces of linked workload sockets, by path (redirect, tcp)"
+    );
+    describe_counter!(
+        SOCKMAP_CONNECTIONS,
+        "sockmap engine: linked workload connections by the path their first message took (redirect; tcp: the proxy's socket was not linked yet)"
+    );
+    describe_counter!(
+        SOCKMAP_TO_TCP,
+        "sockmap engine: redirected connections turned to TCP, by reason (unread_limit: the proxy had 256 KiB unread; proxy_socket_closed)"
+    );
+    describe_counter!(
+        SOCKMAP_LINKED,
+        "sockmap engine: sockets entered in the kernel's socket maps, by side (workload, proxy)"
     );
     Ok(handle)
 }
@@ -202,8 +227,10 @@ pub fn access_log_dropped() {
     counter!(ACCESS_LOG_DROPPED).increment(1);
 }
 
-/// Copies the kernel's per-CPU connect() counters into the exported ones.
+/// Copies the kernel's per-CPU counters (connect() decisions, the sockmap
+/// engine) into the exported ones.
 pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
+    refresh_sockmap(maps);
     for (id, p) in policies.policies.iter().enumerate() {
         match maps.connect_counts(id as u32) {
             Ok(c) => {
@@ -221,6 +248,30 @@ pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
             Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
         }
     }
+}
+
+/// Copies the sockmap engine's per-CPU counters into the exported ones.
+fn refresh_sockmap(maps: &Maps) {
+    let c = match maps.msg_counts() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading sockmap counters");
+            return;
+        }
+    };
+    for (path, msgs, bytes) in [
+        ("redirect", c.redirected_msgs, c.redirected_bytes),
+        ("tcp", c.tcp_msgs, c.tcp_bytes),
+    ] {
+        counter!(SOCKMAP_MESSAGES, "path" => path).absolute(msgs);
+        counter!(SOCKMAP_BYTES, "path" => path).absolute(bytes);
+    }
+    counter!(SOCKMAP_CONNECTIONS, "first_path" => "redirect").absolute(c.first_redirect);
+    counter!(SOCKMAP_CONNECTIONS, "first_path" => "tcp").absolute(c.first_tcp);
+    counter!(SOCKMAP_TO_TCP, "reason" => "unread_limit").absolute(c.unread_limit);
+    counter!(SOCKMAP_TO_TCP, "reason" => "proxy_socket_closed").absolute(c.peer_gone);
+    counter!(SOCKMAP_LINKED, "side" => "workload").absolute(c.linked_workloads);
+    counter!(SOCKMAP_LINKED, "side" => "proxy").absolute(c.linked_proxy);
 }
 
 /// The symbolic name of an errno (`ECONNREFUSED`), for labels and headers.

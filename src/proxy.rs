@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
 use crate::bpf::{Maps, OrigDst};
+use crate::config::PipeSizes;
 use crate::policy::PolicySet;
 
 mod conn;
@@ -39,6 +40,13 @@ pub trait KernelState: Send + Sync + 'static {
     fn tuple_in_use(&self, _netns_cookie: u64, _src: SocketAddr, _dst: SocketAddr) -> bool {
         false
     }
+
+    /// Sockmap engine: the proxy has read `bytes` from the connection from
+    /// `peer` accepted on `local`.
+    fn report_consumed(&self, _peer: SocketAddr, _local: SocketAddr, _bytes: u64) {}
+
+    /// Sockmap engine: that connection is over.
+    fn forget_consumed(&self, _peer: SocketAddr, _local: SocketAddr) {}
 }
 
 impl KernelState for Maps {
@@ -53,6 +61,16 @@ impl KernelState for Maps {
         if let Err(e) = Maps::mark_upstream(self, socket) {
             tracing::warn!(error = %e, "marking an upstream socket for tuple tracking");
         }
+    }
+
+    fn report_consumed(&self, peer: SocketAddr, local: SocketAddr, bytes: u64) {
+        if let Err(e) = Maps::report_consumed(self, peer, local, bytes) {
+            tracing::warn!(error = %e, "reporting bytes read to the sockmap engine");
+        }
+    }
+
+    fn forget_consumed(&self, peer: SocketAddr, local: SocketAddr) {
+        Maps::forget_consumed(self, peer, local);
     }
 
     fn tuple_in_use(&self, netns_cookie: u64, src: SocketAddr, dst: SocketAddr) -> bool {
@@ -70,8 +88,10 @@ pub struct ProxySettings {
     pub client_idle_timeout: Duration,
     /// Test-only: skip the in-use tuple check in preserve-ip-port.
     pub skip_tuple_check: bool,
-    /// Some(pipe size): splice bodies kernel-side; None: copy them.
-    pub splice_pipe_size: Option<usize>,
+    /// Per body direction, Some(pipe size): splice kernel-side; None: copy.
+    pub pipes: PipeSizes,
+    /// The sockmap engine is on: report bytes read from workloads.
+    pub sockmap: bool,
 }
 
 pub struct Proxy {

@@ -64,6 +64,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.bpf.pin_path,
         &root,
         target,
+        config
+            .forwarding
+            .sockmap()
+            .then(crate::proxy::upstream::own_netns_cookie),
         &rule_entries(&policies),
         policies.policies.len(),
     )?;
@@ -158,7 +162,8 @@ async fn serve(
         ProxySettings {
             client_idle_timeout: config.proxy.client_idle_timeout,
             skip_tuple_check: config.testing.skip_tuple_check,
-            splice_pipe_size: config.forwarding.splice_pipe_size(),
+            pipes: config.forwarding.pipe_sizes(),
+            sockmap: config.forwarding.sockmap(),
         },
     );
     let mut tasks = vec![tokio::spawn(

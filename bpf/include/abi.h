@@ -22,6 +22,7 @@
 #define SW_MAX_RULE_PREFIXES 65536   /* entries in policy_rules */
 #define SW_MAX_TRACKED_CONNS 65536   /* pending_redirects, orig_dsts */
 #define SW_MAX_TUPLES 262144         /* tuples */
+#define SW_MAX_LINKED_SOCKS 65536    /* sk_workloads, sk_proxy */
 
 /* What connect() does for a (policy, destination, port). Absence = deny. */
 enum sw_verdict {
@@ -54,9 +55,61 @@ enum sw_sock_role {
 	SW_ROLE_UPSTREAM = 2, /* the proxy's upstream socket (set by userspace) */
 };
 
+/* sw_sock_info.flags */
+#define SW_SOCK_REDIRECTED 1 /* connect() was sent to the proxy */
+
+/*
+ * Which path a workload socket's outgoing bytes take under the sockmap
+ * engine (sw_sock_info.path). The path is chosen by the first message and
+ * can only change once more, from redirect to TCP, which keeps the bytes in
+ * order: see sw_msg in sockops.bpf.c.
+ */
+enum sw_msg_path {
+	SW_MSG_UNLINKED = 0, /* not in sk_workloads: plain TCP, no sk_msg program */
+	SW_MSG_PENDING = 1,  /* linked, nothing sent yet */
+	SW_MSG_TCP = 2,      /* through TCP, for good */
+	SW_MSG_REDIRECT = 3, /* straight into the proxy socket's receive queue */
+};
+
+/* Redirected bytes the proxy may leave unread before a socket turns to TCP. */
+#define SW_MSG_UNREAD_LIMIT (256 * 1024)
+
+/*
+ * A connection as the proxy's listener sees it: the workload's address and
+ * port, and the proxy address it was sent to. This is the TCP 4-tuple at the
+ * listener, unique while the connection exists, whichever namespace the
+ * workload lives in (two namespaces cannot present the same 4-tuple to one
+ * listening socket).
+ */
+struct sw_conn_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u16 sport;
+	__u16 dport;
+};
+
 /* sock_roles (socket storage) value. */
 struct sw_sock_info {
 	enum sw_sock_role role;
+	__u32 flags;             /* SW_SOCK_* */
+	enum sw_msg_path path;   /* sockmap engine: where this socket's bytes go */
+	struct sw_conn_key peer; /* sockmap engine: the proxy socket's sk_proxy key */
+	__u64 redirected;        /* sockmap engine: bytes redirected so far */
+};
+
+/* msg_counters index: what the sockmap engine did, per CPU. */
+enum sw_msg_counter {
+	SW_MSG_REDIRECTED_MSGS = 0,  /* messages moved into a proxy socket */
+	SW_MSG_REDIRECTED_BYTES = 1,
+	SW_MSG_TCP_MSGS = 2,         /* messages of linked sockets sent through TCP */
+	SW_MSG_TCP_BYTES = 3,
+	SW_MSG_FIRST_REDIRECT = 4,   /* connections whose first message was redirected */
+	SW_MSG_FIRST_TCP = 5,        /* ... went through TCP (proxy socket not linked yet) */
+	SW_MSG_SWITCH_TCP = 6,       /* redirect -> TCP: SW_MSG_UNREAD_LIMIT reached */
+	SW_MSG_PEER_GONE = 7,        /* redirect -> TCP: the proxy's socket closed */
+	SW_MSG_LINKED_WORKLOADS = 8, /* workload sockets entered in sk_workloads */
+	SW_MSG_LINKED_PROXY = 9,     /* proxy sockets entered in sk_proxy */
+	SW_MSG_COUNTERS = 10,
 };
 
 /*
@@ -118,20 +171,6 @@ struct sw_orig_dst {
 	__u64 netns_cookie;  /* the workload's network namespace */
 };
 
-/*
- * A connection as the proxy's listener sees it: the workload's address and
- * port, and the proxy address it was sent to. This is the TCP 4-tuple at the
- * listener, unique while the connection exists, whichever namespace the
- * workload lives in (two namespaces cannot present the same 4-tuple to one
- * listening socket).
- */
-struct sw_conn_key {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport;
-	__u16 dport;
-};
-
 /* verdict_counters key. */
 struct sw_counter_key {
 	__u32 policy_id;
@@ -144,7 +183,7 @@ _Static_assert(sizeof(struct sw_rule_value) == 4, "sw_rule_value layout");
 _Static_assert(sizeof(struct sw_orig_dst) == 40, "sw_orig_dst layout");
 _Static_assert(sizeof(struct sw_conn_key) == 36, "sw_conn_key layout");
 _Static_assert(sizeof(struct sw_counter_key) == 8, "sw_counter_key layout");
-_Static_assert(sizeof(struct sw_sock_info) == 4, "sw_sock_info layout");
+_Static_assert(sizeof(struct sw_sock_info) == 56, "sw_sock_info layout");
 _Static_assert(sizeof(struct sw_tuple_key) == 48, "sw_tuple_key layout");
 _Static_assert(sizeof(struct sw_tuple_value) == 24, "sw_tuple_value layout");
 

@@ -25,7 +25,10 @@ mod tc {
 }
 
 /// The ABI types of bpf/include/abi.h, as generated from the objects' BTF.
-pub use connect::types as abi;
+pub mod abi {
+    pub use super::connect::types::*;
+    pub use super::sockops::types::sw_msg_counter;
+}
 
 /// Points each shared map of an open skeleton at its pin.
 macro_rules! pin_shared_maps {
@@ -72,10 +75,13 @@ fn load_err(object: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
 
 /// Loads both objects (their shared maps pinned under `pin_path`), runs
 /// `before_attach` once the maps exist, then attaches every program to the
-/// cgroup `cgroup_fd` and pins the links under `pin_path/links`.
+/// cgroup `cgroup_fd` and pins the links under `pin_path/links`. With
+/// `sockmap` (the proxy's network namespace cookie), sockops links sockets
+/// for the sockmap engine and sw_msg is attached to sk_workloads.
 pub fn load_and_attach(
     pin_path: &Path,
     proxy: ProxyTarget,
+    sockmap: Option<u64>,
     cgroup_fd: i32,
     cgroup_root: &Path,
     before_attach: impl FnOnce() -> Result<(), BpfError>,
@@ -101,9 +107,43 @@ pub fn load_and_attach(
         .open(&mut sockops_obj)
         .map_err(load_err("sockops.bpf.o"))?;
     pin_shared_maps!(open.maps, pin_path);
+    for (name, map) in [
+        ("sk_workloads", &mut open.maps.sk_workloads),
+        ("sk_proxy", &mut open.maps.sk_proxy),
+        ("msg_counters", &mut open.maps.msg_counters),
+        ("sk_consumed", &mut open.maps.sk_consumed),
+    ] {
+        let path = pin_path.join(name);
+        map.set_pin_path(&path)
+            .map_err(|source| BpfError::Pin { path, source })?;
+    }
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .ok_or(BpfError::NotLoaded)?;
+    rodata.sockmap_enabled = sockmap.is_some();
+    rodata.proxy_netns_cookie = sockmap.unwrap_or(0);
+    rodata.proxy_port4 = proxy.v4.port();
+    rodata.proxy_port6 = proxy.v6.port();
     let sockops = open.load().map_err(load_err("sockops.bpf.o"))?;
 
     before_attach()?;
+
+    // sw_msg first, so that no socket is linked without it. The attachment
+    // lives as long as the (pinned) map.
+    if sockmap.is_some() {
+        use std::os::fd::{AsFd, AsRawFd};
+        sockops
+            .progs
+            .sw_msg
+            .attach_sockmap(sockops.maps.sk_workloads.as_fd().as_raw_fd())
+            .map_err(|source| BpfError::AttachMap {
+                program: "sw_msg",
+                map: "sk_workloads",
+                source,
+            })?;
+    }
 
     // sockops first: a connect() redirected before it is attached would
     // never have its original destination recorded.

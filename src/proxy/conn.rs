@@ -44,10 +44,18 @@ fn client_gone(rec: &mut Record, up: upstream::UpConn) -> Next {
 }
 
 /// Where a request goes, and from whom.
+/// How far the bytes read from a workload may run ahead of what the kernel
+/// was told (sockmap engine): well under SW_MSG_UNREAD_LIMIT (256 KiB), so
+/// that a connection of small exchanges keeps its redirect, while one that
+/// sends more than the proxy reads turns to TCP.
+const CONSUMED_REPORT_STEP: u64 = 64 * 1024;
+
 pub(super) struct Target {
     pub orig: OrigDst,
     /// The workload's address as the listener saw it.
     pub client: SocketAddr,
+    /// The proxy address it reached.
+    pub local: SocketAddr,
 }
 
 /// Settings of one upstream attempt.
@@ -151,7 +159,10 @@ impl Proxy {
         local: SocketAddr,
     ) {
         metrics::downstream_accepted();
-        let mut down = BufStream::new(stream, self.settings.splice_pipe_size);
+        let mut down = BufStream::new(stream, self.settings.pipes.requests);
+        if self.settings.sockmap {
+            down = down.linked();
+        }
         let mut rec = Record {
             downstream_id: id,
             client: peer.to_string(),
@@ -159,8 +170,16 @@ impl Proxy {
         };
         match self.kernel.take_orig_dst(peer, local) {
             Some(orig) => {
-                let target = Target { orig, client: peer };
-                if let Some(up) = self.serve_requests(&mut down, &target, rec).await {
+                let target = Target {
+                    orig,
+                    client: peer,
+                    local,
+                };
+                let upgraded = self.serve_requests(&mut down, &target, rec).await;
+                if self.settings.sockmap {
+                    self.kernel.forget_consumed(peer, local);
+                }
+                if let Some(up) = upgraded {
                     match tunnel(down, up, self.settings.client_idle_timeout).await {
                         Ok((sent, received)) => {
                             tracing::debug!(id, sent, received, "upgraded connection closed")
@@ -211,7 +230,13 @@ impl Proxy {
             original_dst: Some(orig.dst.to_string()),
             ..base
         };
+        let mut reported = 0;
         loop {
+            if self.settings.sockmap && down.read_total() - reported >= CONSUMED_REPORT_STEP {
+                reported = down.read_total();
+                self.kernel
+                    .report_consumed(target.client, target.local, reported);
+            }
             let read = down
                 .read_head(parse_request_head, self.settings.client_idle_timeout, true)
                 .await;
@@ -503,7 +528,7 @@ impl Proxy {
         rec: &mut Record,
     ) -> Result<upstream::UpConn, ConnectError> {
         let kernel = self.kernel.as_ref();
-        let pipe = self.settings.splice_pipe_size;
+        let pipe = self.settings.pipes.responses;
         match upstream::connect(dst, bind, settings.connect_timeout, kernel, pipe).await {
             Err(e) if e.errno() == "EADDRNOTAVAIL" => {
                 let Bind::IpPort(addr) = bind else {
@@ -590,12 +615,36 @@ impl Proxy {
             body_sent = true;
         }
 
-        // Interim responses, then the final head.
+        // Interim responses, then the final head. A client that expects 100
+        // may send its body without waiting (RFC 9110 10.1.1), or leave:
+        // either shows as the downstream socket turning readable, and the
+        // body is then forwarded (or found truncated) at once.
         let resp = loop {
-            let read = up
-                .stream
-                .read_head(parse_response_head, settings.request_timeout, false)
-                .await;
+            let wait_head =
+                up.stream
+                    .read_head(parse_response_head, settings.request_timeout, false);
+            let read = if expect && !body_sent {
+                let client_moved = async {
+                    if down.buffered().is_empty() {
+                        let _ = down.get_ref().readable().await;
+                    }
+                };
+                tokio::select! {
+                    read = wait_head => read,
+                    () = client_moved => {
+                        if let Err(reply) = self
+                            .send_request_body(down, &mut up, framing, *settings, rec)
+                            .await
+                        {
+                            return Ok(self.give_up(down, rec, up, reply).await);
+                        }
+                        body_sent = true;
+                        continue;
+                    }
+                }
+            } else {
+                wait_head.await
+            };
             let close = client_close || !body_sent;
             let (resp, _) = match read {
                 Ok(Some(r)) => r,

@@ -98,6 +98,10 @@ pub struct BufStream {
     pipe_size: Option<usize>,
     /// The pipe, created on the first splice and reused for later bodies.
     pipe: Option<Pipe>,
+    /// Bytes read from the socket into the buffer so far.
+    read_total: u64,
+    /// The socket is linked for the sockmap engine: see [`BufStream::linked`].
+    linked: bool,
 }
 
 impl BufStream {
@@ -109,7 +113,20 @@ impl BufStream {
             pos: 0,
             pipe_size,
             pipe: None,
+            read_total: 0,
+            linked: false,
         }
+    }
+
+    /// Marks the socket as (possibly) linked for the sockmap engine. Its
+    /// recvmsg() returns redirected bytes and stops there, even when bytes
+    /// that came through TCP wait behind them, so a short read does not
+    /// mean the socket is drained; tokio's `read` assumes it does and would
+    /// wait for a wake-up that never comes. Reads then only stop waiting on
+    /// EAGAIN.
+    pub fn linked(mut self) -> Self {
+        self.linked = true;
+        self
     }
 
     pub fn get_ref(&self) -> &TcpStream {
@@ -157,7 +174,19 @@ impl BufStream {
         self.buf.reserve(READ_CHUNK);
         let spare = self.buf.capacity() - self.buf.len();
         let mut limited = (&mut self.buf).limit(spare.min(READ_CHUNK));
-        self.stream.read_buf(&mut limited).await
+        let n = if self.linked {
+            read_until_eagain(&self.stream, &mut limited).await?
+        } else {
+            self.stream.read_buf(&mut limited).await?
+        };
+        self.read_total += n as u64;
+        Ok(n)
+    }
+
+    /// Bytes read from the socket into the buffer so far (not those
+    /// spliced past it).
+    pub fn read_total(&self) -> u64 {
+        self.read_total
     }
 
     /// Reads one head and returns it with its length in bytes. Ok(None):
@@ -346,6 +375,7 @@ impl BufStream {
                         .try_read(&mut self.buf[len..])
                         .map_err(BodyError::Read)?;
                     self.buf.truncate(len + got);
+                    self.read_total += got as u64;
                     return Ok(got);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -385,17 +415,77 @@ impl BufStream {
     }
 }
 
+/// One read that leaves tokio's readiness set after a short read: it is
+/// cleared on EAGAIN only.
+async fn read_until_eagain(stream: &TcpStream, buf: &mut impl BufMut) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
+}
+
+/// [`read_until_eagain`] for tunnels: a linked stream as AsyncRead.
+struct LinkedStream(TcpStream);
+
+impl tokio::io::AsyncRead for LinkedStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return std::task::Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for LinkedStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Joins two connections after a protocol upgrade (101), first delivering
 /// bytes each side already had buffered, then with the connections' engine
 /// (splice, or a userspace copy).
 pub async fn tunnel(a: BufStream, b: BufStream, idle: Duration) -> io::Result<(u64, u64)> {
-    let pipe_size = a.pipe_size;
+    let (pipe_size, linked) = (a.pipe_size, a.linked);
     let (mut a, a_rest) = a.into_parts();
     let (mut b, b_rest) = b.into_parts();
     b.write_all(&a_rest).await?;
     a.write_all(&b_rest).await?;
     let (ab, ba) = match pipe_size {
         Some(size) => splice_tunnel(&a, &b, size, idle).await?,
+        None if linked => tokio::io::copy_bidirectional(&mut LinkedStream(a), &mut b).await?,
         None => tokio::io::copy_bidirectional(&mut a, &mut b).await?,
     };
     Ok((ab + a_rest.len() as u64, ba + b_rest.len() as u64))

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use sockwarden::accesslog::AccessLog;
 use sockwarden::bpf::OrigDst;
-use sockwarden::config::Config;
+use sockwarden::config::{Config, PipeSizes};
 use sockwarden::policy::PolicySet;
 use sockwarden::proxy::{KernelState, Proxy, ProxySettings};
 use tokio::sync::watch;
@@ -135,7 +135,11 @@ impl Harness {
             ProxySettings {
                 client_idle_timeout: Duration::from_secs(10),
                 skip_tuple_check: false,
-                splice_pipe_size,
+                pipes: PipeSizes {
+                    requests: splice_pipe_size,
+                    responses: splice_pipe_size,
+                },
+                sockmap: false,
             },
         );
         let (shutdown, rx) = watch::channel(false);

@@ -9,6 +9,7 @@
 //!   emptied (SIGKILL) and removed when dropped.
 //! * [`origin`]: a small threaded HTTP/1.1 origin server and a minimal
 //!   response reader for test clients.
+//! * [`stress`]: the SHA-256 body stress workload (origin and client).
 //!
 //! Everything here is bounded in time and cleans up in `Drop`, so a
 //! panicking test leaves no namespaces, cgroups or processes behind.
@@ -19,6 +20,7 @@ pub mod cgroup;
 pub mod harness;
 pub mod netns;
 pub mod origin;
+pub mod stress;
 pub mod sw;
 
 use std::collections::hash_map::DefaultHasher;
