@@ -8,7 +8,8 @@
 #   direct            no proxy: the workload's traffic is routed by the node
 #   sockwarden        the workload in an enforced cgroup, redirected by eBPF;
 #                     one instance per body engine (splice 1 MiB pipes, splice
-#                     64 KiB pipes, copy), each with its own cgroup and port
+#                     64 KiB pipes, copy, sockmap), each with its own cgroup
+#                     and port
 #   haproxy           HAProxy (Debian) as an HTTP reverse proxy on the node,
 #                     plain, and with option splice-request/splice-response
 # All contenders run at once and are measured round-robin, so the drifts of
@@ -170,23 +171,25 @@ start_haproxy() {  # PORT SPLICE(0|1)
 start_sockwarden 1 splice 1048576 splice1m
 start_sockwarden 2 splice 65536 splice64k
 start_sockwarden 3 copy 65536 copy
+start_sockwarden 4 sockmap 65536 sockmap
 start_haproxy 8080 0
 start_haproxy 8081 1
 
 # Contenders: cgroup ("-": none) and base URL.
-NAMES=(direct sockwarden-splice-1m sockwarden-splice-64k sockwarden-copy haproxy haproxy-splice)
+NAMES=(direct sockwarden-splice-1m sockwarden-splice-64k sockwarden-copy sockwarden-sockmap haproxy haproxy-splice)
 declare -A CGROUP=([direct]=- [sockwarden-splice-1m]=splice1m [sockwarden-splice-64k]=splice64k
-  [sockwarden-copy]=copy [haproxy]=- [haproxy-splice]=-)
+  [sockwarden-copy]=copy [sockwarden-sockmap]=sockmap [haproxy]=- [haproxy-splice]=-)
 declare -A URL=([direct]=http://10.77.1.10 [sockwarden-splice-1m]=http://10.77.1.10
   [sockwarden-splice-64k]=http://10.77.1.10 [sockwarden-copy]=http://10.77.1.10
-  [haproxy]=http://10.77.0.1:8080 [haproxy-splice]=http://10.77.0.1:8081)
+  [sockwarden-sockmap]=http://10.77.1.10 [haproxy]=http://10.77.0.1:8080
+  [haproxy-splice]=http://10.77.0.1:8081)
 
 # Every contender must serve, and every sockwarden must really redirect.
 for n in "${NAMES[@]}"; do
   code=$(run_in "${CGROUP[$n]}" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k")
   [[ $code == 200 ]] || { echo "bench.sh: $n answered $code" >&2; exit 1; }
 done
-for i in 1 2 3; do
+for i in 1 2 3 4; do
   in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -q 'sockwarden_http_requests_total{policy="bench",verdict="allowed",status="200"} 1' \
     || { echo "bench.sh: sockwarden $i did not proxy the check request" >&2; exit 1; }
 done
@@ -224,8 +227,8 @@ for _ in 1 2; do
 done
 for n in "${NAMES[@]}"; do RPS[$n]=$(mean "${RPS[$n]}"); P50[$n]=$(mean "${P50[$n]}"); P99[$n]=$(mean "${P99[$n]}"); done
 
-for i in 1 2 3; do
-  echo "sockwarden $i: $(in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep '^sockwarden_forwarded_bytes_total' | tr '\n' ' ')" >&2
+for i in 1 2 3 4; do
+  echo "sockwarden $i: $(in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -E '^sockwarden_(forwarded|sockmap)_bytes_total' | tr '\n' ' ')" >&2
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
