@@ -1,5 +1,5 @@
 //! Kernel tier: bodies through the real binary with the default engine
-//! (splice). A 64 MiB response is moved kernel-side and arrives intact; a
+//! (splice), and the slow reader under sockmap too. A 64 MiB response is moved kernel-side and arrives intact; a
 //! slow reader holds the origin back without the proxy growing; an aborted
 //! transfer leaves no connection and no map entry behind.
 
@@ -111,6 +111,17 @@ fn a_64_mib_response_moves_kernel_side_and_arrives_intact() {
 
 #[test]
 fn a_slow_reader_holds_the_origin_back() {
+    slow_reader("");
+}
+
+/// The same under the sockmap engine (its workload socket is linked; the
+/// response is spliced as with the default engine).
+#[test]
+fn a_slow_reader_holds_the_origin_back_under_sockmap() {
+    slow_reader("forwarding:\n  engine: sockmap\n");
+}
+
+fn slow_reader(forwarding: &str) {
     let Scene {
         tag,
         topo,
@@ -123,7 +134,11 @@ fn a_slow_reader_holds_the_origin_back() {
         ns.sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456");
         ns.sysctl("net.ipv4.tcp_wmem", "4096 16384 4194304");
     }
-    let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
+    let sw = Sockwarden::start(
+        &topo.node,
+        &tag,
+        &format!("{forwarding}{}", policy(cg.rel())),
+    );
     let pid = sw.pid();
     let rss_before = rss(pid);
     let mut client = common::command_in(Some(&topo.pod.path()), Some(cg.path()), "curl")
@@ -191,6 +206,12 @@ fn a_slow_reader_holds_the_origin_back() {
     assert!(
         peak_sockets <= rmem + wmem + (1 << 20),
         "proxy socket queues {peak_sockets}"
+    );
+    let linked = sw.metric(r#"sockwarden_sockmap_linked_sockets_total{side="workload"}"#);
+    assert_eq!(
+        linked > 0.0,
+        !forwarding.is_empty(),
+        "{linked} sockets linked"
     );
 }
 
