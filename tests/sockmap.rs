@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::command_in;
 use common::netns::Netns;
+use common::origin::OriginConfig;
 use common::stress::{client, StressOrigin};
-use common::sw::{bare_scene, stdout, workload, Sockwarden};
+use common::sw::{bare_scene, origin_at, stdout, workload, Scene, Sockwarden};
 
 /// The stress origin, as the workloads address it (in the origin namespace).
 const ORIGIN: &str = "10.77.1.10:8080";
@@ -159,6 +160,58 @@ fn sockmap_stress_is_byte_exact() {
     // TCP happened, and the stress above proved it kept bytes in order.
     assert!(limit > 0.0, "no connection reached the unread limit");
     assert!(spliced > 0.0, "response bodies are spliced under sockmap");
+}
+
+/// IPv4 and IPv6, from the pod and from the node itself: every connection
+/// is linked and redirected from its first message, and keep-alive
+/// requests on it keep the redirect.
+#[test]
+fn sockmap_links_ipv4_and_ipv6_workloads() {
+    let Scene {
+        tag,
+        topo,
+        origin: origin4,
+        cg,
+    } = Scene::new("smv6", "pod", OriginConfig::default());
+    let origin6 = origin_at(&topo, "[fd77:1::10]:80", OriginConfig::default());
+    let policy = format!(
+        "forwarding:\n  engine: sockmap\n\
+         policies:\n  - name: v6\n    cgroup: {}\n    egress:\n\
+         \x20     - to: [\"10.77.1.0/24\", \"fd77:1::/64\"]\n        ports: [80]\n        http:\n\
+         \x20         - method: GET\n",
+        cg.rel()
+    );
+    let sw = Sockwarden::start(&topo.node, &tag, &policy);
+    let mut connections = 0.0;
+    for ns in [&topo.pod, &topo.node] {
+        for base in ["http://10.77.1.10", "http://[fd77:1::10]"] {
+            // Three requests on one connection.
+            let urls: Vec<String> = (1..=3)
+                .map(|i| format!("{base}/data/{}", i * 1000))
+                .collect();
+            let mut args = vec!["-sS", "--max-time", "10", "-w", "%{http_code} "];
+            for u in &urls {
+                args.extend_from_slice(&["-o", "/dev/null", u.as_str()]);
+            }
+            let out = workload(ns, &cg, "curl", &args);
+            assert_eq!(stdout(&out), "200 200 200 ", "{base} from {}", ns.name());
+            connections += 1.0;
+        }
+    }
+    assert_eq!(origin4.requests(), 6);
+    assert_eq!(origin6.requests(), 6);
+    let m = |s: &str| sw.metric(s);
+    assert_eq!(
+        m(r#"sockwarden_sockmap_connections_total{first_path="redirect"}"#),
+        connections,
+        "every connection redirected from its first message"
+    );
+    assert_eq!(m(r#"sockwarden_sockmap_bytes_total{path="tcp"}"#), 0.0);
+    assert!(m(r#"sockwarden_sockmap_messages_total{path="redirect"}"#) >= 12.0);
+    assert_eq!(
+        m(r#"sockwarden_sockmap_linked_sockets_total{side="proxy"}"#),
+        connections
+    );
 }
 
 /// Aborts mid-upload and mid-download under sockmap: flags DC, both sockets
