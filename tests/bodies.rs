@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::netns::Netns;
 use common::origin::{pattern, OriginConfig};
-use common::sw::{stdout, workload, Scene, Sockwarden};
+use common::sw::{socket_memory, stdout, workload, Scene, Sockwarden};
 use sha2::{Digest, Sha256};
 
 const BIG: usize = 64 << 20;
@@ -31,33 +31,6 @@ fn rss(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-/// Socket memory (receive + send queues) of `pid`'s TCP sockets in `ns`,
-/// from `ss -tmp` (skmem r and w fields).
-fn socket_memory(ns: &Netns, pid: u32) -> u64 {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns.name(), "ss", "-Htmpn"])
-        .output()
-        .expect("ss");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut total = 0;
-    let mut mine = false;
-    for line in text.lines() {
-        if line.contains("users:") {
-            mine = line.contains(&format!("pid={pid},"));
-        }
-        if let (true, Some(i)) = (mine, line.find("skmem:(")) {
-            for field in line[i + 7..].split([',', ')']) {
-                for key in ["r", "w"] {
-                    if let Some(v) = field.strip_prefix(key).and_then(|v| v.parse::<u64>().ok()) {
-                        total += v;
-                    }
-                }
-            }
-        }
-    }
-    total
 }
 
 /// The maximum of a tcp_rmem/tcp_wmem triple in `ns`.

@@ -16,7 +16,7 @@ use common::command_in;
 use common::netns::Netns;
 use common::origin::OriginConfig;
 use common::stress::{client, StressOrigin};
-use common::sw::{bare_scene, origin_at, stdout, workload, Scene, Sockwarden};
+use common::sw::{bare_scene, origin_at, socket_memory, stdout, workload, Scene, Sockwarden};
 
 /// The stress origin, as the workloads address it (in the origin namespace).
 const ORIGIN: &str = "10.77.1.10:8080";
@@ -212,6 +212,58 @@ fn sockmap_links_ipv4_and_ipv6_workloads() {
         m(r#"sockwarden_sockmap_linked_sockets_total{side="proxy"}"#),
         connections
     );
+}
+
+/// An upload to an origin that never reads: once 256 KiB redirected bytes
+/// are unread the workload's socket turns to TCP, whose window stops it, so
+/// the proxy's socket queues stay bounded instead of holding the upload.
+#[test]
+fn sockmap_upload_to_a_stalled_origin_stays_bounded() {
+    let (tag, topo, cg) = bare_scene("smbound", "pod");
+    // Linux's default buffer maxima (this machine's tcp_rmem max is 32 MiB).
+    for ns in [&topo.origin, &topo.node, &topo.pod] {
+        ns.sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456");
+        ns.sysctl("net.ipv4.tcp_wmem", "4096 16384 4194304");
+    }
+    // Accepts, then never reads.
+    let listener =
+        common::netns::in_netns(&topo.origin.path(), || std::net::TcpListener::bind(ORIGIN))
+            .expect("bind the stalled origin");
+    let held = std::thread::spawn(move || {
+        let accepted = listener.accept();
+        std::thread::sleep(Duration::from_secs(6));
+        drop(accepted);
+    });
+    let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
+    let mut client = command_in(Some(&topo.pod.path()), Some(cg.path()), "bash")
+        .args([
+            "-c",
+            &format!(
+                "head -c 67108864 /dev/zero | curl -sS --max-time 4 -H 'Expect:' \
+                 --data-binary @- -o /dev/null http://{ORIGIN}/data/upload"
+            ),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the uploader");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut peak = 0;
+    while Instant::now() < deadline {
+        peak = peak.max(socket_memory(&topo.node, sw.pid()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = client.wait();
+    let _ = held.join();
+    let limit = sw.metric(r#"sockwarden_sockmap_switches_to_tcp_total{reason="unread_limit"}"#);
+    let redirected = sw.metric(r#"sockwarden_sockmap_bytes_total{path="redirect"}"#);
+    eprintln!(
+        "stalled upload: proxy socket queues peaked at {:.1} MiB; {redirected} bytes redirected",
+        peak as f64 / 1048576.0
+    );
+    assert_eq!(limit, 1.0, "the upload turned to TCP at the unread limit");
+    // Two sockets' buffers (6 MiB receive, 4 MiB send maxima) and 256 KiB.
+    assert!(peak < 11 << 20, "proxy socket queues reached {peak} bytes");
 }
 
 /// Aborts mid-upload and mid-download under sockmap: flags DC, both sockets

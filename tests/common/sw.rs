@@ -311,3 +311,30 @@ pub fn origin_at(topo: &Topology, addr: &str, cfg: OriginConfig) -> Origin {
     let addr = addr.parse().expect("origin address");
     Origin::start(addr, Some(&topo.origin.path()), cfg)
 }
+
+/// Socket memory (receive + send queues) of `pid`'s TCP sockets in `ns`,
+/// from `ss -tmp` (skmem r and w fields).
+pub fn socket_memory(ns: &Netns, pid: u32) -> u64 {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "ss", "-Htmpn"])
+        .output()
+        .expect("ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut total = 0;
+    let mut mine = false;
+    for line in text.lines() {
+        if line.contains("users:") {
+            mine = line.contains(&format!("pid={pid},"));
+        }
+        if let (true, Some(i)) = (mine, line.find("skmem:(")) {
+            for field in line[i + 7..].split([',', ')']) {
+                for key in ["r", "w"] {
+                    if let Some(v) = field.strip_prefix(key).and_then(|v| v.parse::<u64>().ok()) {
+                        total += v;
+                    }
+                }
+            }
+        }
+    }
+    total
+}
