@@ -12,6 +12,8 @@
 #                     and port
 #   haproxy           HAProxy (Debian) as an HTTP reverse proxy on the node,
 #                     plain, and with option splice-request/splice-response
+#   NAME@node         the same contender with a node-local workload (in the
+#                     node's namespace): direct, splice and sockmap
 # All contenders run at once and are measured round-robin, so the drifts of
 # a shared machine hit every contender alike.
 # Measures:
@@ -69,12 +71,14 @@ cleanup
 trap cleanup EXIT
 
 in_ns() { local ns=$1; shift; nsenter --net=/run/netns/"$ns" "$@"; }
-# Runs a command in the workload namespace, in cgroup $1 under the bench
-# cgroup ("-": none, so it is not enforced).
+# Runs a command in the namespace and cgroup of contender $1: the workload
+# namespace unless the name ends in @node (a node-local workload), and the
+# contender's cgroup under the bench cgroup ("-": none, not enforced).
 run_in() {
-  local cg=$1; shift
-  if [[ $cg == - ]]; then nsenter --net=/run/netns/$WL "$@"; return; fi
-  nsenter --net=/run/netns/$WL sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG_TOP/$cg" "$@"
+  local n=$1 ns=$WL cg=${CGROUP[$1]}; shift
+  [[ $n == *@node ]] && ns=$NODE
+  if [[ $cg == - ]]; then nsenter --net=/run/netns/$ns "$@"; return; fi
+  nsenter --net=/run/netns/$ns sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG_TOP/$cg" "$@"
 }
 
 for ns in "$WL" "$NODE" "$ORIGIN"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
@@ -164,7 +168,7 @@ start_haproxy() {  # PORT SPLICE(0|1)
   } > "$WORK/haproxy$1.cfg"
   nsenter --net=/run/netns/$NODE haproxy -db -f "$WORK/haproxy$1.cfg" 2>"$WORK/haproxy$1.err" &
   PIDS+=($!)
-  for _ in $(seq 1 100); do run_in - curl -sf -o /dev/null "http://10.77.0.1:$1/data/1k" && return; sleep 0.1; done
+  for _ in $(seq 1 100); do in_ns "$WL" curl -sf -o /dev/null "http://10.77.0.1:$1/data/1k" && return; sleep 0.1; done
   cat "$WORK/haproxy$1.err" >&2; exit 1
 }
 
@@ -176,21 +180,26 @@ start_haproxy 8080 0
 start_haproxy 8081 1
 
 # Contenders: cgroup ("-": none) and base URL.
-NAMES=(direct sockwarden-splice-1m sockwarden-splice-64k sockwarden-copy sockwarden-sockmap haproxy haproxy-splice)
+# Names ending in @node run their workload in the node's own namespace
+# (node-local), the others in the workload namespace behind a veth.
+NAMES=(direct sockwarden-splice-1m sockwarden-splice-64k sockwarden-copy sockwarden-sockmap haproxy haproxy-splice
+  direct@node sockwarden-splice-64k@node sockwarden-sockmap@node)
 declare -A CGROUP=([direct]=- [sockwarden-splice-1m]=splice1m [sockwarden-splice-64k]=splice64k
-  [sockwarden-copy]=copy [sockwarden-sockmap]=sockmap [haproxy]=- [haproxy-splice]=-)
+  [sockwarden-copy]=copy [sockwarden-sockmap]=sockmap [haproxy]=- [haproxy-splice]=-
+  [direct@node]=- [sockwarden-splice-64k@node]=splice64k [sockwarden-sockmap@node]=sockmap)
 declare -A URL=([direct]=http://10.77.1.10 [sockwarden-splice-1m]=http://10.77.1.10
   [sockwarden-splice-64k]=http://10.77.1.10 [sockwarden-copy]=http://10.77.1.10
   [sockwarden-sockmap]=http://10.77.1.10 [haproxy]=http://10.77.0.1:8080
-  [haproxy-splice]=http://10.77.0.1:8081)
+  [haproxy-splice]=http://10.77.0.1:8081 [direct@node]=http://10.77.1.10
+  [sockwarden-splice-64k@node]=http://10.77.1.10 [sockwarden-sockmap@node]=http://10.77.1.10)
 
 # Every contender must serve, and every sockwarden must really redirect.
 for n in "${NAMES[@]}"; do
-  code=$(run_in "${CGROUP[$n]}" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k")
+  code=$(run_in "$n" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k")
   [[ $code == 200 ]] || { echo "bench.sh: $n answered $code" >&2; exit 1; }
 done
 for i in 1 2 3 4; do
-  in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -q 'sockwarden_http_requests_total{policy="bench",verdict="allowed",status="200"} 1' \
+  in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -qE 'sockwarden_http_requests_total\{policy="bench",verdict="allowed",status="200"\} [1-9]' \
     || { echo "bench.sh: sockwarden $i did not proxy the check request" >&2; exit 1; }
 done
 
@@ -205,7 +214,7 @@ echo "== 64 MiB downloads: $ROUNDS round-robin rounds" >&2
 for _ in $(seq 1 "$ROUNDS"); do
   for n in "${NAMES[@]}"; do
     b0=$(busy_ticks)
-    s=$(run_in "${CGROUP[$n]}" curl -s -o /dev/null -w '%{speed_download}' --max-time 60 "${URL[$n]}/data/64m")
+    s=$(run_in "$n" curl -s -o /dev/null -w '%{speed_download}' --max-time 60 "${URL[$n]}/data/64m")
     b1=$(busy_ticks)
     SPEEDS[$n]="${SPEEDS[$n]:-} $s"
     TICKS[$n]=$(( ${TICKS[$n]:-0} + b1 - b0 ))
@@ -219,7 +228,7 @@ done
 echo "== 1 KiB GETs: wrk -t2 -c50, 2 round-robin rounds of ${WRK_SECONDS}s" >&2
 for _ in 1 2; do
   for n in "${NAMES[@]}"; do
-    out=$(run_in "${CGROUP[$n]}" wrk -t2 -c50 -d"${WRK_SECONDS}s" --latency "${URL[$n]}/data/1k")
+    out=$(run_in "$n" wrk -t2 -c50 -d"${WRK_SECONDS}s" --latency "${URL[$n]}/data/1k")
     RPS[$n]="${RPS[$n]:-} $(awk '/^Requests\/sec/{print $2}' <<<"$out")"
     P50[$n]="${P50[$n]:-} $(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")"
     P99[$n]="${P99[$n]:-} $(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")"
@@ -236,14 +245,14 @@ added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }
 
 echo
 echo "sockwarden benchmark, $(uname -r), $(nproc) CPUs; 64 MiB: $ROUNDS round-robin rounds; 1 KiB: wrk -t2 -c50, 2 x ${WRK_SECONDS}s"
-printf '%-22s %10s %8s %8s %9s %9s %8s %8s %10s %8s %8s %12s\n' \
+printf '%-28s %10s %8s %8s %9s %9s %8s %8s %10s %8s %8s %12s\n' \
   contender "64MiB MB/s" "x direct" "x ha-spl" "CPU-s/GiB" "added" "x ha-spl" "x ha" \
   "1KiB r/s" "x direct" "x ha" "p50/p99 ms"
 add_spl=$(added "${CPU[haproxy-splice]}" "${CPU[direct]}")
 add_ha=$(added "${CPU[haproxy]}" "${CPU[direct]}")
 for n in "${NAMES[@]}"; do
   add=$(added "${CPU[$n]}" "${CPU[direct]}")
-  printf '%-22s %10s %8s %8s %9s %9s %8s %8s %10s %8s %8s %12s\n' \
+  printf '%-28s %10s %8s %8s %9s %9s %8s %8s %10s %8s %8s %12s\n' \
     "$n" "${TP[$n]}" "$(ratio "${TP[$n]}" "${TP[direct]}")" "$(ratio "${TP[$n]}" "${TP[haproxy-splice]}")" \
     "${CPU[$n]}" "$add" "$(ratio "$add" "$add_spl")" "$(ratio "$add" "$add_ha")" \
     "${RPS[$n]}" "$(ratio "${RPS[$n]}" "${RPS[direct]}")" "$(ratio "${RPS[$n]}" "${RPS[haproxy]}")" \
