@@ -214,7 +214,7 @@ fn an_aborted_download_leaves_nothing_behind() {
         ],
     );
     assert!(!o.status.success(), "curl should have timed out");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
     let established = || {
         let out = std::process::Command::new("ip")
             .args([

@@ -334,7 +334,7 @@ fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
     get(); // the upstream connection stays pooled: ESTABLISHED
     assert_eq!(upstream_state().as_deref(), Some("SW_TCP_ESTABLISHED"));
     get(); // second request: max_requests reached, the proxy closes first
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
     let mut state = upstream_state();
     while state.as_deref() != Some("SW_TCP_TIME_WAIT") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -306,7 +306,7 @@ fn sockmap_aborts_leave_nothing_behind() {
         ],
     );
     assert!(!down.status.success(), "the download should have been cut");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
     let leftovers = || {
         (
             established(&topo.node),

@@ -32,6 +32,19 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A wait for something to happen, stretched by the factor in
+/// `SOCKWARDEN_TEST_PATIENCE` (default 1). The kernel matrix (vmtests/) runs
+/// the kernel tier under TCG emulation, many times slower than the host.
+/// Only waits are stretched, never a bound that a test measures.
+pub fn patience(wait: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var("SOCKWARDEN_TEST_PATIENCE")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|&f| f >= 1)
+        .unwrap_or(1);
+    wait * factor
+}
+
 /// Panics unless the test runs with euid 0. Tests that need root never
 /// silently skip: a skipped test would look like a passing one.
 pub fn require_root() {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::cgroup::TestCgroup;
 use super::netns::{in_netns, Netns, Topology};
 use super::origin::{read_response, Origin, OriginConfig};
-use super::{command_in, require_root, unique_tag};
+use super::{command_in, patience, require_root, unique_tag};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sockwarden");
 pub const ADMIN: &str = "127.0.0.1:9901";
@@ -91,7 +91,7 @@ impl Sockwarden {
     }
 
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + patience(Duration::from_secs(15));
         while Instant::now() < deadline {
             if self.admin_get("/readyz").is_some_and(|(s, _)| s == 200) {
                 return;
@@ -106,8 +106,9 @@ impl Sockwarden {
         let path = path.to_string();
         in_netns(&self.node, move || {
             let addr: SocketAddr = ADMIN.parse().expect("admin addr");
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+            let mut s = TcpStream::connect_timeout(&addr, patience(Duration::from_secs(2))).ok()?;
+            s.set_read_timeout(Some(patience(Duration::from_secs(5))))
+                .ok()?;
             write!(
                 s,
                 "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
@@ -142,8 +143,10 @@ impl Sockwarden {
         self.wait_exit(Duration::from_secs(10))
     }
 
-    /// Waits for the process to exit on its own.
+    /// Waits for the process to exit on its own (`limit` stretched by
+    /// [`patience`]).
     pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let limit = patience(limit);
         let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + limit;
         loop {
@@ -177,7 +180,7 @@ impl Drop for Sockwarden {
         if let Some(child) = self.child.as_ref() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let deadline = Instant::now() + patience(Duration::from_secs(5));
             while Instant::now() < deadline {
                 match self.child.as_mut().map(|c| c.try_wait()) {
                     Some(Ok(None)) => std::thread::sleep(Duration::from_millis(20)),
