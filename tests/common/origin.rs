@@ -27,8 +27,13 @@ use std::time::{Duration, Instant};
 
 use super::netns::in_netns;
 
-/// Read and write timeout of every socket here.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read and write timeout of every socket here, stretched by [`super::patience`]: an idle keep-alive
+/// connection is closed after this long, which tests that count connections
+/// must not hit on a slow (emulated) machine.
+pub fn io_timeout() -> Duration {
+    super::patience(Duration::from_secs(5))
+}
+
 /// Largest `/data/<n>` body served.
 pub const MAX_DATA: usize = 64 << 20;
 /// Largest request head accepted.
@@ -500,8 +505,8 @@ fn write_simple_error(w: &mut TcpStream, cfg: &OriginConfig, code: u16, msg: &st
 
 fn serve_conn(stream: TcpStream, cfg: &OriginConfig, shared: &Shared) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(io_timeout()));
+    let _ = stream.set_write_timeout(Some(io_timeout()));
     let _ = stream.set_nodelay(true);
     let Ok(read_half) = stream.try_clone() else {
         return;
@@ -744,10 +749,10 @@ pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> io::Result<Re
 
 /// Connects with a 5 s connect timeout and 5 s read/write timeouts.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+    let s = TcpStream::connect_timeout(&addr, io_timeout())
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.set_read_timeout(Some(io_timeout())).expect("timeout");
+    s.set_write_timeout(Some(io_timeout())).expect("timeout");
     s
 }
 

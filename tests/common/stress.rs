@@ -19,7 +19,13 @@ use sha2::{Digest, Sha256};
 use super::netns::in_netns;
 
 pub const NOISE_LEN: usize = 1 << 20;
-pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Socket timeouts of the stress origin and client, stretched by
+/// [`super::patience`].
+pub fn io_timeout() -> Duration {
+    super::patience(Duration::from_secs(30))
+}
+
 pub const MIB: usize = 1 << 20;
 
 /// 1 MiB of deterministic pseudo-random bytes; body (seed, len) is the
@@ -246,8 +252,8 @@ impl Drop for StressOrigin {
 
 fn serve(stream: TcpStream) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(io_timeout()));
+    let _ = stream.set_write_timeout(Some(io_timeout()));
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
@@ -310,8 +316,12 @@ fn serve(stream: TcpStream) {
 pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let stream = TcpStream::connect(proxy).expect("connect proxy");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-    stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    stream
+        .set_read_timeout(Some(io_timeout()))
+        .expect("timeout");
+    stream
+        .set_write_timeout(Some(io_timeout()))
+        .expect("timeout");
     let mut w = stream.try_clone().expect("clone");
     let mut r = BufReader::with_capacity(rng.random_range(1..65536), stream);
     let mut done = 0;
