@@ -22,16 +22,29 @@ if [[ $release != "$(cat "$kdir/release")" ]]; then
   echo "guest: booted $release, expected $(cat "$kdir/release")" >&2
   exit 1
 fi
-# /tmp is the host's /tmp over 9p: keep the tests' files inside the guest.
+# /tmp is the host's /tmp over 9p: the tests get a tmpfs of their own. The
+# checkout and the executables, if they live under the host's /tmp, are
+# bound back in at the same paths.
+repo=$(cd .. && pwd)
+read -ra tests <<<"$SW_VMTEST_TESTS"
+mkdir /mnt/host-tmp
+mount --bind /tmp /mnt/host-tmp
 mount -t tmpfs -o mode=1777 tmpfs /tmp
+mapfile -t dirs < <(dirname "$SW_VMTEST_BIN" "${tests[@]}")
+for path in "$repo" "${dirs[@]}"; do
+  if [[ $path == /tmp/* && ! -e $path ]]; then
+    mkdir -p "$path"
+    mount --bind "/mnt/host-tmp/${path#/tmp/}" "$path"
+  fi
+done
 echo "guest: kernel $release, $(nproc) CPUs, $(($(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024)) MiB"
 
-./verifier.py "$SW_VMTEST_BIN" "verifier/$name.txt" "$name: $release ($(cat "$kdir/package"))"
+cd "$repo"
+vmtests/verifier.py "$SW_VMTEST_BIN" "vmtests/verifier/$name.txt" "$name: $release ($(cat "$kdir/package"))"
 
-cd ..
 passed=0
 failed=0
-for test in $SW_VMTEST_TESTS; do
+for test in "${tests[@]}"; do
   log=/tmp/$(basename "$test").log
   echo "guest: running $test"
   rc=0
