@@ -2,9 +2,10 @@
 """Records the verifier's instruction count of each sockwarden program on
 the running kernel, in the style of veristat (program, verified_insns).
 
-Starts the real binary with a configuration that loads every program
-(preserve-ip-port, so the tc return-path program too) in a private network
-namespace with a veth pair, waits until /readyz answers, reads each
+Starts the real binary with a configuration that loads and attaches every
+program (preserve-ip-port for the tc return-path program, the sockmap engine
+for sw_msg) in a private network namespace with a veth pair, waits until
+/readyz answers, reads each
 program's bpf_prog_info, stops the binary with SIGTERM and removes what it
 made. bpftool 7.1 (Debian 12) does not print verified_insns, so the counts
 come from BPF_OBJ_GET_INFO_BY_FD directly.
@@ -85,6 +86,8 @@ access_log:
   path: {dir}/access.log
 upstream:
   source: preserve-ip-port
+forwarding:
+  engine: sockmap
 transparent:
   interfaces: [swv0]
 policies:
@@ -139,6 +142,11 @@ def record(binary, netns, pin, workdir):
         net = run("nsenter", f"--net=/run/netns/{netns}", "bpftool", "-j", "net", "show",
                   "dev", "swv0", capture_output=True).stdout
         ids += [p["id"] for entry in json.loads(net) for p in entry.get("tc", [])]
+        # sw_msg is attached to a map (sk_workloads), not through a link:
+        # this run's is the newest program of that name.
+        msg = json.loads(run("bpftool", "-j", "prog", "show", "name", "sw_msg",
+                             capture_output=True).stdout)
+        ids.append(max(p["id"] for p in (msg if isinstance(msg, list) else [msg])))
         return sorted(prog_name_and_insns(i) for i in ids)
     finally:
         child.send_signal(signal.SIGTERM)
