@@ -11,7 +11,11 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::harness::Harness;
-use common::stress::{body_sha, client, hex, noise, read_body, read_head, StressOrigin, MIB};
+use common::stress::{
+    body_sha, client, hex, noise, read_body, read_head, split, StressOrigin, MIB, NOISE_LEN,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 
 /// 2,000 exchanges over 4 concurrent keep-alive connections (re-opened every
@@ -175,4 +179,49 @@ fn an_expect_100_body_sent_without_waiting_is_forwarded() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// After a 101 the connection is a tunnel: 4 MiB written in random splits
+/// come back intact, and each side's EOF is passed on.
+fn tunnel(engine: Option<usize>) {
+    let origin = StressOrigin::start();
+    let proxy = Harness::with_engine(Some(origin.addr), "", "", engine);
+    let s = TcpStream::connect(proxy.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let mut r = BufReader::new(s);
+    w.write_all(
+        b"GET /data/echo HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .expect("write");
+    let head = read_head(&mut r).expect("head").expect("response");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let data: Vec<u8> = (0..4 * MIB).map(|i| noise()[i % NOISE_LEN]).collect();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut off = 0;
+        while off < sent.len() {
+            let n = split(&mut rng).min(sent.len() - off);
+            w.write_all(&sent[off..off + n]).expect("write");
+            off += n;
+        }
+        w.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let mut back = Vec::new();
+    r.read_to_end(&mut back).expect("echo until EOF");
+    writer.join().expect("writer");
+    assert_eq!(back.len(), data.len());
+    assert!(back == data, "tunnel corrupted the stream");
+}
+
+#[test]
+fn tunnel_splice() {
+    tunnel(Some(MIB));
+}
+
+#[test]
+fn tunnel_copy() {
+    tunnel(None);
 }

@@ -266,6 +266,63 @@ fn sockmap_upload_to_a_stalled_origin_stays_bounded() {
     assert!(peak < 11 << 20, "proxy socket queues reached {peak} bytes");
 }
 
+/// A 101 tunnel from a linked workload: 1 MiB echoed intact (past the
+/// 256 KiB unread limit, so through the switch to TCP as well).
+#[test]
+fn sockmap_tunnel_after_101_is_byte_exact() {
+    let (tag, topo, cg) = bare_scene("smtunnel", "pod");
+    let _origin = StressOrigin::start_in(&topo.origin.path(), ORIGIN.parse().expect("addr"));
+    let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
+    let (host, port) = ORIGIN.split_once(':').expect("host:port");
+    let script = format!(
+        r#"
+import hashlib, socket, sys, threading
+s = socket.create_connection(("{host}", {port}), timeout=30)
+s.sendall(b"GET /data/echo HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+buf = b""
+while b"\r\n\r\n" not in buf:
+    d = s.recv(4096)
+    if not d:
+        sys.exit("EOF before the response head")
+    buf += d
+head, rest = buf.split(b"\r\n\r\n", 1)
+if not head.startswith(b"HTTP/1.1 101"):
+    sys.exit(head.decode())
+data = bytes(i * 7 % 251 for i in range(1 << 20))
+def send():
+    for i in range(0, len(data), 1000):
+        s.sendall(data[i:i + 1000])
+    s.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=send)
+t.start()
+got = bytearray(rest)
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    got += d
+t.join()
+print(len(got), hashlib.sha256(got).digest() == hashlib.sha256(data).digest())
+"#
+    );
+    let out = workload(&topo.pod, &cg, "python3", &["-c", &script]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "1048576 True",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sw.metric(r#"sockwarden_sockmap_bytes_total{path="redirect"}"#) > 0.0);
+    assert_eq!(
+        sw.metric(r#"sockwarden_sockmap_switches_to_tcp_total{reason="unread_limit"}"#),
+        1.0,
+        "the tunnel's bytes came both redirected and through TCP"
+    );
+    let log = sw.access_log();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["status"], 101, "{log:?}");
+}
+
 /// Aborts mid-upload and mid-download under sockmap: flags DC, both sockets
 /// closed, and the socket maps and the consumed-bytes map emptied.
 #[test]

@@ -67,7 +67,7 @@ pub fn hex(d: &[u8]) -> String {
 }
 
 /// Random write sizes: mostly small and odd, sometimes large.
-fn split(rng: &mut StdRng) -> usize {
+pub fn split(rng: &mut StdRng) -> usize {
     match rng.random_range(0..10) {
         0..=3 => rng.random_range(1..64),
         4..=7 => rng.random_range(64..16 * 1024),
@@ -195,7 +195,9 @@ fn write_body(
     w.flush()
 }
 
-/// The stress origin: `GET /data/blob/<seed>/<len>/<c|k>` answers body
+/// The stress origin: `GET /data/echo` with an Upgrade header switches
+/// protocols (101) and echoes every byte until EOF;
+/// `GET /data/blob/<seed>/<len>/<c|k>` answers body
 /// (seed, len) with Content-Length (c) or chunked (k); `POST /data/upload`
 /// answers the hex SHA-256 of what it received; `GET /data/abort/<len>`
 /// sends half of a `len`-byte body and resets the connection.
@@ -289,6 +291,16 @@ fn serve(stream: TcpStream) {
                         digest.len()
                     )
                 })
+            }
+            ["data", "echo"] => {
+                // 101, then every byte back until the client's EOF.
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+                );
+                let _ = std::io::copy(&mut r, &mut w);
+                let _ = w.shutdown(std::net::Shutdown::Write);
+                return;
             }
             ["data", "abort", len] => {
                 let len: usize = len.parse().unwrap_or(0);
