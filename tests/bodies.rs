@@ -126,28 +126,45 @@ fn slow_reader(forwarding: &str) {
         .stdout(Stdio::null())
         .spawn()
         .expect("curl");
+    // Timed from the origin's first body byte: a slow (emulated) machine
+    // may take a while to start curl.
     let started = Instant::now();
+    let deadline = started + common::patience(Duration::from_secs(10));
     let (mut peak_rss, mut peak_sockets) = (0u64, 0u64);
     let mut sent_at = Vec::new();
-    while started.elapsed() < Duration::from_secs(3) {
+    let mut first: Option<f64> = None;
+    while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         peak_rss = peak_rss.max(rss(pid));
         peak_sockets = peak_sockets.max(socket_memory(&topo.node, pid));
-        sent_at.push((started.elapsed().as_secs_f64(), origin.body_bytes_sent()));
+        let (t, sent) = (started.elapsed().as_secs_f64(), origin.body_bytes_sent());
+        if first.is_none() && sent > 0 {
+            first = Some(t);
+        }
+        sent_at.push((t, sent));
+        if first.is_some_and(|f| t >= f + 3.0) {
+            break;
+        }
     }
     let _ = client.kill();
     let _ = client.wait();
+    let t0 = first.expect("the origin never started sending");
     let pipes = 2 * (1 << 20);
     let (rmem, wmem) = (
         tcp_mem_max(&topo.node, "tcp_rmem"),
         tcp_mem_max(&topo.node, "tcp_wmem"),
     );
-    let at = |t: f64| sent_at.iter().find(|(s, _)| *s >= t).map_or(0, |(_, b)| *b);
+    let at = |t: f64| {
+        sent_at
+            .iter()
+            .find(|(s, _)| *s >= t0 + t)
+            .map_or(0, |(_, b)| *b)
+    };
     let (one, three) = (at(1.0), sent_at.last().map_or(0, |(_, b)| *b));
-    let t_last = sent_at.last().map_or(3.0, |(t, _)| *t);
+    let t_last = sent_at.last().map_or(3.0, |(t, _)| *t) - t0;
     let rate = (three - one) as f64 / (t_last - 1.0);
     eprintln!(
-        "slow reader: origin sent {:.1} MiB by 1 s, {:.1} MiB by {t_last:.1} s ({:.1} MiB/s in between); proxy RSS {:.1} → {:.1} MiB, socket queues ≤ {:.1} MiB, pipes ≤ 2 MiB",
+        "slow reader: origin sent {:.1} MiB 1 s after its first byte, {:.1} MiB after {t_last:.1} s ({:.1} MiB/s in between); proxy RSS {:.1} → {:.1} MiB, socket queues ≤ {:.1} MiB, pipes ≤ 2 MiB",
         one as f64 / 1048576.0,
         three as f64 / 1048576.0,
         rate / 1048576.0,
