@@ -10,7 +10,9 @@
 # Environment: SW_VMTEST_ACCEL=kvm|tcg overrides the accelerator choice;
 #              SW_VMTEST_TIMEOUT bounds each VM in seconds (default 3600);
 #              SW_VMTEST_THREADS is the tests' --test-threads in the guest;
-#              SOCKWARDEN_TEST_PATIENCE stretches the tests' waits (default 4)
+#              SOCKWARDEN_TEST_PATIENCE stretches the tests' waits (default 4);
+#              SW_VMTEST_FILTER runs only the tests whose names match (libtest
+#              filters, space-separated), e.g. SW_VMTEST_FILTER=slow_reader
 #              (default 1: under TCG two at a time were no faster, and
 #              their timing assertions failed more often).
 set -euo pipefail

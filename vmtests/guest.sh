@@ -13,6 +13,7 @@
 #   SW_VMTEST_BIN      the sockwarden binary
 #   SW_VMTEST_TESTS    the test executables, space-separated
 #   SW_VMTEST_THREADS  libtest's --test-threads
+#   SW_VMTEST_FILTER   libtest name filters (optional: every test if unset)
 set -euo pipefail
 
 name=$1
@@ -48,7 +49,8 @@ for test in "${tests[@]}"; do
   log=/tmp/$(basename "$test").log
   echo "guest: running $test"
   rc=0
-  timeout --kill-after=10 1800 "$test" --test-threads="$SW_VMTEST_THREADS" 2>&1 | tee "$log" || rc=$?
+  # shellcheck disable=SC2086 # SW_VMTEST_FILTER: libtest name filters, split on spaces
+  timeout --kill-after=10 1800 "$test" --test-threads="$SW_VMTEST_THREADS" ${SW_VMTEST_FILTER:-} 2>&1 | tee "$log" || rc=$?
   result=$(grep '^test result:' "$log" | tail -n 1 || true)
   if [[ $result =~ ([0-9]+)\ passed\;\ ([0-9]+)\ failed ]]; then
     passed=$((passed + BASH_REMATCH[1]))
