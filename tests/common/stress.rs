@@ -324,6 +324,26 @@ fn serve(stream: TcpStream) {
     }
 }
 
+/// A blocking socket whose reads wait out their whole timeout: on a socket
+/// in a sockhash (the sockmap engine links the workload's), the kernel's
+/// tcp_bpf_recvmsg can return EAGAIN before SO_RCVTIMEO has passed (seen on
+/// 6.1; ../shared/ENVIRONMENT.md saw it on every kernel tried).
+struct Patient(TcpStream);
+
+impl std::io::Read for Patient {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.0.read(buf) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && started.elapsed() < io_timeout() => {}
+                r => return r,
+            }
+        }
+    }
+}
+
 /// One client connection's worth of exchanges; returns how many it verified.
 pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -335,7 +355,7 @@ pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
         .set_write_timeout(Some(io_timeout()))
         .expect("timeout");
     let mut w = stream.try_clone().expect("clone");
-    let mut r = BufReader::with_capacity(rng.random_range(1..65536), stream);
+    let mut r = BufReader::with_capacity(rng.random_range(1..65536), Patient(stream));
     let mut done = 0;
     while done < exchanges {
         // Sometimes pipeline up to 3 GETs: all requests first, then the responses.
