@@ -18,6 +18,15 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 
+/// A client connection to the proxy with a read timeout of `secs`: its
+/// write half and a buffered read half.
+fn open(proxy: &Harness, secs: u64) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(proxy.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(secs)))
+        .expect("timeout");
+    (s.try_clone().expect("clone"), BufReader::new(s))
+}
+
 /// 2,000 exchanges over 4 concurrent keep-alive connections (re-opened every
 /// 100 exchanges).
 fn stress(engine: Option<usize>) {
@@ -76,11 +85,7 @@ fn aborts(engine: Option<usize>) {
 
     // Origin resets after half of a 4 MiB body: the client sees a short
     // body and a closed connection; flag UC.
-    let s = TcpStream::connect(proxy.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut w = s.try_clone().expect("clone");
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = open(&proxy, 10);
     w.write_all(b"GET /data/abort/4194304 HTTP/1.1\r\nHost: o\r\n\r\n")
         .expect("write");
     let head = read_head(&mut r).expect("head").expect("response");
@@ -122,11 +127,7 @@ fn aborts(engine: Option<usize>) {
         .count();
     assert_eq!(dc, 2, "{lines:?}");
     // The proxy still serves.
-    let s = TcpStream::connect(proxy.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut w = s.try_clone().expect("clone");
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = open(&proxy, 10);
     w.write_all(b"GET /data/blob/3/100000/k HTTP/1.1\r\nHost: o\r\n\r\n")
         .expect("write");
     let head = read_head(&mut r).expect("head").expect("response");
@@ -152,11 +153,7 @@ fn aborts_copy() {
 fn an_expect_100_body_sent_without_waiting_is_forwarded() {
     let origin = StressOrigin::start();
     let proxy = Harness::with_engine(Some(origin.addr), "", "", Some(MIB));
-    let s = TcpStream::connect(proxy.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    let mut w = s.try_clone().expect("clone");
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = open(&proxy, 5);
     let len = 100_000;
     write!(
         w,
@@ -186,11 +183,7 @@ fn an_expect_100_body_sent_without_waiting_is_forwarded() {
 fn tunnel(engine: Option<usize>) {
     let origin = StressOrigin::start();
     let proxy = Harness::with_engine(Some(origin.addr), "", "", engine);
-    let s = TcpStream::connect(proxy.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut w = s.try_clone().expect("clone");
-    let mut r = BufReader::new(s);
+    let (mut w, mut r) = open(&proxy, 10);
     w.write_all(
         b"GET /data/echo HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
