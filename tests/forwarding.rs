@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::harness::Harness;
 use common::stress::{
-    body_sha, client, hex, noise, read_body, read_head, split, StressOrigin, MIB, NOISE_LEN,
+    body_sha, clients, hex, noise, read_body, read_head, split, StressOrigin, MIB, NOISE_LEN,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -33,20 +33,7 @@ fn stress(engine: Option<usize>) {
     let origin = StressOrigin::start();
     let proxy = Harness::with_engine(Some(origin.addr), "", "", engine);
     let started = Instant::now();
-    let workers: Vec<_> = (0..4u64)
-        .map(|t| {
-            let addr = proxy.addr;
-            std::thread::spawn(move || {
-                (0..5u64)
-                    .map(|c| client(addr, t * 1000 + c, 100))
-                    .sum::<usize>()
-            })
-        })
-        .collect();
-    let verified: usize = workers
-        .into_iter()
-        .map(|w| w.join().expect("client thread"))
-        .sum();
+    let verified = clients(proxy.addr, 4, 0);
     assert_eq!(verified, 2_000);
     eprintln!(
         "engine {engine:?}: 2,000 verified exchanges in {:?}",

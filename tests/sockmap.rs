@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::command_in;
 use common::netns::Netns;
 use common::origin::OriginConfig;
-use common::stress::{client, StressOrigin};
+use common::stress::{self, StressOrigin};
 use common::sw::{bare_scene, origin_at, socket_memory, stdout, workload, Scene, Sockwarden};
 
 /// The stress origin, as the workloads address it (in the origin namespace).
@@ -62,19 +62,7 @@ fn stress_client_child() {
     let origin: SocketAddr = it.next().and_then(|s| s.parse().ok()).expect("origin");
     let clients: u64 = it.next().and_then(|s| s.parse().ok()).expect("clients");
     let seed: u64 = it.next().and_then(|s| s.parse().ok()).expect("seed");
-    let workers: Vec<_> = (0..clients)
-        .map(|t| {
-            std::thread::spawn(move || {
-                (0..5u64)
-                    .map(|c| client(origin, seed + t * 1000 + c, 100))
-                    .sum::<usize>()
-            })
-        })
-        .collect();
-    let verified: usize = workers
-        .into_iter()
-        .map(|w| w.join().expect("client thread"))
-        .sum();
+    let verified = stress::clients(origin, clients, seed);
     println!("verified {verified}");
 }
 

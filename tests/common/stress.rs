@@ -433,3 +433,22 @@ pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
     }
     done
 }
+
+/// `threads` concurrent stress clients against `addr`, each running 5
+/// connections of 100 exchanges (seeds from `seed`); returns how many
+/// exchanges were verified.
+pub fn clients(addr: SocketAddr, threads: u64, seed: u64) -> usize {
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                (0..5u64)
+                    .map(|c| client(addr, seed + t * 1000 + c, 100))
+                    .sum::<usize>()
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .map(|w| w.join().expect("client thread"))
+        .sum()
+}
