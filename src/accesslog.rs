@@ -33,6 +33,8 @@ pub mod flags {
     pub const RBAC: &str = "RBAC";
     /// No original destination (connection not redirected by sockwarden).
     pub const NR: &str = "NR";
+    /// An Upgrade the policy does not allow was removed from the request.
+    pub const UPR: &str = "UPR";
 }
 
 #[derive(Debug, Clone, Serialize)]

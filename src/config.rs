@@ -464,6 +464,46 @@ pub struct HttpRule {
     pub host: Option<AnchoredRegex>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
+    /// Protocols a request may upgrade to (`Upgrade`, RFC 9110 7.8), e.g.
+    /// `websocket`. Empty: an Upgrade is removed and the request forwarded
+    /// as a plain request. `h2c` is refused (RFC 9113 3.1 deprecates it).
+    #[serde(default)]
+    pub upgrade: Vec<UpgradeProtocol>,
+}
+
+/// A protocol name an `upgrade` list allows (a token, compared
+/// case-insensitively with the name part of an offered protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpgradeProtocol(String);
+
+impl UpgradeProtocol {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if s.is_empty() || !s.chars().all(is_tchar) {
+            return Err(format!(
+                "invalid upgrade protocol {s:?}: expected a protocol name such as \"websocket\""
+            ));
+        }
+        if s.eq_ignore_ascii_case("h2c") {
+            return Err(
+                "upgrade to h2c is never allowed: RFC 9113 3.1 deprecates it, and the HTTP/2 it starts cannot be judged by HTTP/1.1 rules".into(),
+            );
+        }
+        Ok(UpgradeProtocol(s.to_ascii_lowercase()))
+    }
+
+    /// Whether an offered protocol (`name["/" version]`) is this one.
+    pub fn allows(&self, offered: &str) -> bool {
+        let name = offered.split('/').next().unwrap_or(offered);
+        name.eq_ignore_ascii_case(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpgradeProtocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        UpgradeProtocol::parse(&s).map_err(de::Error::custom)
+    }
 }
 
 fn default_client_idle_timeout() -> Duration {

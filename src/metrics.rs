@@ -30,6 +30,8 @@ pub const SOCKMAP_MESSAGES: &str = "sockwarden_sockmap_messages_total";
 pub const SOCKMAP_CONNECTIONS: &str = "sockwarden_sockmap_connections_total";
 pub const SOCKMAP_TO_TCP: &str = "sockwarden_sockmap_switches_to_tcp_total";
 pub const SOCKMAP_LINKED: &str = "sockwarden_sockmap_linked_sockets_total";
+pub const HTTP_REJECTED: &str = "sockwarden_http_rejected_total";
+pub const UPGRADES_REMOVED: &str = "sockwarden_http_upgrades_removed_total";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -49,7 +51,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(UPSTREAM_OPENED, "Upstream connections opened");
     describe_counter!(
         UPSTREAM_CLOSED,
-        "Upstream connections closed, by reason (server_close, connection_close_header, max_requests, idle_timeout, error)"
+        "Upstream connections closed, by reason (server_close, connection_close_header, max_requests, idle_timeout, unsolicited_bytes, error)"
     );
     describe_counter!(
         UPSTREAM_CONNECT_FAILURES,
@@ -105,7 +107,36 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         SOCKMAP_LINKED,
         "sockmap engine: sockets entered in the kernel's socket maps, by side (workload, proxy)"
     );
+    describe_counter!(
+        HTTP_REJECTED,
+        "Heads refused by the proxy's HTTP checks, by side (request: answered 4xx/5xx; response: answered 502) and reason"
+    );
+    describe_counter!(
+        UPGRADES_REMOVED,
+        "Requests forwarded without (some of) the Upgrade protocols they offered, because the matching rule does not allow them, by policy"
+    );
     Ok(handle)
+}
+
+/// Which message of an exchange a head belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Request,
+    Response,
+}
+
+/// A head refused by the HTTP checks; `reason` is a fixed name
+/// ([`crate::proxy::http::HeadError::kind`]).
+pub fn http_rejected(side: Side, reason: &'static str) {
+    let side = match side {
+        Side::Request => "request",
+        Side::Response => "response",
+    };
+    counter!(HTTP_REJECTED, "side" => side, "reason" => reason).increment(1);
+}
+
+pub fn upgrade_removed(policy: &str) {
+    counter!(UPGRADES_REMOVED, "policy" => policy.to_string()).increment(1);
 }
 
 /// Which way body bytes went.
@@ -156,6 +187,8 @@ pub enum CloseReason {
     /// max_requests_per_connection (or the server's Keep-Alive max) reached.
     MaxRequests,
     IdleTimeout,
+    /// Bytes arrived past a response's framing: never read as the next response.
+    UnsolicitedBytes,
     Error,
 }
 
@@ -166,6 +199,7 @@ impl CloseReason {
             CloseReason::ConnectionCloseHeader => "connection_close_header",
             CloseReason::MaxRequests => "max_requests",
             CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::UnsolicitedBytes => "unsolicited_bytes",
             CloseReason::Error => "error",
         }
     }

@@ -58,9 +58,11 @@ pub struct CompiledPolicy {
 /// The outcome of evaluating one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed by rule `rule` of the policy.
+    /// Allowed by rule `rule` of the policy: by its http entry `entry`, or
+    /// (None) by a rule without http.
     Allow {
         rule: usize,
+        entry: Option<usize>,
     },
     Deny {
         reason: DenyReason,
@@ -134,11 +136,20 @@ impl PolicySet {
             }
             covered = true;
             match &rule.http {
-                None => return Decision::Allow { rule: i },
-                Some(entries) if entries.iter().any(|h| http_rule_matches(h, req)) => {
-                    return Decision::Allow { rule: i }
+                None => {
+                    return Decision::Allow {
+                        rule: i,
+                        entry: None,
+                    }
                 }
-                Some(_) => {}
+                Some(entries) => {
+                    if let Some(e) = entries.iter().position(|h| http_rule_matches(h, req)) {
+                        return Decision::Allow {
+                            rule: i,
+                            entry: Some(e),
+                        };
+                    }
+                }
             }
         }
         Decision::Deny {
@@ -148,6 +159,40 @@ impl PolicySet {
                 DenyReason::NoRuleForDestination
             },
         }
+    }
+}
+
+impl PolicySet {
+    /// The protocols of `offered` that the allowing rule lets a request
+    /// upgrade to, in the order offered: those its http entry lists; for a
+    /// rule without http (everything allowed), all of them. Never h2c.
+    pub fn allowed_upgrades(
+        &self,
+        id: PolicyId,
+        rule: usize,
+        entry: Option<usize>,
+        offered: &[String],
+    ) -> Vec<String> {
+        let Some(rule) = self.get(id).and_then(|p| p.rules.get(rule)) else {
+            return Vec::new();
+        };
+        let listed = match (&rule.http, entry) {
+            (Some(entries), Some(e)) => match entries.get(e) {
+                Some(h) => Some(h.upgrade.as_slice()),
+                None => return Vec::new(),
+            },
+            (None, _) => None,
+            (Some(_), None) => return Vec::new(),
+        };
+        offered
+            .iter()
+            .filter(|p| {
+                let name = p.split('/').next().unwrap_or(p);
+                !name.eq_ignore_ascii_case("h2c")
+                    && listed.is_none_or(|l| l.iter().any(|u| u.allows(p)))
+            })
+            .cloned()
+            .collect()
     }
 }
 
@@ -218,6 +263,8 @@ policies:
             headers: ["x-team: analytics"]
           - method: POST
             path: /upload
+          - path: /ws
+            upgrade: [websocket, WebSocket-Extra]
         upstream: { max_requests_per_connection: 100 }
       - to: ["10.77.1.10/32"]
         ports: [9000]
@@ -250,7 +297,7 @@ policies:
         let s = set();
         let team: &[(&str, &[u8])] = &[("X-Team", b" analytics ")];
         let wrong_team: &[(&str, &[u8])] = &[("x-team", b"finance")];
-        let allow = |rule| Decision::Allow { rule };
+        let allow = |rule, entry| Decision::Allow { rule, entry };
         let l7_deny = Decision::Deny {
             reason: DenyReason::NoHttpRuleMatched,
         };
@@ -261,22 +308,22 @@ policies:
             (
                 "10.77.1.10:80",
                 req("GET", "/data/x", Some("origin.test"), team),
-                allow(0),
+                allow(0, Some(0)),
             ),
             (
                 "10.77.1.10:8080",
                 req("HEAD", "/data/", Some("Origin.TEST:8080"), team),
-                allow(0),
+                allow(0, Some(0)),
             ),
             (
                 "[fd77:1::10]:80",
                 req("GET", "/data/x", Some("origin.test"), team),
-                allow(0),
+                allow(0, Some(0)),
             ),
             (
                 "[::ffff:10.77.1.10]:80",
                 req("GET", "/data/x", Some("origin.test"), team),
-                allow(0),
+                allow(0, Some(0)),
             ),
             (
                 "10.77.1.10:80",
@@ -308,7 +355,11 @@ policies:
                 req("GET", "/etc/data/x", Some("origin.test"), team),
                 l7_deny.clone(),
             ),
-            ("10.77.1.10:80", req("POST", "/upload", None, &[]), allow(0)),
+            (
+                "10.77.1.10:80",
+                req("POST", "/upload", None, &[]),
+                allow(0, Some(1)),
+            ),
             (
                 "10.77.1.10:80",
                 req("POST", "/upload/more", None, &[]),
@@ -317,14 +368,18 @@ policies:
             (
                 "10.77.1.10:9000",
                 req("DELETE", "/anything", None, &[]),
-                allow(1),
+                allow(1, None),
             ),
             (
                 "10.77.1.11:9000",
                 req("GET", "/", None, &[]),
                 no_rule.clone(),
             ),
-            ("10.77.9.1:12345", req("PUT", "/x", None, &[]), allow(2)),
+            (
+                "10.77.9.1:12345",
+                req("PUT", "/x", None, &[]),
+                allow(2, None),
+            ),
             (
                 "10.77.2.1:80",
                 req("GET", "/data/x", Some("origin.test"), team),
@@ -351,6 +406,52 @@ policies:
             ),
             no_rule
         );
+    }
+
+    /// RFC 9110 7.8: only listed protocols pass; h2c never (RFC 9113 3.1).
+    #[test]
+    fn allowed_upgrades_table() {
+        let s = set();
+        let offer = |list: &[&str]| list.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        // (rule, entry, offered, allowed)
+        type Case = (
+            usize,
+            Option<usize>,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: &[Case] = &[
+            // The /ws entry lists websocket.
+            (0, Some(2), &["websocket"], &["websocket"]),
+            (0, Some(2), &["WebSocket/13"], &["WebSocket/13"]),
+            (0, Some(2), &["h2c", "websocket"], &["websocket"]),
+            (
+                0,
+                Some(2),
+                &["websocket-extra", "irc"],
+                &["websocket-extra"],
+            ),
+            // Entries without an upgrade list allow none.
+            (0, Some(0), &["websocket"], &[]),
+            // A rule without http allows any protocol but h2c.
+            (2, None, &["irc", "H2C", "websocket"], &["irc", "websocket"]),
+            // Out-of-range indexes allow nothing.
+            (0, Some(9), &["websocket"], &[]),
+            (9, None, &["websocket"], &[]),
+            (0, None, &["websocket"], &[]),
+        ];
+        for (rule, entry, offered, want) in cases {
+            let got = s.allowed_upgrades(0, *rule, *entry, &offer(offered));
+            assert_eq!(got, offer(want), "rule {rule} entry {entry:?} {offered:?}");
+        }
+        let err = Config::parse(
+            &CONFIG.replace("upgrade: [websocket, WebSocket-Extra]", "upgrade: [h2c]"),
+            Path::new("t.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("h2c is never allowed"), "{err}");
+        assert!(err.starts_with("t.yaml:"), "{err}");
     }
 
     #[test]

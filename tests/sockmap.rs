@@ -29,7 +29,7 @@ fn config(cgroup: &str) -> String {
         "forwarding:\n  engine: sockmap\n\
          policies:\n  - name: stress\n    cgroup: {cgroup}\n    egress:\n\
          \x20     - to: [\"10.77.1.0/24\"]\n        ports: [8080]\n        http:\n\
-         \x20         - method: \"GET|POST\"\n"
+         \x20         - method: \"GET|POST\"\n            upgrade: [echo]\n"
     )
 }
 

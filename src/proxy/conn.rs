@@ -7,11 +7,10 @@ use std::time::Instant;
 
 use tokio::net::TcpStream;
 
-use super::http::ResponseHead;
 use super::http::{
-    keep_alive_params, local_response, parse_request_head, parse_response_head, request_framing,
-    response_framing, wants_close, write_request_head, write_response_head, BodyFraming,
-    ConnectionHeader, RequestHead, Version,
+    local_response, parse_request_head, parse_response_head, prepare_request, prepare_response,
+    raw_host, write_request, write_response, BodyFraming, ConnectionHeader, Request, RequestHead,
+    Response, Version, MAX_INTERIM_RESPONSES,
 };
 use super::retry::{self, Failure, RequestFacts, RetryReason};
 use super::stream::{tunnel, BufStream, Dest, HeadReadError};
@@ -56,6 +55,14 @@ pub(super) struct Target {
     pub client: SocketAddr,
     /// The proxy address it reached.
     pub local: SocketAddr,
+}
+
+/// An allowed request, with what policy allows it to do.
+struct Allowed<'a> {
+    req: &'a Request,
+    /// The offered Upgrade protocols the rule allows (forwarded).
+    upgrades: &'a [String],
+    settings: UpstreamConfig,
 }
 
 /// Settings of one upstream attempt.
@@ -111,12 +118,15 @@ fn head_error_reply(
             format!("upstream request timeout: no response within {timeout:?}"),
             close,
         )),
-        HeadReadError::Head(e) => Ok(LocalReply::error(
-            502,
-            flags::UPE,
-            format!("bad upstream response: {e}"),
-            close,
-        )),
+        HeadReadError::Head(e) => Ok({
+            metrics::http_rejected(metrics::Side::Response, e.kind());
+            LocalReply::error(
+                502,
+                flags::UPE,
+                format!("bad upstream response: {e}"),
+                close,
+            )
+        }),
         HeadReadError::Truncated => Ok(LocalReply::error(
             502,
             flags::UPE,
@@ -248,14 +258,12 @@ impl Proxy {
             let next = match read {
                 Ok(None) => return None,
                 Ok(Some((head, head_len))) => {
-                    rec.method = Some(head.method.clone());
-                    rec.host = head.host();
-                    rec.path = Some(head.path());
                     rec.bytes_received = head_len as u64;
-                    self.exchange(down, &head, target, &policy_name, &mut rec)
+                    self.exchange(down, head, target, &policy_name, &mut rec)
                         .await
                 }
                 Err(HeadReadError::Head(e)) => {
+                    metrics::http_rejected(metrics::Side::Request, e.kind());
                     let reply =
                         LocalReply::error(e.request_status(), flags::DPE, e.to_string(), true);
                     self.reply(down, &mut rec, reply).await
@@ -303,40 +311,39 @@ impl Proxy {
         }
     }
 
-    /// One request.
+    /// One request: checked and normalized, judged, then denied or forwarded.
     async fn exchange(
         &self,
         down: &mut BufStream,
-        head: &RequestHead,
+        head: RequestHead,
         target: &Target,
         policy_name: &str,
         rec: &mut Record,
     ) -> Next {
         let orig = &target.orig;
-        let framing = match request_framing(head) {
-            Ok(f) => f,
+        rec.method = Some(head.method.clone());
+        rec.host = raw_host(&head);
+        rec.path = head.target.split('?').next().map(str::to_string);
+        let req = match prepare_request(head) {
+            Ok(r) => r,
             Err(e) => {
+                metrics::http_rejected(metrics::Side::Request, e.kind());
                 let reply = LocalReply::error(e.request_status(), flags::DPE, e.to_string(), true);
                 return self.reply(down, rec, reply).await;
             }
         };
-        let client_close = wants_close(head.version, &head.headers);
-        let host = head.host();
-        let path = head.path();
-        let headers: Vec<(&str, &[u8])> = head
-            .headers
-            .iter()
-            .map(|h| (h.name.as_str(), h.value.as_slice()))
-            .collect();
+        rec.host = req.host.clone();
+        rec.path = Some(req.path.clone());
+        let fields = req.fields();
         let view = RequestView {
-            method: &head.method,
-            path: &path,
-            host: host.as_deref(),
-            headers: &headers,
+            method: &req.method,
+            path: &req.path,
+            host: req.host.as_deref(),
+            headers: &fields,
         };
         match self.policies.evaluate(orig.policy_id, orig.dst, &view) {
             Decision::Deny { reason } => {
-                let drained = self.drain_denied_body(down, head, framing, rec).await;
+                let drained = self.drain_denied_body(down, &req, rec).await;
                 let reply = LocalReply {
                     status: 403,
                     flag: flags::RBAC,
@@ -346,20 +353,31 @@ impl Proxy {
                         "sockwarden: request denied by policy {policy_name:?}: {}\n",
                         reason.describe()
                     ),
-                    close: client_close || !drained,
+                    close: req.close || !drained,
                 };
                 rec.reason = Some(reason.describe().to_string());
                 self.reply(down, rec, reply).await
             }
-            Decision::Allow { rule } => {
+            Decision::Allow { rule, entry } => {
+                let upgrades =
+                    self.policies
+                        .allowed_upgrades(orig.policy_id, rule, entry, &req.upgrade);
+                if upgrades.len() < req.upgrade.len() {
+                    metrics::upgrade_removed(policy_name);
+                    rec.flags.push(flags::UPR);
+                }
                 let settings = self
                     .policies
                     .get(orig.policy_id)
                     .and_then(|p| p.rules.get(rule))
                     .map(|r| r.upstream)
                     .unwrap_or_default();
-                self.forward(down, head, framing, target, settings, rec)
-                    .await
+                let allowed = Allowed {
+                    req: &req,
+                    upgrades: &upgrades,
+                    settings,
+                };
+                self.forward(down, &allowed, target, rec).await
             }
         }
     }
@@ -369,19 +387,19 @@ impl Proxy {
     async fn drain_denied_body(
         &self,
         down: &mut BufStream,
-        head: &RequestHead,
-        framing: BodyFraming,
+        req: &Request,
         rec: &mut Record,
     ) -> bool {
+        let framing = req.framing;
         match framing {
             BodyFraming::None => true,
-            BodyFraming::Length(n) if n <= DENIED_BODY_DRAIN_LIMIT && !head.expects_continue() => {
+            BodyFraming::Length(n) if n <= DENIED_BODY_DRAIN_LIMIT && !req.expect_continue => {
                 match down
                     .forward_body(Dest::Discard, framing, self.settings.client_idle_timeout)
                     .await
                 {
                     Ok(n) => {
-                        rec.bytes_received += n.total();
+                        rec.bytes_received += n.read;
                         true
                     }
                     Err(_) => false,
@@ -396,16 +414,15 @@ impl Proxy {
     async fn forward(
         &self,
         down: &mut BufStream,
-        head: &RequestHead,
-        framing: BodyFraming,
+        allowed: &Allowed<'_>,
         target: &Target,
-        settings: UpstreamConfig,
         rec: &mut Record,
     ) -> Next {
         let _active = self.budget.request();
+        let settings = allowed.settings;
         let facts = RequestFacts {
-            method: &head.method,
-            has_body: framing != BodyFraming::None,
+            method: &allowed.req.method,
+            has_body: allowed.req.has_body(),
         };
         let mut failures: Vec<String> = Vec::new();
         let mut retries = 0u32;
@@ -425,7 +442,7 @@ impl Proxy {
                 )
                 .is_some(),
             };
-            let failed = match self.attempt(down, head, framing, target, &ctx, rec).await {
+            let failed = match self.attempt(down, allowed, target, &ctx, rec).await {
                 Ok(next) => return next,
                 Err(f) => f,
             };
@@ -547,15 +564,14 @@ impl Proxy {
     async fn attempt(
         &self,
         down: &mut BufStream,
-        head: &RequestHead,
-        framing: BodyFraming,
+        allowed: &Allowed<'_>,
         target: &Target,
         ctx: &AttemptCtx,
         rec: &mut Record,
     ) -> Result<Next, AttemptFailure> {
+        let req = allowed.req;
         let settings = &ctx.settings;
-        let client_close = wants_close(head.version, &head.headers);
-        let has_body = framing != BodyFraming::None;
+        let has_body = req.has_body();
         rec.upstream_attempts += 1;
         let (key, bind) = self.source_for(target, settings.source, ctx.fresh);
         let pooled = if ctx.fresh {
@@ -570,26 +586,13 @@ impl Proxy {
                 .await
                 .map_err(|e| AttemptFailure {
                     failure: Failure::Connect(e.errno()),
-                    reply: LocalReply::error(
-                        503,
-                        flags::UF,
-                        e.to_string(),
-                        client_close || has_body,
-                    ),
+                    reply: LocalReply::error(503, flags::UF, e.to_string(), req.close || has_body),
                 })?,
         };
         rec.upstream_id = Some(up.id);
 
-        let upgrade = head.upgrade().is_some();
-        let conn_header = if upgrade {
-            ConnectionHeader::Upgrade
-        } else if head.version == Version::Http10 {
-            ConnectionHeader::KeepAlive
-        } else {
-            ConnectionHeader::None
-        };
         let mut out = Vec::with_capacity(1024);
-        write_request_head(head, conn_header, &mut out);
+        write_request(req, allowed.upgrades, &mut out);
         if let Err(e) = up.stream.write_all(&out).await {
             let detail = format!(
                 "upstream connection failed while sending the request: {}",
@@ -599,15 +602,15 @@ impl Proxy {
                 up,
                 CloseReason::Error,
                 detail,
-                client_close || has_body,
+                req.close || has_body,
             ));
         }
 
-        let expect = has_body && head.expects_continue();
+        let expect = has_body && req.expect_continue;
         let mut body_sent = !has_body;
         if has_body && !expect {
             if let Err(reply) = self
-                .send_request_body(down, &mut up, framing, *settings, rec)
+                .send_request_body(down, &mut up, req.framing, *settings, rec)
                 .await
             {
                 return Ok(self.give_up(down, rec, up, reply).await);
@@ -619,6 +622,7 @@ impl Proxy {
         // may send its body without waiting (RFC 9110 10.1.1), or leave:
         // either shows as the downstream socket turning readable, and the
         // body is then forwarded (or found truncated) at once.
+        let mut interim = 0;
         let resp = loop {
             let wait_head =
                 up.stream
@@ -633,7 +637,7 @@ impl Proxy {
                     read = wait_head => read,
                     () = client_moved => {
                         if let Err(reply) = self
-                            .send_request_body(down, &mut up, framing, *settings, rec)
+                            .send_request_body(down, &mut up, req.framing, *settings, rec)
                             .await
                         {
                             return Ok(self.give_up(down, rec, up, reply).await);
@@ -645,23 +649,43 @@ impl Proxy {
             } else {
                 wait_head.await
             };
-            let close = client_close || !body_sent;
-            let (resp, _) = match read {
-                Ok(Some(r)) => r,
+            let close = req.close || !body_sent;
+            let head = match read {
+                Ok(Some((head, _))) => head,
                 Ok(None) => {
                     let detail = "upstream closed the connection before responding".to_string();
                     return Err(reset_failure(up, CloseReason::ServerClose, detail, close));
                 }
                 Err(e) => match head_error_reply(e, settings.request_timeout, close) {
-                    Ok(reply) => {
-                        retire(up, CloseReason::Error);
-                        return Ok(self.reply(down, rec, reply).await);
-                    }
+                    Ok(reply) => return Ok(self.bad_upstream(down, rec, up, reply).await),
                     Err(detail) => {
                         return Err(reset_failure(up, CloseReason::Error, detail, close))
                     }
                 },
             };
+            let resp = match prepare_response(&req.method, head) {
+                Ok(r) => r,
+                Err(e) => {
+                    metrics::http_rejected(metrics::Side::Response, e.kind());
+                    let reply = LocalReply::error(
+                        502,
+                        flags::UPE,
+                        format!("bad upstream response: {e}"),
+                        true,
+                    );
+                    return Ok(self.bad_upstream(down, rec, up, reply).await);
+                }
+            };
+            if resp.is_interim() {
+                interim += 1;
+                if interim > MAX_INTERIM_RESPONSES {
+                    let reason = format!(
+                        "bad upstream response: more than {MAX_INTERIM_RESPONSES} interim responses"
+                    );
+                    let reply = LocalReply::error(502, flags::UPE, reason, true);
+                    return Ok(self.bad_upstream(down, rec, up, reply).await);
+                }
+            }
             match resp.status {
                 503 if ctx.intercept_503 => {
                     retire(up, CloseReason::Error);
@@ -675,9 +699,9 @@ impl Proxy {
                         ),
                     });
                 }
-                101 if upgrade => {
+                101 if resp.upgrade_matches(allowed.upgrades) => {
                     let mut out = Vec::new();
-                    write_response_head(&resp, ConnectionHeader::Upgrade, &mut out);
+                    write_response(&resp, ConnectionHeader::Upgrade, &mut out);
                     rec.status = 101;
                     rec.verdict = "allowed";
                     if down.write_all(&out).await.is_err() {
@@ -687,15 +711,16 @@ impl Proxy {
                     return Ok(Next::Tunnel(up.stream));
                 }
                 101 => {
-                    retire(up, CloseReason::Error);
-                    let reason =
-                        "bad upstream response: 101 without an Upgrade request".to_string();
-                    return Ok(self
-                        .reply(down, rec, LocalReply::error(502, flags::UPE, reason, true))
-                        .await);
+                    let reason = if allowed.upgrades.is_empty() {
+                        "bad upstream response: 101 without an allowed Upgrade request".to_string()
+                    } else {
+                        "bad upstream response: 101 to a protocol that was not offered".to_string()
+                    };
+                    let reply = LocalReply::error(502, flags::UPE, reason, true);
+                    return Ok(self.bad_upstream(down, rec, up, reply).await);
                 }
                 100 if expect && !body_sent => {
-                    if head.version == Version::Http11
+                    if req.version == Version::Http11
                         && down
                             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                             .await
@@ -704,18 +729,18 @@ impl Proxy {
                         return Ok(client_gone(rec, up));
                     }
                     if let Err(reply) = self
-                        .send_request_body(down, &mut up, framing, *settings, rec)
+                        .send_request_body(down, &mut up, req.framing, *settings, rec)
                         .await
                     {
                         return Ok(self.give_up(down, rec, up, reply).await);
                     }
                     body_sent = true;
                 }
-                102..=199 | 100 => {
+                _ if resp.is_interim() => {
                     // Interim responses go to HTTP/1.1 clients only.
-                    if head.version == Version::Http11 {
+                    if req.version == Version::Http11 {
                         let mut out = Vec::new();
-                        write_response_head(&resp, ConnectionHeader::None, &mut out);
+                        write_response(&resp, ConnectionHeader::None, &mut out);
                         if down.write_all(&out).await.is_err() {
                             return Ok(client_gone(rec, up));
                         }
@@ -726,8 +751,21 @@ impl Proxy {
         };
 
         Ok(self
-            .deliver(down, head, up, key, resp, body_sent, settings, rec)
+            .deliver(down, req, up, key, resp, body_sent, settings, rec)
             .await)
+    }
+
+    /// The upstream sent something this proxy will not forward: both
+    /// connections end, and the client is told why (502, 504).
+    async fn bad_upstream(
+        &self,
+        down: &mut BufStream,
+        rec: &mut Record,
+        up: upstream::UpConn,
+        reply: LocalReply,
+    ) -> Next {
+        retire(up, CloseReason::Error);
+        self.reply(down, rec, reply).await
     }
 
     /// Sends the final response to the client and decides what happens to
@@ -736,40 +774,27 @@ impl Proxy {
     async fn deliver(
         &self,
         down: &mut BufStream,
-        head: &RequestHead,
+        req: &Request,
         mut up: upstream::UpConn,
         key: PoolKey,
-        resp: ResponseHead,
+        resp: Response,
         body_sent: bool,
         settings: &UpstreamConfig,
         rec: &mut Record,
     ) -> Next {
-        let client_close = wants_close(head.version, &head.headers);
-        let resp_framing = match response_framing(&head.method, &resp) {
-            Ok(f) => f,
-            Err(e) => {
-                retire(up, CloseReason::Error);
-                let reply = LocalReply::error(
-                    502,
-                    flags::UPE,
-                    format!("bad upstream response: {e}"),
-                    client_close || !body_sent,
-                );
-                return self.reply(down, rec, reply).await;
-            }
-        };
+        let resp_framing = resp.framing;
         // Without 100-continue the client may or may not send the body
         // now: the connection's framing is unknown, so it ends here.
-        let close_down = client_close || !body_sent || resp_framing == BodyFraming::UntilClose;
+        let close_down = req.close || !body_sent || resp_framing == BodyFraming::UntilClose;
         let conn_header = if close_down {
             ConnectionHeader::Close
-        } else if head.version == Version::Http10 {
+        } else if req.version == Version::Http10 {
             ConnectionHeader::KeepAlive
         } else {
             ConnectionHeader::None
         };
         let mut out = Vec::with_capacity(1024);
-        write_response_head(&resp, conn_header, &mut out);
+        write_response(&resp, conn_header, &mut out);
         rec.status = resp.status;
         rec.verdict = "allowed";
         // A small body that came with the head leaves with it, in one write.
@@ -809,17 +834,19 @@ impl Proxy {
 
         let close_reason = if resp_framing == BodyFraming::UntilClose {
             Some(CloseReason::ServerClose)
-        } else if wants_close(resp.version, &resp.headers) {
+        } else if resp.close {
             Some(CloseReason::ConnectionCloseHeader)
         } else if !body_sent {
             // The server may still be waiting for the body we never sent.
             Some(CloseReason::Error)
+        } else if !up.stream.buffered().is_empty() {
+            // Bytes past the response's framing (a body on a HEAD, 204 or
+            // 304, or more than its Content-Length): never read as the next
+            // response.
+            Some(CloseReason::UnsolicitedBytes)
         } else {
-            up.complete(
-                keep_alive_params(&resp.headers),
-                settings.max_requests_per_connection,
-            )
-            .err()
+            up.complete(resp.keep_alive, settings.max_requests_per_connection)
+                .err()
         };
         match close_reason {
             Some(r) => retire(up, r),
@@ -868,7 +895,7 @@ impl Proxy {
         {
             Ok(n) => {
                 metrics::forwarded(metrics::Direction::Upstream, n.copied, n.spliced);
-                rec.bytes_received += n.total();
+                rec.bytes_received += n.read;
                 Ok(())
             }
             Err(e) if e.is_source_side() => {

@@ -6,6 +6,16 @@
 
 use std::time::Duration;
 
+mod chunked;
+mod request;
+mod response;
+
+pub use chunked::{ChunkError, ChunkedScanner};
+pub use request::{prepare_request, raw_host, write_request, Request};
+pub use response::{
+    prepare_response, write_response, ConnectionHeader, Response, MAX_INTERIM_RESPONSES,
+};
+
 /// Largest accepted head (start line + header fields + final CRLFCRLF), in bytes.
 /// A head larger than this is rejected with [`HeadError::TooLarge`].
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -13,15 +23,6 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Largest accepted number of header fields in one head; more is treated as
 /// [`HeadError::TooLarge`] (431 for a request).
 pub const MAX_HEADERS: usize = 128;
-
-/// Longest accepted chunk-size line (excluding its CRLF), in bytes.
-const MAX_CHUNK_SIZE_LINE: usize = 4096;
-
-/// Longest accepted trailer section (all field lines and the final CRLF), in bytes.
-const MAX_TRAILER_BYTES: usize = 65536;
-
-/// Largest accepted chunk size (2^62).
-const MAX_CHUNK_SIZE: u64 = 1 << 62;
 
 /// The HTTP versions this proxy speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,48 @@ pub struct Header {
     pub name: String,
     /// The field value bytes (httparse strips surrounding whitespace).
     pub value: Vec<u8>,
+}
+
+impl Header {
+    /// Appends `name: value\r\n`.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&self.value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Whether a byte is a `tchar` (RFC 9110 5.6.2), the characters of a token.
+pub(crate) fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Fields whose meaning decides framing, routing or the connection.
+const FRAMING_FIELDS: [&str; 10] = [
+    "connection",
+    "content-length",
+    "expect",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `name` is spelled with `_` where one of [`FRAMING_FIELDS`] has
+/// `-` (`Transfer_Encoding`): servers that map `_` to `-` would read a field
+/// this proxy does not.
+pub(crate) fn is_framing_lookalike(name: &str) -> bool {
+    name.contains('_')
+        && FRAMING_FIELDS.iter().any(|f| {
+            f.len() == name.len()
+                && f.bytes()
+                    .zip(name.bytes())
+                    .all(|(f, n)| f == n.to_ascii_lowercase() || (f == b'-' && n == b'_'))
+        })
 }
 
 /// A parsed request head.
@@ -152,60 +195,6 @@ impl RequestHead {
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         values_named(&self.headers, name)
     }
-
-    /// The host the request is for.
-    ///
-    /// If the target is in absolute-form (`scheme://authority/path`) its
-    /// authority wins (any `userinfo@` part stripped, since a Host never
-    /// carries one); for a `CONNECT` request the authority-form target wins.
-    /// Otherwise the first Host header value, trimmed, decoded as lossy UTF-8.
-    pub fn host(&self) -> Option<String> {
-        if let Some((authority, _)) = split_absolute_form(&self.target) {
-            if !authority.is_empty() {
-                return Some(authority.to_string());
-            }
-        } else if self.method == "CONNECT" && !self.target.is_empty() {
-            return Some(self.target.clone());
-        }
-        self.header("host")
-            .map(|v| String::from_utf8_lossy(trim_ows(v)).into_owned())
-    }
-
-    /// The path of the target without the query (and without a fragment).
-    ///
-    /// For absolute-form, the path part (`"/"` if empty); for `"*"`, `"*"`.
-    pub fn path(&self) -> String {
-        if self.target == "*" {
-            return "*".to_string();
-        }
-        let (absolute, rest) = match split_absolute_form(&self.target) {
-            Some((_, rest)) => (true, rest),
-            None => (false, self.target.as_str()),
-        };
-        let path = rest.split(['?', '#']).next().unwrap_or("");
-        if path.is_empty() && absolute {
-            "/".to_string()
-        } else {
-            path.to_string()
-        }
-    }
-
-    /// Whether the request carries `Expect: 100-continue` (case-insensitive);
-    /// only honoured for HTTP/1.1 requests.
-    pub fn expects_continue(&self) -> bool {
-        self.version == Version::Http11
-            && list_elements(&self.headers, "expect")
-                .any(|e| e.eq_ignore_ascii_case(b"100-continue"))
-    }
-
-    /// The Upgrade header value, if present and `upgrade` is a Connection token.
-    pub fn upgrade(&self) -> Option<&[u8]> {
-        let value = self.header("upgrade")?;
-        connection_tokens(&self.headers)
-            .iter()
-            .any(|t| t == "upgrade")
-            .then_some(value)
-    }
 }
 
 impl ResponseHead {
@@ -218,25 +207,6 @@ impl ResponseHead {
     pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         values_named(&self.headers, name)
     }
-}
-
-/// Splits an absolute-form target `scheme://authority[/path...]` into the
-/// authority (without userinfo) and the rest (starting with `/`, `?`, `#`,
-/// or empty). `None` if the target is not absolute-form.
-fn split_absolute_form(target: &str) -> Option<(&str, &str)> {
-    let (scheme, after) = target.split_once("://")?;
-    let mut chars = scheme.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
-    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) {
-        return None;
-    }
-    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
-    let (authority, rest) = after.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((_, host)) => host,
-        None => authority,
-    };
-    Some((authority, rest))
 }
 
 /// Why a head could not be accepted.
@@ -263,18 +233,64 @@ pub enum HeadError {
     /// Transfer-Encoding in an HTTP/1.0 request (RFC 9112 6.1).
     #[error("Transfer-Encoding in an HTTP/1.0 request")]
     TransferEncodingInHttp10,
-    /// A protocol version other than HTTP/1.0 or HTTP/1.1.
+    /// A protocol version other than HTTP/1.0 or HTTP/1.1 (RFC 9110 15.6.6: 505).
     #[error("unsupported HTTP version")]
     UnsupportedVersion,
+    /// An HTTP/1.1 request without a Host field (RFC 9112 3.2).
+    #[error("no Host header field")]
+    MissingHost,
+    /// A Host (or absolute-form authority) that is not `uri-host [":" port]`.
+    #[error("invalid Host: {0}")]
+    InvalidHost(String),
+    /// A request-target that is not a form this proxy forwards (RFC 9112 3.2).
+    #[error("invalid request target: {0}")]
+    InvalidTarget(String),
+    /// CONNECT: the tunnel could not be judged by HTTP rules.
+    #[error("CONNECT is not supported: a tunnel cannot be judged by HTTP rules")]
+    ConnectUnsupported,
+    /// An expectation other than 100-continue (RFC 9110 10.1.1: 417).
+    #[error("unsupported expectation: {0}")]
+    UnsupportedExpectation(String),
+    /// A field name that reads as a framing or routing field once `_` is
+    /// taken for `-` (some servers do): its meaning is ambiguous.
+    #[error("ambiguous header field name {0:?}")]
+    FramingLookalike(String),
+    /// An Upgrade value that is not a list of `protocol-name ["/" version]`.
+    #[error("invalid Upgrade: {0}")]
+    InvalidUpgrade(String),
 }
 
 impl HeadError {
+    /// A fixed name for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeadError::Malformed(_) => "malformed",
+            HeadError::TooLarge => "too_large",
+            HeadError::ContentLengthWithTransferEncoding => "content_length_with_transfer_encoding",
+            HeadError::ConflictingContentLength => "conflicting_content_length",
+            HeadError::InvalidContentLength => "invalid_content_length",
+            HeadError::UnsupportedTransferEncoding(_) => "unsupported_transfer_encoding",
+            HeadError::TransferEncodingInHttp10 => "transfer_encoding_in_http10",
+            HeadError::UnsupportedVersion => "unsupported_version",
+            HeadError::MissingHost => "missing_host",
+            HeadError::InvalidHost(_) => "invalid_host",
+            HeadError::InvalidTarget(_) => "invalid_target",
+            HeadError::ConnectUnsupported => "connect",
+            HeadError::UnsupportedExpectation(_) => "unsupported_expectation",
+            HeadError::FramingLookalike(_) => "framing_lookalike",
+            HeadError::InvalidUpgrade(_) => "invalid_upgrade",
+        }
+    }
+
     /// The status a server answers a *request* with this error: TooLarge → 431,
-    /// UnsupportedTransferEncoding → 501, everything else → 400.
+    /// UnsupportedTransferEncoding and CONNECT → 501, UnsupportedVersion →
+    /// 505, UnsupportedExpectation → 417, everything else → 400.
     pub fn request_status(&self) -> u16 {
         match self {
             HeadError::TooLarge => 431,
-            HeadError::UnsupportedTransferEncoding(_) => 501,
+            HeadError::UnsupportedTransferEncoding(_) | HeadError::ConnectUnsupported => 501,
+            HeadError::UnsupportedVersion => 505,
+            HeadError::UnsupportedExpectation(_) => 417,
             _ => 400,
         }
     }
@@ -476,7 +492,10 @@ pub fn request_framing(head: &RequestHead) -> Result<BodyFraming, HeadError> {
         if head.version == Version::Http10 {
             return Err(HeadError::TransferEncodingInHttp10);
         }
-        let mut codings = list_elements(headers, "transfer-encoding");
+        let mut codings = list_elements(headers, "transfer-encoding").peekable();
+        if codings.peek().is_none() {
+            return Err(HeadError::Malformed("empty Transfer-Encoding".to_string()));
+        }
         let only_chunked = codings
             .next()
             .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
@@ -492,44 +511,6 @@ pub fn request_framing(head: &RequestHead) -> Result<BodyFraming, HeadError> {
     Ok(match content_length(headers)? {
         Some(n) => BodyFraming::Length(n),
         None => BodyFraming::None,
-    })
-}
-
-/// RFC 9112 6.3 for a response to a request with `request_method`.
-///
-/// HEAD request, 1xx, 204, 304 → None; 2xx to CONNECT → UntilClose;
-/// Transfer-Encoding with Content-Length → ContentLengthWithTransferEncoding;
-/// Transfer-Encoding whose final coding is chunked → Chunked, other
-/// Transfer-Encoding → UntilClose; valid Content-Length → Length; invalid or
-/// conflicting Content-Length → error; neither → UntilClose.
-pub fn response_framing(
-    request_method: &str,
-    head: &ResponseHead,
-) -> Result<BodyFraming, HeadError> {
-    let status = head.status;
-    if request_method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304 {
-        return Ok(BodyFraming::None);
-    }
-    if request_method == "CONNECT" && (200..300).contains(&status) {
-        return Ok(BodyFraming::UntilClose);
-    }
-    let headers = &head.headers;
-    if has_transfer_encoding(headers) {
-        if has_content_length(headers) {
-            return Err(HeadError::ContentLengthWithTransferEncoding);
-        }
-        let last = list_elements(headers, "transfer-encoding").last();
-        return Ok(
-            if last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
-                BodyFraming::Chunked
-            } else {
-                BodyFraming::UntilClose
-            },
-        );
-    }
-    Ok(match content_length(headers)? {
-        Some(n) => BodyFraming::Length(n),
-        None => BodyFraming::UntilClose,
     })
 }
 
@@ -622,82 +603,6 @@ pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
         .any(|t| name.eq_ignore_ascii_case(t))
 }
 
-/// How the proxy will treat the downstream (client) connection after a
-/// response; decides the Connection header it writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectionHeader {
-    /// Write no Connection header.
-    None,
-    /// Write `Connection: keep-alive`.
-    KeepAlive,
-    /// Write `Connection: close`.
-    Close,
-    /// Write `Upgrade: <original value>` and `Connection: upgrade`.
-    Upgrade,
-}
-
-/// Writes every non-hop-by-hop header as received.
-fn write_end_to_end_headers(headers: &[Header], out: &mut Vec<u8>) {
-    let tokens = connection_tokens(headers);
-    for h in headers.iter().filter(|h| !is_hop_by_hop(&h.name, &tokens)) {
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(&h.value);
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Writes the Connection (and for Upgrade, the Upgrade) header. For
-/// `ConnectionHeader::Upgrade` without any Upgrade field in `headers`, nothing
-/// is written (a `Connection: upgrade` without Upgrade would be invalid).
-fn write_connection_header(connection: ConnectionHeader, headers: &[Header], out: &mut Vec<u8>) {
-    match connection {
-        ConnectionHeader::None => {}
-        ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
-        ConnectionHeader::Upgrade => {
-            let values: Vec<&[u8]> = values_named(headers, "upgrade").collect();
-            if !values.is_empty() {
-                out.extend_from_slice(b"Upgrade: ");
-                out.extend_from_slice(&values.join(&b", "[..]));
-                out.extend_from_slice(b"\r\nConnection: upgrade\r\n");
-            }
-        }
-    }
-}
-
-/// Serializes a request head for the upstream: `METHOD TARGET VERSION\r\n`,
-/// every non-hop-by-hop header as received (name and value bytes untouched),
-/// then the `connection` header (None: nothing; KeepAlive: `Connection:
-/// keep-alive`; Close: `Connection: close`; Upgrade: `Upgrade: <original
-/// value>` and `Connection: upgrade`), then `\r\n`.
-pub fn write_request_head(head: &RequestHead, connection: ConnectionHeader, out: &mut Vec<u8>) {
-    out.extend_from_slice(head.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.target.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.version.as_str().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    write_end_to_end_headers(&head.headers, out);
-    write_connection_header(connection, &head.headers, out);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Serializes a response head for the client: `HTTP/1.1 STATUS REASON\r\n`
-/// (always HTTP/1.1: a proxy sends its own version), non-hop-by-hop headers
-/// as received, then the Connection header as in [`write_request_head`]
-/// (Upgrade keeps the response's Upgrade value), then `\r\n`.
-pub fn write_response_head(head: &ResponseHead, connection: ConnectionHeader, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(format!("{:03}", head.status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    write_end_to_end_headers(&head.headers, out);
-    write_connection_header(connection, &head.headers, out);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Replaces CR and LF with a space so text can go into a header line.
 fn sanitize_header_text(s: &str) -> String {
     s.replace(['\r', '\n'], " ")
@@ -756,267 +661,6 @@ pub fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// Why a chunked body is invalid.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChunkError {
-    /// The chunk-size line is not `1*HEXDIG [ chunk-ext ] CRLF`.
-    #[error("invalid chunk size line")]
-    BadSize,
-    /// The chunk size exceeds 2^62.
-    #[error("chunk size too large")]
-    SizeOverflow,
-    /// Chunk data not followed by CRLF; also a trailer line not ended by CRLF
-    /// (bare CR or bare LF).
-    #[error("missing CRLF after chunk data")]
-    MissingCrlf,
-    /// A chunk-size line over 4096 bytes, or a trailer section over 65536 bytes.
-    #[error("chunk size line or trailer section too long")]
-    TooLong,
-}
-
-/// Where a chunk-size line scan is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SizePhase {
-    /// Reading hex digits.
-    Digits,
-    /// After the digits, in whitespace before `;` or CR.
-    Space,
-    /// In the chunk extensions (ignored).
-    Ext,
-    /// Saw CR, expecting LF.
-    Lf,
-}
-
-/// The state of a [`ChunkedScanner`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum ScanState {
-    /// In a chunk-size line.
-    Size {
-        phase: SizePhase,
-        value: u64,
-        digits: usize,
-        len: usize,
-    },
-    /// In chunk data; `remaining > 0`.
-    Data { remaining: u64 },
-    /// After chunk data, expecting CR.
-    DataCr,
-    /// After chunk data and CR, expecting LF.
-    DataLf,
-    /// In the trailer section.
-    Trailer {
-        line_len: usize,
-        cr: bool,
-        total: usize,
-    },
-    /// The body ended.
-    Done,
-    /// An error was found; it is returned again on every feed.
-    Failed(ChunkError),
-}
-
-impl ScanState {
-    fn size_line() -> Self {
-        ScanState::Size {
-            phase: SizePhase::Digits,
-            value: 0,
-            digits: 0,
-            len: 0,
-        }
-    }
-}
-
-/// Incremental scanner for a chunked body (RFC 9112 7.1), used to forward the
-/// body verbatim while finding its end. It never consumes bytes past the end
-/// of the body (the final CRLF after the last-chunk and trailer section).
-#[derive(Debug, Clone)]
-pub struct ChunkedScanner {
-    state: ScanState,
-}
-
-impl Default for ChunkedScanner {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl ChunkedScanner {
-    /// A scanner positioned at the start of a chunked body.
-    pub fn new() -> Self {
-        ChunkedScanner {
-            state: ScanState::size_line(),
-        }
-    }
-
-    /// Consumes a prefix of `input` that belongs to the body and returns its
-    /// length (0 ≤ n ≤ input.len()), stopping exactly at the end of the body.
-    /// Accepts only CRLF line endings; a size line over 4096 bytes → TooLong;
-    /// a size over 2^62 → SizeOverflow; a trailer section over 65536 bytes →
-    /// TooLong. Any split of the input works. After an error, every later
-    /// call returns the same error.
-    pub fn feed(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
-        if let ScanState::Failed(e) = &self.state {
-            return Err(e.clone());
-        }
-        match self.scan(input) {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                self.state = ScanState::Failed(e.clone());
-                Err(e)
-            }
-        }
-    }
-
-    /// The scanning loop behind [`ChunkedScanner::feed`].
-    fn scan(&mut self, input: &[u8]) -> Result<usize, ChunkError> {
-        let mut i = 0;
-        while i < input.len() {
-            match &mut self.state {
-                ScanState::Done | ScanState::Failed(_) => break,
-                ScanState::Data { remaining } => {
-                    let avail = (input.len() - i) as u64;
-                    let take = (*remaining).min(avail);
-                    *remaining -= take;
-                    // `take <= avail`, which came from a usize.
-                    i += take as usize;
-                    if *remaining == 0 {
-                        self.state = ScanState::DataCr;
-                    }
-                }
-                ScanState::DataCr => {
-                    if input[i] != b'\r' {
-                        return Err(ChunkError::MissingCrlf);
-                    }
-                    i += 1;
-                    self.state = ScanState::DataLf;
-                }
-                ScanState::DataLf => {
-                    if input[i] != b'\n' {
-                        return Err(ChunkError::MissingCrlf);
-                    }
-                    i += 1;
-                    self.state = ScanState::size_line();
-                }
-                ScanState::Size {
-                    phase,
-                    value,
-                    digits,
-                    len,
-                } => {
-                    let b = input[i];
-                    i += 1;
-                    if *phase == SizePhase::Lf {
-                        if b != b'\n' {
-                            return Err(ChunkError::BadSize);
-                        }
-                        self.state = if *value == 0 {
-                            ScanState::Trailer {
-                                line_len: 0,
-                                cr: false,
-                                total: 0,
-                            }
-                        } else {
-                            ScanState::Data { remaining: *value }
-                        };
-                        continue;
-                    }
-                    if b == b'\r' {
-                        if *digits == 0 {
-                            return Err(ChunkError::BadSize);
-                        }
-                        *phase = SizePhase::Lf;
-                        continue;
-                    }
-                    *len += 1;
-                    if *len > MAX_CHUNK_SIZE_LINE {
-                        return Err(ChunkError::TooLong);
-                    }
-                    match (*phase, b) {
-                        (SizePhase::Digits, _) if b.is_ascii_hexdigit() => {
-                            *digits += 1;
-                            let digit = match b {
-                                b'0'..=b'9' => b - b'0',
-                                _ => (b | 0x20) - b'a' + 10,
-                            };
-                            if *value > MAX_CHUNK_SIZE >> 4 {
-                                return Err(ChunkError::SizeOverflow);
-                            }
-                            *value = (*value << 4) | u64::from(digit);
-                            if *value > MAX_CHUNK_SIZE {
-                                return Err(ChunkError::SizeOverflow);
-                            }
-                        }
-                        (SizePhase::Digits | SizePhase::Space, b' ' | b'\t') if *digits > 0 => {
-                            *phase = SizePhase::Space;
-                        }
-                        (SizePhase::Digits | SizePhase::Space, b';') if *digits > 0 => {
-                            *phase = SizePhase::Ext;
-                        }
-                        (SizePhase::Ext, _) if b == b'\t' || (b >= 0x20 && b != 0x7f) => {}
-                        _ => return Err(ChunkError::BadSize),
-                    }
-                }
-                ScanState::Trailer {
-                    line_len,
-                    cr,
-                    total,
-                } => {
-                    let b = input[i];
-                    i += 1;
-                    *total += 1;
-                    if *total > MAX_TRAILER_BYTES {
-                        return Err(ChunkError::TooLong);
-                    }
-                    if *cr {
-                        if b != b'\n' {
-                            return Err(ChunkError::MissingCrlf);
-                        }
-                        if *line_len == 0 {
-                            self.state = ScanState::Done;
-                        } else {
-                            *line_len = 0;
-                            *cr = false;
-                        }
-                    } else if b == b'\r' {
-                        *cr = true;
-                    } else if b == b'\n' {
-                        return Err(ChunkError::MissingCrlf);
-                    } else {
-                        *line_len += 1;
-                    }
-                }
-            }
-        }
-        Ok(i)
-    }
-
-    /// Whether the whole body (through the final CRLF) has been consumed.
-    pub fn is_done(&self) -> bool {
-        self.state == ScanState::Done
-    }
-
-    /// When positioned inside chunk data, how many data bytes of the current
-    /// chunk remain (so a caller can move them without feeding them); otherwise 0.
-    pub fn data_remaining(&self) -> u64 {
-        match self.state {
-            ScanState::Data { remaining } => remaining,
-            _ => 0,
-        }
-    }
-
-    /// Records that `n` (≤ [`ChunkedScanner::data_remaining`]) chunk-data
-    /// bytes were forwarded without being fed. A larger `n` is clamped to
-    /// `data_remaining()`; outside chunk data this does nothing.
-    pub fn skip_data(&mut self, n: u64) {
-        if let ScanState::Data { remaining } = &mut self.state {
-            *remaining -= n.min(*remaining);
-            if *remaining == 0 {
-                self.state = ScanState::DataCr;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1025,15 +669,6 @@ mod tests {
     type Fields = &'static [(&'static str, &'static str)];
     /// An expected framing result.
     type Framed = Result<BodyFraming, HeadError>;
-    /// (method, target, Host header, expected host, expected path).
-    type HostPathCase = (
-        &'static str,
-        &'static str,
-        Option<&'static str>,
-        Option<&'static str>,
-        &'static str,
-    );
-
     fn hdrs(list: &[(&str, &str)]) -> Vec<Header> {
         list.iter()
             .map(|(n, v)| Header {
@@ -1048,15 +683,6 @@ mod tests {
             method: "POST".to_string(),
             target: "/upload".to_string(),
             version,
-            headers: hdrs(list),
-        }
-    }
-
-    fn resp(status: u16, list: &[(&str, &str)]) -> ResponseHead {
-        ResponseHead {
-            version: Version::Http11,
-            status,
-            reason: "Whatever".to_string(),
             headers: hdrs(list),
         }
     }
@@ -1088,8 +714,6 @@ mod tests {
         assert_eq!(head.header("x-mixed-case"), Some(&b"a b"[..]));
         assert_eq!(head.header("HOST"), Some(&b"example.com"[..]));
         assert_eq!(head.header("missing"), None);
-        assert_eq!(head.host().as_deref(), Some("example.com"));
-        assert_eq!(head.path(), "/index.html");
     }
 
     #[test]
@@ -1097,126 +721,6 @@ mod tests {
         let (head, _) = parse_req("GET / HTTP/1.0\r\n\r\n");
         assert_eq!(head.version, Version::Http10);
         assert!(head.headers.is_empty());
-        assert_eq!(head.host(), None);
-    }
-
-    #[test]
-    fn host_and_path_table() {
-        // (method, target, Host header, expected host, expected path)
-        let cases: &[HostPathCase] = &[
-            (
-                "GET",
-                "/a/b?q=1",
-                Some("h.example"),
-                Some("h.example"),
-                "/a/b",
-            ),
-            (
-                "GET",
-                "/",
-                Some("  padded.example:8080 "),
-                Some("padded.example:8080"),
-                "/",
-            ),
-            ("GET", "/nohost", None, None, "/nohost"),
-            (
-                "GET",
-                "http://abs.example/p/q?x",
-                Some("other.example"),
-                Some("abs.example"),
-                "/p/q",
-            ),
-            (
-                "GET",
-                "http://abs.example:81",
-                Some("other.example"),
-                Some("abs.example:81"),
-                "/",
-            ),
-            (
-                "GET",
-                "http://abs.example?x=1",
-                None,
-                Some("abs.example"),
-                "/",
-            ),
-            (
-                "GET",
-                "HTTP://Upper.Example/x",
-                None,
-                Some("Upper.Example"),
-                "/x",
-            ),
-            (
-                "GET",
-                "https://s.example/sec",
-                None,
-                Some("s.example"),
-                "/sec",
-            ),
-            (
-                "GET",
-                "http://user:pw@u.example/x",
-                None,
-                Some("u.example"),
-                "/x",
-            ),
-            (
-                "GET",
-                "http:///empty",
-                Some("fallback.example"),
-                Some("fallback.example"),
-                "/empty",
-            ),
-            (
-                "OPTIONS",
-                "*",
-                Some("star.example"),
-                Some("star.example"),
-                "*",
-            ),
-            (
-                "CONNECT",
-                "tunnel.example:443",
-                Some("ignored.example"),
-                Some("tunnel.example:443"),
-                "tunnel.example:443",
-            ),
-            ("GET", "/path#frag", Some("h"), Some("h"), "/path"),
-        ];
-        for &(method, target, host, want_host, want_path) in cases {
-            let head = RequestHead {
-                method: method.to_string(),
-                target: target.to_string(),
-                version: Version::Http11,
-                headers: host.map(|h| hdrs(&[("Host", h)])).unwrap_or_default(),
-            };
-            assert_eq!(head.host().as_deref(), want_host, "host of {target}");
-            assert_eq!(head.path(), want_path, "path of {target}");
-        }
-    }
-
-    #[test]
-    fn absolute_form_parsed_from_wire() {
-        let (head, _) =
-            parse_req("GET http://wire.example:8080/x/y?z HTTP/1.1\r\nHost: decoy.example\r\n\r\n");
-        assert_eq!(head.host().as_deref(), Some("wire.example:8080"));
-        assert_eq!(head.path(), "/x/y");
-        assert_eq!(head.target, "http://wire.example:8080/x/y?z");
-    }
-
-    #[test]
-    fn host_header_lossy_utf8() {
-        let head = RequestHead {
-            method: "GET".into(),
-            target: "/".into(),
-            version: Version::Http11,
-            headers: vec![Header {
-                name: "Host".into(),
-                value: b"bad\xffhost".to_vec(),
-            }],
-        };
-        assert_eq!(head.host().as_deref(), Some("bad\u{fffd}host"));
     }
 
     #[test]
@@ -1225,7 +729,6 @@ mod tests {
         let (head, n) = parse_req(raw);
         assert_eq!(n, raw.len());
         assert_eq!(head.method, "GET");
-        assert_eq!(head.host().as_deref(), Some("a"));
     }
 
     #[test]
@@ -1337,8 +840,15 @@ mod tests {
     }
 
     #[test]
+    /// RFC 9112 2.2 (bare CR), 5.1 (no whitespace before the colon), 5.2
+    /// (obs-fold), RFC 9110 5.5 (control characters), 3.2 (one Host).
     fn malformed_requests() {
         let cases: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost\t: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX\x01: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n X: a\r\n\r\n",
+            b"GET / HTTP/1.1\rHost: a\r\n\r\n",
             b"G(T / HTTP/1.1\r\n\r\n",
             b"GET\t/ HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
@@ -1435,49 +945,6 @@ mod tests {
         assert_eq!(vias, vec![&b"a"[..], &b"b"[..], &b"d"[..]]);
         assert_eq!(head.header("vIa"), Some(&b"a"[..]));
         assert_eq!(head.headers_named("nope").count(), 0);
-    }
-
-    #[test]
-    fn expects_continue_table() {
-        let cases: &[(Version, Fields, bool)] = &[
-            (Version::Http11, &[("Expect", "100-continue")], true),
-            (Version::Http11, &[("expect", "100-Continue")], true),
-            (Version::Http11, &[("Expect", " 100-CONTINUE ")], true),
-            (Version::Http10, &[("Expect", "100-continue")], false),
-            (Version::Http11, &[], false),
-            (Version::Http11, &[("Expect", "something-else")], false),
-        ];
-        for (version, list, want) in cases {
-            assert_eq!(
-                req(*version, list).expects_continue(),
-                *want,
-                "{version:?} {list:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn upgrade_table() {
-        let cases: &[(Fields, Option<&str>)] = &[
-            (
-                &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
-                Some("websocket"),
-            ),
-            (
-                &[
-                    ("Upgrade", "websocket"),
-                    ("Connection", "keep-alive, upgrade"),
-                ],
-                Some("websocket"),
-            ),
-            (&[("Upgrade", "websocket")], None),
-            (&[("Connection", "upgrade")], None),
-            (&[("Upgrade", "h2c"), ("Connection", "close")], None),
-        ];
-        for (list, want) in cases {
-            let head = req(Version::Http11, list);
-            assert_eq!(head.upgrade(), want.map(str::as_bytes), "{list:?}");
-        }
     }
 
     // ---------------------------------------------------------------- framing
@@ -1619,7 +1086,7 @@ mod tests {
             (
                 v11,
                 &[("Transfer-Encoding", "")],
-                Err(E::UnsupportedTransferEncoding("".into())),
+                Err(E::Malformed("empty Transfer-Encoding".into())),
             ),
             (
                 v10,
@@ -1667,7 +1134,14 @@ mod tests {
             (E::InvalidContentLength, 400),
             (E::UnsupportedTransferEncoding("gzip".into()), 501),
             (E::TransferEncodingInHttp10, 400),
-            (E::UnsupportedVersion, 400),
+            (E::UnsupportedVersion, 505),
+            (E::MissingHost, 400),
+            (E::InvalidHost("a,b".into()), 400),
+            (E::InvalidTarget("x".into()), 400),
+            (E::ConnectUnsupported, 501),
+            (E::UnsupportedExpectation("x".into()), 417),
+            (E::FramingLookalike("Content_Length".into()), 400),
+            (E::InvalidUpgrade("a b".into()), 400),
         ];
         for (err, status) in cases {
             assert_eq!(err.request_status(), status, "{err:?}");
@@ -1684,85 +1158,6 @@ mod tests {
             HeadError::UnsupportedTransferEncoding("gzip".into()).to_string(),
             "unsupported Transfer-Encoding: gzip"
         );
-    }
-
-    #[test]
-    fn response_framing_table() {
-        use BodyFraming as F;
-        use HeadError as E;
-        let cl = &[("Content-Length", "10")][..];
-        let te = &[("Transfer-Encoding", "chunked")][..];
-        let cases: Vec<(&str, u16, Fields, Framed)> = vec![
-            ("HEAD", 200, cl, Ok(F::None)),
-            ("HEAD", 200, te, Ok(F::None)),
-            ("HEAD", 404, &[], Ok(F::None)),
-            ("GET", 204, cl, Ok(F::None)),
-            ("GET", 304, cl, Ok(F::None)),
-            ("GET", 100, &[], Ok(F::None)),
-            ("GET", 101, &[("Upgrade", "websocket")], Ok(F::None)),
-            ("GET", 103, cl, Ok(F::None)),
-            ("CONNECT", 200, cl, Ok(F::UntilClose)),
-            ("CONNECT", 299, &[], Ok(F::UntilClose)),
-            ("CONNECT", 407, cl, Ok(F::Length(10))),
-            ("GET", 200, te, Ok(F::Chunked)),
-            (
-                "GET",
-                200,
-                &[("Transfer-Encoding", "gzip, Chunked")],
-                Ok(F::Chunked),
-            ),
-            (
-                "GET",
-                200,
-                &[
-                    ("Transfer-Encoding", "gzip"),
-                    ("Transfer-Encoding", "chunked"),
-                ],
-                Ok(F::Chunked),
-            ),
-            (
-                "GET",
-                200,
-                &[("Transfer-Encoding", "chunked, gzip")],
-                Ok(F::UntilClose),
-            ),
-            (
-                "GET",
-                200,
-                &[("Transfer-Encoding", "identity")],
-                Ok(F::UntilClose),
-            ),
-            (
-                "GET",
-                200,
-                &[("Transfer-Encoding", "chunked"), ("Content-Length", "3")],
-                Err(E::ContentLengthWithTransferEncoding),
-            ),
-            ("GET", 200, cl, Ok(F::Length(10))),
-            ("POST", 500, &[("Content-Length", "0")], Ok(F::Length(0))),
-            ("GET", 200, &[("Content-Length", "3, 3")], Ok(F::Length(3))),
-            (
-                "GET",
-                200,
-                &[("Content-Length", "3, 4")],
-                Err(E::ConflictingContentLength),
-            ),
-            (
-                "GET",
-                200,
-                &[("Content-Length", "abc")],
-                Err(E::InvalidContentLength),
-            ),
-            ("GET", 200, &[], Ok(F::UntilClose)),
-            ("GET", 404, &[("Connection", "close")], Ok(F::UntilClose)),
-        ];
-        for (method, status, list, want) in cases {
-            assert_eq!(
-                response_framing(method, &resp(status, list)),
-                want,
-                "{method} {status} {list:?}"
-            );
-        }
     }
 
     // ------------------------------------------------------ connection mgmt
@@ -1932,141 +1327,6 @@ mod tests {
     // ---------------------------------------------------------- serializing
 
     #[test]
-    fn write_request_head_variants() {
-        let head = RequestHead {
-            method: "GET".into(),
-            target: "http://up.example/x?y".into(),
-            version: Version::Http11,
-            headers: hdrs(&[
-                ("Host", "up.example"),
-                ("Connection", "keep-alive, X-Drop, Upgrade"),
-                ("X-Drop", "secret"),
-                ("Keep-Alive", "timeout=5"),
-                ("Proxy-Connection", "keep-alive"),
-                ("TE", "trailers"),
-                ("Upgrade", "websocket"),
-                ("Transfer-Encoding", "chunked"),
-                ("x-CaSe", "  Value With Spaces"),
-            ]),
-        };
-        let base = "GET http://up.example/x?y HTTP/1.1\r\nHost: up.example\r\nTransfer-Encoding: chunked\r\nx-CaSe:   Value With Spaces\r\n";
-        let cases = [
-            (ConnectionHeader::None, format!("{base}\r\n")),
-            (
-                ConnectionHeader::KeepAlive,
-                format!("{base}Connection: keep-alive\r\n\r\n"),
-            ),
-            (
-                ConnectionHeader::Close,
-                format!("{base}Connection: close\r\n\r\n"),
-            ),
-            (
-                ConnectionHeader::Upgrade,
-                format!("{base}Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
-            ),
-        ];
-        for (conn, want) in cases {
-            let mut out = b"prefix:".to_vec();
-            write_request_head(&head, conn, &mut out);
-            assert_eq!(
-                String::from_utf8(out).unwrap(),
-                format!("prefix:{want}"),
-                "{conn:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn write_request_head_keeps_raw_bytes_and_version() {
-        let head = RequestHead {
-            method: "PUT".into(),
-            target: "/r".into(),
-            version: Version::Http10,
-            headers: vec![Header {
-                name: "X-Bin".into(),
-                value: b"\xff\xfe obs".to_vec(),
-            }],
-        };
-        let mut out = Vec::new();
-        write_request_head(&head, ConnectionHeader::None, &mut out);
-        assert_eq!(out, b"PUT /r HTTP/1.0\r\nX-Bin: \xff\xfe obs\r\n\r\n");
-
-        // Upgrade requested but nothing to upgrade to: no Connection header at all.
-        let mut out = Vec::new();
-        write_request_head(&head, ConnectionHeader::Upgrade, &mut out);
-        assert_eq!(out, b"PUT /r HTTP/1.0\r\nX-Bin: \xff\xfe obs\r\n\r\n");
-    }
-
-    #[test]
-    fn parse_then_write_round_trip() {
-        let raw =
-            "POST /submit HTTP/1.1\r\nHost: h\r\nConnection: close\r\nContent-Length: 2\r\n\r\n";
-        let (head, _) = parse_req(raw);
-        let mut out = Vec::new();
-        write_request_head(&head, ConnectionHeader::KeepAlive, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "POST /submit HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
-        );
-    }
-
-    #[test]
-    fn write_response_head_variants() {
-        let head = ResponseHead {
-            version: Version::Http10,
-            status: 101,
-            reason: "Switching Protocols".into(),
-            headers: hdrs(&[
-                ("Upgrade", "websocket"),
-                ("Connection", "Upgrade, X-Hop"),
-                ("X-Hop", "1"),
-                ("Sec-WebSocket-Accept", "abc="),
-                ("keep-alive", "timeout=1"),
-            ]),
-        };
-        let base = "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc=\r\n";
-        let cases = [
-            (ConnectionHeader::None, format!("{base}\r\n")),
-            (
-                ConnectionHeader::KeepAlive,
-                format!("{base}Connection: keep-alive\r\n\r\n"),
-            ),
-            (
-                ConnectionHeader::Close,
-                format!("{base}Connection: close\r\n\r\n"),
-            ),
-            (
-                ConnectionHeader::Upgrade,
-                format!("{base}Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
-            ),
-        ];
-        for (conn, want) in cases {
-            let mut out = Vec::new();
-            write_response_head(&head, conn, &mut out);
-            assert_eq!(String::from_utf8(out).unwrap(), want, "{conn:?}");
-        }
-
-        let (parsed, _) = parse_response_head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
-            .unwrap()
-            .unwrap();
-        let mut out = Vec::new();
-        write_response_head(&parsed, ConnectionHeader::Close, &mut out);
-        assert_eq!(
-            out,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-
-        let empty_reason = resp(204, &[]);
-        let empty_reason = ResponseHead {
-            reason: String::new(),
-            ..empty_reason
-        };
-        let mut out = Vec::new();
-        write_response_head(&empty_reason, ConnectionHeader::None, &mut out);
-        assert_eq!(out, b"HTTP/1.1 204 \r\n\r\n");
-    }
-
-    #[test]
     fn local_response_exact_bytes() {
         let got = local_response(
             403,
@@ -2129,251 +1389,5 @@ mod tests {
         for (status, want) in cases {
             assert_eq!(reason_phrase(status), want, "{status}");
         }
-    }
-
-    // -------------------------------------------------------------- chunked
-
-    const BODY: &[u8] =
-        b"4;ext=1\r\nWiki\r\n5 ; a=\"q;x\" ; b\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n\
-        10\r\n0123456789abcdef\r\n0;last\r\nExpires: never\r\nX-Trailer: y\r\n\r\n";
-    const NEXT: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-
-    fn body_then_next() -> Vec<u8> {
-        let mut v = BODY.to_vec();
-        v.extend_from_slice(NEXT);
-        v
-    }
-
-    /// Feeds `input` split at the given piece lengths (cycled); returns how
-    /// many bytes were consumed in total, checking that a short consume only
-    /// happens at the end of the body.
-    fn feed_in_pieces(
-        input: &[u8],
-        mut next_len: impl FnMut() -> usize,
-    ) -> Result<usize, ChunkError> {
-        let mut scanner = ChunkedScanner::new();
-        let mut off = 0;
-        while off < input.len() {
-            let end = (off + next_len().max(1)).min(input.len());
-            let piece = &input[off..end];
-            let n = scanner.feed(piece)?;
-            assert!(n <= piece.len());
-            off += n;
-            if n < piece.len() {
-                assert!(scanner.is_done(), "short consume before the end");
-                break;
-            }
-            if scanner.is_done() {
-                break;
-            }
-        }
-        assert!(scanner.is_done(), "body not finished");
-        assert_eq!(scanner.feed(&input[off..]), Ok(0), "consumed past the end");
-        Ok(off)
-    }
-
-    #[test]
-    fn chunked_whole() {
-        let input = body_then_next();
-        let mut scanner = ChunkedScanner::new();
-        assert!(!scanner.is_done());
-        assert_eq!(scanner.feed(&input), Ok(BODY.len()));
-        assert!(scanner.is_done());
-        assert_eq!(&input[BODY.len()..], NEXT);
-        assert_eq!(scanner.feed(NEXT), Ok(0));
-        assert_eq!(scanner.feed(b""), Ok(0));
-        assert_eq!(scanner.data_remaining(), 0);
-    }
-
-    #[test]
-    fn chunked_byte_by_byte() {
-        let input = body_then_next();
-        assert_eq!(feed_in_pieces(&input, || 1), Ok(BODY.len()));
-    }
-
-    #[test]
-    fn chunked_pseudo_random_splits() {
-        let input = body_then_next();
-        for seed in 0..200u64 {
-            let mut state = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let next = || {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 33) % 13) as usize + 1
-            };
-            assert_eq!(feed_in_pieces(&input, next), Ok(BODY.len()), "seed {seed}");
-        }
-    }
-
-    #[test]
-    fn chunked_every_two_way_split() {
-        let input = body_then_next();
-        for cut in 0..=input.len() {
-            let mut scanner = ChunkedScanner::new();
-            let a = scanner.feed(&input[..cut]).unwrap();
-            let b = scanner.feed(&input[a..]).unwrap();
-            assert_eq!(a + b, BODY.len(), "cut {cut}");
-            assert!(scanner.is_done());
-        }
-    }
-
-    #[test]
-    fn chunked_minimal_bodies() {
-        let cases: &[&[u8]] = &[
-            b"0\r\n\r\n",
-            b"000\r\n\r\n",
-            b"0;x=y\r\n\r\n",
-            b"0\r\nA: b\r\n\r\n",
-            b"1\r\nx\r\n0\r\n\r\n",
-            b"A\r\n0123456789\r\n0\r\n\r\n",
-            b"a\r\n0123456789\r\n0\r\n\r\n",
-            b"1\t;\tq\r\nx\r\n0\r\n\r\n",
-        ];
-        for body in cases {
-            let mut input = body.to_vec();
-            input.extend_from_slice(b"\r\nleftover");
-            let mut scanner = ChunkedScanner::default();
-            assert_eq!(
-                scanner.feed(&input),
-                Ok(body.len()),
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
-            assert!(scanner.is_done());
-        }
-    }
-
-    #[test]
-    fn chunked_incomplete_is_not_done() {
-        let mut scanner = ChunkedScanner::new();
-        assert_eq!(scanner.feed(&BODY[..BODY.len() - 1]), Ok(BODY.len() - 1));
-        assert!(!scanner.is_done());
-        assert_eq!(scanner.feed(b"\nGET"), Ok(1));
-        assert!(scanner.is_done());
-    }
-
-    #[test]
-    fn chunked_data_remaining_and_skip() {
-        let mut scanner = ChunkedScanner::new();
-        assert_eq!(scanner.data_remaining(), 0);
-        assert_eq!(scanner.feed(b"1A;e=1\r\n"), Ok(8));
-        assert_eq!(scanner.data_remaining(), 26);
-        assert_eq!(scanner.feed(b"abc"), Ok(3));
-        assert_eq!(scanner.data_remaining(), 23);
-        scanner.skip_data(20);
-        assert_eq!(scanner.data_remaining(), 3);
-        scanner.skip_data(3);
-        assert_eq!(scanner.data_remaining(), 0);
-        assert!(!scanner.is_done());
-        // Next must be the CRLF after the data.
-        assert_eq!(scanner.feed(b"\r\n1000\r\n"), Ok(8));
-        assert_eq!(scanner.data_remaining(), 0x1000);
-        scanner.skip_data(0x1000);
-        assert_eq!(scanner.feed(b"\r\n0\r\n\r\nrest"), Ok(7));
-        assert!(scanner.is_done());
-        // skip_data outside data is a no-op.
-        scanner.skip_data(5);
-        assert!(scanner.is_done());
-    }
-
-    #[test]
-    fn chunked_large_chunk_skipped_without_feeding() {
-        let mut scanner = ChunkedScanner::new();
-        assert_eq!(scanner.feed(b"4000000000000000\r\n"), Ok(18));
-        assert_eq!(scanner.data_remaining(), 1 << 62);
-        scanner.skip_data(1 << 61);
-        assert_eq!(scanner.feed(&[0u8; 10]), Ok(10));
-        assert_eq!(scanner.data_remaining(), (1 << 61) - 10);
-    }
-
-    #[test]
-    fn chunked_errors_table() {
-        let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "a".repeat(5000));
-        let long_digits = format!("{}1\r\nx\r\n0\r\n\r\n", "0".repeat(4096));
-        let ok_digits = format!("{}1\r\nx\r\n0\r\n\r\n", "0".repeat(4095));
-        let big_trailer = format!("0\r\nX: {}\r\n\r\n", "t".repeat(MAX_TRAILER_BYTES));
-        let many_trailers = format!("0\r\n{}\r\n", "A: b\r\n".repeat(MAX_TRAILER_BYTES / 6 + 1));
-        let trailer_at_limit = format!("0\r\nX: {}\r\n\r\n", "t".repeat(MAX_TRAILER_BYTES - 7));
-        let cases: Vec<(&[u8], Result<(), ChunkError>)> = vec![
-            (b"zz\r\n", Err(ChunkError::BadSize)),
-            (b"\r\n", Err(ChunkError::BadSize)),
-            (b";ext\r\n", Err(ChunkError::BadSize)),
-            (b" 5\r\n", Err(ChunkError::BadSize)),
-            (b"0x5\r\n", Err(ChunkError::BadSize)),
-            (b"-1\r\n", Err(ChunkError::BadSize)),
-            (b"5\n", Err(ChunkError::BadSize)),
-            (b"5\rx", Err(ChunkError::BadSize)),
-            (b"5 x\r\n", Err(ChunkError::BadSize)),
-            (b"5;a\nb\r\n", Err(ChunkError::BadSize)),
-            (b"5;a\x00\r\n", Err(ChunkError::BadSize)),
-            (b"5 \r\nhello\r\n0\r\n\r\n", Ok(())),
-            (b"5\r\nhelloX", Err(ChunkError::MissingCrlf)),
-            (b"5\r\nhello\rX", Err(ChunkError::MissingCrlf)),
-            (b"5\r\nhello\n0\r\n\r\n", Err(ChunkError::MissingCrlf)),
-            (b"5\r\nhello world\r\n", Err(ChunkError::MissingCrlf)),
-            (b"0\r\nA: b\n\r\n", Err(ChunkError::MissingCrlf)),
-            (b"0\r\n\n", Err(ChunkError::MissingCrlf)),
-            (b"0\r\n\rX", Err(ChunkError::MissingCrlf)),
-            (b"4000000000000000\r\n", Ok(())),
-            (b"4000000000000001\r\n", Err(ChunkError::SizeOverflow)),
-            (b"10000000000000000\r\n", Err(ChunkError::SizeOverflow)),
-            (
-                b"ffffffffffffffffffffffff\r\n",
-                Err(ChunkError::SizeOverflow),
-            ),
-            (long_ext.as_bytes(), Err(ChunkError::TooLong)),
-            (long_digits.as_bytes(), Err(ChunkError::TooLong)),
-            (ok_digits.as_bytes(), Ok(())),
-            (big_trailer.as_bytes(), Err(ChunkError::TooLong)),
-            (many_trailers.as_bytes(), Err(ChunkError::TooLong)),
-            (trailer_at_limit.as_bytes(), Ok(())),
-        ];
-        for (input, want) in cases {
-            let label = String::from_utf8_lossy(&input[..input.len().min(40)]).into_owned();
-            let whole = ChunkedScanner::new().feed(input).map(|_| ());
-            assert_eq!(whole, want, "whole: {label:?}");
-            // Byte by byte must agree.
-            let mut scanner = ChunkedScanner::new();
-            let mut bytewise = Ok(());
-            for b in input {
-                if let Err(e) = scanner.feed(std::slice::from_ref(b)) {
-                    bytewise = Err(e);
-                    break;
-                }
-            }
-            assert_eq!(bytewise, want, "bytewise: {label:?}");
-        }
-    }
-
-    #[test]
-    fn chunked_trailer_limit_is_exact() {
-        // A trailer section of exactly MAX_TRAILER_BYTES (field line + final CRLF).
-        let field = format!("X: {}\r\n", "t".repeat(MAX_TRAILER_BYTES - 7));
-        assert_eq!(field.len() + 2, MAX_TRAILER_BYTES);
-        let body = format!("0\r\n{field}\r\n");
-        let mut scanner = ChunkedScanner::new();
-        assert_eq!(scanner.feed(body.as_bytes()), Ok(body.len()));
-        assert!(scanner.is_done());
-    }
-
-    #[test]
-    fn chunked_error_is_sticky() {
-        let mut scanner = ChunkedScanner::new();
-        assert_eq!(scanner.feed(b"zz"), Err(ChunkError::BadSize));
-        assert_eq!(scanner.feed(b"0\r\n\r\n"), Err(ChunkError::BadSize));
-        assert_eq!(scanner.feed(b""), Err(ChunkError::BadSize));
-        assert!(!scanner.is_done());
-    }
-
-    #[test]
-    fn chunk_error_messages() {
-        assert_eq!(ChunkError::BadSize.to_string(), "invalid chunk size line");
-        assert_eq!(
-            ChunkError::TooLong.to_string(),
-            "chunk size line or trailer section too long"
-        );
     }
 }

@@ -73,14 +73,17 @@ pub enum Dest<'a> {
     Discard,
 }
 
-/// Body bytes forwarded, by engine.
+/// Body bytes forwarded, by engine, and read.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Forwarded {
-    /// Through the proxy's buffer (bytes that came with a head, framing
-    /// lines, or everything with the copy engine).
+    /// Written through the proxy's buffer (bytes that came with a head,
+    /// framing lines, or everything with the copy engine).
     pub copied: u64,
-    /// Kernel-side with splice(2).
+    /// Moved kernel-side with splice(2).
     pub spliced: u64,
+    /// Read from the source: the same as written, except for a chunked
+    /// body, whose framing lines are written in canonical form.
+    pub read: u64,
 }
 
 impl Forwarded {
@@ -241,6 +244,7 @@ impl BufStream {
                     if self.buffered().is_empty() {
                         if let Some(n) = self.splice_to(&mut dst, Some(left), idle).await? {
                             done.spliced += n;
+                            done.read += n;
                             left -= n;
                             if left > 0 {
                                 return Err(BodyError::Truncated { missing: left });
@@ -257,16 +261,26 @@ impl BufStream {
                         .min(usize::try_from(left).unwrap_or(usize::MAX));
                     self.send_buffered(&mut dst, n).await?;
                     done.copied += n as u64;
+                    done.read += n as u64;
                     left -= n as u64;
                 }
             }
             BodyFraming::Chunked => {
                 let mut scanner = ChunkedScanner::new();
+                let mut canonical = Vec::new();
                 loop {
                     if !self.buffered().is_empty() {
-                        let n = scanner.feed(self.buffered())?;
-                        self.send_buffered(&mut dst, n).await?;
-                        done.copied += n as u64;
+                        canonical.clear();
+                        let n = scanner.feed(self.buffered(), &mut canonical)?;
+                        self.consume(n);
+                        done.read += n as u64;
+                        if let Dest::Stream(out) = &mut dst {
+                            out.stream
+                                .write_all(&canonical)
+                                .await
+                                .map_err(BodyError::Write)?;
+                        }
+                        done.copied += canonical.len() as u64;
                         if scanner.is_done() {
                             break;
                         }
@@ -276,6 +290,7 @@ impl BufStream {
                         if let Some(n) = self.splice_to(&mut dst, Some(data), idle).await? {
                             scanner.skip_data(n);
                             done.spliced += n;
+                            done.read += n;
                             if n < data {
                                 return Err(BodyError::Truncated { missing: data - n });
                             }
@@ -299,9 +314,11 @@ impl BufStream {
                 if n > 0 {
                     self.send_buffered(&mut dst, n).await?;
                     done.copied += n as u64;
+                    done.read += n as u64;
                 }
                 if let Some(n) = self.splice_to(&mut dst, None, idle).await? {
                     done.spliced += n;
+                    done.read += n;
                     break;
                 }
                 if self.fill_body(idle).await? == 0 {

@@ -57,6 +57,7 @@ pub fn config_yaml(global_upstream: &str, rule_upstream: &str) -> String {
         http:
           - method: "GET|HEAD|POST|PUT"
             path: "/data/.*"
+            upgrade: [echo, websocket]
           - method: "POST|PUT"
             path: "/echo"
           - method: "GET|HEAD"
