@@ -33,6 +33,12 @@ pub mod flags {
     pub const RBAC: &str = "RBAC";
     /// No original destination (connection not redirected by sockwarden).
     pub const NR: &str = "NR";
+    /// Request head timeout: a started head did not finish within
+    /// `proxy.request_head_timeout` (answered 408).
+    pub const HT: &str = "HT";
+    /// Stream idle timeout (Envoy's SI): a body made no progress for the
+    /// body timeout and was cut; DC or UC beside it says whose.
+    pub const SI: &str = "SI";
 }
 
 #[derive(Debug, Clone, Serialize)]
