@@ -35,6 +35,12 @@ pub mod flags {
     pub const NR: &str = "NR";
     /// An Upgrade the policy does not allow was removed from the request.
     pub const UPR: &str = "UPR";
+    /// Request head timeout: a started head did not finish within
+    /// `proxy.request_head_timeout` (answered 408).
+    pub const HT: &str = "HT";
+    /// Stream idle timeout (Envoy's SI): a body made no progress for the
+    /// body timeout and was cut; DC or UC beside it says whose.
+    pub const SI: &str = "SI";
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -205,6 +205,23 @@ pub struct ProxyConfig {
     /// How long a client connection may sit idle between requests.
     #[serde(default = "default_client_idle_timeout", with = "humantime_serde")]
     pub client_idle_timeout: Duration,
+    /// From the first byte of a request head to its end; past it, 408.
+    #[serde(default = "default_request_head_timeout", with = "humantime_serde")]
+    pub request_head_timeout: Duration,
+    /// Most workload connections open at once; further ones are refused.
+    /// None: derived from RLIMIT_NOFILE at start-up.
+    #[serde(default, deserialize_with = "max_connections_at_least_one")]
+    pub max_connections: Option<u32>,
+}
+
+fn max_connections_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let n = i64::deserialize(d)?;
+    match u32::try_from(n) {
+        Ok(m) if m >= 1 => Ok(Some(m)),
+        _ => Err(de::Error::custom(format!(
+            "{n} is out of range (1 to 4294967295 connections)"
+        ))),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -508,6 +525,9 @@ impl<'de> Deserialize<'de> for UpgradeProtocol {
 
 fn default_client_idle_timeout() -> Duration {
     Duration::from_secs(300)
+}
+fn default_request_head_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
@@ -871,6 +891,8 @@ policies:
         let c = parse(EXAMPLE).expect("example is valid");
         assert_eq!(c.proxy.listen, "10.77.0.1:15001".parse().unwrap());
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.proxy.request_head_timeout, Duration::from_secs(10));
+        assert_eq!(c.proxy.max_connections, None);
         let p = &c.policies[0];
         assert_eq!(p.name.value, "analytics");
         assert_eq!(p.cgroup.as_str(), "/sockwarden-test/analytics");
@@ -972,6 +994,13 @@ policies:
                 3,
                 "proxy.listen",
                 "address",
+            ),
+            (
+                "  listen: 10.77.0.1:15001",
+                "  listen: 10.77.0.1:15001\n  max_connections: 0",
+                4,
+                "proxy.max_connections",
+                "out of range",
             ),
             (
                 "headers: [\"x-team: analytics\"]",

@@ -32,6 +32,10 @@ pub const SOCKMAP_TO_TCP: &str = "sockwarden_sockmap_switches_to_tcp_total";
 pub const SOCKMAP_LINKED: &str = "sockwarden_sockmap_linked_sockets_total";
 pub const HTTP_REJECTED: &str = "sockwarden_http_rejected_total";
 pub const UPGRADES_REMOVED: &str = "sockwarden_http_upgrades_removed_total";
+pub const DOWNSTREAM_LIMIT: &str = "sockwarden_downstream_connections_limit";
+pub const DOWNSTREAM_REJECTED: &str = "sockwarden_downstream_rejected_total";
+pub const ACCEPT_ERRORS: &str = "sockwarden_accept_errors_total";
+pub const TIMEOUTS: &str = "sockwarden_timeouts_total";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -59,6 +63,22 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_counter!(DOWNSTREAM_ACCEPTED, "Connections accepted from workloads");
     describe_gauge!(DOWNSTREAM_ACTIVE, "Workload connections open now");
+    describe_gauge!(
+        DOWNSTREAM_LIMIT,
+        "proxy.max_connections: most workload connections open at once"
+    );
+    describe_counter!(
+        DOWNSTREAM_REJECTED,
+        "Workload connections closed at accept, by reason (max_connections)"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accept() calls on the proxy listener, by errno name (EMFILE, ENFILE, ...); the listener backs off and retries"
+    );
+    describe_counter!(
+        TIMEOUTS,
+        "Exchanges cut by a timeout, by timeout (request_head: 408; request_body, response_body: no body progress within the body timeout)"
+    );
     describe_counter!(
         ORIG_DST_MISSING,
         "Accepted connections with no original destination in the kernel map (not redirected by sockwarden)"
@@ -251,6 +271,44 @@ pub fn downstream_accepted() {
 
 pub fn downstream_closed() {
     gauge!(DOWNSTREAM_ACTIVE).decrement(1.0);
+}
+
+pub fn downstream_limit(max: usize) {
+    gauge!(DOWNSTREAM_LIMIT).set(max as f64);
+}
+
+/// Why a workload connection was closed at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    MaxConnections,
+}
+
+pub fn downstream_rejected(why: Rejected) {
+    let reason = match why {
+        Rejected::MaxConnections => "max_connections",
+    };
+    counter!(DOWNSTREAM_REJECTED, "reason" => reason).increment(1);
+}
+
+pub fn accept_error(errno: &'static str) {
+    counter!(ACCEPT_ERRORS, "errno" => errno).increment(1);
+}
+
+/// Which timeout cut an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    RequestHead,
+    RequestBody,
+    ResponseBody,
+}
+
+pub fn timeout(which: Timeout) {
+    let label = match which {
+        Timeout::RequestHead => "request_head",
+        Timeout::RequestBody => "request_body",
+        Timeout::ResponseBody => "response_body",
+    };
+    counter!(TIMEOUTS, "timeout" => label).increment(1);
 }
 
 pub fn orig_dst_missing() {

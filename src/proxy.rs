@@ -6,17 +6,20 @@
 //! Host header.
 
 use std::net::SocketAddr;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use nix::sys::socket::MsgFlags;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
 use crate::accesslog::AccessLog;
 use crate::bpf::{Maps, OrigDst};
 use crate::config::PipeSizes;
+use crate::metrics;
 use crate::policy::PolicySet;
 
 mod conn;
@@ -86,6 +89,11 @@ impl KernelState for Maps {
 #[derive(Debug, Clone, Copy)]
 pub struct ProxySettings {
     pub client_idle_timeout: Duration,
+    /// From a request head's first byte to its end.
+    pub request_head_timeout: Duration,
+    /// Most workload connections served at once; past it, new ones are
+    /// answered 503 and closed at accept.
+    pub max_connections: usize,
     /// Test-only: skip the in-use tuple check in preserve-ip-port.
     pub skip_tuple_check: bool,
     /// Per body direction, Some(pipe size): splice kernel-side; None: copy.
@@ -104,6 +112,10 @@ pub struct Proxy {
     log: AccessLog,
     settings: ProxySettings,
     next_downstream_id: AtomicU64,
+    /// One permit per connection being served (`max_connections`).
+    slots: Arc<Semaphore>,
+    /// The 503 written to a connection refused at accept.
+    refusal: Vec<u8>,
 }
 
 /// How often idle upstream connections are swept.
@@ -125,6 +137,8 @@ impl Proxy {
             log,
             settings,
             next_downstream_id: AtomicU64::new(1),
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
+            refusal: refusal(settings.max_connections),
         })
     }
 
@@ -133,34 +147,54 @@ impl Proxy {
         self.pool.idle_count()
     }
 
-    /// Accepts and serves connections until `shutdown` turns true.
+    /// Accepts and serves connections until `shutdown` turns true. A
+    /// failed accept (EMFILE, ENFILE, ...) pauses accepting for a while
+    /// (see [`accept_backoff`]); connections already accepted are served
+    /// meanwhile, and accepting resumes by itself.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        metrics::downstream_limit(self.settings.max_connections);
         let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        let mut failures = 0u32;
+        let mut paused_until: Option<Instant> = None;
+        let mut error_log = LogEvery::new(LOG_INTERVAL);
+        let mut refusal_log = LogEvery::new(LOG_INTERVAL);
         loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
+                accepted = listener.accept(), if paused_until.is_none() => match accepted {
                     Ok((stream, peer)) => {
-                        let local = match stream.local_addr() {
-                            Ok(a) => a,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "accepted socket has no local address");
-                                continue;
+                        failures = 0;
+                        if !self.admit(stream, peer) {
+                            if let Some(n) = refusal_log.tick(Instant::now(), 1) {
+                                tracing::warn!(
+                                    max_connections = self.settings.max_connections,
+                                    refused_since_last_log = n,
+                                    "connection limit reached: refusing new connections"
+                                );
                             }
-                        };
-                        let _ = stream.set_nodelay(true);
-                        let id = self.next_downstream_id.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(Arc::clone(&self).handle(id, stream, peer, local));
+                        }
                     }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        failures = failures.saturating_add(1);
+                        let errno = metrics::errno_name(&e);
+                        metrics::accept_error(errno);
+                        let pause = accept_backoff(failures);
+                        if let Some(n) = error_log.tick(Instant::now(), 1) {
+                            tracing::warn!(
+                                error = %e,
+                                errno,
+                                failures_since_last_log = n,
+                                pause_ms = pause.as_millis() as u64,
+                                "accept failed; pausing the listener"
+                            );
+                        }
+                        paused_until = Some(Instant::now() + pause);
                     }
                 },
+                () = sleep_until(paused_until), if paused_until.is_some() => paused_until = None,
                 _ = sweep.tick() => self.pool.sweep(),
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
@@ -168,6 +202,194 @@ impl Proxy {
                     }
                 }
             }
+        }
+    }
+
+    /// Serves an accepted connection if a slot is free; otherwise refuses
+    /// it and returns false.
+    fn admit(self: &Arc<Self>, stream: TcpStream, peer: SocketAddr) -> bool {
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepted socket has no local address");
+                return true;
+            }
+        };
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            metrics::downstream_rejected(metrics::Rejected::MaxConnections);
+            // The kernel's entry for this connection goes now, not at LRU
+            // eviction.
+            let _ = self.kernel.take_orig_dst(peer, local);
+            // One non-blocking send into an empty send buffer: it never
+            // waits. A client whose request already arrived may see a reset
+            // instead (closing with unread bytes resets).
+            let _ = nix::sys::socket::send(
+                stream.as_raw_fd(),
+                &self.refusal,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
+            );
+            return false;
+        };
+        let _ = stream.set_nodelay(true);
+        let id = self.next_downstream_id.fetch_add(1, Ordering::Relaxed);
+        let proxy = Arc::clone(self);
+        tokio::spawn(async move {
+            proxy.handle(id, stream, peer, local).await;
+            drop(slot);
+        });
+        true
+    }
+}
+
+/// How often the accept loop logs failures and refusals at most.
+const LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The pause after `failures` consecutive failed accepts: 10 ms, doubling
+/// up to 1 s. Long enough that a full fd table (EMFILE) does not spin the
+/// loop, short enough that accepting resumes soon after fds are freed.
+pub fn accept_backoff(failures: u32) -> Duration {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+    match failures {
+        0 => Duration::ZERO,
+        n => FIRST
+            .checked_mul(1u32 << (n - 1).min(16))
+            .map_or(MAX, |d| d.min(MAX)),
+    }
+}
+
+/// The default `proxy.max_connections` for a soft RLIMIT_NOFILE of
+/// `nofile`: a quarter of the fds (at most 1024) stays for listeners, maps,
+/// pipes and pooled upstreams, and each connection gets two (its own and
+/// its upstream's).
+pub fn default_max_connections(nofile: u64) -> usize {
+    let reserve = (nofile / 4).min(1024);
+    usize::try_from((nofile - reserve) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// The soft RLIMIT_NOFILE of this process.
+pub fn nofile_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass, which
+    // lives for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The response to a connection refused by the connection limit.
+fn refusal(max: usize) -> Vec<u8> {
+    let reason = format!("connection limit reached: proxy.max_connections = {max}");
+    http::local_response(
+        503,
+        &[("sockwarden-error", &reason)],
+        &format!("sockwarden: {reason}\n"),
+        true,
+    )
+}
+
+/// Rate-limits a log line: at most one per `every`, carrying how many
+/// events it stands for.
+struct LogEvery {
+    every: Duration,
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl LogEvery {
+    fn new(every: Duration) -> LogEvery {
+        LogEvery {
+            every,
+            last: None,
+            pending: 0,
+        }
+    }
+
+    /// Records `n` events at `now`; Some(events since the last line) when a
+    /// line is due.
+    fn tick(&mut self, now: Instant, n: u64) -> Option<u64> {
+        self.pending += n;
+        let due = self
+            .last
+            .is_none_or(|last| now.duration_since(last) >= self.every);
+        if !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+/// Sleeps until `at`; forever when None.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_from_10ms_to_1s() {
+        let ms = Duration::from_millis;
+        let cases = [
+            (0, ms(0)),
+            (1, ms(10)),
+            (2, ms(20)),
+            (3, ms(40)),
+            (7, ms(640)),
+            (8, ms(1000)),
+            (40, ms(1000)),
+            (u32::MAX, ms(1000)),
+        ];
+        for (failures, pause) in cases {
+            assert_eq!(accept_backoff(failures), pause, "after {failures} failures");
+        }
+    }
+
+    #[test]
+    fn default_max_connections_fits_the_fd_limit() {
+        // (soft RLIMIT_NOFILE, connections)
+        let cases = [
+            (1, 1),
+            (16, 6),
+            (1024, 384),
+            (20_000, 9_488),
+            (1 << 20, 523_776),
+        ];
+        for (nofile, max) in cases {
+            let got = default_max_connections(nofile);
+            assert_eq!(got, max, "nofile {nofile}");
+            // Two fds per connection plus the reserve never exceed the limit.
+            assert!(nofile < 2 || (got as u64) * 2 <= nofile, "nofile {nofile}");
+        }
+    }
+
+    #[test]
+    fn log_lines_are_rate_limited_and_count_what_they_stand_for() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut log = LogEvery::new(s(5));
+        // (seconds after t0, events, expected line)
+        let steps = [
+            (0, 1, Some(1)),
+            (1, 1, None),
+            (4, 3, None),
+            (5, 1, Some(5)),
+            (6, 1, None),
+            (20, 2, Some(3)),
+        ];
+        for (at, n, want) in steps {
+            assert_eq!(log.tick(t0 + s(at), n), want, "at {at} s");
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::bpf::{Kernel, ProxyTarget};
 use crate::cgroup::{self, Watcher};
 use crate::config::Config;
 use crate::policy::{kernel::rule_entries, PolicySet};
-use crate::proxy::{KernelState, Proxy, ProxySettings};
+use crate::proxy::{default_max_connections, nofile_limit, KernelState, Proxy, ProxySettings};
 
 /// How often expired TIME_WAIT entries are removed from the tuple map.
 const TUPLE_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -155,12 +155,15 @@ async fn serve(
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
 
     let kernel_state: Arc<dyn KernelState> = maps;
+    let max_connections = connection_limit(config.proxy.max_connections);
     let proxy = Proxy::new(
         policies,
         kernel_state,
         log,
         ProxySettings {
             client_idle_timeout: config.proxy.client_idle_timeout,
+            request_head_timeout: config.proxy.request_head_timeout,
+            max_connections,
             skip_tuple_check: config.testing.skip_tuple_check,
             pipes: config.forwarding.pipe_sizes(),
             sockmap: config.forwarding.sockmap(),
@@ -200,4 +203,37 @@ async fn serve(
     let _ = admin_task.await;
     expiry_task.abort();
     Ok(())
+}
+
+/// `proxy.max_connections`, or the default derived from RLIMIT_NOFILE;
+/// logged either way, with a warning when the fd limit cannot hold it.
+fn connection_limit(configured: Option<u32>) -> usize {
+    let nofile = match nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading RLIMIT_NOFILE; assuming 1024");
+            1024
+        }
+    };
+    let (max, from) = match configured {
+        Some(n) => (n as usize, "proxy.max_connections"),
+        None => (
+            default_max_connections(nofile),
+            "derived from RLIMIT_NOFILE",
+        ),
+    };
+    tracing::info!(
+        max_connections = max,
+        rlimit_nofile = nofile,
+        from,
+        "connection limit"
+    );
+    if max as u64 >= nofile {
+        tracing::warn!(
+            max_connections = max,
+            rlimit_nofile = nofile,
+            "max_connections is at least RLIMIT_NOFILE: accept() will fail with EMFILE before the limit is reached"
+        );
+    }
+    max
 }

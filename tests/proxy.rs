@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::harness::{origin_and_proxy, Harness, POLICY};
+use common::harness::{origin_and_proxy, Harness, Limits, POLICY};
 use common::origin::{self, pattern, read_response, Origin, OriginConfig, Response};
 use serde_json::Value;
 
@@ -230,6 +230,14 @@ fn one_shot_handler(mut s: TcpStream, stop: &AtomicBool) {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\none-shot");
     }
     // Dropping `s` closes the socket (nothing unread: a FIN, not a RST).
+}
+
+/// Sends a response head promising 100 bytes, 10 of them, then stalls.
+fn stalled_body_handler(mut s: TcpStream, stop: &AtomicBool) {
+    if raw_read_head(&mut s, stop) {
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
+        raw_drain(&mut s, stop);
+    }
 }
 
 /// A loopback address nothing listens on.
@@ -685,4 +693,159 @@ fn harness_stops_the_proxy_on_drop() {
         refused.is_err(),
         "proxy still listening on {addr} after drop"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Limits: slow clients and the connection limit.
+
+/// The access-log line whose flags include `flag`, waiting up to 5 s.
+fn log_line_with_flag(proxy: &Harness, flag: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = proxy.log_lines();
+        if let Some(v) = lines.iter().find(|v| {
+            v["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == flag))
+        }) {
+            return v.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access-log line with flag {flag} within 5 s: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_started_head_must_finish_within_the_head_timeout() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let limits = Limits {
+        request_head_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let proxy = Harness::with_limits(Some(origin.addr()), limits);
+    let mut c = proxy.connect();
+    // Idle between requests longer than the head timeout: still served
+    // (the idle wait is client_idle_timeout, 10 s in the harness).
+    assert_data(&c.get("/data/5"), 5);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_data(&c.get("/data/6"), 6);
+    // A head that starts and stalls gets 408 after the head timeout.
+    c.send(b"GET /data/7 HTTP/1.1\r\nHost: origin.test\r\n");
+    let started = Instant::now();
+    let resp = assert_error_and_closed(&mut c, 408);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
+        "408 after {waited:?}, expected about 500ms"
+    );
+    let err = resp.header("sockwarden-error").unwrap_or_default();
+    assert!(err.starts_with("request head timeout"), "{err:?}");
+    assert_flags(&proxy.log_line_with_status(408), &["HT"]);
+    // Trickling bytes does not extend it: one byte every 100 ms.
+    let mut c = proxy.connect();
+    let started = Instant::now();
+    for b in b"GET /data/8 HTTP/1.1\r\nHost: origin.test\r\nX-Slow: "
+        .iter()
+        .take(20)
+    {
+        if c.w.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_error_and_closed(&mut c, 408);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_stalled_request_body_is_cut_with_si_and_dc() {
+    let origin = RawOrigin::start(silent_handler);
+    let proxy = Harness::with_config(Some(origin.addr), "", "{ request_timeout: 400ms }");
+    let mut c = proxy.connect();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n0123456789");
+    let started = Instant::now();
+    // The proxy gives up on the body and closes; nothing is answered.
+    c.expect_eof();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_secs(3),
+        "closed after {waited:?}, expected about 400ms"
+    );
+    let line = log_line_with_flag(&proxy, "SI");
+    assert_flags(&line, &["SI", "DC"]);
+    let reason = line["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no body bytes"), "{line}");
+}
+
+#[test]
+fn a_stalled_response_body_is_cut_with_si_and_uc() {
+    let origin = RawOrigin::start(stalled_body_handler);
+    let proxy = Harness::with_config(Some(origin.addr), "", "{ request_timeout: 400ms }");
+    let mut c = proxy.connect();
+    c.send(b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+    let started = Instant::now();
+    let mut got = Vec::new();
+    // The head and the 10 bytes arrive, then the connection ends early.
+    let _ = c.r.read_to_end(&mut got);
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert!(text.ends_with("0123456789"), "{text:?}");
+    assert!(waited < Duration::from_secs(3), "closed after {waited:?}");
+    let line = log_line_with_flag(&proxy, "SI");
+    assert_flags(&line, &["SI", "UC"]);
+}
+
+#[test]
+fn past_max_connections_new_connections_get_503_and_the_others_are_served() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let proxy = Harness::with_limits(Some(origin.addr()), limits);
+    let mut a = proxy.connect();
+    let mut b = proxy.connect();
+    assert_data(&a.get("/data/1"), 1);
+    assert_data(&b.get("/data/2"), 2);
+    // The third is refused at once, with a 503 naming the limit.
+    let mut c = proxy.connect();
+    let resp = assert_error_and_closed(&mut c, 503);
+    let err = resp.header("sockwarden-error").unwrap_or_default();
+    assert!(err.contains("max_connections = 2"), "{err:?}");
+    // The others keep being served.
+    assert_data(&a.get("/data/3"), 3);
+    assert_data(&b.get("/data/4"), 4);
+    // A freed slot is taken by the next connection.
+    drop(a);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut d = proxy.connect();
+        d.send(b"GET /data/5 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+        let resp = d.response();
+        if resp.status == 200 {
+            break;
+        }
+        assert_eq!(resp.status, 503, "{}", resp.head);
+        assert!(
+            Instant::now() < deadline,
+            "the freed slot was not reused within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

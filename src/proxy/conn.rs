@@ -13,7 +13,7 @@ use super::http::{
     Response, Version, MAX_INTERIM_RESPONSES,
 };
 use super::retry::{self, Failure, RequestFacts, RetryReason};
-use super::stream::{tunnel, BufStream, Dest, HeadReadError};
+use super::stream::{tunnel, BufStream, Dest, HeadReadError, HeadWait};
 use super::upstream::{self, retire, Bind, ConnectError, PoolKey, SourceKey};
 use super::Proxy;
 use crate::accesslog::{flags, Record};
@@ -247,9 +247,12 @@ impl Proxy {
                 self.kernel
                     .report_consumed(target.client, target.local, reported);
             }
-            let read = down
-                .read_head(parse_request_head, self.settings.client_idle_timeout, true)
-                .await;
+            let wait = HeadWait {
+                idle: self.settings.client_idle_timeout,
+                idle_is_eof: true,
+                head: Some(self.settings.request_head_timeout),
+            };
+            let read = down.read_head_within(parse_request_head, wait).await;
             let started = Instant::now();
             let mut rec = Record {
                 time: std::time::SystemTime::now(),
@@ -269,8 +272,12 @@ impl Proxy {
                     self.reply(down, &mut rec, reply).await
                 }
                 Err(HeadReadError::Timeout) => {
-                    let reply =
-                        LocalReply::error(408, flags::DPE, "request head timeout".into(), true);
+                    metrics::timeout(metrics::Timeout::RequestHead);
+                    let reason = format!(
+                        "request head timeout: head not complete within {:?}",
+                        self.settings.request_head_timeout
+                    );
+                    let reply = LocalReply::error(408, flags::HT, reason, true);
                     self.reply(down, &mut rec, reply).await
                 }
                 Err(HeadReadError::Truncated | HeadReadError::Io(_)) => return None,
@@ -821,6 +828,10 @@ impl Proxy {
                 rec.bytes_sent += n.total();
             }
             Err(e) => {
+                if e.is_stall() {
+                    rec.flags.push(flags::SI);
+                    metrics::timeout(metrics::Timeout::ResponseBody);
+                }
                 if e.is_source_side() {
                     rec.flags.push(flags::UC);
                     rec.reason = Some(format!("upstream response body: {e}"));
@@ -899,6 +910,10 @@ impl Proxy {
                 Ok(())
             }
             Err(e) if e.is_source_side() => {
+                if e.is_stall() {
+                    rec.flags.push(flags::SI);
+                    metrics::timeout(metrics::Timeout::RequestBody);
+                }
                 rec.flags.push(flags::DC);
                 rec.reason = Some(format!("request body: {e}"));
                 if let super::stream::BodyError::Chunk(_) = e {

@@ -41,6 +41,39 @@ pub enum HeadReadError {
     Io(#[from] io::Error),
 }
 
+/// How long a head read may wait: one deadline before the head's first
+/// byte, and (for request heads) another from that byte to the head's end,
+/// so that a connection idle between requests may wait long while a head,
+/// once started, must finish soon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadWait {
+    /// Longest wait for the head's first byte.
+    pub idle: Duration,
+    /// Silence for `idle` before any byte is a quiet end (Ok(None)), not a
+    /// timeout.
+    pub idle_is_eof: bool,
+    /// Longest time from the head's first byte to its end; None: the
+    /// `idle` deadline covers the whole head.
+    pub head: Option<Duration>,
+}
+
+impl HeadWait {
+    /// The deadline that applies to a wait that began at `since` and whose
+    /// head's first byte arrived at `first_byte`, and whether reaching it
+    /// is a quiet end rather than a timeout.
+    pub fn deadline(
+        &self,
+        since: tokio::time::Instant,
+        first_byte: Option<tokio::time::Instant>,
+    ) -> (tokio::time::Instant, bool) {
+        match (first_byte, self.head) {
+            (None, _) => (since + self.idle, self.idle_is_eof),
+            (Some(_), None) => (since + self.idle, false),
+            (Some(t), Some(head)) => (t + head, false),
+        }
+    }
+}
+
 /// A head parser: Ok(Some((head, length))) once a whole head is buffered.
 pub type HeadParser<T> = fn(&[u8]) -> Result<Option<(T, usize)>, HeadError>;
 
@@ -63,6 +96,11 @@ impl BodyError {
     /// True when the failure is on the sending (source) side.
     pub fn is_source_side(&self) -> bool {
         !matches!(self, BodyError::Write(_))
+    }
+
+    /// True when the body made no progress for the body timeout.
+    pub fn is_stall(&self) -> bool {
+        matches!(self, BodyError::Timeout(_))
     }
 }
 
@@ -194,26 +232,43 @@ impl BufStream {
 
     /// Reads one head and returns it with its length in bytes. Ok(None):
     /// the peer closed before sending any byte of it, or (with
-    /// `idle_is_eof`) was silent for `wait`.
+    /// `idle_is_eof`) was silent for `wait`. `wait` covers the whole head.
     pub async fn read_head<T>(
         &mut self,
         parse: HeadParser<T>,
         wait: Duration,
         idle_is_eof: bool,
     ) -> Result<Option<(T, usize)>, HeadReadError> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let wait = HeadWait {
+            idle: wait,
+            idle_is_eof,
+            head: None,
+        };
+        self.read_head_within(parse, wait).await
+    }
+
+    /// [`BufStream::read_head`] with separate deadlines before and after
+    /// the head's first byte (see [`HeadWait`]).
+    pub async fn read_head_within<T>(
+        &mut self,
+        parse: HeadParser<T>,
+        wait: HeadWait,
+    ) -> Result<Option<(T, usize)>, HeadReadError> {
+        let since = tokio::time::Instant::now();
+        let mut first_byte = None;
         loop {
             if !self.buffered().is_empty() {
+                first_byte.get_or_insert_with(tokio::time::Instant::now);
                 if let Some((head, n)) = parse(self.buffered())? {
                     self.consume(n);
                     return Ok(Some((head, n)));
                 }
             }
-            let started = self.buffered().is_empty();
+            let (deadline, quiet) = wait.deadline(since, first_byte);
             match tokio::time::timeout_at(deadline, self.fill()).await {
-                Err(_) if started && idle_is_eof => return Ok(None),
+                Err(_) if quiet => return Ok(None),
                 Err(_) => return Err(HeadReadError::Timeout),
-                Ok(Ok(0)) if started => return Ok(None),
+                Ok(Ok(0)) if first_byte.is_none() => return Ok(None),
                 Ok(Ok(0)) => return Err(HeadReadError::Truncated),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(HeadReadError::Io(e)),
@@ -506,4 +561,43 @@ pub async fn tunnel(a: BufStream, b: BufStream, idle: Duration) -> io::Result<(u
         None => tokio::io::copy_bidirectional(&mut a, &mut b).await?,
     };
     Ok((ab + a_rest.len() as u64, ba + b_rest.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_head_deadline_applies() {
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let request = HeadWait {
+            idle: s(300),
+            idle_is_eof: true,
+            head: Some(s(10)),
+        };
+        let response = HeadWait {
+            idle: s(30),
+            idle_is_eof: false,
+            head: None,
+        };
+        // (wait, first byte after t0, expected deadline after t0, quiet)
+        let cases = [
+            // Idle between requests: the idle timeout, then a quiet close.
+            (request, None, s(300), true),
+            // A head started at once must end 10 s later.
+            (request, Some(s(0)), s(10), false),
+            // A head started late gets its full 10 s from its first byte,
+            // even past the idle deadline.
+            (request, Some(s(295)), s(305), false),
+            (request, Some(s(20)), s(30), false),
+            // Response heads: one deadline for the whole head, a timeout.
+            (response, None, s(30), false),
+            (response, Some(s(29)), s(30), false),
+        ];
+        for (wait, first, deadline, quiet) in cases {
+            let got = wait.deadline(t0, first.map(|d| t0 + d));
+            assert_eq!(got, (t0 + deadline, quiet), "{wait:?} first byte {first:?}");
+        }
+    }
 }

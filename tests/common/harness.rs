@@ -80,6 +80,22 @@ pub fn temp_log_path() -> PathBuf {
     ))
 }
 
+/// The proxy's own limits, for the tests of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub request_head_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_head_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        }
+    }
+}
+
 /// A running proxy on 127.0.0.1 with its own runtime; stopped on drop.
 pub struct Harness {
     rt: Option<tokio::runtime::Runtime>,
@@ -112,6 +128,28 @@ impl Harness {
         rule_upstream: &str,
         splice_pipe_size: Option<usize>,
     ) -> Harness {
+        let limits = Limits::default();
+        Harness::build(
+            dst,
+            global_upstream,
+            rule_upstream,
+            splice_pipe_size,
+            limits,
+        )
+    }
+
+    /// A proxy with default upstream settings and `limits`.
+    pub fn with_limits(dst: Option<SocketAddr>, limits: Limits) -> Harness {
+        Harness::build(dst, "", "", Some(1 << 20), limits)
+    }
+
+    fn build(
+        dst: Option<SocketAddr>,
+        global_upstream: &str,
+        rule_upstream: &str,
+        splice_pipe_size: Option<usize>,
+        limits: Limits,
+    ) -> Harness {
         let yaml = config_yaml(global_upstream, rule_upstream);
         let config = Config::parse(&yaml, Path::new("proxy-test.yaml"))
             .unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
@@ -135,6 +173,8 @@ impl Harness {
             log,
             ProxySettings {
                 client_idle_timeout: Duration::from_secs(10),
+                request_head_timeout: limits.request_head_timeout,
+                max_connections: limits.max_connections,
                 skip_tuple_check: false,
                 pipes: PipeSizes {
                     requests: splice_pipe_size,

@@ -26,9 +26,16 @@ pub struct Sockwarden {
 impl Sockwarden {
     /// The configuration: proxy, admin, pins and access log set up for the
     /// test topology, then `body` (other top-level sections and `policies`).
+    /// Indented lines at the start of `body` are more fields of `proxy`.
     pub fn config(tag: &str, dir: &Path, body: &str) -> String {
+        let split = body
+            .split_inclusive('\n')
+            .take_while(|l| l.starts_with("  "))
+            .map(str::len)
+            .sum();
+        let (proxy, body) = body.split_at(split);
         format!(
-            "proxy:\n  listen: 10.77.0.1:15001\n  listen_v6: \"[fd77::1]:15001\"\n\
+            "proxy:\n  listen: 10.77.0.1:15001\n  listen_v6: \"[fd77::1]:15001\"\n{proxy}\
              admin:\n  listen: {ADMIN}\n\
              bpf:\n  pin_path: /sys/fs/bpf/sw-test-{tag}\n\
              access_log:\n  path: {}/access.log\n\
@@ -133,6 +140,50 @@ impl Sockwarden {
                     .ok()
             })
             .unwrap_or(0.0)
+    }
+
+    /// A field of /proc/PID/status (`State`, `VmRSS`); empty if absent.
+    pub fn status_field(&self, field: &str) -> String {
+        let text =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// A field of /proc/PID/status in KiB (`VmRSS`, `VmHWM`); 0 if absent.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let v = self.status_field(field);
+        v.trim_end_matches("kB").trim().parse().unwrap_or(0)
+    }
+
+    /// (open fds, of which sockets) of the process.
+    pub fn fds(&self) -> (usize, usize) {
+        let mut fds = 0;
+        let mut sockets = 0;
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for e in dir.flatten() {
+                fds += 1;
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                if target.to_string_lossy().starts_with("socket:") {
+                    sockets += 1;
+                }
+            }
+        }
+        (fds, sockets)
+    }
+
+    /// Entries in the pinned map `name` (bpftool).
+    pub fn map_len(&self, name: &str) -> usize {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", "map", "dump", "pinned"])
+            .arg(self.pin.join(name))
+            .output()
+            .expect("bpftool");
+        assert!(out.status.success(), "bpftool map dump {name}: {out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        v.as_array().map_or(0, Vec::len)
     }
 
     /// SIGTERM and wait; returns the exit status.
