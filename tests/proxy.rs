@@ -807,6 +807,37 @@ fn a_stalled_response_body_is_cut_with_si_and_uc() {
     assert_flags(&line, &["SI", "UC"]);
 }
 
+/// A client that stops reading a large response cannot hold the proxy: the
+/// write side stalls for the body timeout and the exchange is cut, SI with
+/// DC (the client's side), under both engines.
+#[test]
+fn a_client_that_stops_reading_is_cut_with_si_and_dc() {
+    let origin = Origin::start(
+        "127.0.0.1:0".parse().unwrap(),
+        None,
+        OriginConfig::default(),
+    );
+    for pipe in [None, Some(1 << 20)] {
+        let proxy =
+            Harness::with_engine(Some(origin.addr()), "", "{ request_timeout: 400ms }", pipe);
+        let mut c = proxy.connect();
+        c.send(b"GET /data/67108864 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+        // Never read: the proxy fills the sockets' buffers and stalls.
+        let line = log_line_with_flag(&proxy, "SI");
+        assert_flags(&line, &["SI", "DC"]);
+        let reason = line["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.is_empty(),
+            "a client-side cut names no upstream cause: {line}"
+        );
+        let sent = line["bytes_sent"].as_u64().unwrap_or_default();
+        assert!(
+            sent < 67_108_864,
+            "engine {pipe:?}: the whole body was sent: {line}"
+        );
+    }
+}
+
 #[test]
 fn past_max_connections_new_connections_get_503_and_the_others_are_served() {
     let origin = Origin::start(

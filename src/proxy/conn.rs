@@ -402,7 +402,7 @@ impl Proxy {
             BodyFraming::None => true,
             BodyFraming::Length(n) if n <= DENIED_BODY_DRAIN_LIMIT && !req.expect_continue => {
                 match down
-                    .forward_body(Dest::Discard, framing, self.settings.client_idle_timeout)
+                    .forward_body(Dest::Discard, framing, self.settings.request_head_timeout)
                     .await
                 {
                     Ok(n) => {

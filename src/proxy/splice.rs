@@ -48,7 +48,11 @@ impl Pipe {
 pub enum SpliceError {
     Read(io::Error),
     Write(io::Error),
-    Timeout,
+    /// No progress for the idle time; `writing`: the destination took
+    /// nothing (else the source sent nothing).
+    Timeout {
+        writing: bool,
+    },
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -146,7 +150,7 @@ pub async fn splice_stream(
             }
         };
         match tokio::time::timeout(idle, wait).await {
-            Err(_) => return Err(SpliceError::Timeout),
+            Err(_) => return Err(SpliceError::Timeout { writing: can_write }),
             Ok(r) => r?,
         }
     }
@@ -180,7 +184,7 @@ pub async fn splice_tunnel(
     );
     let err = |e: SpliceError| match e {
         SpliceError::Read(e) | SpliceError::Write(e) => e,
-        SpliceError::Timeout => io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"),
+        SpliceError::Timeout { .. } => io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"),
     };
     Ok((x.map_err(err)?, y.map_err(err)?))
 }

@@ -90,18 +90,42 @@ pub enum BodyError {
     Chunk(#[from] ChunkError),
     #[error("writing the body: {0}")]
     Write(io::Error),
+    #[error("writing the body: the receiver took no bytes for {0:?}")]
+    WriteTimeout(Duration),
 }
 
 impl BodyError {
     /// True when the failure is on the sending (source) side.
     pub fn is_source_side(&self) -> bool {
-        !matches!(self, BodyError::Write(_))
+        !matches!(self, BodyError::Write(_) | BodyError::WriteTimeout(_))
     }
 
     /// True when the body made no progress for the body timeout.
     pub fn is_stall(&self) -> bool {
-        matches!(self, BodyError::Timeout(_))
+        matches!(self, BodyError::Timeout(_) | BodyError::WriteTimeout(_))
     }
+}
+
+/// Longest a head or local reply may wait for the peer to take any byte.
+pub const HEAD_WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Writes all of `bytes`, failing when the peer takes no byte for `stall`
+/// (a receiver that stops reading cannot hold the proxy forever).
+async fn write_within(
+    stream: &mut TcpStream,
+    bytes: &[u8],
+    stall: Duration,
+) -> Result<(), BodyError> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match timeout(stall, stream.write(rest)).await {
+            Err(_) => return Err(BodyError::WriteTimeout(stall)),
+            Ok(Ok(0)) => return Err(BodyError::Write(io::ErrorKind::WriteZero.into())),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) => return Err(BodyError::Write(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Where a body goes.
@@ -276,8 +300,15 @@ impl BufStream {
         }
     }
 
+    /// Writes a head or a local reply; fails when the peer takes no byte
+    /// for [`HEAD_WRITE_STALL`].
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        write_within(&mut self.stream, bytes, HEAD_WRITE_STALL)
+            .await
+            .map_err(|e| match e {
+                BodyError::Write(e) => e,
+                other => io::Error::new(io::ErrorKind::TimedOut, other.to_string()),
+            })
     }
 
     /// Forwards one body framed by `framing` to `dst` (or discards it),
@@ -314,7 +345,7 @@ impl BufStream {
                         .buffered()
                         .len()
                         .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    self.send_buffered(&mut dst, n).await?;
+                    self.send_buffered(&mut dst, n, idle).await?;
                     done.copied += n as u64;
                     done.read += n as u64;
                     left -= n as u64;
@@ -330,10 +361,7 @@ impl BufStream {
                         self.consume(n);
                         done.read += n as u64;
                         if let Dest::Stream(out) = &mut dst {
-                            out.stream
-                                .write_all(&canonical)
-                                .await
-                                .map_err(BodyError::Write)?;
+                            write_within(&mut out.stream, &canonical, idle).await?;
                         }
                         done.copied += canonical.len() as u64;
                         if scanner.is_done() {
@@ -367,7 +395,7 @@ impl BufStream {
             BodyFraming::UntilClose => loop {
                 let n = self.buffered().len();
                 if n > 0 {
-                    self.send_buffered(&mut dst, n).await?;
+                    self.send_buffered(&mut dst, n, idle).await?;
                     done.copied += n as u64;
                     done.read += n as u64;
                 }
@@ -411,7 +439,8 @@ impl BufStream {
                 Err(match e {
                     SpliceError::Read(e) => BodyError::Read(e),
                     SpliceError::Write(e) => BodyError::Write(e),
-                    SpliceError::Timeout => BodyError::Timeout(idle),
+                    SpliceError::Timeout { writing: false } => BodyError::Timeout(idle),
+                    SpliceError::Timeout { writing: true } => BodyError::WriteTimeout(idle),
                 })
             }
         }
@@ -470,12 +499,14 @@ impl BufStream {
         }
     }
 
-    async fn send_buffered(&mut self, dst: &mut Dest<'_>, n: usize) -> Result<(), BodyError> {
+    async fn send_buffered(
+        &mut self,
+        dst: &mut Dest<'_>,
+        n: usize,
+        idle: Duration,
+    ) -> Result<(), BodyError> {
         if let Dest::Stream(out) = dst {
-            out.stream
-                .write_all(&self.buf[self.pos..self.pos + n])
-                .await
-                .map_err(BodyError::Write)?;
+            write_within(&mut out.stream, &self.buf[self.pos..self.pos + n], idle).await?;
         }
         self.consume(n);
         Ok(())
