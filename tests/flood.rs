@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::cgroup::TestCgroup;
 use common::netns::Netns;
 use common::origin::OriginConfig;
-use common::sw::{curl_status, map_entries, Scene, Sockwarden};
+use common::sw::{curl_status, map_entries, tcp_connect, Scene, Sockwarden};
 use common::{command_in, patience};
 
 /// A workload that opens connections to `HOST PORT` and holds them.
@@ -160,7 +160,7 @@ fn policy(name: &str, cgroup: &str, limit: Option<u32>) -> String {
     let limit = limit.map_or(String::new(), |l| format!("    max_connections: {l}\n"));
     format!(
         "  - name: {name}\n    cgroup: {cgroup}\n{limit}    egress:\n\
-         \x20     - to: [\"10.77.1.0/24\"]\n        ports: [80]\n        http:\n\
+         \x20     - to: [\"10.77.1.0/24\", \"fd77:1::/64\"]\n        ports: [80]\n        http:\n\
          \x20         - method: GET\n            path: \"/data/.*\"\n"
     )
 }
@@ -345,6 +345,10 @@ fn connections_the_proxy_never_accepts_hold_their_slot_until_closed() {
     assert_eq!(past.errors("ECONNREFUSED"), u64::from(EXTRA), "{past:?}");
     assert_eq!(past.total_errors(), u64::from(EXTRA), "{past:?}");
 
+    // IPv6 connects share the policy's slots, and are refused the same way.
+    let v6 = tcp_connect(&topo.pod, Some(&cg), "fd77:1::10", 80);
+    assert!(v6.contains("Connection refused"), "{v6}");
+
     // Pending: in the kernel's count and in orig_dsts, never evicted.
     let m = |s: &str| sw.metric(s);
     assert_eq!(orig_dsts(&sw.pin), LIMIT as usize);
@@ -354,7 +358,7 @@ fn connections_the_proxy_never_accepts_hold_their_slot_until_closed() {
     );
     assert_eq!(
         m(r#"sockwarden_connect_refused_total{policy="pending",reason="connection_limit"}"#),
-        f64::from(EXTRA)
+        f64::from(EXTRA + 1)
     );
     assert_eq!(
         m(r#"sockwarden_redirects_unaccepted_total{policy="pending"}"#),
