@@ -3,19 +3,25 @@
  * cgroup/connect4 and cgroup/connect6: the enforcement point.
  *
  * Attached to the root of the cgroup2 hierarchy, these run on every TCP
- * connect() on the node. They may decide exactly three things, for sockets
+ * connect() on the node. They may decide exactly four things, for sockets
  * of processes in a policy cgroup (or its descendants) only:
  *   - redirect: rewrite the destination to the proxy listener and remember
- *     the original destination by socket cookie (pending_redirects);
+ *     the original destination in the socket's own storage (sock_roles),
+ *     where no other socket can evict it; the socket takes one of its
+ *     policy's slots (policy_conns) until it is released;
+ *   - refuse: fail a connect() that would be redirected with ECONNREFUSED
+ *     when the policy has no free slot (or the socket no storage), counted
+ *     in conn_counters;
  *   - allow: leave the connect() alone (an L4-only rule covers it);
  *   - deny: fail the connect() with EPERM (no rule covers it).
  * Sockets it lets through are marked in sock_roles so that sockops keeps
  * their 4-tuples in the tuples map.
  * Everything else (no policy cgroup, UDP, other socket types) passes
- * untouched. Every decision is counted in verdict_counters.
+ * untouched. Every allow, redirect and deny is counted in verdict_counters.
  */
 #include "common.h"
 #include "maps.h"
+#include "conns.h"
 
 /* Static settings, written by userspace before load. */
 const volatile __u32 proxy_ip4 = 0;      /* network order */
@@ -23,8 +29,12 @@ const volatile __u16 proxy_port4 = 0;    /* host order */
 const volatile __u32 proxy_ip6[4] = {};  /* network order; IPv4-mapped if no IPv6 listener */
 const volatile __u16 proxy_port6 = 0;    /* host order */
 
+/* Puts enum sw_capacity in this object's BTF, hence in its Rust skeleton. */
+const volatile enum sw_capacity tracked_conns_capacity = SW_MAX_TRACKED_CONNS;
+
 #define SW_CONNECT_PASS 1
-#define SW_CONNECT_EPERM 0
+#define SW_CONNECT_FAIL 0 /* EPERM, unless bpf_set_retval() chose another errno */
+#define SW_ECONNREFUSED 111
 
 /* Deepest cgroup (the process's own, or its closest ancestor) with a policy. */
 static __always_inline bool sw_classify(__u32 *policy_id)
@@ -79,28 +89,52 @@ static __always_inline void sw_count(__u32 policy_id, __u32 verdict)
 		*count += 1; /* per-CPU value: no other writer */
 }
 
-/*
- * Marks an enforced socket so sockops records its tuple (and, if it was
- * redirected, may link it for the sockmap engine).
- */
-static __always_inline void sw_mark_workload(struct bpf_sock_addr *ctx, bool redirected)
+static __always_inline struct sw_sock_info *sw_storage(struct bpf_sock_addr *ctx)
 {
 	struct bpf_sock *sk = ctx->sk;
-	struct sw_sock_info *info;
 
 	if (!sk)
-		return;
-	info = bpf_sk_storage_get(&sock_roles, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (info) {
-		info->role = SW_ROLE_WORKLOAD;
-		info->flags = redirected ? SW_SOCK_REDIRECTED : 0;
-	}
+		return NULL;
+	return bpf_sk_storage_get(&sock_roles, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 }
 
 static __always_inline bool sw_is_tcp(struct bpf_sock_addr *ctx)
 {
 	return ctx->type == SOCK_STREAM &&
 	       (ctx->protocol == IPPROTO_TCP || ctx->protocol == IPPROTO_MPTCP_);
+}
+
+/*
+ * A redirect: charges the socket to its policy (once, however often it
+ * connects) and keeps the original destination in its storage until sockops
+ * moves it to orig_dsts. Returns the conn_counters event that refuses it,
+ * or SW_CONN_EVENTS if it may go ahead.
+ */
+static __always_inline enum sw_conn_event sw_redirect(struct bpf_sock_addr *ctx,
+						      struct sw_sock_info *info,
+						      const __u8 addr[16], __u16 port,
+						      __u16 family, __u32 policy_id)
+{
+	if (!info)
+		return SW_CONN_REFUSED_STORAGE;
+	/* A socket that reconnects under another policy moves its charge. */
+	if ((info->flags & SW_SOCK_COUNTED) && info->orig.policy_id != policy_id) {
+		sw_uncharge(info->orig.policy_id);
+		info->flags &= ~SW_SOCK_COUNTED;
+	}
+	if (!(info->flags & SW_SOCK_COUNTED)) {
+		if (!sw_charge(policy_id))
+			return SW_CONN_REFUSED_LIMIT;
+		info->flags |= SW_SOCK_COUNTED;
+	}
+	__builtin_memcpy(info->orig.addr, addr, 16);
+	info->orig.port = port;
+	info->orig.family = family;
+	info->orig.policy_id = policy_id;
+	info->orig.cgroup_id = bpf_get_current_cgroup_id();
+	info->orig.netns_cookie = bpf_get_netns_cookie(ctx);
+	info->flags |= SW_SOCK_REDIRECTED;
+	return SW_CONN_EVENTS;
 }
 
 /*
@@ -112,32 +146,38 @@ static __always_inline int sw_decide(struct bpf_sock_addr *ctx, const __u8 addr[
 				     __u16 port, __u16 family, bool *redirect)
 {
 	__u32 policy_id = 0, verdict;
-	struct sw_orig_dst od = {};
-	__u64 cookie;
+	struct sw_sock_info *info;
+	enum sw_conn_event refused;
 
 	*redirect = false;
 	if (!sw_is_tcp(ctx) || !sw_classify(&policy_id))
 		return SW_CONNECT_PASS;
 
 	verdict = sw_rule_verdict(policy_id, addr, port);
-	if (verdict == SW_VERDICT_REDIRECT) {
-		__builtin_memcpy(od.addr, addr, 16);
-		od.port = port;
-		od.family = family;
-		od.policy_id = policy_id;
-		od.cgroup_id = bpf_get_current_cgroup_id();
-		od.netns_cookie = bpf_get_netns_cookie(ctx);
-		cookie = bpf_get_socket_cookie(ctx);
-		/* Fail closed: a redirect we cannot account for is refused. */
-		if (bpf_map_update_elem(&pending_redirects, &cookie, &od, BPF_ANY))
-			verdict = SW_VERDICT_DENY;
-		else
-			*redirect = true;
+	if (verdict == SW_VERDICT_DENY) {
+		sw_count(policy_id, verdict);
+		return SW_CONNECT_FAIL;
 	}
+	/*
+	 * Enforced sockets are marked so sockops records their tuples (and, if
+	 * redirected, may link them for the sockmap engine).
+	 */
+	info = sw_storage(ctx);
+	if (verdict == SW_VERDICT_REDIRECT) {
+		refused = sw_redirect(ctx, info, addr, port, family, policy_id);
+		if (refused != SW_CONN_EVENTS) {
+			/* Fail closed, and say why: the policy is full, not denied. */
+			sw_conn_count(policy_id, refused);
+			bpf_set_retval(-SW_ECONNREFUSED);
+			return SW_CONNECT_FAIL;
+		}
+		*redirect = true;
+	} else if (info) {
+		info->flags &= ~SW_SOCK_REDIRECTED;
+	}
+	if (info)
+		info->role = SW_ROLE_WORKLOAD;
 	sw_count(policy_id, verdict);
-	if (verdict == SW_VERDICT_DENY)
-		return SW_CONNECT_EPERM;
-	sw_mark_workload(ctx, *redirect);
 	return SW_CONNECT_PASS;
 }
 

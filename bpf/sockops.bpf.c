@@ -4,9 +4,11 @@
  *
  * 1. Redirected connections: at BPF_SOCK_OPS_TCP_CONNECT_CB the workload's
  *    socket has its source port and the SYN is not yet sent, so the original
- *    destination moves from the socket cookie (pending_redirects) to the
- *    4-tuple the proxy's listener will see (orig_dsts), before the proxy can
- *    accept. The proxy reads and deletes it on accept.
+ *    destination moves from the socket's storage (sock_roles, written by
+ *    connect4/6) to the 4-tuple the proxy's listener will see (orig_dsts),
+ *    before the proxy can accept. The proxy takes (reads and deletes) it on
+ *    accept; sock_release removes it if the workload closes first. The key
+ *    stays in the socket's storage for that.
  *
  * 2. The in-use source tuple map: sockets with a role in sock_roles (enforced
  *    workloads, marked by connect4/6; the proxy's upstream sockets, marked by
@@ -121,19 +123,6 @@ static __always_inline void sw_sockops_tuple(struct bpf_sock_ops *skops, __u8 sa
 	*dport = (__u16)bpf_ntohl(skops->remote_port); /* network order, upper half */
 }
 
-static __always_inline void sw_record_redirect(struct bpf_sock_ops *skops, __u64 cookie)
-{
-	struct sw_conn_key key = {};
-	struct sw_orig_dst *od;
-
-	od = bpf_map_lookup_elem(&pending_redirects, &cookie);
-	if (!od)
-		return;
-	sw_sockops_tuple(skops, key.saddr, key.daddr, &key.sport, &key.dport);
-	bpf_map_update_elem(&orig_dsts, &key, od, BPF_ANY);
-	bpf_map_delete_elem(&pending_redirects, &cookie);
-}
-
 static __always_inline struct sw_sock_info *sw_info(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
@@ -141,6 +130,29 @@ static __always_inline struct sw_sock_info *sw_info(struct bpf_sock_ops *skops)
 	if (!sk)
 		return NULL;
 	return bpf_sk_storage_get(&sock_roles, sk, 0, 0);
+}
+
+static __always_inline void sw_record_redirect(struct bpf_sock_ops *skops)
+{
+	struct sw_sock_info *info = sw_info(skops);
+
+	if (!info)
+		return;
+	/* A socket connecting again leaves no entry of its last attempt behind. */
+	if (info->flags & SW_SOCK_RECORDED) {
+		bpf_map_delete_elem(&orig_dsts, &info->peer);
+		info->flags &= ~SW_SOCK_RECORDED;
+	}
+	if (!(info->flags & SW_SOCK_REDIRECTED))
+		return;
+	sw_sockops_tuple(skops, info->peer.saddr, info->peer.daddr, &info->peer.sport,
+			 &info->peer.dport);
+	/*
+	 * Cannot fail for room (see SW_MAX_TRACKED_CONNS) nor memory
+	 * (preallocated); if it did, the proxy would answer 421.
+	 */
+	if (!bpf_map_update_elem(&orig_dsts, &info->peer, &info->orig, BPF_ANY))
+		info->flags |= SW_SOCK_RECORDED;
 }
 
 static __always_inline enum sw_sock_role sw_role(struct bpf_sock_ops *skops)
@@ -197,19 +209,17 @@ static __always_inline void sw_track_state(struct bpf_sock_ops *skops)
 }
 
 /*
- * A redirected workload socket, now established: remember the key its proxy
- * socket will have in sk_proxy (the listener-side 4-tuple is this socket's
- * own, local side first) and enter it in sk_workloads.
+ * A redirected workload socket, now established: enter it in sk_workloads.
+ * Its proxy socket's key in sk_proxy (the listener-side 4-tuple, this
+ * socket's own with the local side first) is in peer since TCP_CONNECT_CB.
  */
 static __always_inline void sw_link_workload(struct bpf_sock_ops *skops)
 {
 	struct sw_sock_info *info = sw_info(skops);
 	__u64 cookie;
 
-	if (!info || !(info->flags & SW_SOCK_REDIRECTED))
+	if (!info || !(info->flags & SW_SOCK_RECORDED))
 		return;
-	sw_sockops_tuple(skops, info->peer.saddr, info->peer.daddr, &info->peer.sport,
-			 &info->peer.dport);
 	cookie = bpf_get_socket_cookie(skops);
 	if (bpf_sock_hash_update(skops, &sk_workloads, &cookie, BPF_NOEXIST))
 		return;
@@ -318,7 +328,7 @@ int sw_sockops(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		cookie = bpf_get_socket_cookie(skops);
-		sw_record_redirect(skops, cookie);
+		sw_record_redirect(skops);
 		sw_track_connect(skops, cookie);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:

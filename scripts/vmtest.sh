@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The kernel matrix: the kernel-tier tests (tests/kernel.rs, incident.rs,
+# The kernel matrix: the kernel-tier tests (tests/kernel.rs, incident.rs, flood.rs,
 # bodies.rs, sockmap.rs) and the real binary on each Debian kernel of
 # vmtests/vmtest.toml, one VM at a time under vmtest; also records every
 # program's verifier instruction count per kernel in vmtests/verifier/.
@@ -103,7 +103,7 @@ export SW_VMTEST_ACCEL=$accel
 echo "vmtest.sh: accelerator: $accel ($why)"
 
 echo "vmtest.sh: building the binary and the kernel-tier tests"
-build=$(cargo test --no-run --test kernel --test incident --test bodies --test sockmap --message-format=json)
+build=$(cargo test --no-run --test kernel --test incident --test bodies --test sockmap --test flood --message-format=json)
 SW_VMTEST_BIN=$(python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -107,7 +107,7 @@ macro_rules! pod {
 }
 
 pod!(
-    abi::sw_sock_info = 56,
+    abi::sw_sock_info = 96,
     abi::sw_tuple_key = 48,
     abi::sw_tuple_value = 24,
     abi::sw_policy_ref = 4,
@@ -116,6 +116,8 @@ pod!(
     abi::sw_orig_dst = 40,
     abi::sw_conn_key = 36,
     abi::sw_counter_key = 8,
+    abi::sw_policy_conns = 16,
+    abi::sw_conn_counter_key = 8,
 );
 
 /// The original destination of a redirected connection, as the kernel saw it.
@@ -150,6 +152,8 @@ pub struct Maps {
     policy_cgroups: MapHandle,
     policy_rules: MapHandle,
     orig_dsts: MapHandle,
+    policy_conns: MapHandle,
+    conn_counters: MapHandle,
     verdict_counters: MapHandle,
     sock_roles: MapHandle,
     tuples: MapHandle,
@@ -236,6 +240,8 @@ impl Maps {
             policy_cgroups: open("policy_cgroups")?,
             policy_rules: open("policy_rules")?,
             orig_dsts: open("orig_dsts")?,
+            policy_conns: open("policy_conns")?,
+            conn_counters: open("conn_counters")?,
             verdict_counters: open("verdict_counters")?,
             sock_roles: open("sock_roles")?,
             tuples: open("tuples")?,
@@ -353,19 +359,77 @@ impl Maps {
         abi::sw_counter_key { policy_id, verdict }
     }
 
+    fn conn_counter_key(
+        policy_id: PolicyId,
+        event: abi::sw_conn_event,
+    ) -> abi::sw_conn_counter_key {
+        abi::sw_conn_counter_key { policy_id, event }
+    }
+
+    /// Creates every per-CPU counter key of `policies` policies, zeroed.
     fn init_counters(&self, policies: usize) -> Result<(), BpfError> {
         let ncpu = libbpf_rs::num_possible_cpus()
             .map_err(map_error("verdict_counters", "count possible CPUs"))?;
         let zeros = vec![0u64.to_ne_bytes().to_vec(); ncpu];
+        let zero = |map: &MapHandle, name: &'static str, key: &[u8]| {
+            map.update_percpu(key, &zeros, MapFlags::ANY)
+                .map_err(map_error(name, "initialize"))
+        };
         for id in 0..policies as PolicyId {
             for v in VERDICTS {
                 let key = Self::counter_key(id, v);
-                self.verdict_counters
-                    .update_percpu(key.as_bytes(), &zeros, MapFlags::ANY)
-                    .map_err(map_error("verdict_counters", "initialize"))?;
+                zero(&self.verdict_counters, "verdict_counters", key.as_bytes())?;
+            }
+            for e in CONN_EVENTS {
+                let key = Self::conn_counter_key(id, e);
+                zero(&self.conn_counters, "conn_counters", key.as_bytes())?;
             }
         }
         Ok(())
+    }
+
+    /// Writes each policy's connection limit (index = policy id), with no
+    /// connection counted yet. Only before the programs are attached: the
+    /// write replaces the kernel's count.
+    fn write_limits(&self, limits: &[u32]) -> Result<(), BpfError> {
+        for (id, limit) in limits.iter().enumerate() {
+            let value = abi::sw_policy_conns {
+                in_flight: 0,
+                limit: u64::from(*limit),
+            };
+            self.policy_conns
+                .update(
+                    &(id as PolicyId).to_ne_bytes(),
+                    value.as_bytes(),
+                    MapFlags::ANY,
+                )
+                .map_err(map_error("policy_conns", "update"))?;
+        }
+        Ok(())
+    }
+
+    /// A policy's open redirected connections, its limit, and what happened
+    /// to redirects besides the verdict, as the kernel counted them.
+    pub fn conn_counts(&self, policy_id: PolicyId) -> Result<ConnCounts, BpfError> {
+        use abi::sw_conn_event as E;
+        let read = |e| {
+            let key = Self::conn_counter_key(policy_id, e);
+            percpu_sum(&self.conn_counters, "conn_counters", key.as_bytes())
+        };
+        let slots = self
+            .policy_conns
+            .lookup(&policy_id.to_ne_bytes(), MapFlags::ANY)
+            .map_err(map_error("policy_conns", "lookup"))?
+            .as_deref()
+            .and_then(abi::sw_policy_conns::from_bytes)
+            .unwrap_or_default();
+        Ok(ConnCounts {
+            in_flight: slots.in_flight,
+            limit: slots.limit,
+            refused_limit: read(E::SW_CONN_REFUSED_LIMIT)?,
+            refused_storage: read(E::SW_CONN_REFUSED_STORAGE)?,
+            unaccepted: read(E::SW_CONN_UNACCEPTED)?,
+        })
     }
 
     /// connect() decisions so far for a policy: (allowed, redirected, denied).
@@ -428,16 +492,16 @@ impl Maps {
         peer: SocketAddr,
         local: SocketAddr,
     ) -> Result<Option<OrigDst>, BpfError> {
+        // One operation, so that exactly one of the proxy and sock_release
+        // (the workload closing at the same moment) removes the entry.
         let key = conn_key(peer, local);
         let value = self
             .orig_dsts
-            .lookup(key.as_bytes(), MapFlags::ANY)
-            .map_err(map_error("orig_dsts", "lookup"))?;
+            .lookup_and_delete(key.as_bytes())
+            .map_err(map_error("orig_dsts", "lookup and delete"))?;
         let Some(od) = value.as_deref().and_then(abi::sw_orig_dst::from_bytes) else {
             return Ok(None);
         };
-        // A failed delete only leaves an LRU entry behind; the lookup stands.
-        let _ = self.orig_dsts.delete(key.as_bytes());
         Ok(Some(OrigDst {
             dst: SocketAddr::new(ip_from16(od.addr), od.port),
             policy_id: od.policy_id,
@@ -489,6 +553,27 @@ const VERDICTS: [abi::sw_verdict; 3] = [
     abi::sw_verdict::SW_VERDICT_ALLOW,
     abi::sw_verdict::SW_VERDICT_REDIRECT,
 ];
+
+const CONN_EVENTS: [abi::sw_conn_event; 3] = [
+    abi::sw_conn_event::SW_CONN_REFUSED_LIMIT,
+    abi::sw_conn_event::SW_CONN_REFUSED_STORAGE,
+    abi::sw_conn_event::SW_CONN_UNACCEPTED,
+];
+
+/// One policy's redirected connections as the kernel counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnCounts {
+    /// Redirected sockets open now.
+    pub in_flight: u64,
+    /// The policy's max_connections.
+    pub limit: u64,
+    /// connect() calls refused because `in_flight` was at `limit`.
+    pub refused_limit: u64,
+    /// connect() calls refused because the socket got no storage.
+    pub refused_storage: u64,
+    /// Connections the workload closed before the proxy accepted them.
+    pub unaccepted: u64,
+}
 
 /// Kernel-side connect() decisions of one policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -646,7 +731,8 @@ pub fn remove_pins(pin_path: &Path) -> Result<bool, BpfError> {
 }
 
 impl Kernel {
-    /// Loads every object, writes the static policy, attaches to the root
+    /// Loads every object, writes the static policy (`limits`: each
+    /// policy's max_connections, index = policy id), attaches to the root
     /// of `cgroup_root` and pins everything under `pin_path`.
     pub fn load(
         lock: PinLock,
@@ -655,7 +741,7 @@ impl Kernel {
         proxy: ProxyTarget,
         sockmap: Option<u64>,
         rules: &[RuleEntry],
-        policies: usize,
+        limits: &[u32],
     ) -> Result<Kernel, BpfError> {
         ensure_bpffs(pin_path)?;
         if remove_pins(pin_path)? {
@@ -682,7 +768,8 @@ impl Kernel {
                 // them before any program runs.
                 let m = Maps::open(pin_path)?;
                 m.write_rules(rules)?;
-                m.init_counters(policies)?;
+                m.write_limits(limits)?;
+                m.init_counters(limits.len())?;
                 maps = Some(m);
                 Ok(())
             },

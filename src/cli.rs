@@ -149,12 +149,13 @@ fn summary(path: &std::path::Path, c: &Config) -> String {
     for p in &set.policies {
         let l7 = p.rules.iter().filter(|r| r.http.is_some()).count();
         out.push_str(&format!(
-            "  policy {:?} on cgroup {}: {} egress rules ({} with http, {} L4 only)\n",
+            "  policy {:?} on cgroup {}: {} egress rules ({} with http, {} L4 only), at most {} redirected connections\n",
             p.name,
             p.cgroup,
             p.rules.len(),
             l7,
-            p.rules.len() - l7
+            p.rules.len() - l7,
+            p.max_connections
         ));
     }
     out

@@ -454,6 +454,21 @@ pub struct Policy {
     pub name: Spanned<String>,
     pub cgroup: CgroupPath,
     pub egress: Vec<EgressRule>,
+    /// Redirected connections this policy's sockets may hold open at once;
+    /// past it connect() fails with ECONNREFUSED. Absent: an equal share
+    /// of what the other policies' limits leave of the kernel's capacity.
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u32>>,
+}
+
+impl Config {
+    /// Each policy's `max_connections`, as written (None where absent).
+    pub fn requested_connection_limits(&self) -> Vec<Option<u32>> {
+        self.policies
+            .iter()
+            .map(|p| p.max_connections.as_ref().map(|m| m.value))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -833,7 +848,41 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        self.validate_connection_limits(file)
+    }
+
+    fn validate_connection_limits(&self, file: &Path) -> Result<(), ConfigError> {
+        use crate::policy::kernel::{connection_limits, LimitError, TRACKED_CONNS};
+        let at = |loc: serde_saphyr::Location, i: usize, message: String| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line: loc.line(),
+            column: loc.column(),
+            field: format!("policies[{i}].max_connections"),
+            message,
+        };
+        for (i, p) in self.policies.iter().enumerate() {
+            if let Some(m) = p.max_connections.as_ref().filter(|m| m.value == 0) {
+                return Err(at(m.referenced, i, "must be at least 1".into()));
+            }
+        }
+        match connection_limits(&self.requested_connection_limits(), TRACKED_CONNS) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let (i, loc) = match e {
+                    LimitError::OverCapacity { policy, .. } => (
+                        policy,
+                        self.policies[policy]
+                            .max_connections
+                            .as_ref()
+                            .map_or(self.policies[policy].name.referenced, |m| m.referenced),
+                    ),
+                    LimitError::NoShareLeft { policy, .. } => {
+                        (policy, self.policies[policy].name.referenced)
+                    }
+                };
+                Err(at(loc, i, e.to_string()))
+            }
+        }
     }
 }
 
@@ -1041,6 +1090,57 @@ policies:
             err.starts_with("test.yaml:28:11: policies[1].name: duplicate policy name"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn connection_limits_are_checked_where_they_are_written() {
+        let policy = |name: &str, limit: &str| {
+            format!("  - name: {name}\n    cgroup: /{name}\n    egress: []\n{limit}")
+        };
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "    max_connections: 0\n",
+                "test.yaml:31:22: policies[1].max_connections: must be at least 1",
+                "",
+            ),
+            (
+                "    max_connections: 65537\n",
+                "test.yaml:31:22: policies[1].max_connections: the policies' max_connections add up to 65537 here",
+                "",
+            ),
+            (
+                "    max_connections: 65536\n",
+                "test.yaml:14:11: policies[0].max_connections: the other policies' max_connections leave 0",
+                "",
+            ),
+            (
+                "    max_connections: 100\n",
+                "",
+                "    max_connections: -1\n",
+            ),
+        ];
+        for (second, want, third) in cases {
+            let text = format!(
+                "{EXAMPLE}{}{}",
+                policy("second", second),
+                policy("third", third)
+            );
+            let err = parse(&text).map(|_| ()).unwrap_err().to_string();
+            if want.is_empty() {
+                assert!(
+                    err.starts_with("test.yaml:35:22: policies[2].max_connections"),
+                    "{err}"
+                );
+            } else {
+                assert!(err.starts_with(want), "{err}");
+            }
+        }
+        let text = format!(
+            "{EXAMPLE}{}",
+            policy("second", "    max_connections: 65535\n")
+        );
+        let c = parse(&text).expect("65535 leaves one for the first policy");
+        assert_eq!(c.requested_connection_limits(), vec![None, Some(65535)]);
     }
 
     #[test]

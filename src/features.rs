@@ -25,9 +25,55 @@ pub struct Feature {
 
 enum Probe {
     Prog(sys::bpf_prog_type),
+    /// A program type loaded for one attach point (libbpf has no probe for
+    /// that: the kernel refuses an attach type it does not know at load).
+    Attach(sys::bpf_prog_type, sys::bpf_attach_type),
     Map(sys::bpf_map_type),
     Helper(sys::bpf_prog_type, sys::bpf_func_id),
     Path(&'static str),
+}
+
+/// Loads `r0 = 1; exit` as `prog_type` for `attach`: 1 if the kernel takes
+/// it, 0 if it refuses it as invalid, -errno otherwise.
+fn probe_attach(prog_type: sys::bpf_prog_type, attach: sys::bpf_attach_type) -> i32 {
+    let mut mov = sys::bpf_insn {
+        code: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K
+        imm: 1,
+        ..Default::default()
+    };
+    mov.set_dst_reg(0);
+    let exit = sys::bpf_insn {
+        code: 0x95, // BPF_JMP | BPF_EXIT
+        ..Default::default()
+    };
+    let insns = [mov, exit];
+    let mut opts = sys::bpf_prog_load_opts {
+        sz: size_of::<sys::bpf_prog_load_opts>() as _,
+        expected_attach_type: attach,
+        ..Default::default()
+    };
+    // SAFETY: the name and license are NUL-terminated literals, `insns`
+    // and `opts` outlive the call and `opts.sz` is its size; the returned
+    // descriptor is ours and closed right away.
+    let fd = unsafe {
+        sys::bpf_prog_load(
+            prog_type,
+            c"sw_probe".as_ptr(),
+            c"GPL".as_ptr(),
+            insns.as_ptr(),
+            insns.len() as _,
+            &mut opts,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: fd is a descriptor this function just received and owns.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+        1
+    } else if fd == -libc::EINVAL {
+        0
+    } else {
+        fd
+    }
 }
 
 fn run(p: &Probe) -> Result<bool, String> {
@@ -37,6 +83,7 @@ fn run(p: &Probe) -> Result<bool, String> {
     let rc = unsafe {
         match *p {
             Probe::Prog(t) => sys::libbpf_probe_bpf_prog_type(t, std::ptr::null()),
+            Probe::Attach(t, a) => probe_attach(t, a),
             Probe::Map(t) => sys::libbpf_probe_bpf_map_type(t, std::ptr::null()),
             Probe::Helper(t, h) => sys::libbpf_probe_bpf_helper(t, h, std::ptr::null()),
             Probe::Path(path) => return Ok(Path::new(path).exists()),
@@ -78,6 +125,12 @@ pub fn probe() -> Vec<Feature> {
             Probe::Prog(BPF_PROG_TYPE_SCHED_CLS),
         ),
         (
+            "attach type cgroup/sock_release",
+            Some("5.9"),
+            "giving back a closed socket's connection slot and original destination",
+            Probe::Attach(BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE),
+        ),
+        (
             "program type sk_msg",
             Some("4.17"),
             "sockmap engine: workload bytes into the proxy's socket",
@@ -86,19 +139,25 @@ pub fn probe() -> Vec<Feature> {
         (
             "map type hash",
             Some("3.19"),
-            "policy cgroups",
+            "policy cgroups, original destinations",
             Probe::Map(BPF_MAP_TYPE_HASH),
+        ),
+        (
+            "map type array",
+            Some("3.19"),
+            "per-policy connection counts",
+            Probe::Map(BPF_MAP_TYPE_ARRAY),
         ),
         (
             "map type per-CPU hash",
             Some("4.6"),
-            "connect() counters",
+            "connect() and refusal counters",
             Probe::Map(BPF_MAP_TYPE_PERCPU_HASH),
         ),
         (
             "map type LRU hash",
             Some("4.10"),
-            "redirect bookkeeping, tuple map",
+            "tuple map, sockmap read reports",
             Probe::Map(BPF_MAP_TYPE_LRU_HASH),
         ),
         (
@@ -110,7 +169,7 @@ pub fn probe() -> Vec<Feature> {
         (
             "map type socket storage",
             Some("5.2"),
-            "per-socket roles",
+            "per-socket roles and pending redirects",
             Probe::Map(BPF_MAP_TYPE_SK_STORAGE),
         ),
         (
@@ -135,10 +194,10 @@ pub fn probe() -> Vec<Feature> {
             ),
         ),
         (
-            "helper get_socket_cookie in cgroup_sock_addr",
-            None,
-            "redirect bookkeeping",
-            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_socket_cookie),
+            "helper set_retval in cgroup_sock_addr",
+            Some("6.1"),
+            "ECONNREFUSED past a policy's max_connections",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_set_retval),
         ),
         (
             "helper get_netns_cookie in cgroup_sock_addr",
@@ -149,13 +208,19 @@ pub fn probe() -> Vec<Feature> {
         (
             "helper sk_storage_get in cgroup_sock_addr",
             None,
-            "marking enforced sockets",
+            "marking enforced sockets, pending redirects",
             Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_sk_storage_get),
+        ),
+        (
+            "helper sk_storage_get in cgroup_sock",
+            None,
+            "sock_release: what a closed socket holds",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK, BPF_FUNC_sk_storage_get),
         ),
         (
             "helper get_socket_cookie in sock_ops",
             None,
-            "redirect bookkeeping",
+            "tuple map values, sockmap keys",
             Probe::Helper(BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_get_socket_cookie),
         ),
         (

@@ -13,6 +13,10 @@ use crate::policy::PolicySet;
 pub const HTTP_REQUESTS: &str = "sockwarden_http_requests_total";
 pub const CONNECT_DENIED: &str = "sockwarden_connect_denied_total";
 pub const CONNECT_DECISIONS: &str = "sockwarden_connect_decisions_total";
+pub const CONNECT_REFUSED: &str = "sockwarden_connect_refused_total";
+pub const REDIRECTED_CONNECTIONS: &str = "sockwarden_redirected_connections";
+pub const REDIRECTED_CONNECTIONS_LIMIT: &str = "sockwarden_redirected_connections_limit";
+pub const REDIRECTS_UNACCEPTED: &str = "sockwarden_redirects_unaccepted_total";
 pub const UPSTREAM_OPENED: &str = "sockwarden_upstream_connections_opened_total";
 pub const UPSTREAM_CLOSED: &str = "sockwarden_upstream_connections_closed_total";
 pub const UPSTREAM_CONNECT_FAILURES: &str = "sockwarden_upstream_connect_failures_total";
@@ -51,6 +55,22 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CONNECT_DECISIONS,
         "connect() decisions taken in the kernel, by policy and verdict (allowed, redirected, denied)"
+    );
+    describe_counter!(
+        CONNECT_REFUSED,
+        "connect() calls that would have been redirected, refused with ECONNREFUSED in the kernel, by policy and reason (connection_limit: the policy's max_connections sockets were open; socket_storage: no socket storage for the redirect's state)"
+    );
+    describe_gauge!(
+        REDIRECTED_CONNECTIONS,
+        "Redirected workload sockets open now, by policy, counted in the kernel (from connect() until the workload closes the socket)"
+    );
+    describe_gauge!(
+        REDIRECTED_CONNECTIONS_LIMIT,
+        "The policy's max_connections: redirected sockets it may hold open at once"
+    );
+    describe_counter!(
+        REDIRECTS_UNACCEPTED,
+        "Redirected connections the workload closed before the proxy accepted them; the kernel removed their original destination"
     );
     describe_counter!(UPSTREAM_OPENED, "Upstream connections opened");
     describe_counter!(
@@ -319,11 +339,12 @@ pub fn access_log_dropped() {
     counter!(ACCESS_LOG_DROPPED).increment(1);
 }
 
-/// Copies the kernel's per-CPU counters (connect() decisions, the sockmap
-/// engine) into the exported ones.
+/// Copies the kernel's per-CPU counters (connect() decisions, connection
+/// limits, the sockmap engine) into the exported ones.
 pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
     refresh_sockmap(maps);
     for (id, p) in policies.policies.iter().enumerate() {
+        refresh_conns(maps, id as u32, &p.name);
         match maps.connect_counts(id as u32) {
             Ok(c) => {
                 let name = p.name.clone();
@@ -340,6 +361,27 @@ pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
             Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
         }
     }
+}
+
+/// One policy's connection count, limit and refusals.
+fn refresh_conns(maps: &Maps, policy_id: u32, name: &str) {
+    let c = match maps.conn_counts(policy_id) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading kernel connection counters");
+            return;
+        }
+    };
+    let policy = name.to_string();
+    gauge!(REDIRECTED_CONNECTIONS, "policy" => policy.clone()).set(c.in_flight as f64);
+    gauge!(REDIRECTED_CONNECTIONS_LIMIT, "policy" => policy.clone()).set(c.limit as f64);
+    for (reason, n) in [
+        ("connection_limit", c.refused_limit),
+        ("socket_storage", c.refused_storage),
+    ] {
+        counter!(CONNECT_REFUSED, "policy" => policy.clone(), "reason" => reason).absolute(n);
+    }
+    counter!(REDIRECTS_UNACCEPTED, "policy" => policy).absolute(c.unaccepted);
 }
 
 /// Copies the sockmap engine's per-CPU counters into the exported ones.

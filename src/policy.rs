@@ -53,6 +53,8 @@ pub struct CompiledPolicy {
     pub name: String,
     pub cgroup: crate::config::CgroupPath,
     pub rules: Vec<CompiledRule>,
+    /// Redirected connections its sockets may hold open (kernel-enforced).
+    pub max_connections: u32,
 }
 
 /// The outcome of evaluating one request.
@@ -95,10 +97,17 @@ pub struct PolicySet {
 
 impl PolicySet {
     pub fn compile(config: &Config) -> PolicySet {
+        // Validated with the configuration; a policy without a limit would
+        // get 0 (every redirect refused: fail closed).
+        let limits =
+            kernel::connection_limits(&config.requested_connection_limits(), kernel::TRACKED_CONNS)
+                .unwrap_or_default();
         let policies = config
             .policies
             .iter()
-            .map(|p| CompiledPolicy {
+            .enumerate()
+            .map(|(i, p)| CompiledPolicy {
+                max_connections: limits.get(i).copied().unwrap_or(0),
                 name: p.name.value.clone(),
                 cgroup: p.cgroup.clone(),
                 rules: p

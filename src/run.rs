@@ -69,7 +69,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .sockmap()
             .then(crate::proxy::upstream::own_netns_cookie),
         &rule_entries(&policies),
-        policies.policies.len(),
+        &policies
+            .policies
+            .iter()
+            .map(|p| p.max_connections)
+            .collect::<Vec<_>>(),
     )?;
     tracing::info!(
         pin_path = %config.bpf.pin_path.display(),

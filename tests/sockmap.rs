@@ -16,7 +16,9 @@ use common::command_in;
 use common::netns::Netns;
 use common::origin::OriginConfig;
 use common::stress::{self, StressOrigin};
-use common::sw::{bare_scene, origin_at, socket_memory, stdout, workload, Scene, Sockwarden};
+use common::sw::{
+    bare_scene, map_entries, origin_at, socket_memory, stdout, workload, Scene, Sockwarden,
+};
 
 /// The stress origin, as the workloads address it (in the origin namespace).
 const ORIGIN: &str = "10.77.1.10:8080";
@@ -77,18 +79,6 @@ fn verified(out: &Output) -> usize {
         .lines()
         .find_map(|l| l.strip_prefix("verified ")?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no count in {}", stdout(out)))
-}
-
-/// Entries in a pinned map, through bpftool.
-fn entries(pin: &Path, map: &str) -> usize {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(pin.join(map))
-        .output()
-        .expect("bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bpftool JSON for {map}: {e}: {}", stdout(&out)));
-    v.as_array().map_or(0, Vec::len)
 }
 
 /// Established TCP sockets in a namespace.
@@ -355,10 +345,10 @@ fn sockmap_aborts_leave_nothing_behind() {
     let leftovers = || {
         (
             established(&topo.node),
-            entries(&sw.pin, "sk_workloads"),
-            entries(&sw.pin, "sk_proxy"),
-            entries(&sw.pin, "sk_consumed"),
-            entries(&sw.pin, "orig_dsts"),
+            map_entries(&sw.pin, "sk_workloads"),
+            map_entries(&sw.pin, "sk_proxy"),
+            map_entries(&sw.pin, "sk_consumed"),
+            map_entries(&sw.pin, "orig_dsts"),
         )
     };
     while leftovers() != (0, 0, 0, 0, 0) && Instant::now() < deadline {

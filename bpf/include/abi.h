@@ -20,9 +20,21 @@
 #define SW_MAX_CGROUP_DEPTH 32       /* deepest cgroup level classified */
 #define SW_MAX_POLICY_CGROUPS 1024   /* entries in policy_cgroups */
 #define SW_MAX_RULE_PREFIXES 65536   /* entries in policy_rules */
-#define SW_MAX_TRACKED_CONNS 65536   /* pending_redirects, orig_dsts */
 #define SW_MAX_TUPLES 262144         /* tuples */
 #define SW_MAX_LINKED_SOCKS 65536    /* sk_workloads, sk_proxy */
+
+/*
+ * Capacities Rust needs before it loads anything (config validation). An
+ * enum, not a #define, so that they reach BTF and hence the skeletons.
+ */
+enum sw_capacity {
+	/*
+	 * orig_dsts entries. The policies' max_connections add up to at most
+	 * this (userspace validates it), and every entry belongs to a counted
+	 * socket that is still open, so the map can never be full.
+	 */
+	SW_MAX_TRACKED_CONNS = 65536,
+};
 
 /* What connect() does for a (policy, destination, port). Absence = deny. */
 enum sw_verdict {
@@ -56,7 +68,9 @@ enum sw_sock_role {
 };
 
 /* sw_sock_info.flags */
-#define SW_SOCK_REDIRECTED 1 /* connect() was sent to the proxy */
+#define SW_SOCK_REDIRECTED 1 /* the last connect() was sent to the proxy */
+#define SW_SOCK_COUNTED 2    /* charged to policy_conns[orig.policy_id].in_flight */
+#define SW_SOCK_RECORDED 4   /* orig_dsts holds an entry under peer */
 
 /*
  * Which path a workload socket's outgoing bytes take under the sockmap
@@ -88,13 +102,28 @@ struct sw_conn_key {
 	__u16 dport;
 };
 
-/* sock_roles (socket storage) value. */
+/* Where a redirected connection was really going. */
+struct sw_orig_dst {
+	__u8 addr[16];       /* original destination (IPv4-mapped for IPv4) */
+	__u16 port;          /* original destination port */
+	__u16 family;        /* AF_INET or AF_INET6, as the workload called connect() */
+	__u32 policy_id;
+	__u64 cgroup_id;     /* the workload socket's own cgroup */
+	__u64 netns_cookie;  /* the workload's network namespace */
+};
+
+/*
+ * sock_roles (socket storage) value. Socket storage lives and dies with its
+ * socket, so no other socket can evict it: a redirect's pending state waits
+ * here from connect() to TCP_CONNECT_CB.
+ */
 struct sw_sock_info {
 	enum sw_sock_role role;
 	__u32 flags;             /* SW_SOCK_* */
 	enum sw_msg_path path;   /* sockmap engine: where this socket's bytes go */
-	struct sw_conn_key peer; /* sockmap engine: the proxy socket's sk_proxy key */
+	struct sw_conn_key peer; /* listener-side 4-tuple: orig_dsts key, sk_proxy key */
 	__u64 redirected;        /* sockmap engine: bytes redirected so far */
+	struct sw_orig_dst orig; /* redirected: the original destination and policy */
 };
 
 /* msg_counters index: what the sockmap engine did, per CPU. */
@@ -161,20 +190,35 @@ struct sw_rule_value {
 	enum sw_verdict verdict;
 };
 
-/* Where a redirected connection was really going. */
-struct sw_orig_dst {
-	__u8 addr[16];       /* original destination (IPv4-mapped for IPv4) */
-	__u16 port;          /* original destination port */
-	__u16 family;        /* AF_INET or AF_INET6, as the workload called connect() */
-	__u32 policy_id;
-	__u64 cgroup_id;     /* the workload socket's own cgroup */
-	__u64 netns_cookie;  /* the workload's network namespace */
-};
-
 /* verdict_counters key. */
 struct sw_counter_key {
 	__u32 policy_id;
 	enum sw_verdict verdict;
+};
+
+/*
+ * policy_conns value (array index: policy id): redirected sockets of the
+ * policy that are open now, and how many may be. in_flight is changed only
+ * with atomic adds: +1 at connect4/6 (taken back at once if that passed the
+ * limit), -1 when the socket is released (cgroup/sock_release).
+ */
+struct sw_policy_conns {
+	__u64 in_flight;
+	__u64 limit; /* written by userspace before the programs are attached */
+};
+
+/* What happened to redirected connections besides the verdict (conn_counters). */
+enum sw_conn_event {
+	SW_CONN_REFUSED_LIMIT = 0,   /* connect() refused: the policy's limit was reached */
+	SW_CONN_REFUSED_STORAGE = 1, /* connect() refused: no socket storage for its state */
+	SW_CONN_UNACCEPTED = 2,      /* closed by the workload before the proxy accepted it */
+	SW_CONN_EVENTS = 3,
+};
+
+/* conn_counters key. */
+struct sw_conn_counter_key {
+	__u32 policy_id;
+	enum sw_conn_event event;
 };
 
 _Static_assert(sizeof(struct sw_policy_ref) == 4, "sw_policy_ref layout");
@@ -183,7 +227,9 @@ _Static_assert(sizeof(struct sw_rule_value) == 4, "sw_rule_value layout");
 _Static_assert(sizeof(struct sw_orig_dst) == 40, "sw_orig_dst layout");
 _Static_assert(sizeof(struct sw_conn_key) == 36, "sw_conn_key layout");
 _Static_assert(sizeof(struct sw_counter_key) == 8, "sw_counter_key layout");
-_Static_assert(sizeof(struct sw_sock_info) == 56, "sw_sock_info layout");
+_Static_assert(sizeof(struct sw_sock_info) == 96, "sw_sock_info layout");
+_Static_assert(sizeof(struct sw_policy_conns) == 16, "sw_policy_conns layout");
+_Static_assert(sizeof(struct sw_conn_counter_key) == 8, "sw_conn_counter_key layout");
 _Static_assert(sizeof(struct sw_tuple_key) == 48, "sw_tuple_key layout");
 _Static_assert(sizeof(struct sw_tuple_value) == 24, "sw_tuple_value layout");
 

@@ -29,23 +29,38 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy_rules SEC(".maps");
 
-/* socket cookie -> original destination, from connect() until the SYN. */
+/*
+ * listener-side 4-tuple -> original destination, from the SYN until the
+ * proxy accepts (it takes the entry) or the workload closes its socket
+ * (sock_release removes it). Not LRU: an entry is never evicted, and the map
+ * cannot fill up (see SW_MAX_TRACKED_CONNS). Preallocated, so an insert
+ * cannot fail for memory either.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SW_MAX_TRACKED_CONNS);
-	__type(key, __u64);
-	__type(value, struct sw_orig_dst);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} pending_redirects SEC(".maps");
-
-/* listener-side 4-tuple -> original destination, until the proxy accepts. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SW_MAX_TRACKED_CONNS);
 	__type(key, struct sw_conn_key);
 	__type(value, struct sw_orig_dst);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_dsts SEC(".maps");
+
+/* policy id -> open redirected sockets and their limit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_MAX_POLICIES);
+	__type(key, __u32);
+	__type(value, struct sw_policy_conns);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_conns SEC(".maps");
+
+/* (policy, event) -> count, per CPU. Keys are created by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, SW_MAX_POLICIES * SW_CONN_EVENTS);
+	__type(key, struct sw_conn_counter_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conn_counters SEC(".maps");
 
 /* (policy, verdict) -> connect() calls, per CPU. Keys are created by userspace. */
 struct {

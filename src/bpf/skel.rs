@@ -20,6 +20,11 @@ mod sockops {
 }
 
 #[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod release {
+    include!(concat!(env!("OUT_DIR"), "/release.skel.rs"));
+}
+
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
 mod tc {
     include!(concat!(env!("OUT_DIR"), "/tc.skel.rs"));
 }
@@ -36,8 +41,9 @@ macro_rules! pin_shared_maps {
         for (name, map) in [
             ("policy_cgroups", &mut $maps.policy_cgroups),
             ("policy_rules", &mut $maps.policy_rules),
-            ("pending_redirects", &mut $maps.pending_redirects),
             ("orig_dsts", &mut $maps.orig_dsts),
+            ("policy_conns", &mut $maps.policy_conns),
+            ("conn_counters", &mut $maps.conn_counters),
             ("verdict_counters", &mut $maps.verdict_counters),
             ("sock_roles", &mut $maps.sock_roles),
             ("tuples", &mut $maps.tuples),
@@ -73,7 +79,7 @@ fn load_err(object: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
     move |source| BpfError::Load { object, source }
 }
 
-/// Loads both objects (their shared maps pinned under `pin_path`), runs
+/// Loads every object (their shared maps pinned under `pin_path`), runs
 /// `before_attach` once the maps exist, then attaches every program to the
 /// cgroup `cgroup_fd` and pins the links under `pin_path/links`. With
 /// `sockmap` (the proxy's network namespace cookie), sockops links sockets
@@ -128,6 +134,13 @@ pub fn load_and_attach(
     rodata.proxy_port6 = proxy.v6.port();
     let sockops = open.load().map_err(load_err("sockops.bpf.o"))?;
 
+    let mut release_obj = MaybeUninit::uninit();
+    let mut open = release::ReleaseSkelBuilder::default()
+        .open(&mut release_obj)
+        .map_err(load_err("release.bpf.o"))?;
+    pin_shared_maps!(open.maps, pin_path);
+    let release = open.load().map_err(load_err("release.bpf.o"))?;
+
     before_attach()?;
 
     // sw_msg first, so that no socket is linked without it. The attachment
@@ -146,10 +159,13 @@ pub fn load_and_attach(
     }
 
     // sockops first: a connect() redirected before it is attached would
-    // never have its original destination recorded.
+    // never have its original destination recorded; sock_release before
+    // connect4/6: a socket counted before it is attached would never give
+    // its slot back.
     let mut links = Vec::new();
     for (name, prog) in [
         ("sw_sockops", &sockops.progs.sw_sockops),
+        ("sw_sock_release", &release.progs.sw_sock_release),
         ("sw_connect4", &connect.progs.sw_connect4),
         ("sw_connect6", &connect.progs.sw_connect6),
     ] {

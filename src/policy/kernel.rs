@@ -1,5 +1,6 @@
 //! The connect()-time view of a [`PolicySet`]: entries for the kernel's
-//! longest-prefix-match map, computed as a pure function.
+//! longest-prefix-match map, and each policy's connection limit, computed as
+//! pure functions.
 //!
 //! The kernel looks up (policy, port, address) and (policy, any-port,
 //! address) and takes the stronger verdict. A longest-prefix lookup returns
@@ -112,6 +113,65 @@ pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
     out
 }
 
+/// Connections the kernel tracks for the proxy (orig_dsts entries): the
+/// policies' limits add up to at most this, so that map can never be full.
+pub const TRACKED_CONNS: u32 = crate::bpf::abi::sw_capacity::SW_MAX_TRACKED_CONNS.0;
+
+/// Why the policies' `max_connections` cannot all be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// The explicit limits up to and including policy `policy` add up to
+    /// more than the capacity.
+    #[error("the policies' max_connections add up to {total} here, more than the {capacity} connections the kernel tracks")]
+    OverCapacity {
+        policy: usize,
+        total: u64,
+        capacity: u32,
+    },
+    /// Too little is left for the policies without a limit; `policy` is
+    /// the first of them.
+    #[error("the other policies' max_connections leave {left} of the kernel's {capacity} tracked connections for {sharing} policies without one")]
+    NoShareLeft {
+        policy: usize,
+        left: u32,
+        sharing: usize,
+        capacity: u32,
+    },
+}
+
+/// Each policy's connection limit: its own `max_connections` if it has one,
+/// otherwise an equal share of what the explicit ones leave of `capacity`.
+/// The limits never add up to more than `capacity`.
+pub fn connection_limits(requested: &[Option<u32>], capacity: u32) -> Result<Vec<u32>, LimitError> {
+    let mut total = 0u64;
+    for (policy, limit) in requested.iter().enumerate() {
+        total += u64::from(limit.unwrap_or(0));
+        if total > u64::from(capacity) {
+            return Err(LimitError::OverCapacity {
+                policy,
+                total,
+                capacity,
+            });
+        }
+    }
+    // total <= capacity, checked above.
+    let left = capacity - total as u32;
+    let sharing = requested.iter().filter(|l| l.is_none()).count();
+    let share = match u32::try_from(sharing) {
+        Ok(0) => 0,
+        Ok(n) if left / n > 0 => left / n,
+        _ => {
+            return Err(LimitError::NoShareLeft {
+                policy: requested.iter().position(Option::is_none).unwrap_or(0),
+                left,
+                sharing,
+                capacity,
+            })
+        }
+    };
+    Ok(requested.iter().map(|l| l.unwrap_or(share)).collect())
+}
+
 /// What the kernel computes for a connect(), from `entries` alone: used to
 /// check that the merged entries agree with the rules they came from.
 pub fn kernel_verdict(
@@ -203,6 +263,65 @@ policies:
                 reference(&s, dst),
                 "{d}"
             );
+        }
+    }
+
+    #[test]
+    fn connection_limits_share_what_explicit_ones_leave() {
+        use LimitError::*;
+        type Case = (&'static [Option<u32>], u32, Result<Vec<u32>, LimitError>);
+        let cases: &[Case] = &[
+            (&[], 100, Ok(vec![])),
+            (&[None], 100, Ok(vec![100])),
+            (&[None, None, None], 100, Ok(vec![33, 33, 33])),
+            (&[Some(10), None, None], 100, Ok(vec![10, 45, 45])),
+            (&[Some(60), Some(40)], 100, Ok(vec![60, 40])),
+            (&[Some(1), Some(2)], 100, Ok(vec![1, 2])),
+            (
+                &[Some(60), Some(30), Some(20), Some(1)],
+                100,
+                Err(OverCapacity {
+                    policy: 2,
+                    total: 110,
+                    capacity: 100,
+                }),
+            ),
+            (
+                &[Some(99), None, None],
+                100,
+                Err(NoShareLeft {
+                    policy: 1,
+                    left: 1,
+                    sharing: 2,
+                    capacity: 100,
+                }),
+            ),
+            (
+                &[None, Some(100)],
+                100,
+                Err(NoShareLeft {
+                    policy: 0,
+                    left: 0,
+                    sharing: 1,
+                    capacity: 100,
+                }),
+            ),
+            (
+                &[Some(u32::MAX), Some(u32::MAX)],
+                u32::MAX,
+                Err(OverCapacity {
+                    policy: 1,
+                    total: 2 * u64::from(u32::MAX),
+                    capacity: u32::MAX,
+                }),
+            ),
+        ];
+        for (requested, capacity, want) in cases {
+            let got = connection_limits(requested, *capacity);
+            assert_eq!(&got, want, "{requested:?} of {capacity}");
+            if let Ok(limits) = got {
+                assert!(limits.iter().map(|l| u64::from(*l)).sum::<u64>() <= u64::from(*capacity));
+            }
         }
     }
 

@@ -392,3 +392,16 @@ pub fn socket_memory(ns: &Netns, pid: u32) -> u64 {
     }
     total
 }
+
+/// The number of entries in a pinned map, from `bpftool map dump` (as an
+/// operator would count them).
+pub fn map_entries(pin: &Path, map: &str) -> usize {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin.join(map))
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool JSON for {map}: {e}: {}", stdout(&out)));
+    v.as_array().map_or(0, Vec::len)
+}
