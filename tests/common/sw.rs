@@ -176,14 +176,7 @@ impl Sockwarden {
 
     /// Entries in the pinned map `name` (bpftool).
     pub fn map_len(&self, name: &str) -> usize {
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(self.pin.join(name))
-            .output()
-            .expect("bpftool");
-        assert!(out.status.success(), "bpftool map dump {name}: {out:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-        v.as_array().map_or(0, Vec::len)
+        map_entries(&self.pin, name)
     }
 
     /// SIGTERM and wait; returns the exit status.
