@@ -114,7 +114,32 @@ echo
 echo "== 2. denied at layer 7: the workload GETs /admin/keys.txt"
 as_workload curl -sS -i http://10.77.1.10/admin/keys.txt | sed 's/^/   /'
 echo
-echo "== 3. refused at connect(): the workload connects to port 8080, which no rule allows"
+echo "== 3. hostile input is read one way (docs/http.md)"
+echo "   a) dot segments are resolved before the policy judges: /data/../admin/keys.txt is /admin/keys.txt"
+as_workload curl -sS --path-as-is -o /dev/null -w '      HTTP %{http_code}\n' http://10.77.1.10/data/../admin/keys.txt
+echo "   b) request smuggling: Content-Length and Transfer-Encoding together, a second request hidden in the body"
+as_workload python3 -c '
+import socket
+s = socket.create_connection(("10.77.1.10", 80), timeout=5)
+s.sendall(b"POST /data/x HTTP/1.1\r\nHost: 10.77.1.10\r\nContent-Length: 44\r\n"
+          b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin/keys.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+reply = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    reply += chunk
+for line in reply.decode(errors="replace").split("\r\n"):
+    if line.startswith(("HTTP/", "sockwarden-error")):
+        print("     ", line)
+print("      connection closed after it:", reply.count(b"HTTP/1.1 "), "response(s)")
+'
+echo "   c) an Upgrade no rule allows (h2c) is removed: the request is forwarded as a plain one (flag UPR)"
+as_workload curl -sS -o /dev/null -w '      HTTP %{http_code}\n' -H 'Upgrade: h2c' \
+  -H 'Connection: Upgrade, HTTP2-Settings' -H 'HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA' \
+  http://10.77.1.10/data/report.csv
+echo
+echo "== 4. refused at connect(): the workload connects to port 8080, which no rule allows"
 as_workload python3 -c '
 import socket
 try:
@@ -124,13 +149,13 @@ except OSError as e:
     print("   connect() failed:", e)
 '
 echo
-echo "== 4. outside the cgroup nothing is touched: the same /admin request from the node"
+echo "== 5. outside the cgroup nothing is touched: the same /admin request from the node"
 in_node curl -sS -o /dev/null -w '   HTTP %{http_code} straight from the origin\n' http://10.77.1.10/admin/keys.txt
 echo
-echo "== 5. access log (one JSON line per proxied request)"
+echo "== 6. access log (one JSON line per proxied request)"
 sed 's/^/   /' "$WORK/access.log"
 echo
-echo "== 6. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
-in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|connect_denied|connect_decisions|upstream_connections_opened)' | sed 's/^/   /'
+echo "== 7. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
+in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened)' | sed 's/^/   /'
 echo
 echo "== stopping sockwarden (detaches programs, removes pins) and cleaning up"
