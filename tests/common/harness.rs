@@ -111,8 +111,22 @@ impl Harness {
         rule_upstream: &str,
         splice_pipe_size: Option<usize>,
     ) -> Harness {
-        let yaml = config_yaml(global_upstream, rule_upstream);
-        let config = Config::parse(&yaml, Path::new("proxy-test.yaml"))
+        Harness::with_yaml(
+            dst,
+            &config_yaml(global_upstream, rule_upstream),
+            splice_pipe_size,
+        )
+    }
+
+    /// A proxy whose connections all go to `dst`, configured by the YAML
+    /// text `yaml` (its listen address is not used), with the body engine
+    /// chosen as in [`Harness::with_engine`].
+    pub fn with_yaml(
+        dst: Option<SocketAddr>,
+        yaml: &str,
+        splice_pipe_size: Option<usize>,
+    ) -> Harness {
+        let config = Config::parse(yaml, Path::new("proxy-test.yaml"))
             .unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
         let policies = Arc::new(PolicySet::compile(&config));
         let log_path = temp_log_path();
