@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Writes the smuggling corpus: tests/corpus/{requests,responses}/*.http and
-tests/corpus/manifest.json.
+tests/corpus/manifest.json, and the fuzz seed corpora under fuzz/corpus/.
 
 The vectors are authored here, as Python literals, because ~150 raw files are
 easier to review as one table; the generated files are committed, and this
 script regenerates them byte for byte (`python3 tests/tools/gen_corpus.py`,
-then `git diff --exit-code tests/corpus` must be clean).
+then `git diff --exit-code tests/corpus fuzz/corpus` must be clean).
 
 Expectations follow the SPEC in docs/operations.md ("Hostile input: the
 corpus"), not necessarily the code of the day. The test policy
@@ -554,6 +554,52 @@ resp("resp-plain", "baseline", "RFC 9112 6.3", RFC, OK + "Content-Length: 5\r\n\
      reused=True)
 
 
+FUZZ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "fuzz", "corpus")
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def yaml_blocks(path):
+    """The ```yaml blocks of a Markdown file."""
+    out, block = [], None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if block is None and line.strip() == "```yaml":
+                block = []
+            elif block is not None and line.strip() == "```":
+                out.append("".join(block))
+                block = None
+            elif block is not None:
+                block.append(line)
+    return out
+
+
+def fuzz_seeds():
+    """Seed corpora for fuzz/ (cargo-fuzz): heads from the vectors, chunked
+    bodies (8 seed bytes, then the body), and the documented configs."""
+    seeds = {"request_head": {}, "response_head": {}, "chunked": {}, "config": {}}
+    for v in REQUESTS:
+        seeds["request_head"][v["id"]] = v["_raw"]
+        head, sep, body = v["_raw"].partition(b"\r\n\r\n")
+        if sep and b"chunked" in head.lower():
+            seeds["chunked"][v["id"]] = bytes(8) + body
+    for v in RESPONSES:
+        seeds["response_head"][v["id"]] = v["_raw"]
+        head, sep, body = v["_raw"].partition(b"\r\n\r\n")
+        if sep and b"chunked" in head.lower():
+            seeds["chunked"][v["id"]] = b"\x01" * 8 + body
+    for name in ("README.md", "docs/configuration.md"):
+        for i, text in enumerate(yaml_blocks(os.path.join(DOCS, name))):
+            seeds["config"][f"{os.path.basename(name)}-{i}.yaml"] = text.encode()
+    for target, files in seeds.items():
+        d = os.path.join(FUZZ, target)
+        os.makedirs(d, exist_ok=True)
+        for f in os.listdir(d):
+            os.remove(os.path.join(d, f))
+        for name, data in files.items():
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+
+
 def main():
     for sub in ("requests", "responses"):
         d = os.path.join(ROOT, sub)
@@ -569,6 +615,7 @@ def main():
     with open(os.path.join(ROOT, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=True)
         f.write("\n")
+    fuzz_seeds()
     print(f"{len(REQUESTS)} request vectors, {len(RESPONSES)} response vectors", file=sys.stderr)
 
 

@@ -1,0 +1,29 @@
+//! parse_response_head + response_framing (for GET, HEAD and CONNECT).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sockwarden::proxy::http::{
+    parse_response_head, response_framing, write_response_head, ConnectionHeader,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(Some((head, n))) = parse_response_head(data) else {
+        return;
+    };
+    assert!(n <= data.len(), "consumed {n} of {}", data.len());
+    for method in ["GET", "HEAD", "CONNECT"] {
+        let _ = response_framing(method, &head);
+    }
+    let Ok(framing) = response_framing("GET", &head) else {
+        return;
+    };
+    let mut out = Vec::new();
+    write_response_head(&head, ConnectionHeader::KeepAlive, &mut out);
+    let (again, m) = match parse_response_head(&out) {
+        Ok(Some(parsed)) => parsed,
+        other => panic!("forwarded head does not parse back: {other:?}\n{out:?}"),
+    };
+    assert_eq!(m, out.len(), "forwarded head has bytes after it");
+    assert_eq!(again.status, head.status);
+    assert_eq!(response_framing("GET", &again), Ok(framing), "framing changed when forwarded");
+});
