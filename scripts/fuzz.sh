@@ -61,7 +61,7 @@ for t in "${targets[@]}"; do
     status=1
     artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -1 | sed 's/Test unit written to //' || true)
     kind=$(grep -oE 'ERROR: libFuzzer: [a-z-]+|deadly signal|panicked at' "$log" | head -1 || true)
-    result="FAILED ($kind) artifact: fuzz/${artifact:-?} log: $log"
+    result="FAILED ($kind) artifact: ${artifact:-?} log: $log"
   fi
   printf '%-14s %12s %9s %7s %7s %s\n' "$t" "${execs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "$result"
 done

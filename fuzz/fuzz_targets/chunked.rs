@@ -29,10 +29,17 @@ fn scan(body: &[u8], mut cuts: impl FnMut() -> usize, skip: bool) -> Outcome {
         let piece = &body[at..at + len];
         match s.feed(piece) {
             Ok(n) => {
-                assert!(n <= piece.len(), "consumed {n} of a {}-byte piece", piece.len());
+                assert!(
+                    n <= piece.len(),
+                    "consumed {n} of a {}-byte piece",
+                    piece.len()
+                );
                 at += n;
                 if n < piece.len() {
-                    assert!(s.is_done(), "stopped short at {at} without reaching the end");
+                    assert!(
+                        s.is_done(),
+                        "stopped short at {at} without reaching the end"
+                    );
                     break;
                 }
                 if s.is_done() {
