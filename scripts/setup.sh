@@ -10,6 +10,7 @@ packages=(
   iproute2                # network namespaces and veth for the demo and tests
   curl                    # the demo's and tests' unmodified HTTP client
   python3                 # the demo origin (http.server)
+  python3-h11             # the independent HTTP/1 parser of tests/differential.rs
 )
 
 missing=()

@@ -119,8 +119,8 @@ export SW_VMTEST_THREADS=${SW_VMTEST_THREADS:-1}
 # Waits in the tests (readiness, exits, keep-alive timeouts of the test
 # origins) stretch by this factor under emulation; measured bounds do not.
 export SOCKWARDEN_TEST_PATIENCE=${SOCKWARDEN_TEST_PATIENCE:-4}
-[[ -x $SW_VMTEST_BIN && $(wc -w <<<"$SW_VMTEST_TESTS") -eq 4 ]] || {
-  echo "vmtest.sh: could not find the binary and four test executables in cargo's output" >&2
+[[ -x $SW_VMTEST_BIN && $(wc -w <<<"$SW_VMTEST_TESTS") -eq 5 ]] || {
+  echo "vmtest.sh: could not find the binary and five test executables in cargo's output" >&2
   exit 1
 }
 

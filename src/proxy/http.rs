@@ -329,6 +329,14 @@ fn first_line(buf: &[u8]) -> &[u8] {
     &rest[..end]
 }
 
+/// Whether a serialized head (start line, fields, final CRLF) is over
+/// [`MAX_HEAD_BYTES`] or [`MAX_HEADERS`] fields: what the proxy forwards must
+/// be what it would itself accept.
+fn exceeds_head_limits(head: &[u8]) -> bool {
+    let lines = head.windows(2).filter(|w| w == b"\r\n").count();
+    head.len() > MAX_HEAD_BYTES || lines.saturating_sub(2) > MAX_HEADERS
+}
+
 /// Converts httparse headers into owned [`Header`]s.
 fn owned_headers(headers: &[httparse::Header<'_>]) -> Vec<Header> {
     headers
@@ -363,7 +371,13 @@ pub fn parse_request_head(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, He
             };
         }
         Err(e) => {
-            let version = first_line(window).rsplit(|&b| b == b' ').next();
+            // The version is the third of exactly three tokens: in
+            // `GET /a /b HTTP/1.1` the line is malformed, not its version.
+            let tokens: Vec<&[u8]> = first_line(window).split(|&b| b == b' ').collect();
+            let version = match tokens.as_slice() {
+                [_, _, version] => Some(*version),
+                _ => None,
+            };
             return Err(map_httparse_error(e, version));
         }
     };
@@ -883,6 +897,9 @@ mod tests {
 
     #[test]
     fn unsupported_versions() {
+        // A well-formed version in the wrong place is a malformed line (400).
+        let res = parse_request_head(b"GET /a /b HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(matches!(res, Err(HeadError::Malformed(_))), "{res:?}");
         for raw in [
             "GET / HTTP/2.0\r\n\r\n",
             "GET / HTTP/1.2\r\n\r\n",

@@ -128,30 +128,37 @@ impl Harness {
         rule_upstream: &str,
         splice_pipe_size: Option<usize>,
     ) -> Harness {
-        let limits = Limits::default();
         Harness::build(
             dst,
-            global_upstream,
-            rule_upstream,
+            &config_yaml(global_upstream, rule_upstream),
             splice_pipe_size,
-            limits,
+            Limits::default(),
         )
     }
 
     /// A proxy with default upstream settings and `limits`.
     pub fn with_limits(dst: Option<SocketAddr>, limits: Limits) -> Harness {
-        Harness::build(dst, "", "", Some(1 << 20), limits)
+        Harness::build(dst, &config_yaml("", ""), Some(1 << 20), limits)
+    }
+
+    /// A proxy whose connections all go to `dst`, configured by the YAML
+    /// text `yaml` (its listen address is not used), with the body engine
+    /// chosen as in [`Harness::with_engine`].
+    pub fn with_yaml(
+        dst: Option<SocketAddr>,
+        yaml: &str,
+        splice_pipe_size: Option<usize>,
+    ) -> Harness {
+        Harness::build(dst, yaml, splice_pipe_size, Limits::default())
     }
 
     fn build(
         dst: Option<SocketAddr>,
-        global_upstream: &str,
-        rule_upstream: &str,
+        yaml: &str,
         splice_pipe_size: Option<usize>,
         limits: Limits,
     ) -> Harness {
-        let yaml = config_yaml(global_upstream, rule_upstream);
-        let config = Config::parse(&yaml, Path::new("proxy-test.yaml"))
+        let config = Config::parse(yaml, Path::new("proxy-test.yaml"))
             .unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
         let policies = Arc::new(PolicySet::compile(&config));
         let log_path = temp_log_path();

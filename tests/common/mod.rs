@@ -10,6 +10,8 @@
 //! * [`origin`]: a small threaded HTTP/1.1 origin server and a minimal
 //!   response reader for test clients.
 //! * [`stress`]: the SHA-256 body stress workload (origin and client).
+//! * [`corpus`]: the smuggling corpus, a recording origin, and running a
+//!   vector through a loopback proxy.
 //!
 //! Everything here is bounded in time and cleans up in `Drop`, so a
 //! panicking test leaves no namespaces, cgroups or processes behind.
@@ -17,6 +19,7 @@
 //! inside the namespaces a test creates.
 
 pub mod cgroup;
+pub mod corpus;
 pub mod harness;
 pub mod netns;
 pub mod origin;

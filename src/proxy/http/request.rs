@@ -8,8 +8,9 @@
 //! policy judged.
 
 use super::{
-    connection_tokens, is_framing_lookalike, is_hop_by_hop, list_elements, request_framing, tchar,
-    trim_ows, wants_close, BodyFraming, HeadError, Header, RequestHead, Version,
+    connection_tokens, exceeds_head_limits, is_framing_lookalike, is_hop_by_hop, list_elements,
+    request_framing, tchar, trim_ows, wants_close, BodyFraming, HeadError, Header, RequestHead,
+    Version,
 };
 
 /// A request as it will be forwarded.
@@ -103,7 +104,7 @@ pub fn prepare_request(head: RequestHead) -> Result<Request, HeadError> {
         Vec::new()
     };
     let close = wants_close(head.version, &head.headers);
-    let headers = head
+    let kept = head
         .headers
         .into_iter()
         .filter(|h| {
@@ -113,18 +114,26 @@ pub fn prepare_request(head: RequestHead) -> Result<Request, HeadError> {
                     .any(|n| h.name.eq_ignore_ascii_case(n))
         })
         .collect();
-    Ok(Request {
+    let req = Request {
         method: head.method,
         target,
         path,
         host: target_host.or(field_host),
         version: head.version,
         framing,
-        headers,
+        headers: kept,
         close,
         expect_continue,
         upgrade,
-    })
+    };
+    // What the proxy adds (Host, its Connection header, a space after each
+    // colon) must not make the forwarded head one it would itself refuse.
+    let mut forwarded = Vec::with_capacity(1024);
+    write_request(&req, &req.upgrade, &mut forwarded);
+    if exceeds_head_limits(&forwarded) {
+        return Err(HeadError::TooLarge);
+    }
+    Ok(req)
 }
 
 /// The protocols of all Upgrade fields: `protocol-name ["/" protocol-version]`

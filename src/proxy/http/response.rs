@@ -4,9 +4,9 @@
 
 use super::request::write_framing;
 use super::{
-    connection_tokens, content_length, has_content_length, has_transfer_encoding,
-    is_framing_lookalike, is_hop_by_hop, keep_alive_params, list_elements, wants_close,
-    BodyFraming, HeadError, Header, KeepAlive, ResponseHead, Version,
+    connection_tokens, content_length, exceeds_head_limits, has_content_length,
+    has_transfer_encoding, is_framing_lookalike, is_hop_by_hop, keep_alive_params, list_elements,
+    wants_close, BodyFraming, HeadError, Header, KeepAlive, ResponseHead, Version,
 };
 
 /// Most interim (1xx) responses accepted before the final one; more is a
@@ -117,7 +117,7 @@ pub fn prepare_response(request_method: &str, head: ResponseHead) -> Result<Resp
                 && !h.name.eq_ignore_ascii_case("transfer-encoding")
         })
         .collect();
-    Ok(Response {
+    let resp = Response {
         status,
         reason: head.reason,
         version: head.version,
@@ -128,7 +128,20 @@ pub fn prepare_response(request_method: &str, head: ResponseHead) -> Result<Resp
         close,
         keep_alive,
         upgrade,
-    })
+    };
+    // The proxy's own Connection header must not make the forwarded head
+    // one it would itself refuse.
+    let connection = if status == 101 {
+        ConnectionHeader::Upgrade
+    } else {
+        ConnectionHeader::Close
+    };
+    let mut forwarded = Vec::with_capacity(1024);
+    write_response(&resp, connection, &mut forwarded);
+    if exceeds_head_limits(&forwarded) {
+        return Err(HeadError::TooLarge);
+    }
+    Ok(resp)
 }
 
 impl Response {
