@@ -152,10 +152,7 @@ pub struct Seen {
 impl Seen {
     /// The first field named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::origin::find_header(&self.headers, name)
     }
 
     /// Method, target, fields sorted by lowercased name (Connection left
@@ -489,10 +486,7 @@ pub struct ClientResponse {
 
 impl ClientResponse {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        super::origin::find_header(&self.headers, name)
     }
 
     /// A response the proxy wrote itself (an error or a policy denial).
