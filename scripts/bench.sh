@@ -14,6 +14,9 @@
 #                     plain, and with option splice-request/splice-response
 #   NAME@node         the same contender with a node-local workload (in the
 #                     node's namespace): direct, splice and sockmap
+#   sockwarden-previous  with SW_BENCH_PREVIOUS=BINARY: another build (e.g.
+#                     the previous commit's) with the default engine, set up
+#                     exactly as sockwarden-splice-64k
 # All contenders run at once and are measured round-robin, so the drifts of
 # a shared machine hit every contender alike.
 # Measures:
@@ -123,8 +126,8 @@ nsenter --net=/run/netns/$ORIGIN nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/ngi
 PIDS+=($!)
 for _ in $(seq 1 100); do in_ns "$WL" curl -sf -o /dev/null http://10.77.1.10/data/1k && break; sleep 0.1; done
 
-start_sockwarden() {  # INDEX ENGINE PIPE CGROUP
-  local i=$1
+start_sockwarden() {  # INDEX ENGINE PIPE CGROUP [BINARY]
+  local i=$1 bin=${5:-$BIN}
   mkdir -p "$CG_TOP/$4"
   cat > "$WORK/sw$i.yaml" <<YAML
 proxy: { listen: "10.77.0.1:1500$i" }
@@ -142,7 +145,7 @@ policies:
           - method: GET
             path: "/data/.*"
 YAML
-  nsenter --net=/run/netns/$NODE "$BIN" run --config "$WORK/sw$i.yaml" 2>"$WORK/sw$i.err" &
+  nsenter --net=/run/netns/$NODE "$bin" run --config "$WORK/sw$i.yaml" 2>"$WORK/sw$i.err" &
   PIDS+=($!)
   for _ in $(seq 1 100); do in_ns "$NODE" curl -sf -o /dev/null "http://127.0.0.1:990$i/readyz" && return; sleep 0.1; done
   cat "$WORK/sw$i.err" >&2; exit 1
@@ -178,6 +181,7 @@ start_sockwarden 3 copy 65536 copy
 start_sockwarden 4 sockmap 65536 sockmap
 start_haproxy 8080 0
 start_haproxy 8081 1
+SW_INDEXES=(1 2 3 4)
 
 # Contenders: cgroup ("-": none) and base URL.
 # Names ending in @node run their workload in the node's own namespace
@@ -192,15 +196,30 @@ declare -A URL=([direct]=http://10.77.1.10 [sockwarden-splice-1m]=http://10.77.1
   [sockwarden-sockmap]=http://10.77.1.10 [haproxy]=http://10.77.0.1:8080
   [haproxy-splice]=http://10.77.0.1:8081 [direct@node]=http://10.77.1.10
   [sockwarden-splice-64k@node]=http://10.77.1.10 [sockwarden-sockmap@node]=http://10.77.1.10)
+# The previous build beside this one (SW_BENCH_PREVIOUS=its binary), with
+# the default engine: same logging, threads and position as splice-64k.
+if [[ -n ${SW_BENCH_PREVIOUS:-} ]]; then
+  start_sockwarden 5 splice 65536 previous "$SW_BENCH_PREVIOUS"
+  SW_INDEXES+=(5)
+  NAMES+=(sockwarden-previous)
+  CGROUP[sockwarden-previous]=previous
+  URL[sockwarden-previous]=http://10.77.1.10
+fi
 
 # Every contender must serve, and every sockwarden must really redirect.
 for n in "${NAMES[@]}"; do
   code=$(run_in "$n" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k")
   [[ $code == 200 ]] || { echo "bench.sh: $n answered $code" >&2; exit 1; }
 done
-for i in 1 2 3 4; do
-  in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -qE 'sockwarden_http_requests_total\{policy="bench",verdict="allowed",status="200"\} [1-9]' \
-    || { echo "bench.sh: sockwarden $i did not proxy the check request" >&2; exit 1; }
+# The proxy counts a request just after the response is written: a scrape
+# right after curl returns may be early, so look a few times.
+proxied() {
+  in_ns "$NODE" curl -s "http://127.0.0.1:990$1/metrics" \
+    | grep -qE 'sockwarden_http_requests_total\{policy="bench",verdict="allowed",status="200"\} [1-9]'
+}
+for i in "${SW_INDEXES[@]}"; do
+  for _ in $(seq 1 20); do proxied "$i" && continue 2; sleep 0.1; done
+  echo "bench.sh: sockwarden $i did not proxy the check request" >&2; exit 1
 done
 
 busy_ticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
@@ -236,7 +255,7 @@ for _ in 1 2; do
 done
 for n in "${NAMES[@]}"; do RPS[$n]=$(mean "${RPS[$n]}"); P50[$n]=$(mean "${P50[$n]}"); P99[$n]=$(mean "${P99[$n]}"); done
 
-for i in 1 2 3 4; do
+for i in "${SW_INDEXES[@]}"; do
   echo "sockwarden $i: $(in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -E '^sockwarden_(forwarded|sockmap)_bytes_total' | tr '\n' ' ')" >&2
 done
 

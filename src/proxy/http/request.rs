@@ -245,6 +245,10 @@ fn authority(value: &[u8]) -> Result<String, HeadError> {
 /// encoded `/`, `\` or NUL, a raw `\`, a bad percent-encoding, and `.` or
 /// `..` segments carrying parameters (`..;x`).
 fn normalize_path(path: &str) -> Result<String, &'static str> {
+    // Nothing to decode and no dot segment: already normal (most paths).
+    if !path.contains(['%', '\\']) && !path.contains("/.") {
+        return Ok(path.to_string());
+    }
     let bytes = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
