@@ -217,8 +217,8 @@ impl Proxy {
         };
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             metrics::downstream_rejected(metrics::Rejected::MaxConnections);
-            // The kernel's entry for this connection goes now, not at LRU
-            // eviction.
+            // The kernel's entry for this connection goes now, not when
+            // the workload closes its socket.
             let _ = self.kernel.take_orig_dst(peer, local);
             // One non-blocking send into an empty send buffer: it never
             // waits. A client whose request already arrived may see a reset
