@@ -383,3 +383,30 @@ fn bytes_after_a_response_are_never_the_next_response() {
         "the GET went out on a new upstream connection"
     );
 }
+
+/// RFC 9112 6.1: no Transfer-Encoding to an HTTP/1.0 client. A chunked
+/// response (from an origin that should not have sent one) reaches it
+/// decoded and delimited by the close, under both engines.
+#[test]
+fn an_http10_client_gets_a_chunked_body_decoded() {
+    for pipe in [None, Some(1 << 20)] {
+        let (addr, _rx) = scripted_origin(
+            b"\r\n\r\n",
+            Then::Reply(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5;x=y\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            ),
+        );
+        let proxy = Harness::with_engine(Some(addr), "", "", pipe);
+        let (_w, mut r) = send(&proxy, b"GET /data/1 HTTP/1.0\r\nHost: o\r\n\r\n");
+        let got = String::from_utf8(rest(&mut r)).expect("utf-8");
+        let (head, body) = got.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{pipe:?}: {got:?}");
+        assert!(
+            !head.to_ascii_lowercase().contains("transfer-encoding"),
+            "{pipe:?}: {got:?}"
+        );
+        assert!(head.contains("Connection: close"), "{pipe:?}: {got:?}");
+        assert_eq!(body, "hello, world", "{pipe:?}");
+    }
+}

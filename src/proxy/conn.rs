@@ -9,8 +9,8 @@ use tokio::net::TcpStream;
 
 use super::http::{
     local_response, parse_request_head, parse_response_head, prepare_request, prepare_response,
-    raw_host, write_request, write_response, BodyFraming, ConnectionHeader, Request, RequestHead,
-    Response, Version, MAX_INTERIM_RESPONSES,
+    raw_host, write_request, write_response, BodyFraming, ChunkedScanner, ConnectionHeader,
+    Request, RequestHead, Response, Version, MAX_INTERIM_RESPONSES,
 };
 use super::retry::{self, Failure, RequestFacts, RetryReason};
 use super::stream::{tunnel, BufStream, Dest, HeadReadError, HeadWait};
@@ -784,15 +784,19 @@ impl Proxy {
         req: &Request,
         mut up: upstream::UpConn,
         key: PoolKey,
-        resp: Response,
+        mut resp: Response,
         body_sent: bool,
         settings: &UpstreamConfig,
         rec: &mut Record,
     ) -> Next {
         let resp_framing = resp.framing;
+        // An HTTP/1.0 client gets a chunked body decoded, delimited by the
+        // close (RFC 9112 6.1).
+        let dechunk = req.version == Version::Http10 && resp.dechunk_for_http10();
         // Without 100-continue the client may or may not send the body
         // now: the connection's framing is unknown, so it ends here.
-        let close_down = req.close || !body_sent || resp_framing == BodyFraming::UntilClose;
+        let close_down =
+            req.close || !body_sent || resp_framing == BodyFraming::UntilClose || dechunk;
         let conn_header = if close_down {
             ConnectionHeader::Close
         } else if req.version == Version::Http10 {
@@ -818,11 +822,16 @@ impl Proxy {
         if carried > 0 {
             metrics::forwarded(metrics::Direction::Downstream, carried, 0);
         }
-        match up
-            .stream
-            .forward_body(Dest::Stream(down), rest, settings.request_timeout)
-            .await
-        {
+        let idle = settings.request_timeout;
+        let forwarded = if dechunk {
+            let dechunking = ChunkedScanner::dechunking();
+            up.stream
+                .forward_chunked(Dest::Stream(down), dechunking, idle)
+                .await
+        } else {
+            up.stream.forward_body(Dest::Stream(down), rest, idle).await
+        };
+        match forwarded {
             Ok(n) => {
                 metrics::forwarded(metrics::Direction::Downstream, n.copied, n.spliced);
                 rec.bytes_sent += n.total();

@@ -352,45 +352,9 @@ impl BufStream {
                 }
             }
             BodyFraming::Chunked => {
-                let mut scanner = ChunkedScanner::new();
-                let mut canonical = Vec::new();
-                loop {
-                    if !self.buffered().is_empty() {
-                        canonical.clear();
-                        let n = scanner.feed(self.buffered(), &mut canonical)?;
-                        self.consume(n);
-                        done.read += n as u64;
-                        if let Dest::Stream(out) = &mut dst {
-                            write_within(&mut out.stream, &canonical, idle).await?;
-                        }
-                        done.copied += canonical.len() as u64;
-                        if scanner.is_done() {
-                            break;
-                        }
-                    }
-                    let data = scanner.data_remaining();
-                    if data > 0 && self.buffered().is_empty() {
-                        if let Some(n) = self.splice_to(&mut dst, Some(data), idle).await? {
-                            scanner.skip_data(n);
-                            done.spliced += n;
-                            done.read += n;
-                            if n < data {
-                                return Err(BodyError::Truncated { missing: data - n });
-                            }
-                            continue;
-                        }
-                    }
-                    // Framing lines are read exactly, so chunk data stays in
-                    // the kernel for the splice engine.
-                    let read = if self.pipe_size.is_some() {
-                        self.fill_line(idle).await?
-                    } else {
-                        self.fill_body(idle).await?
-                    };
-                    if read == 0 {
-                        return Err(BodyError::Truncated { missing: data });
-                    }
-                }
+                done = self
+                    .forward_chunked(dst, ChunkedScanner::new(), idle)
+                    .await?;
             }
             BodyFraming::UntilClose => loop {
                 let n = self.buffered().len();
@@ -408,6 +372,57 @@ impl BufStream {
                     break;
                 }
             },
+        }
+        Ok(done)
+    }
+
+    /// Forwards a chunked body through `scanner`, which decides what is
+    /// written of its framing (canonical lines, or none when de-chunking);
+    /// chunk data is copied or spliced as it is.
+    pub async fn forward_chunked(
+        &mut self,
+        mut dst: Dest<'_>,
+        mut scanner: ChunkedScanner,
+        idle: Duration,
+    ) -> Result<Forwarded, BodyError> {
+        let mut done = Forwarded::default();
+        let mut canonical = Vec::new();
+        loop {
+            if !self.buffered().is_empty() {
+                canonical.clear();
+                let n = scanner.feed(self.buffered(), &mut canonical)?;
+                self.consume(n);
+                done.read += n as u64;
+                if let Dest::Stream(out) = &mut dst {
+                    write_within(&mut out.stream, &canonical, idle).await?;
+                }
+                done.copied += canonical.len() as u64;
+                if scanner.is_done() {
+                    break;
+                }
+            }
+            let data = scanner.data_remaining();
+            if data > 0 && self.buffered().is_empty() {
+                if let Some(n) = self.splice_to(&mut dst, Some(data), idle).await? {
+                    scanner.skip_data(n);
+                    done.spliced += n;
+                    done.read += n;
+                    if n < data {
+                        return Err(BodyError::Truncated { missing: data - n });
+                    }
+                    continue;
+                }
+            }
+            // Framing lines are read exactly, so chunk data stays in
+            // the kernel for the splice engine.
+            let read = if self.pipe_size.is_some() {
+                self.fill_line(idle).await?
+            } else {
+                self.fill_body(idle).await?
+            };
+            if read == 0 {
+                return Err(BodyError::Truncated { missing: data });
+            }
         }
         Ok(done)
     }

@@ -200,6 +200,8 @@ pub struct ChunkedScanner {
     state: ScanState,
     /// The trailer section read so far (at most [`MAX_TRAILER_BYTES`]).
     trailer: Vec<u8>,
+    /// Write the framing (canonical lines); false: write the chunk data only.
+    framing: bool,
 }
 
 impl Default for ChunkedScanner {
@@ -214,6 +216,17 @@ impl ChunkedScanner {
         ChunkedScanner {
             state: ScanState::size_line(),
             trailer: Vec::new(),
+            framing: true,
+        }
+    }
+
+    /// A scanner that reads the body as strictly but writes only its chunk
+    /// data: the body decoded, for a recipient that cannot read chunked
+    /// (an HTTP/1.0 client, RFC 9112 6.1). Trailers are dropped.
+    pub fn dechunking() -> Self {
+        ChunkedScanner {
+            framing: false,
+            ..ChunkedScanner::new()
         }
     }
 
@@ -260,7 +273,7 @@ impl ChunkedScanner {
                         return Err(ChunkError::MissingCrlf);
                     }
                     i += 1;
-                    if want == b'\n' {
+                    if want == b'\n' && self.framing {
                         out.extend_from_slice(b"\r\n");
                     }
                     self.state = next;
@@ -293,7 +306,9 @@ impl ChunkedScanner {
             if b != b'\n' {
                 return Err(ChunkError::BadSize);
             }
-            out.extend_from_slice(format!("{value:x}\r\n").as_bytes());
+            if self.framing {
+                out.extend_from_slice(format!("{value:x}\r\n").as_bytes());
+            }
             self.state = if *value == 0 {
                 ScanState::Trailer {
                     line_len: 0,
@@ -355,7 +370,11 @@ impl ChunkedScanner {
                 *cr = false;
                 return Ok(());
             }
-            write_trailers(&self.trailer, out)?;
+            let mut kept = Vec::new();
+            write_trailers(&self.trailer, &mut kept)?;
+            if self.framing {
+                out.extend_from_slice(&kept);
+            }
             self.trailer = Vec::new();
             self.state = ScanState::Done;
         } else if b == b'\r' {
@@ -578,6 +597,28 @@ mod tests {
                 "{label:?}"
             );
         }
+    }
+
+    /// RFC 9112 6.1, 7.1.3: for an HTTP/1.0 recipient the body is decoded;
+    /// it is read as strictly, whatever the split.
+    #[test]
+    fn dechunking_writes_the_data_only() {
+        let input = body_then_next();
+        for cut in 0..=input.len() {
+            let mut scanner = ChunkedScanner::dechunking();
+            let mut out = Vec::new();
+            let a = scanner.feed(&input[..cut], &mut out).unwrap();
+            let b = scanner.feed(&input[a..], &mut out).unwrap();
+            assert_eq!(a + b, BODY.len(), "cut {cut}");
+            assert!(scanner.is_done());
+            assert_eq!(
+                out, b"Wikipedia in\r\n\r\nchunks.0123456789abcdef",
+                "cut {cut}"
+            );
+        }
+        let mut out = Vec::new();
+        let bad = ChunkedScanner::dechunking().feed(b"5 \r\nhello\r\n", &mut out);
+        assert_eq!(bad, Err(ChunkError::BadSize));
     }
 
     #[test]

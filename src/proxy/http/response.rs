@@ -150,6 +150,23 @@ impl Response {
         (100..200).contains(&self.status) && self.status != 101
     }
 
+    /// Prepares the response for an HTTP/1.0 client, which cannot read the
+    /// chunked coding (RFC 9112 6.1: no Transfer-Encoding to HTTP/1.0): a
+    /// body whose only coding is chunked is sent decoded and delimited by
+    /// closing the connection. Returns whether it is to be de-chunked.
+    pub fn dechunk_for_http10(&mut self) -> bool {
+        let only_chunked = self
+            .transfer_coding
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+        if self.framing == BodyFraming::Chunked && only_chunked {
+            self.transfer_coding = None;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Whether a 101 switches to protocols the proxy offered: every protocol
     /// it names is among `offered` (names compared case-insensitively), and
     /// it names at least one (RFC 9110 7.8: a 101 must send Upgrade).
@@ -445,6 +462,46 @@ mod tests {
                 resp.upgrade_matches(offered),
                 *want,
                 "{field:?} {offered:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dechunk_for_http10_table() {
+        let cases = [
+            ("Transfer-Encoding: chunked\r\n", "GET", true, ""),
+            ("Transfer-Encoding: Chunked\r\n", "GET", true, ""),
+            // Another coding cannot be undone here: left as it is.
+            (
+                "Transfer-Encoding: gzip, chunked\r\n",
+                "GET",
+                false,
+                "Transfer-Encoding: gzip, chunked\r\n",
+            ),
+            (
+                "Content-Length: 3\r\n",
+                "GET",
+                false,
+                "Content-Length: 3\r\n",
+            ),
+            // No body to decode.
+            (
+                "Transfer-Encoding: chunked\r\n",
+                "HEAD",
+                false,
+                "Transfer-Encoding: chunked\r\n",
+            ),
+        ];
+        for (field, method, want, left) in cases {
+            let raw = format!("HTTP/1.1 200 OK\r\n{field}\r\n");
+            let mut resp = prepare(method, &raw).unwrap();
+            assert_eq!(resp.dechunk_for_http10(), want, "{field:?} {method}");
+            let mut out = Vec::new();
+            write_response(&resp, ConnectionHeader::Close, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                format!("HTTP/1.1 200 OK\r\n{left}Connection: close\r\n\r\n"),
+                "{field:?} {method}"
             );
         }
     }
