@@ -12,13 +12,14 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
 use super::harness::Harness;
+use super::origin::lock;
 
 /// The corpus policy: any method on `/allowed.*` for any host, on
 /// `/hostonly.*` only for host `good.test`; everything else is denied.
@@ -198,10 +199,6 @@ struct RecShared {
     seen: Mutex<Vec<Seen>>,
     errors: Mutex<Vec<String>>,
     conns: Mutex<Vec<(TcpStream, JoinHandle<()>)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A loopback origin that records every request it reads.

@@ -86,7 +86,9 @@ struct Shared {
     conns: Mutex<Vec<(TcpStream, JoinHandle<()>)>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, taking the data of a poisoned lock too (a test thread
+/// panicked: the test fails anyway).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
