@@ -16,6 +16,8 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+use crate::proxy::http::is_token;
+
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -510,8 +512,7 @@ pub struct UpgradeProtocol(String);
 
 impl UpgradeProtocol {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if s.is_empty() || !s.chars().all(is_tchar) {
+        if !is_token(s) {
             return Err(format!(
                 "invalid upgrade protocol {s:?}: expected a protocol name such as \"websocket\""
             ));
@@ -526,9 +527,13 @@ impl UpgradeProtocol {
 
     /// Whether an offered protocol (`name["/" version]`) is this one.
     pub fn allows(&self, offered: &str) -> bool {
-        let name = offered.split('/').next().unwrap_or(offered);
-        name.eq_ignore_ascii_case(&self.0)
+        protocol_name(offered).eq_ignore_ascii_case(&self.0)
     }
+}
+
+/// The name part of an offered protocol, `name["/" version]` (RFC 9110 7.8).
+pub fn protocol_name(offered: &str) -> &str {
+    offered.split('/').next().unwrap_or(offered)
 }
 
 impl<'de> Deserialize<'de> for UpgradeProtocol {
@@ -670,8 +675,7 @@ impl HeaderMatch {
             Some((n, v)) => (n.trim(), Some(v.trim().to_string())),
             None => (s.trim(), None),
         };
-        let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if name.is_empty() || !name.chars().all(is_tchar) {
+        if !is_token(name) {
             return Err(format!(
                 "invalid header {s:?}: expected \"name\" or \"name: value\""
             ));

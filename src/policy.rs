@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::config::{Config, HttpRule, UpstreamConfig};
+use crate::config::{protocol_name, Config, HttpRule, UpstreamConfig};
 
 pub mod kernel;
 
@@ -196,8 +196,7 @@ impl PolicySet {
         offered
             .iter()
             .filter(|p| {
-                let name = p.split('/').next().unwrap_or(p);
-                !name.eq_ignore_ascii_case("h2c")
+                !protocol_name(p).eq_ignore_ascii_case("h2c")
                     && listed.is_none_or(|l| l.iter().any(|u| u.allows(p)))
             })
             .cloned()

@@ -664,7 +664,7 @@ impl Proxy {
                     return Err(reset_failure(up, CloseReason::ServerClose, detail, close));
                 }
                 Err(e) => match head_error_reply(e, settings.request_timeout, close) {
-                    Ok(reply) => return Ok(self.bad_upstream(down, rec, up, reply).await),
+                    Ok(reply) => return Ok(self.give_up(down, rec, up, Some(reply)).await),
                     Err(detail) => {
                         return Err(reset_failure(up, CloseReason::Error, detail, close))
                     }
@@ -680,7 +680,7 @@ impl Proxy {
                         format!("bad upstream response: {e}"),
                         true,
                     );
-                    return Ok(self.bad_upstream(down, rec, up, reply).await);
+                    return Ok(self.give_up(down, rec, up, Some(reply)).await);
                 }
             };
             if resp.is_interim() {
@@ -690,7 +690,7 @@ impl Proxy {
                         "bad upstream response: more than {MAX_INTERIM_RESPONSES} interim responses"
                     );
                     let reply = LocalReply::error(502, flags::UPE, reason, true);
-                    return Ok(self.bad_upstream(down, rec, up, reply).await);
+                    return Ok(self.give_up(down, rec, up, Some(reply)).await);
                 }
             }
             match resp.status {
@@ -724,7 +724,7 @@ impl Proxy {
                         "bad upstream response: 101 to a protocol that was not offered".to_string()
                     };
                     let reply = LocalReply::error(502, flags::UPE, reason, true);
-                    return Ok(self.bad_upstream(down, rec, up, reply).await);
+                    return Ok(self.give_up(down, rec, up, Some(reply)).await);
                 }
                 100 if expect && !body_sent => {
                     if req.version == Version::Http11
@@ -760,19 +760,6 @@ impl Proxy {
         Ok(self
             .deliver(down, req, up, key, resp, body_sent, settings, rec)
             .await)
-    }
-
-    /// The upstream sent something this proxy will not forward: both
-    /// connections end, and the client is told why (502, 504).
-    async fn bad_upstream(
-        &self,
-        down: &mut BufStream,
-        rec: &mut Record,
-        up: upstream::UpConn,
-        reply: LocalReply,
-    ) -> Next {
-        retire(up, CloseReason::Error);
-        self.reply(down, rec, reply).await
     }
 
     /// Sends the final response to the client and decides what happens to

@@ -76,6 +76,11 @@ pub(crate) fn tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Whether `s` is a `token` (RFC 9110 5.6.2): one or more tchars.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(tchar)
+}
+
 /// Fields whose meaning decides framing, routing or the connection.
 const FRAMING_FIELDS: [&str; 10] = [
     "connection",

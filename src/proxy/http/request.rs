@@ -8,9 +8,9 @@
 //! policy judged.
 
 use super::{
-    connection_tokens, exceeds_head_limits, is_framing_lookalike, is_hop_by_hop, list_elements,
-    request_framing, tchar, trim_ows, wants_close, BodyFraming, HeadError, Header, RequestHead,
-    Version,
+    connection_tokens, exceeds_head_limits, is_framing_lookalike, is_hop_by_hop, is_token,
+    list_elements, request_framing, trim_ows, wants_close, BodyFraming, HeadError, Header,
+    RequestHead, Version,
 };
 
 /// A request as it will be forwarded.
@@ -142,10 +142,7 @@ fn upgrade_protocols(headers: &[Header]) -> Result<Vec<String>, HeadError> {
     let protocols: Vec<String> = list_elements(headers, "upgrade")
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .collect();
-    let valid = |p: &str| {
-        let mut parts = p.splitn(2, '/');
-        parts.all(|t| !t.is_empty() && t.bytes().all(tchar))
-    };
+    let valid = |p: &str| p.splitn(2, '/').all(is_token);
     match protocols.iter().find(|p| !valid(p)) {
         Some(bad) => Err(HeadError::InvalidUpgrade(bad.clone())),
         None if protocols.is_empty() => Err(HeadError::InvalidUpgrade(String::new())),
