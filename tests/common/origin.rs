@@ -2,7 +2,7 @@
 //! connection) and a minimal HTTP/1.1 response reader for test clients.
 //!
 //! Routes:
-//! * `GET|HEAD /data/<n>` (n <= 64 MiB): n bytes of [`pattern`].
+//! * `GET|HEAD /data/<n>` (n <= 256 MiB): n bytes of [`pattern`].
 //! * `POST|PUT /echo`: the request body as the response body.
 //! * `GET /status/<code>`: that status (200..=599) with a short body.
 //! * anything else: 200 with body `ok <method> <path>`.
@@ -35,7 +35,7 @@ pub fn io_timeout() -> Duration {
 }
 
 /// Largest `/data/<n>` body served.
-pub const MAX_DATA: usize = 64 << 20;
+pub const MAX_DATA: usize = 256 << 20;
 /// Largest request head accepted.
 const MAX_HEAD: usize = 64 << 10;
 /// Largest request body accepted (read and counted or echoed).
