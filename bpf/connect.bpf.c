@@ -2,9 +2,9 @@
 /*
  * cgroup/connect4 and cgroup/connect6: the enforcement point.
  *
- * Attached to the root of the cgroup2 hierarchy, these run on every TCP
- * connect() on the node. They may decide exactly four things, for sockets
- * of processes in a policy cgroup (or its descendants) only:
+ * Attached to the root of the cgroup2 hierarchy, these run on every
+ * connect() on the node. For TCP they may decide exactly four things, for
+ * sockets of processes in a policy cgroup (or its descendants) only:
  *   - redirect: rewrite the destination to the proxy listener and remember
  *     the original destination in the socket's own storage (sock_roles),
  *     where no other socket can evict it; the socket takes one of its
@@ -15,13 +15,18 @@
  *   - allow: leave the connect() alone (an L4-only rule covers it);
  *   - deny: fail the connect() with EPERM (no rule covers it).
  * Sockets it lets through are marked in sock_roles so that sockops keeps
- * their 4-tuples in the tuples map.
- * Everything else (no policy cgroup, UDP, other socket types) passes
- * untouched. Every allow, redirect and deny is counted in verdict_counters.
+ * their 4-tuples in the tuples map. Every allow, redirect and deny is
+ * counted in verdict_counters.
+ * A UDP connect() is allowed by a UDP rule (sw_udp_verdict) or fails with
+ * EPERM; an ICMP echo socket's connect() passes under icmp: true; any other
+ * socket of a policy cgroup fails with EPERM (sock_create refuses to make
+ * them; this catches one made elsewhere and passed in). These are counted
+ * in door_counters. Processes outside policy cgroups pass untouched.
  */
 #include "common.h"
 #include "maps.h"
 #include "conns.h"
+#include "policy.h"
 
 /* Static settings, written by userspace before load. */
 const volatile __u32 proxy_ip4 = 0;      /* network order */
@@ -35,50 +40,6 @@ const volatile enum sw_capacity tracked_conns_capacity = SW_MAX_TRACKED_CONNS;
 #define SW_CONNECT_PASS 1
 #define SW_CONNECT_FAIL 0 /* EPERM, unless bpf_set_retval() chose another errno */
 #define SW_ECONNREFUSED 111
-
-/* Deepest cgroup (the process's own, or its closest ancestor) with a policy. */
-static __always_inline bool sw_classify(__u32 *policy_id)
-{
-	bool found = false;
-
-	for (int level = 0; level < SW_MAX_CGROUP_DEPTH; level++) {
-		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
-		struct sw_policy_ref *ref;
-
-		if (!id)
-			break;
-		ref = bpf_map_lookup_elem(&policy_cgroups, &id);
-		if (ref) {
-			*policy_id = ref->policy_id;
-			found = true;
-		}
-	}
-	return found;
-}
-
-static __always_inline __u32 sw_rule_verdict(__u32 policy_id, const __u8 addr[16],
-					     __u16 port)
-{
-	struct sw_rule_key key = {
-		.prefixlen = SW_RULE_KEY_FIXED_BITS + 128,
-		.policy_id = policy_id,
-		.port = port,
-	};
-	struct sw_rule_value *v;
-	__u32 verdict = SW_VERDICT_DENY;
-
-	__builtin_memcpy(key.addr, addr, 16);
-	v = bpf_map_lookup_elem(&policy_rules, &key);
-	if (v)
-		verdict = v->verdict;
-	key.port = 0; /* rules that cover every port */
-	v = bpf_map_lookup_elem(&policy_rules, &key);
-	if (v && v->verdict > verdict)
-		verdict = v->verdict;
-	if (verdict >= SW_VERDICT_MAX)
-		verdict = SW_VERDICT_DENY;
-	return verdict;
-}
 
 static __always_inline void sw_count(__u32 policy_id, __u32 verdict)
 {
@@ -138,6 +99,28 @@ static __always_inline enum sw_conn_event sw_redirect(struct bpf_sock_addr *ctx,
 }
 
 /*
+ * A connect() of a socket that is not TCP, from a policy cgroup: UDP by
+ * rule, ICMP echo sockets by the policy's icmp flag, nothing else.
+ */
+static __always_inline int sw_other_connect(struct bpf_sock_addr *ctx,
+					    const struct sw_policy_ref *ref, const __u8 addr[16],
+					    __u16 port)
+{
+	enum sw_door_event event;
+
+	if (ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP) {
+		event = sw_udp_verdict(ref->policy_id, addr, port);
+		sw_door_count(ref->policy_id, event);
+		return event == SW_DOOR_UDP_ALLOWED ? SW_CONNECT_PASS : SW_CONNECT_FAIL;
+	}
+	event = sw_socket_event(ctx->family, ctx->type, ctx->protocol, ref->icmp);
+	if (event == SW_DOOR_EVENTS)
+		return SW_CONNECT_PASS;
+	sw_door_count(ref->policy_id, event);
+	return SW_CONNECT_FAIL;
+}
+
+/*
  * Decides for one connect() and returns the hook's return value. On
  * redirect, records the original destination and sets *redirect: the caller
  * rewrites the address for its family.
@@ -145,15 +128,19 @@ static __always_inline enum sw_conn_event sw_redirect(struct bpf_sock_addr *ctx,
 static __always_inline int sw_decide(struct bpf_sock_addr *ctx, const __u8 addr[16],
 				     __u16 port, __u16 family, bool *redirect)
 {
-	__u32 policy_id = 0, verdict;
+	struct sw_policy_ref ref = {};
+	__u32 policy_id, verdict;
 	struct sw_sock_info *info;
 	enum sw_conn_event refused;
 
 	*redirect = false;
-	if (!sw_is_tcp(ctx) || !sw_classify(&policy_id))
+	if (!sw_classify_task(&ref))
 		return SW_CONNECT_PASS;
+	policy_id = ref.policy_id;
+	if (!sw_is_tcp(ctx))
+		return sw_other_connect(ctx, &ref, addr, port);
 
-	verdict = sw_rule_verdict(policy_id, addr, port);
+	verdict = sw_rule_verdict(policy_id, SW_PROTO_TCP, addr, port);
 	if (verdict == SW_VERDICT_DENY) {
 		sw_count(policy_id, verdict);
 		return SW_CONNECT_FAIL;

@@ -54,6 +54,11 @@ pub enum BpfError {
         cgroup: PathBuf,
         source: libbpf_rs::Error,
     },
+    #[error("attaching {program} to the BPF LSM hook: {source}")]
+    AttachLsm {
+        program: &'static str,
+        source: libbpf_rs::Error,
+    },
     #[error("attaching {program} to map {map}: {source}")]
     AttachMap {
         program: &'static str,
@@ -110,7 +115,7 @@ pod!(
     abi::sw_sock_info = 96,
     abi::sw_tuple_key = 48,
     abi::sw_tuple_value = 24,
-    abi::sw_policy_ref = 4,
+    abi::sw_policy_ref = 8,
     abi::sw_rule_key = 28,
     abi::sw_rule_value = 4,
     abi::sw_orig_dst = 40,
@@ -119,6 +124,14 @@ pod!(
     abi::sw_policy_conns = 16,
     abi::sw_conn_counter_key = 8,
 );
+
+/// What the kernel needs to know of the policy enforced on a cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyRef {
+    pub id: PolicyId,
+    /// ICMP echo sockets allowed.
+    pub icmp: bool,
+}
 
 /// The original destination of a redirected connection, as the kernel saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +147,18 @@ pub struct OrigDst {
 pub struct ProxyTarget {
     pub v4: SocketAddr,
     pub v6: SocketAddr,
+}
+
+/// What is loaded and attached besides the programs that always are.
+#[derive(Debug, Clone, Copy)]
+pub struct Programs {
+    pub proxy: ProxyTarget,
+    /// The sockmap engine: the proxy's network namespace cookie.
+    pub sockmap: Option<u64>,
+    /// The cgroup_skb/egress wall (off only under `testing.skip_egress_wall`).
+    pub egress_wall: bool,
+    /// lsm/socket_create, which refuses AF_PACKET sockets (where the BPF LSM is active).
+    pub packet_lsm: bool,
 }
 
 /// The error for operation `op` on map `map`.
@@ -158,6 +183,7 @@ pub struct Maps {
     sock_roles: MapHandle,
     tuples: MapHandle,
     msg_counters: MapHandle,
+    door_counters: MapHandle,
     sk_consumed: MapHandle,
 }
 
@@ -246,6 +272,7 @@ impl Maps {
             sock_roles: open("sock_roles")?,
             tuples: open("tuples")?,
             msg_counters: open("msg_counters")?,
+            door_counters: open("door_counters")?,
             sk_consumed: open("sk_consumed")?,
         })
     }
@@ -317,9 +344,12 @@ impl Maps {
             .count()
     }
 
-    /// Enforces policy `policy_id` on the cgroup with id `cgroup_id`.
-    pub fn set_policy_cgroup(&self, cgroup_id: u64, policy_id: PolicyId) -> Result<(), BpfError> {
-        let v = abi::sw_policy_ref { policy_id };
+    /// Enforces `policy` on the cgroup with id `cgroup_id`.
+    pub fn set_policy_cgroup(&self, cgroup_id: u64, policy: PolicyRef) -> Result<(), BpfError> {
+        let v = abi::sw_policy_ref {
+            policy_id: policy.id,
+            icmp: u32::from(policy.icmp),
+        };
         self.policy_cgroups
             .update(&cgroup_id.to_ne_bytes(), v.as_bytes(), MapFlags::ANY)
             .map_err(map_error("policy_cgroups", "update"))
@@ -339,7 +369,7 @@ impl Maps {
                 prefixlen: 64 + u32::from(e.prefix_len),
                 policy_id: e.policy_id,
                 port: e.port,
-                pad: 0,
+                proto: e.transport.number(),
                 addr: e.addr,
             };
             let value = abi::sw_rule_value {
@@ -443,6 +473,19 @@ impl Maps {
             redirected: read(abi::sw_verdict::SW_VERDICT_REDIRECT)?,
             denied: read(abi::sw_verdict::SW_VERDICT_DENY)?,
         })
+    }
+
+    /// What the door programs counted so far for a policy, one count per
+    /// event of [`DOOR_EVENTS`] (sums over CPUs).
+    pub fn door_counts(&self, policy_id: PolicyId) -> Result<Vec<(DoorEvent, u64)>, BpfError> {
+        DOOR_EVENTS
+            .iter()
+            .map(|e| {
+                let index = policy_id * DOOR_EVENTS.len() as u32 + e.0;
+                let n = percpu_sum(&self.door_counters, "door_counters", &index.to_ne_bytes())?;
+                Ok((*e, n))
+            })
+            .collect()
     }
 
     /// What the sockmap engine's programs did so far (sums over CPUs).
@@ -559,6 +602,25 @@ const CONN_EVENTS: [abi::sw_conn_event; 3] = [
     abi::sw_conn_event::SW_CONN_REFUSED_STORAGE,
     abi::sw_conn_event::SW_CONN_UNACCEPTED,
 ];
+
+/// What the door programs count per policy (enum sw_door_event).
+pub use abi::sw_door_event as DoorEvent;
+
+/// Every door event, in the kernel's order (index = its value).
+pub const DOOR_EVENTS: [DoorEvent; 11] = [
+    DoorEvent::SW_DOOR_UDP_ALLOWED,
+    DoorEvent::SW_DOOR_UDP_DENIED,
+    DoorEvent::SW_DOOR_UDP_QUIC,
+    DoorEvent::SW_DOOR_SOCK_RAW,
+    DoorEvent::SW_DOOR_SOCK_ICMP,
+    DoorEvent::SW_DOOR_SOCK_PROTOCOL,
+    DoorEvent::SW_DOOR_SOCK_PACKET,
+    DoorEvent::SW_DOOR_DROP_FORGED,
+    DoorEvent::SW_DOOR_DROP_UDP,
+    DoorEvent::SW_DOOR_DROP_ICMP,
+    DoorEvent::SW_DOOR_DROP_PROTOCOL,
+];
+const _: () = assert!(DOOR_EVENTS.len() == DoorEvent::SW_DOOR_EVENTS.0 as usize);
 
 /// One policy's redirected connections as the kernel counts them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -738,8 +800,7 @@ impl Kernel {
         lock: PinLock,
         pin_path: &Path,
         cgroup_root: &Path,
-        proxy: ProxyTarget,
-        sockmap: Option<u64>,
+        programs: &Programs,
         rules: &[RuleEntry],
         limits: &[u32],
     ) -> Result<Kernel, BpfError> {
@@ -759,8 +820,7 @@ impl Kernel {
         let mut maps = None;
         let links = skel::load_and_attach(
             pin_path,
-            proxy,
-            sockmap,
+            programs,
             cgroup.as_raw_fd(),
             cgroup_root,
             || {

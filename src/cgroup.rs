@@ -20,9 +20,9 @@ use std::time::Duration;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 
-use crate::bpf::Maps;
+use crate::bpf::{Maps, PolicyRef};
 use crate::config::CgroupPath;
-use crate::policy::PolicyId;
+use crate::policy::{PolicyId, PolicySet};
 
 /// Backstop rescan period for policy cgroups.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
@@ -168,21 +168,28 @@ fn io_errno(e: &std::io::Error) -> nix::Error {
 /// Keeps policy_cgroups in step with the policy cgroups that exist.
 pub struct Watcher {
     root: PathBuf,
-    /// (policy id, directory) for every policy.
-    policies: Vec<(PolicyId, PathBuf)>,
+    /// (policy, directory) for every policy.
+    policies: Vec<(PolicyRef, PathBuf)>,
     /// Cgroup id currently in the kernel map for each policy.
     current: HashMap<PolicyId, u64>,
     maps: Arc<Maps>,
 }
 
 impl Watcher {
-    pub fn new(root: &Path, policies: &[CgroupPath], maps: Arc<Maps>) -> Watcher {
+    pub fn new(root: &Path, policies: &PolicySet, maps: Arc<Maps>) -> Watcher {
         Watcher {
             root: root.to_path_buf(),
             policies: policies
+                .policies
                 .iter()
                 .enumerate()
-                .map(|(i, c)| (i as PolicyId, c.under(root)))
+                .map(|(i, p)| {
+                    let policy = PolicyRef {
+                        id: i as PolicyId,
+                        icmp: p.icmp,
+                    };
+                    (policy, p.cgroup.under(root))
+                })
                 .collect(),
             current: HashMap::new(),
             maps,
@@ -194,7 +201,8 @@ impl Watcher {
     /// (to see it appear) or parent (to see it go).
     pub fn sync(&mut self) -> Vec<PathBuf> {
         let mut watch = Vec::new();
-        for (id, dir) in &self.policies {
+        for (policy, dir) in &self.policies {
+            let id = &policy.id;
             let now = cgroup_id(dir);
             let before = self.current.get(id).copied();
             if now != before {
@@ -206,7 +214,7 @@ impl Watcher {
                     tracing::info!(cgroup = %dir.display(), "policy cgroup removed");
                 }
                 if let Some(new) = now {
-                    match self.maps.set_policy_cgroup(new, *id) {
+                    match self.maps.set_policy_cgroup(new, *policy) {
                         Ok(()) => {
                             self.current.insert(*id, new);
                             tracing::info!(cgroup = %dir.display(), cgroup_id = new, "enforcing policy cgroup");

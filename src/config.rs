@@ -193,6 +193,10 @@ pub struct TestingConfig {
     /// EADDRNOTAVAIL fallback still applies). Off by default.
     #[serde(default)]
     pub skip_tuple_check: bool,
+    /// Leave the cgroup_skb/egress wall unattached, so a test can show
+    /// what it stops. Off by default.
+    #[serde(default)]
+    pub skip_egress_wall: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -461,6 +465,10 @@ pub struct Policy {
     /// of what the other policies' limits leave of the kernel's capacity.
     #[serde(default)]
     pub max_connections: Option<Spanned<u32>>,
+    /// ICMP echo: ping sockets and raw ICMP sockets, echo requests only, to
+    /// any destination. Off: socket() of either fails with EPERM.
+    #[serde(default)]
+    pub icmp: bool,
 }
 
 impl Config {
@@ -480,11 +488,34 @@ pub struct EgressRule {
     /// Empty or absent: every port.
     #[serde(default)]
     pub ports: Vec<Port>,
+    /// The transport the rule allows: TCP (the default), UDP, or both.
+    #[serde(default)]
+    pub protocol: Protocol,
     /// Present: the rule is enforced at L7 through the proxy.
     #[serde(default)]
     pub http: Option<Vec<HttpRule>>,
     #[serde(default)]
     pub upstream: Option<UpstreamOverride>,
+}
+
+/// The transport an egress rule covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+    Any,
+}
+
+impl Protocol {
+    pub fn tcp(self) -> bool {
+        matches!(self, Protocol::Tcp | Protocol::Any)
+    }
+
+    pub fn udp(self) -> bool {
+        matches!(self, Protocol::Udp | Protocol::Any)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -850,6 +881,13 @@ impl Config {
                         "at least one destination CIDR is required".into(),
                     ));
                 }
+                if rule.http.is_some() && rule.protocol != Protocol::Tcp {
+                    return Err(at(
+                        &p.name,
+                        format!("policies[{i}].egress[{k}].protocol"),
+                        "http rules judge TCP only: allow UDP in a separate rule (protocol: udp, without http)".into(),
+                    ));
+                }
             }
         }
         self.validate_connection_limits(file)
@@ -1061,6 +1099,20 @@ policies:
                 23,
                 "policies[0].egress[0].http[0].headers[0]",
                 "invalid header",
+            ),
+            (
+                "ports: [9000]",
+                "ports: [9000]\n        protocol: quic",
+                28,
+                "policies[0].egress[1].protocol",
+                "unknown variant",
+            ),
+            (
+                "ports: [80, 8080]",
+                "ports: [80, 8080]\n        protocol: any",
+                14,
+                "policies[0].egress[0].protocol",
+                "http rules judge TCP only",
             ),
         ];
         for (from, to, line, field, fragment) in cases {

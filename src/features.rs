@@ -131,6 +131,36 @@ pub fn probe() -> Vec<Feature> {
             Probe::Attach(BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE),
         ),
         (
+            "attach type cgroup/sendmsg4, sendmsg6",
+            Some("4.18"),
+            "UDP sendto()/sendmsg() judged by rule",
+            Probe::Attach(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_CGROUP_UDP4_SENDMSG),
+        ),
+        (
+            "attach type cgroup/sock_create",
+            Some("4.10"),
+            "raw and other inet sockets refused at socket()",
+            Probe::Attach(BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_CREATE),
+        ),
+        (
+            "program type cgroup_skb",
+            Some("4.10"),
+            "the egress wall: packets of no allowed flow dropped",
+            Probe::Prog(BPF_PROG_TYPE_CGROUP_SKB),
+        ),
+        (
+            "helper skb_ancestor_cgroup_id in cgroup_skb",
+            Some("4.19"),
+            "the egress wall: policy cgroup of a packet's socket",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_skb_ancestor_cgroup_id),
+        ),
+        (
+            "helper sk_fullsock in cgroup_skb",
+            Some("5.1"),
+            "the egress wall: a packet's socket type and protocol",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_sk_fullsock),
+        ),
+        (
             "program type sk_msg",
             Some("4.17"),
             "sockmap engine: workload bytes into the proxy's socket",
@@ -334,6 +364,30 @@ pub fn require(features: &[Feature]) -> Result<(), MissingFeature> {
         }),
         None => Ok(()),
     }
+}
+
+/// Whether the BPF LSM can refuse AF_PACKET sockets: `bpf` is among the
+/// LSMs the kernel runs (/sys/kernel/security/lsm; securityfs is mounted
+/// there if it is not) and the kernel loads LSM programs (a lockdown or a
+/// sandbox may refuse them even then: EPERM).
+pub fn bpf_lsm_active() -> Result<bool, String> {
+    if !run(&Probe::Prog(sys::BPF_PROG_TYPE_LSM))? {
+        return Ok(false);
+    }
+    let dir = Path::new("/sys/kernel/security");
+    let file = dir.join("lsm");
+    if !file.exists() {
+        nix::mount::mount(
+            Some("securityfs"),
+            dir,
+            Some("securityfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| format!("mounting securityfs at {}: {e}", dir.display()))?;
+    }
+    let lsms = std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    Ok(lsms.trim().split(',').any(|l| l == "bpf"))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::bpf::Maps;
+use crate::bpf::{DoorEvent, Maps};
 use crate::policy::PolicySet;
 
 pub const HTTP_REQUESTS: &str = "sockwarden_http_requests_total";
@@ -40,6 +40,9 @@ pub const DOWNSTREAM_LIMIT: &str = "sockwarden_downstream_connections_limit";
 pub const DOWNSTREAM_REJECTED: &str = "sockwarden_downstream_rejected_total";
 pub const ACCEPT_ERRORS: &str = "sockwarden_accept_errors_total";
 pub const TIMEOUTS: &str = "sockwarden_timeouts_total";
+pub const UDP_DECISIONS: &str = "sockwarden_udp_decisions_total";
+pub const SOCKETS_REFUSED: &str = "sockwarden_sockets_refused_total";
+pub const EGRESS_DROPPED: &str = "sockwarden_egress_dropped_packets_total";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -59,6 +62,18 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CONNECT_REFUSED,
         "connect() calls that would have been redirected, refused with ECONNREFUSED in the kernel, by policy and reason (connection_limit: the policy's max_connections sockets were open; socket_storage: no socket storage for the redirect's state)"
+    );
+    describe_counter!(
+        UDP_DECISIONS,
+        "UDP connect() and sendmsg() calls with a destination from policy cgroups, judged in the kernel, by policy and verdict (allow; deny: no UDP rule, EPERM; quic: an http rule governs that destination and port, EPERM)"
+    );
+    describe_counter!(
+        SOCKETS_REFUSED,
+        "socket() calls from policy cgroups refused with EPERM in the kernel, by policy and kind (raw: a raw socket; icmp: an ICMP socket without icmp: true; protocol: another inet protocol such as SCTP; packet: AF_PACKET, by the BPF LSM)"
+    );
+    describe_counter!(
+        EGRESS_DROPPED,
+        "packets of policy cgroups' sockets dropped by the cgroup_skb/egress wall, by policy and reason (forged: another protocol than its socket's, e.g. TCP from a raw socket; udp: UDP no rule allows; icmp: ICMP not allowed; protocol: a socket with no allowed flow)"
     );
     describe_gauge!(
         REDIRECTED_CONNECTIONS,
@@ -340,11 +355,12 @@ pub fn access_log_dropped() {
 }
 
 /// Copies the kernel's per-CPU counters (connect() decisions, connection
-/// limits, the sockmap engine) into the exported ones.
+/// limits, the other doors, the sockmap engine) into the exported ones.
 pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
     refresh_sockmap(maps);
     for (id, p) in policies.policies.iter().enumerate() {
         refresh_conns(maps, id as u32, &p.name);
+        refresh_doors(maps, id as u32, &p.name);
         match maps.connect_counts(id as u32) {
             Ok(c) => {
                 let name = p.name.clone();
@@ -360,6 +376,40 @@ pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
             }
             Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
         }
+    }
+}
+
+/// The exported series of a door event: (metric, label, label value).
+pub fn door_series(event: DoorEvent) -> (&'static str, &'static str, &'static str) {
+    match event {
+        DoorEvent::SW_DOOR_UDP_ALLOWED => (UDP_DECISIONS, "verdict", "allow"),
+        DoorEvent::SW_DOOR_UDP_DENIED => (UDP_DECISIONS, "verdict", "deny"),
+        DoorEvent::SW_DOOR_UDP_QUIC => (UDP_DECISIONS, "verdict", "quic"),
+        DoorEvent::SW_DOOR_SOCK_RAW => (SOCKETS_REFUSED, "kind", "raw"),
+        DoorEvent::SW_DOOR_SOCK_ICMP => (SOCKETS_REFUSED, "kind", "icmp"),
+        DoorEvent::SW_DOOR_SOCK_PROTOCOL => (SOCKETS_REFUSED, "kind", "protocol"),
+        DoorEvent::SW_DOOR_SOCK_PACKET => (SOCKETS_REFUSED, "kind", "packet"),
+        DoorEvent::SW_DOOR_DROP_FORGED => (EGRESS_DROPPED, "reason", "forged"),
+        DoorEvent::SW_DOOR_DROP_UDP => (EGRESS_DROPPED, "reason", "udp"),
+        DoorEvent::SW_DOOR_DROP_ICMP => (EGRESS_DROPPED, "reason", "icmp"),
+        // SW_DOOR_DROP_PROTOCOL, the last event (the type is the C enum's
+        // integer, so the match cannot be exhaustive).
+        _ => (EGRESS_DROPPED, "reason", "protocol"),
+    }
+}
+
+/// One policy's UDP decisions, socket refusals and egress drops.
+fn refresh_doors(maps: &Maps, policy_id: u32, name: &str) {
+    let counts = match maps.door_counts(policy_id) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading kernel door counters");
+            return;
+        }
+    };
+    for (event, n) in counts {
+        let (metric, label, value) = door_series(event);
+        counter!(metric, "policy" => name.to_string(), label => value).absolute(n);
     }
 }
 
@@ -436,6 +486,25 @@ pub fn errno_name(err: &std::io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_door_event_has_its_own_series() {
+        let series: Vec<_> = crate::bpf::DOOR_EVENTS
+            .iter()
+            .map(|e| door_series(*e))
+            .collect();
+        for (i, s) in series.iter().enumerate() {
+            assert!(!series[..i].contains(s), "{s:?} twice");
+        }
+        assert_eq!(
+            door_series(DoorEvent::SW_DOOR_DROP_PROTOCOL),
+            (EGRESS_DROPPED, "reason", "protocol")
+        );
+        // The kernel's order: each event's value is its index.
+        for (i, e) in crate::bpf::DOOR_EVENTS.iter().enumerate() {
+            assert_eq!(e.0 as usize, i);
+        }
+    }
 
     #[test]
     fn errno_names_are_symbolic() {

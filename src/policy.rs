@@ -7,13 +7,17 @@
 //! - connect(): redirected to the proxy if any covering rule has `http`,
 //!   allowed untouched if only rules without `http` cover it, EPERM if none;
 //! - a request: allowed if a covering rule has no `http` (L4 allows all) or
-//!   one of a covering rule's `http` entries matches; otherwise 403.
+//!   one of a covering rule's `http` entries matches; otherwise 403;
+//! - only rules whose `protocol` includes TCP cover TCP, and only those
+//!   that include UDP cover UDP: a UDP datagram is allowed if such a rule
+//!   covers it and no `http` rule does (QUIC there would bypass the HTTP
+//!   rules; the client falls back to TCP), EPERM otherwise.
 
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::config::{protocol_name, Config, HttpRule, UpstreamConfig};
+use crate::config::{protocol_name, Config, HttpRule, Protocol, UpstreamConfig};
 
 pub mod kernel;
 
@@ -36,16 +40,32 @@ pub struct CompiledRule {
     pub nets: Vec<IpNet>,
     /// Empty: every port.
     pub ports: Vec<u16>,
+    pub protocol: Protocol,
     pub http: Option<Vec<HttpRule>>,
     pub upstream: UpstreamConfig,
 }
 
 impl CompiledRule {
+    /// Whether a TCP connection to `dst` is covered.
     pub fn covers(&self, dst: SocketAddr) -> bool {
+        self.protocol.tcp() && self.covers_address(dst)
+    }
+
+    fn covers_address(&self, dst: SocketAddr) -> bool {
         let ip = canonical_ip(dst.ip());
         (self.ports.is_empty() || self.ports.contains(&dst.port()))
             && self.nets.iter().any(|n| n.contains(&ip))
     }
+}
+
+/// What happens to a UDP datagram (connect() or sendmsg()) from a policy cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpVerdict {
+    Allow,
+    /// No rule allows UDP there: EPERM.
+    Deny,
+    /// An `http` rule governs the destination and port: EPERM.
+    Quic,
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +75,8 @@ pub struct CompiledPolicy {
     pub rules: Vec<CompiledRule>,
     /// Redirected connections its sockets may hold open (kernel-enforced).
     pub max_connections: u32,
+    /// ICMP echo sockets allowed (`icmp: true`).
+    pub icmp: bool,
 }
 
 /// The outcome of evaluating one request.
@@ -108,6 +130,7 @@ impl PolicySet {
             .enumerate()
             .map(|(i, p)| CompiledPolicy {
                 max_connections: limits.get(i).copied().unwrap_or(0),
+                icmp: p.icmp,
                 name: p.name.value.clone(),
                 cgroup: p.cgroup.clone(),
                 rules: p
@@ -116,6 +139,7 @@ impl PolicySet {
                     .map(|r| CompiledRule {
                         nets: r.to.iter().map(|c| canonical_net(c.0)).collect(),
                         ports: r.ports.iter().map(|p| p.0).collect(),
+                        protocol: r.protocol,
                         http: r.http.clone(),
                         upstream: r
                             .upstream
@@ -129,6 +153,29 @@ impl PolicySet {
 
     pub fn get(&self, id: PolicyId) -> Option<&CompiledPolicy> {
         self.policies.get(id as usize)
+    }
+
+    /// What policy `id` does with a UDP datagram to `dst` (the kernel
+    /// decides this; this is its reference).
+    pub fn udp_verdict(&self, id: PolicyId, dst: SocketAddr) -> UdpVerdict {
+        let Some(policy) = self.get(id) else {
+            return UdpVerdict::Deny;
+        };
+        if policy
+            .rules
+            .iter()
+            .any(|r| r.http.is_some() && r.covers(dst))
+        {
+            UdpVerdict::Quic
+        } else if policy
+            .rules
+            .iter()
+            .any(|r| r.protocol.udp() && r.covers_address(dst))
+        {
+            UdpVerdict::Allow
+        } else {
+            UdpVerdict::Deny
+        }
     }
 
     /// Evaluates a request to `dst` made by a workload under policy `id`.

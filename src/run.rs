@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
 use crate::admin::{self, AdminState};
-use crate::bpf::{Kernel, ProxyTarget};
+use crate::bpf::{Kernel, Programs, ProxyTarget};
 use crate::cgroup::{self, Watcher};
 use crate::config::Config;
 use crate::policy::{kernel::rule_entries, PolicySet};
@@ -59,15 +59,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         v4: config.proxy.listen,
         v6: config.proxy.listen_v6.unwrap_or(config.proxy.listen),
     };
+    let programs = Programs {
+        proxy: target,
+        sockmap: config
+            .forwarding
+            .sockmap()
+            .then(crate::proxy::upstream::own_netns_cookie),
+        egress_wall: !config.testing.skip_egress_wall,
+        packet_lsm: crate::features::bpf_lsm_active().unwrap_or(false),
+    };
     let kernel = Kernel::load(
         lock,
         &config.bpf.pin_path,
         &root,
-        target,
-        config
-            .forwarding
-            .sockmap()
-            .then(crate::proxy::upstream::own_netns_cookie),
+        &programs,
         &rule_entries(&policies),
         &policies
             .policies
@@ -131,8 +136,7 @@ async fn serve(
     admin_listener: TcpListener,
 ) -> anyhow::Result<()> {
     let maps = kernel.maps();
-    let cgroups: Vec<_> = policies.policies.iter().map(|p| p.cgroup.clone()).collect();
-    let mut watcher = Watcher::new(root, &cgroups, Arc::clone(&maps));
+    let mut watcher = Watcher::new(root, &policies, Arc::clone(&maps));
     watcher.sync();
     let watcher_task = tokio::spawn(watcher.run());
     // TIME_WAIT entries leave the tuple map once the period is over.

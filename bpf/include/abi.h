@@ -170,18 +170,26 @@ struct sw_tuple_value {
 /* policy_cgroups value: which policy enforces this cgroup (and descendants). */
 struct sw_policy_ref {
 	__u32 policy_id;
+	__u32 icmp; /* 1: ICMP echo allowed (ping and raw ICMP sockets; icmp: true) */
+};
+
+/* sw_rule_key.proto: the transport a rule entry covers (IANA protocol numbers). */
+enum sw_rule_proto {
+	SW_PROTO_TCP = 6,
+	SW_PROTO_UDP = 17,
 };
 
 /*
  * policy_rules key (LPM trie). prefixlen counts bits from policy_id on:
- * 32 (policy_id) + 16 (port) + 16 (pad) + address prefix (0..128, IPv4
+ * 32 (policy_id) + 16 (port) + 16 (proto) + address prefix (0..128, IPv4
  * prefixes offset by 96 for the mapped form). port 0 means "any port".
+ * UDP entries are never SW_VERDICT_REDIRECT.
  */
 struct sw_rule_key {
 	__u32 prefixlen;
 	__u32 policy_id;
 	__u16 port;
-	__u16 pad;
+	__u16 proto; /* enum sw_rule_proto */
 	__u8 addr[16];
 };
 #define SW_RULE_KEY_FIXED_BITS 64
@@ -215,13 +223,33 @@ enum sw_conn_event {
 	SW_CONN_EVENTS = 3,
 };
 
+/*
+ * What the programs that govern the other doors out of a policy cgroup
+ * (UDP, socket creation, the egress wall, AF_PACKET) decided, per policy:
+ * door_counters index policy_id * SW_DOOR_EVENTS + event, per CPU.
+ */
+enum sw_door_event {
+	SW_DOOR_UDP_ALLOWED = 0,    /* UDP connect()/sendmsg() a UDP rule allows */
+	SW_DOOR_UDP_DENIED = 1,     /* ... that no UDP rule allows: EPERM */
+	SW_DOOR_UDP_QUIC = 2,       /* ... to a (destination, port) an http rule governs: EPERM */
+	SW_DOOR_SOCK_RAW = 3,       /* socket(SOCK_RAW) refused */
+	SW_DOOR_SOCK_ICMP = 4,      /* ICMP socket refused: the policy has no icmp: true */
+	SW_DOOR_SOCK_PROTOCOL = 5,  /* another inet protocol (SCTP, UDP-Lite, ...) refused */
+	SW_DOOR_SOCK_PACKET = 6,    /* AF_PACKET socket refused (BPF LSM) */
+	SW_DOOR_DROP_FORGED = 7,    /* packet of another protocol than its socket's (IP_HDRINCL) */
+	SW_DOOR_DROP_UDP = 8,       /* UDP packet to a destination no UDP rule allows */
+	SW_DOOR_DROP_ICMP = 9,      /* ICMP packet not allowed (no icmp: true, or not an echo request) */
+	SW_DOOR_DROP_PROTOCOL = 10, /* packet of a socket the wall knows no allowed flow for */
+	SW_DOOR_EVENTS = 11,
+};
+
 /* conn_counters key. */
 struct sw_conn_counter_key {
 	__u32 policy_id;
 	enum sw_conn_event event;
 };
 
-_Static_assert(sizeof(struct sw_policy_ref) == 4, "sw_policy_ref layout");
+_Static_assert(sizeof(struct sw_policy_ref) == 8, "sw_policy_ref layout");
 _Static_assert(sizeof(struct sw_rule_key) == 28, "sw_rule_key layout");
 _Static_assert(sizeof(struct sw_rule_value) == 4, "sw_rule_value layout");
 _Static_assert(sizeof(struct sw_orig_dst) == 40, "sw_orig_dst layout");

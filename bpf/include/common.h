@@ -9,7 +9,11 @@
 
 #define AF_INET 2
 #define AF_INET6 10
+#define AF_PACKET 17
 #define IPPROTO_MPTCP_ 262 /* not in every vmlinux.h as an enum value */
+#define SW_IPPROTO_ICMPV6 58 /* a #define in the uapi headers, absent from vmlinux.h */
+#define SW_ETH_P_IP 0x0800
+#define SW_ETH_P_IPV6 0x86DD
 
 /* Writes the IPv4-mapped form (::ffff:a.b.c.d) of a network-order IPv4 address. */
 static __always_inline void sw_addr_from_ip4(__u8 out[16], __u32 ip4_be)

@@ -19,7 +19,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy_cgroups SEC(".maps");
 
-/* (policy, port, destination prefix) -> verdict; longest prefix wins. */
+/* (policy, port, protocol, destination prefix) -> verdict; longest prefix wins. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, SW_MAX_RULE_PREFIXES);
@@ -70,6 +70,15 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } verdict_counters SEC(".maps");
+
+/* policy_id * SW_DOOR_EVENTS + enum sw_door_event -> count, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_MAX_POLICIES * SW_DOOR_EVENTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} door_counters SEC(".maps");
 
 /* Per-socket role: set by connect4/6 for enforced workloads, by userspace for upstreams. */
 struct {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::Link;
 
-use super::{BpfError, ProxyTarget};
+use super::{BpfError, Programs};
 
 #[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
 mod connect {
@@ -25,6 +25,16 @@ mod release {
 }
 
 #[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod doors {
+    include!(concat!(env!("OUT_DIR"), "/doors.skel.rs"));
+}
+
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
+mod lsm {
+    include!(concat!(env!("OUT_DIR"), "/lsm.skel.rs"));
+}
+
+#[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
 mod tc {
     include!(concat!(env!("OUT_DIR"), "/tc.skel.rs"));
 }
@@ -32,6 +42,7 @@ mod tc {
 /// The ABI types of bpf/include/abi.h, as generated from the objects' BTF.
 pub mod abi {
     pub use super::connect::types::*;
+    pub use super::doors::types::sw_door_event;
     pub use super::sockops::types::sw_msg_counter;
 }
 
@@ -45,6 +56,7 @@ macro_rules! pin_shared_maps {
             ("policy_conns", &mut $maps.policy_conns),
             ("conn_counters", &mut $maps.conn_counters),
             ("verdict_counters", &mut $maps.verdict_counters),
+            ("door_counters", &mut $maps.door_counters),
             ("sock_roles", &mut $maps.sock_roles),
             ("tuples", &mut $maps.tuples),
         ] {
@@ -79,19 +91,28 @@ fn load_err(object: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
     move |source| BpfError::Load { object, source }
 }
 
+fn pin_link(pin_path: &Path, name: &str, mut link: Link) -> Result<(PathBuf, Link), BpfError> {
+    let path = pin_path.join("links").join(name);
+    link.pin(&path).map_err(|source| BpfError::Pin {
+        path: path.clone(),
+        source,
+    })?;
+    Ok((path, link))
+}
+
 /// Loads every object (their shared maps pinned under `pin_path`), runs
 /// `before_attach` once the maps exist, then attaches every program to the
 /// cgroup `cgroup_fd` and pins the links under `pin_path/links`. With
-/// `sockmap` (the proxy's network namespace cookie), sockops links sockets
-/// for the sockmap engine and sw_msg is attached to sk_workloads.
+/// `programs.sockmap` (the proxy's network namespace cookie), sockops links
+/// sockets for the sockmap engine and sw_msg is attached to sk_workloads.
 pub fn load_and_attach(
     pin_path: &Path,
-    proxy: ProxyTarget,
-    sockmap: Option<u64>,
+    programs: &Programs,
     cgroup_fd: i32,
     cgroup_root: &Path,
     before_attach: impl FnOnce() -> Result<(), BpfError>,
 ) -> Result<Vec<(PathBuf, Link)>, BpfError> {
+    let (proxy, sockmap) = (programs.proxy, programs.sockmap);
     let mut connect_obj = MaybeUninit::uninit();
     let mut open = connect::ConnectSkelBuilder::default()
         .open(&mut connect_obj)
@@ -141,6 +162,24 @@ pub fn load_and_attach(
     pin_shared_maps!(open.maps, pin_path);
     let release = open.load().map_err(load_err("release.bpf.o"))?;
 
+    let mut doors_obj = MaybeUninit::uninit();
+    let mut open = doors::DoorsSkelBuilder::default()
+        .open(&mut doors_obj)
+        .map_err(load_err("doors.bpf.o"))?;
+    pin_shared_maps!(open.maps, pin_path);
+    let doors = open.load().map_err(load_err("doors.bpf.o"))?;
+
+    let mut lsm_obj = MaybeUninit::uninit();
+    let lsm = if programs.packet_lsm {
+        let mut open = lsm::LsmSkelBuilder::default()
+            .open(&mut lsm_obj)
+            .map_err(load_err("lsm.bpf.o"))?;
+        pin_shared_maps!(open.maps, pin_path);
+        Some(open.load().map_err(load_err("lsm.bpf.o"))?)
+    } else {
+        None
+    };
+
     before_attach()?;
 
     // sw_msg first, so that no socket is linked without it. The attachment
@@ -162,26 +201,39 @@ pub fn load_and_attach(
     // never have its original destination recorded; sock_release before
     // connect4/6: a socket counted before it is attached would never give
     // its slot back.
-    let mut links = Vec::new();
-    for (name, prog) in [
+    let mut cgroup_progs = vec![
         ("sw_sockops", &sockops.progs.sw_sockops),
         ("sw_sock_release", &release.progs.sw_sock_release),
         ("sw_connect4", &connect.progs.sw_connect4),
         ("sw_connect6", &connect.progs.sw_connect6),
-    ] {
-        let mut link = prog
+        ("sw_sendmsg4", &doors.progs.sw_sendmsg4),
+        ("sw_sendmsg6", &doors.progs.sw_sendmsg6),
+        ("sw_sock_create", &doors.progs.sw_sock_create),
+    ];
+    if programs.egress_wall {
+        cgroup_progs.push(("sw_egress", &doors.progs.sw_egress));
+    }
+    let mut links = Vec::new();
+    for (name, prog) in cgroup_progs {
+        let link = prog
             .attach_cgroup(cgroup_fd)
             .map_err(|source| BpfError::Attach {
                 program: name,
                 cgroup: cgroup_root.to_path_buf(),
                 source,
             })?;
-        let path = pin_path.join("links").join(name);
-        link.pin(&path).map_err(|source| BpfError::Pin {
-            path: path.clone(),
-            source,
-        })?;
-        links.push((path, link));
+        links.push(pin_link(pin_path, name, link)?);
+    }
+    if let Some(lsm) = &lsm {
+        let link = lsm
+            .progs
+            .sw_socket_create
+            .attach_lsm()
+            .map_err(|source| BpfError::AttachLsm {
+                program: "sw_socket_create",
+                source,
+            })?;
+        links.push(pin_link(pin_path, "sw_socket_create", link)?);
     }
     Ok(links)
 }

@@ -2,17 +2,20 @@
 //! longest-prefix-match map, and each policy's connection limit, computed as
 //! pure functions.
 //!
-//! The kernel looks up (policy, port, address) and (policy, any-port,
-//! address) and takes the stronger verdict. A longest-prefix lookup returns
-//! only the most specific entry, so each entry's verdict already includes
-//! every less specific entry of the same (policy, port) that contains it.
+//! The kernel looks up (policy, transport, port, address) and (policy,
+//! transport, any-port, address) and takes the stronger verdict. A
+//! longest-prefix lookup returns only the most specific entry, so each
+//! entry's verdict already includes every less specific entry of the same
+//! (policy, transport, port) that contains it. UDP entries only allow; the
+//! kernel refuses UDP where the TCP entries redirect (see
+//! [`super::UdpVerdict::Quic`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::{PolicyId, PolicySet};
+use super::{PolicyId, PolicySet, UdpVerdict};
 
 /// Connect-time verdict; order matters (stronger is greater).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,10 +24,28 @@ pub enum ConnectVerdict {
     Redirect,
 }
 
+/// The transport of a kernel rule entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    /// Its IANA protocol number, as the kernel's key carries it.
+    pub fn number(self) -> u16 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+}
+
 /// One entry of the kernel's policy_rules map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RuleEntry {
     pub policy_id: PolicyId,
+    pub transport: Transport,
     /// 0 = every port.
     pub port: u16,
     /// Address in the 16-byte form (IPv4-mapped for IPv4).
@@ -68,11 +89,13 @@ fn contains(outer: &Prefix, inner: &Prefix) -> bool {
 
 /// All entries for the kernel map, merged as described in the module docs.
 pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
-    // (policy, port) -> prefix -> strongest verdict of the rules naming it.
-    let mut groups: BTreeMap<(PolicyId, u16), BTreeMap<Prefix, ConnectVerdict>> = BTreeMap::new();
+    // (policy, transport, port) -> prefix -> strongest verdict of the rules naming it.
+    type Group = (PolicyId, Transport, u16);
+    let mut groups: BTreeMap<Group, BTreeMap<Prefix, ConnectVerdict>> = BTreeMap::new();
     for (id, policy) in set.policies.iter().enumerate() {
         let id = id as PolicyId;
         for rule in &policy.rules {
+            // Config validation keeps http rules TCP-only.
             let verdict = if rule.http.is_some() {
                 ConnectVerdict::Redirect
             } else {
@@ -83,17 +106,23 @@ pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
             } else {
                 rule.ports.clone()
             };
-            for port in ports {
-                let group = groups.entry((id, port)).or_default();
-                for net in &rule.nets {
-                    let v = group.entry(prefix16(net)).or_insert(verdict);
-                    *v = (*v).max(verdict);
+            let transports = [
+                (rule.protocol.tcp(), Transport::Tcp),
+                (rule.protocol.udp(), Transport::Udp),
+            ];
+            for (_, transport) in transports.into_iter().filter(|(on, _)| *on) {
+                for port in &ports {
+                    let group = groups.entry((id, transport, *port)).or_default();
+                    for net in &rule.nets {
+                        let v = group.entry(prefix16(net)).or_insert(verdict);
+                        *v = (*v).max(verdict);
+                    }
                 }
             }
         }
     }
     let mut out = Vec::new();
-    for ((policy_id, port), prefixes) in &groups {
+    for ((policy_id, transport, port), prefixes) in &groups {
         for (prefix, verdict) in prefixes {
             let merged = prefixes
                 .iter()
@@ -103,6 +132,7 @@ pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
                 .unwrap_or(*verdict);
             out.push(RuleEntry {
                 policy_id: *policy_id,
+                transport: *transport,
                 port: *port,
                 addr: prefix.0,
                 prefix_len: prefix.1,
@@ -172,11 +202,12 @@ pub fn connection_limits(requested: &[Option<u32>], capacity: u32) -> Result<Vec
     Ok(requested.iter().map(|l| l.unwrap_or(share)).collect())
 }
 
-/// What the kernel computes for a connect(), from `entries` alone: used to
-/// check that the merged entries agree with the rules they came from.
+/// What the kernel's sw_rule_verdict computes, from `entries` alone: used
+/// to check that the merged entries agree with the rules they came from.
 pub fn kernel_verdict(
     entries: &[RuleEntry],
     policy_id: PolicyId,
+    transport: Transport,
     ip: IpAddr,
     port: u16,
 ) -> Option<ConnectVerdict> {
@@ -184,12 +215,28 @@ pub fn kernel_verdict(
     let lpm = |p: u16| {
         entries
             .iter()
-            .filter(|e| e.policy_id == policy_id && e.port == p)
+            .filter(|e| e.policy_id == policy_id && e.transport == transport && e.port == p)
             .filter(|e| contains(&(e.addr, e.prefix_len), &target))
             .max_by_key(|e| e.prefix_len)
             .map(|e| e.verdict)
     };
     lpm(port).max(lpm(0))
+}
+
+/// What the kernel's sw_udp_verdict computes, from `entries` alone.
+pub fn kernel_udp_verdict(
+    entries: &[RuleEntry],
+    policy_id: PolicyId,
+    ip: IpAddr,
+    port: u16,
+) -> UdpVerdict {
+    let tcp = kernel_verdict(entries, policy_id, Transport::Tcp, ip, port);
+    let udp = kernel_verdict(entries, policy_id, Transport::Udp, ip, port);
+    match (tcp, udp) {
+        (Some(ConnectVerdict::Redirect), _) => UdpVerdict::Quic,
+        (_, Some(ConnectVerdict::Allow)) => UdpVerdict::Allow,
+        _ => UdpVerdict::Deny,
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +263,14 @@ policies:
       - to: ["192.168.7.0/24"]
         ports: [8080]
         http: [{ path: "/x" }]
+      - to: ["10.53.0.53/32", "fd53::53/128"]
+        ports: [53]
+        protocol: any
+      - to: ["10.1.0.0/16"]
+        protocol: udp
+      - to: ["172.16.0.0/12"]
+        ports: [5000]
+        protocol: udp
 "#;
 
     fn set() -> PolicySet {
@@ -255,14 +310,53 @@ policies:
             "192.168.7.7:8080",
             "192.168.7.7:8081",
             "192.169.0.1:8080",
+            "10.53.0.53:53",
+            "10.53.0.53:54",
+            "[fd53::53]:53",
+            "10.1.7.7:9999",
+            "172.16.1.1:5000",
+            "172.31.1.1:5001",
         ];
         for d in dsts {
             let dst: SocketAddr = d.parse().unwrap();
             assert_eq!(
-                kernel_verdict(&entries, 0, dst.ip(), dst.port()),
+                kernel_verdict(&entries, 0, Transport::Tcp, dst.ip(), dst.port()),
                 reference(&s, dst),
                 "{d}"
             );
+            assert_eq!(
+                kernel_udp_verdict(&entries, 0, dst.ip(), dst.port()),
+                s.udp_verdict(0, dst),
+                "UDP {d}"
+            );
+        }
+    }
+
+    #[test]
+    fn udp_is_allowed_by_udp_rules_only_and_never_where_http_rules_govern() {
+        let s = set();
+        let cases = [
+            // protocol: any allows both.
+            ("10.53.0.53:53", UdpVerdict::Allow, Some(ConnectVerdict::Allow)),
+            ("[fd53::53]:53", UdpVerdict::Allow, Some(ConnectVerdict::Allow)),
+            // TCP-only rules (the default) allow no UDP.
+            ("10.9.9.9:80", UdpVerdict::Deny, Some(ConnectVerdict::Allow)),
+            ("192.168.1.1:1", UdpVerdict::Deny, Some(ConnectVerdict::Allow)),
+            // protocol: udp allows no TCP.
+            ("10.1.7.7:9999", UdpVerdict::Allow, None),
+            ("172.16.1.1:5000", UdpVerdict::Allow, None),
+            ("172.16.1.1:5001", UdpVerdict::Deny, None),
+            // 10.1/16 allows UDP on every port, but http rules govern
+            // 10.1/16 ports 80 and 443: QUIC there is refused.
+            ("10.1.9.9:443", UdpVerdict::Quic, Some(ConnectVerdict::Redirect)),
+            ("10.1.2.3:80", UdpVerdict::Quic, Some(ConnectVerdict::Redirect)),
+            ("10.1.9.9:444", UdpVerdict::Allow, None),
+            ("11.0.0.1:53", UdpVerdict::Deny, None),
+        ];
+        for (d, udp, tcp) in cases {
+            let dst: SocketAddr = d.parse().unwrap();
+            assert_eq!(s.udp_verdict(0, dst), udp, "UDP {d}");
+            assert_eq!(reference(&s, dst), tcp, "TCP {d}");
         }
     }
 
