@@ -818,12 +818,8 @@ impl Kernel {
             source,
         })?;
         let mut maps = None;
-        let links = skel::load_and_attach(
-            pin_path,
-            programs,
-            cgroup.as_raw_fd(),
-            cgroup_root,
-            || {
+        let links =
+            skel::load_and_attach(pin_path, programs, cgroup.as_raw_fd(), cgroup_root, || {
                 // Maps exist (and are pinned) once the objects are loaded: fill
                 // them before any program runs.
                 let m = Maps::open(pin_path)?;
@@ -832,8 +828,7 @@ impl Kernel {
                 m.init_counters(limits.len())?;
                 maps = Some(m);
                 Ok(())
-            },
-        )?;
+            })?;
         let maps = maps.ok_or(BpfError::NotLoaded)?;
         Ok(Kernel {
             pin_path: pin_path.to_path_buf(),

@@ -52,6 +52,9 @@ pub fn main() -> ExitCode {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
                 print!("{}", summary(&config, &c));
+                for w in PolicySet::compile(&c).warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -386,7 +386,8 @@ pub fn bpf_lsm_active() -> Result<bool, String> {
         )
         .map_err(|e| format!("mounting securityfs at {}: {e}", dir.display()))?;
     }
-    let lsms = std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let lsms =
+        std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
     Ok(lsms.trim().split(',').any(|l| l == "bpf"))
 }
 

@@ -21,6 +21,9 @@ use crate::config::{protocol_name, Config, HttpRule, Protocol, UpstreamConfig};
 
 pub mod kernel;
 
+/// The port a resolver answers on.
+const DNS_PORT: u16 = 53;
+
 /// Index of a policy in the configuration; the id the kernel maps carry.
 pub type PolicyId = u32;
 
@@ -153,6 +156,33 @@ impl PolicySet {
 
     pub fn get(&self, id: PolicyId) -> Option<&CompiledPolicy> {
         self.policies.get(id as usize)
+    }
+
+    /// What in the policies is probably a mistake, one sentence each: a
+    /// policy whose `http` rules name hosts while no rule of it allows DNS
+    /// (UDP port 53), so its workloads cannot resolve those names.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in &self.policies {
+            let hosts: Vec<String> = p
+                .rules
+                .iter()
+                .flat_map(|r| r.http.iter().flatten())
+                .filter_map(|h| h.host.as_ref().map(|re| format!("{re:?}")))
+                .collect();
+            let dns = p
+                .rules
+                .iter()
+                .any(|r| r.protocol.udp() && (r.ports.is_empty() || r.ports.contains(&DNS_PORT)));
+            if !hosts.is_empty() && !dns {
+                out.push(format!(
+                    "policy {:?}: its http rules name hosts ({}) but no rule allows DNS (UDP port 53), so its workloads cannot resolve them; add a rule for the resolver, e.g. {{ to: [\"10.96.0.10/32\"], ports: [53], protocol: any }}",
+                    p.name,
+                    hosts.join(", ")
+                ));
+            }
+        }
+        out
     }
 
     /// What policy `id` does with a UDP datagram to `dst` (the kernel
@@ -331,6 +361,56 @@ policies:
 
     fn set() -> PolicySet {
         PolicySet::compile(&Config::parse(CONFIG, Path::new("t.yaml")).unwrap())
+    }
+
+    #[test]
+    fn a_policy_naming_hosts_without_a_dns_rule_is_warned_about() {
+        let policy = |rules: &str| {
+            let text = format!(
+                "proxy: {{ listen: \"10.77.0.1:15001\" }}\npolicies:\n  - name: p\n    cgroup: /t/p\n    egress:\n{rules}"
+            );
+            PolicySet::compile(&Config::parse(&text, Path::new("t.yaml")).unwrap()).warnings()
+        };
+        let named = "      - to: [\"10.0.0.0/8\"]\n        ports: [443]\n        http: [{ host: \"api\\\\.example\\\\.com\" }]\n";
+        let cases = [
+            // (extra rules, warned)
+            ("", true),
+            (
+                "      - to: [\"10.96.0.10/32\"]\n        ports: [53]\n        protocol: any\n",
+                false,
+            ),
+            (
+                "      - to: [\"10.96.0.10/32\"]\n        ports: [53]\n        protocol: udp\n",
+                false,
+            ),
+            (
+                "      - to: [\"10.96.0.10/32\"]\n        protocol: udp\n",
+                false,
+            ),
+            // TCP only to the resolver, or UDP to another port: no DNS.
+            (
+                "      - to: [\"10.96.0.10/32\"]\n        ports: [53]\n",
+                true,
+            ),
+            (
+                "      - to: [\"10.96.0.10/32\"]\n        ports: [5353]\n        protocol: udp\n",
+                true,
+            ),
+        ];
+        for (extra, warned) in cases {
+            let w = policy(&format!("{named}{extra}"));
+            assert_eq!(!w.is_empty(), warned, "{extra:?}: {w:?}");
+            if warned {
+                assert!(
+                    w[0].contains(r#"policy "p""#) && w[0].contains("api"),
+                    "{w:?}"
+                );
+            }
+        }
+        // No host named, no warning.
+        assert!(
+            policy("      - to: [\"10.0.0.0/8\"]\n        http: [{ method: GET }]\n").is_empty()
+        );
     }
 
     fn req<'a>(

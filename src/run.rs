@@ -30,6 +30,9 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let policies = Arc::new(PolicySet::compile(&config));
+    for w in policies.warnings() {
+        tracing::warn!("{w}");
+    }
     let root = cgroup::cgroup2_root(config.bpf.cgroup_root.as_deref())?;
     let own = cgroup::own_cgroup()?;
     let named: Vec<_> = policies

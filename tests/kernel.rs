@@ -12,7 +12,7 @@ use common::cgroup::TestCgroup;
 use common::netns::{Netns, Topology};
 use common::origin::OriginConfig;
 use common::sw::{
-    curl_head, curl_status, origin_at, stdout, tcp_connect, workload, Scene, Sockwarden,
+    curl_head, curl_status, origin_at, outsider, stdout, tcp_connect, workload, Scene, Sockwarden,
 };
 use common::{require_root, unique_tag};
 
@@ -108,13 +108,16 @@ fn allowed_denied_refused_and_untouched() {
         "200"
     );
     assert_eq!(l4_origin.requests(), 1);
-    // UDP is never touched, even to a destination no rule allows.
-    let o = workload(
-        &topo.node,
-        &cg,
-        "bash",
-        &["-c", "exec 3<>/dev/udp/10.77.1.99/53"],
+    // UDP needs a UDP rule (tests/side_doors.rs covers UDP in depth); outside
+    // the cgroup the same connect() works.
+    let udp = "exec 3<>/dev/udp/10.77.1.99/53";
+    let o = workload(&topo.node, &cg, "bash", &["-c", udp]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Operation not permitted"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
     );
+    let o = outsider(&topo.node, "bash", &["-c", udp]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Nothing listens on 8080: the proxy answers 503 and names the errno.
     let head = curl_head(&topo.node, &cg, "http://10.77.1.10:8080/data/1");
@@ -143,6 +146,10 @@ fn allowed_denied_refused_and_untouched() {
     assert_eq!(
         m(r#"sockwarden_connect_denied_total{policy="analytics"}"#),
         2.0
+    );
+    assert_eq!(
+        m(r#"sockwarden_udp_decisions_total{policy="analytics",verdict="deny"}"#),
+        1.0
     );
     assert_eq!(
         m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="allowed"}"#),

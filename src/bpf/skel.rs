@@ -225,14 +225,14 @@ pub fn load_and_attach(
         links.push(pin_link(pin_path, name, link)?);
     }
     if let Some(lsm) = &lsm {
-        let link = lsm
-            .progs
-            .sw_socket_create
-            .attach_lsm()
-            .map_err(|source| BpfError::AttachLsm {
-                program: "sw_socket_create",
-                source,
-            })?;
+        let link =
+            lsm.progs
+                .sw_socket_create
+                .attach_lsm()
+                .map_err(|source| BpfError::AttachLsm {
+                    program: "sw_socket_create",
+                    source,
+                })?;
         links.push(pin_link(pin_path, "sw_socket_create", link)?);
     }
     Ok(links)

@@ -337,19 +337,39 @@ policies:
         let s = set();
         let cases = [
             // protocol: any allows both.
-            ("10.53.0.53:53", UdpVerdict::Allow, Some(ConnectVerdict::Allow)),
-            ("[fd53::53]:53", UdpVerdict::Allow, Some(ConnectVerdict::Allow)),
+            (
+                "10.53.0.53:53",
+                UdpVerdict::Allow,
+                Some(ConnectVerdict::Allow),
+            ),
+            (
+                "[fd53::53]:53",
+                UdpVerdict::Allow,
+                Some(ConnectVerdict::Allow),
+            ),
             // TCP-only rules (the default) allow no UDP.
             ("10.9.9.9:80", UdpVerdict::Deny, Some(ConnectVerdict::Allow)),
-            ("192.168.1.1:1", UdpVerdict::Deny, Some(ConnectVerdict::Allow)),
+            (
+                "192.168.1.1:1",
+                UdpVerdict::Deny,
+                Some(ConnectVerdict::Allow),
+            ),
             // protocol: udp allows no TCP.
             ("10.1.7.7:9999", UdpVerdict::Allow, None),
             ("172.16.1.1:5000", UdpVerdict::Allow, None),
             ("172.16.1.1:5001", UdpVerdict::Deny, None),
             // 10.1/16 allows UDP on every port, but http rules govern
             // 10.1/16 ports 80 and 443: QUIC there is refused.
-            ("10.1.9.9:443", UdpVerdict::Quic, Some(ConnectVerdict::Redirect)),
-            ("10.1.2.3:80", UdpVerdict::Quic, Some(ConnectVerdict::Redirect)),
+            (
+                "10.1.9.9:443",
+                UdpVerdict::Quic,
+                Some(ConnectVerdict::Redirect),
+            ),
+            (
+                "10.1.2.3:80",
+                UdpVerdict::Quic,
+                Some(ConnectVerdict::Redirect),
+            ),
             ("10.1.9.9:444", UdpVerdict::Allow, None),
             ("11.0.0.1:53", UdpVerdict::Deny, None),
         ];
