@@ -5,8 +5,10 @@
 # only inside them), a demo origin (python's http.server), a demo cgroup, and
 # runs sockwarden with a demo policy. A workload process in the cgroup then
 # makes an allowed request, a request denied at layer 7, and a connect()
-# that policy refuses; a process outside the cgroup is untouched; finally
-# the metrics that counted all of it. Run as root.
+# that policy refuses; it resolves a name through the resolver its DNS rule
+# allows, and the other ways out (another resolver, QUIC, a raw socket) are
+# closed; a process outside the cgroup is untouched; finally the metrics
+# that counted all of it. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,11 +28,13 @@ PIN=/sys/fs/bpf/sockwarden-demo
 WORK=$(mktemp -d /tmp/sockwarden-demo.XXXXXX)
 SW_PID=
 ORIGIN_PID=
+DNS_PID=
 
 cleanup() {
   set +e
   [[ -n $SW_PID ]] && kill -TERM "$SW_PID" 2>/dev/null && wait "$SW_PID" 2>/dev/null
   [[ -n $ORIGIN_PID ]] && kill "$ORIGIN_PID" 2>/dev/null && wait "$ORIGIN_PID" 2>/dev/null
+  [[ -n $DNS_PID ]] && kill "$DNS_PID" 2>/dev/null && wait "$DNS_PID" 2>/dev/null
   if [[ -d $CG ]]; then
     for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
     rmdir "$CG" 2>/dev/null
@@ -59,7 +63,9 @@ ip -n "$ORIGIN" link set eth0 up
 ip -n "$NODE" addr add 10.77.0.1/32 dev lo
 ip -n "$NODE" addr add 10.77.1.1/24 dev to-origin
 ip -n "$ORIGIN" addr add 10.77.1.10/24 dev eth0
+ip -n "$ORIGIN" addr add 10.77.1.53/24 dev eth0
 ip -n "$ORIGIN" route add default via 10.77.1.1
+
 
 echo "== demo origin: http://10.77.1.10/ (python http.server)"
 mkdir -p "$WORK/www/data" "$WORK/www/admin"
@@ -74,6 +80,12 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+echo "== demo resolver: 10.77.1.53 (dnsmasq) answers origin.test = 10.77.1.10"
+nsenter --net=/run/netns/$ORIGIN dnsmasq --keep-in-foreground --no-resolv --no-hosts \
+  --listen-address=10.77.1.53 --bind-interfaces --address=/origin.test/10.77.1.10 \
+  --pid-file="$WORK/dnsmasq.pid" --log-facility=- >"$WORK/dnsmasq.log" 2>&1 &
+DNS_PID=$!
+
 mkdir -p "$CG"
 cat > "$WORK/sockwarden.yaml" <<YAML
 proxy:
@@ -87,10 +99,14 @@ policies:
     cgroup: /sockwarden-demo/analytics
     egress:
       - to: ["10.77.1.0/24"]
-        ports: [80]
+        ports: [80, 443]
         http:
           - method: "GET|HEAD"
             path: "/data/.*"
+            host: '(origin\.test|10\.77\.1\.10)'
+      - to: ["10.77.1.53/32"]     # the resolver: DNS needs its own rule
+        ports: [53]
+        protocol: any
 YAML
 echo "== policy ($WORK/sockwarden.yaml)"
 sed 's/^/   /' "$WORK/sockwarden.yaml"
@@ -149,13 +165,44 @@ except OSError as e:
     print("   connect() failed:", e)
 '
 echo
-echo "== 5. outside the cgroup nothing is touched: the same /admin request from the node"
+echo "== 5. no side doors: UDP by rule, no raw sockets (docs/configuration.md#semantics)"
+cat > "$WORK/doors.py" <<'PY'
+import socket, struct, sys
+
+def query(resolver, name):
+    # A DNS query for the A record of name, over UDP.
+    q = struct.pack("!HHHHHH", 0x5157, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    q += struct.pack("!HH", 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.sendto(q, (resolver, 53))
+    reply = s.recv(512)
+    return socket.inet_ntoa(reply[-4:])
+
+def attempt(what, f):
+    try:
+        print("     ", what + ":", f())
+    except OSError as e:
+        print("     ", what + ": refused:", e.strerror)
+
+attempt("a) origin.test through the allowed resolver 10.77.1.53", lambda: query("10.77.1.53", "origin.test"))
+attempt("b) the same through another resolver, 10.77.1.54", lambda: query("10.77.1.54", "origin.test"))
+quic = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+attempt("c) QUIC (UDP) to 10.77.1.10:443, where http rules apply", lambda: quic.sendto(b"\xc0quic", ("10.77.1.10", 443)))
+attempt("d) a raw socket, to make packets by hand", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP))
+PY
+as_workload python3 "$WORK/doors.py"
+echo "   e) with the name resolved, curl goes to the origin over TCP, where the http rules judge it:"
+as_workload curl -sS -o /dev/null -w '      HTTP %{http_code}\n' --resolve origin.test:80:10.77.1.10 http://origin.test/data/report.csv
+echo
+echo "== 6. outside the cgroup nothing is touched: the same /admin request from the node"
 in_node curl -sS -o /dev/null -w '   HTTP %{http_code} straight from the origin\n' http://10.77.1.10/admin/keys.txt
 echo
-echo "== 6. access log (one JSON line per proxied request)"
+echo "== 7. access log (one JSON line per proxied request)"
 sed 's/^/   /' "$WORK/access.log"
 echo
-echo "== 7. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
-in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened)' | sed 's/^/   /'
+echo "== 8. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
+in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened|udp_decisions|sockets_refused)' | grep -v ' 0$' | sed 's/^/   /'
 echo
 echo "== stopping sockwarden (detaches programs, removes pins) and cleaning up"

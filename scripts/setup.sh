@@ -11,6 +11,7 @@ packages=(
   curl                    # the demo's and tests' unmodified HTTP client
   python3                 # the demo origin (http.server)
   python3-h11             # the independent HTTP/1 parser of tests/differential.rs
+  dnsmasq-base            # a real resolver for the demo's and tests' DNS rules
 )
 
 missing=()
