@@ -14,9 +14,18 @@
 #                     plain, and with option splice-request/splice-response
 #   NAME@node         the same contender with a node-local workload (in the
 #                     node's namespace): direct, splice and sockmap
+#   sockwarden-nowall the default engine (splice, 64 KiB pipes) with the
+#                     cgroup_skb/egress wall left unattached
+#                     (testing.skip_egress_wall): what the wall costs
 #   sockwarden-previous  with SW_BENCH_PREVIOUS=BINARY: another build (e.g.
 #                     the previous commit's) with the default engine, set up
 #                     exactly as sockwarden-splice-64k
+# Every sockwarden attaches its programs at the cgroup2 root, so each one's
+# egress wall sees every packet of the node. As on a real node (one
+# sockwarden), only one instance, sockwarden-splice-64k, attaches its wall;
+# the others skip it. Every packet of every contender thus crosses exactly
+# one wall: the enforced path for splice-64k, the unenforced one for the
+# rest.
 # All contenders run at once and are measured round-robin, so the drifts of
 # a shared machine hit every contender alike.
 # Measures:
@@ -126,8 +135,10 @@ nsenter --net=/run/netns/$ORIGIN nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/ngi
 PIDS+=($!)
 for _ in $(seq 1 100); do in_ns "$WL" curl -sf -o /dev/null http://10.77.1.10/data/1k && break; sleep 0.1; done
 
-start_sockwarden() {  # INDEX ENGINE PIPE CGROUP [BINARY]
-  local i=$1 bin=${5:-$BIN}
+start_sockwarden() {  # INDEX ENGINE PIPE CGROUP WALL(0|1|-: a build without one) [BINARY]
+  local i=$1 bin=${6:-$BIN} testing="testing: { skip_egress_wall: true }"
+  [[ $5 == 1 ]] && testing="testing: { skip_egress_wall: false }"
+  [[ $5 == - ]] && testing=
   mkdir -p "$CG_TOP/$4"
   cat > "$WORK/sw$i.yaml" <<YAML
 proxy: { listen: "10.77.0.1:1500$i" }
@@ -135,6 +146,7 @@ admin: { listen: "127.0.0.1:990$i" }
 bpf: { pin_path: $PIN-$i }
 access_log: { path: "off" }
 forwarding: { engine: $2, pipe_size: $3 }
+$testing
 policies:
   - name: bench
     cgroup: /sockwarden-bench/$4
@@ -175,31 +187,32 @@ start_haproxy() {  # PORT SPLICE(0|1)
   cat "$WORK/haproxy$1.err" >&2; exit 1
 }
 
-start_sockwarden 1 splice 1048576 splice1m
-start_sockwarden 2 splice 65536 splice64k
-start_sockwarden 3 copy 65536 copy
-start_sockwarden 4 sockmap 65536 sockmap
+start_sockwarden 1 splice 1048576 splice1m 0
+start_sockwarden 2 splice 65536 splice64k 1
+start_sockwarden 3 copy 65536 copy 0
+start_sockwarden 4 sockmap 65536 sockmap 0
+start_sockwarden 6 splice 65536 nowall 0
 start_haproxy 8080 0
 start_haproxy 8081 1
-SW_INDEXES=(1 2 3 4)
+SW_INDEXES=(1 2 3 4 6)
 
 # Contenders: cgroup ("-": none) and base URL.
 # Names ending in @node run their workload in the node's own namespace
 # (node-local), the others in the workload namespace behind a veth.
-NAMES=(direct sockwarden-splice-1m sockwarden-splice-64k sockwarden-copy sockwarden-sockmap haproxy haproxy-splice
-  direct@node sockwarden-splice-64k@node sockwarden-sockmap@node)
-declare -A CGROUP=([direct]=- [sockwarden-splice-1m]=splice1m [sockwarden-splice-64k]=splice64k
+NAMES=(direct sockwarden-splice-1m sockwarden-splice-64k sockwarden-nowall sockwarden-copy sockwarden-sockmap
+  haproxy haproxy-splice direct@node sockwarden-splice-64k@node sockwarden-sockmap@node)
+declare -A CGROUP=([direct]=- [sockwarden-splice-1m]=splice1m [sockwarden-splice-64k]=splice64k [sockwarden-nowall]=nowall
   [sockwarden-copy]=copy [sockwarden-sockmap]=sockmap [haproxy]=- [haproxy-splice]=-
   [direct@node]=- [sockwarden-splice-64k@node]=splice64k [sockwarden-sockmap@node]=sockmap)
 declare -A URL=([direct]=http://10.77.1.10 [sockwarden-splice-1m]=http://10.77.1.10
-  [sockwarden-splice-64k]=http://10.77.1.10 [sockwarden-copy]=http://10.77.1.10
+  [sockwarden-splice-64k]=http://10.77.1.10 [sockwarden-nowall]=http://10.77.1.10 [sockwarden-copy]=http://10.77.1.10
   [sockwarden-sockmap]=http://10.77.1.10 [haproxy]=http://10.77.0.1:8080
   [haproxy-splice]=http://10.77.0.1:8081 [direct@node]=http://10.77.1.10
   [sockwarden-splice-64k@node]=http://10.77.1.10 [sockwarden-sockmap@node]=http://10.77.1.10)
 # The previous build beside this one (SW_BENCH_PREVIOUS=its binary), with
 # the default engine: same logging, threads and position as splice-64k.
 if [[ -n ${SW_BENCH_PREVIOUS:-} ]]; then
-  start_sockwarden 5 splice 65536 previous "$SW_BENCH_PREVIOUS"
+  start_sockwarden 5 splice 65536 previous - "$SW_BENCH_PREVIOUS"
   SW_INDEXES+=(5)
   NAMES+=(sockwarden-previous)
   CGROUP[sockwarden-previous]=previous
@@ -277,3 +290,8 @@ for n in "${NAMES[@]}"; do
     "${RPS[$n]}" "$(ratio "${RPS[$n]}" "${RPS[direct]}")" "$(ratio "${RPS[$n]}" "${RPS[haproxy]}")" \
     "${P50[$n]}/${P99[$n]}"
 done
+echo
+w=sockwarden-splice-64k o=sockwarden-nowall
+echo "egress wall ($w with it / $o without): 64 MiB $(ratio "${TP[$w]}" "${TP[$o]}")x," \
+  "CPU-s/GiB $(ratio "${CPU[$w]}" "${CPU[$o]}")x, 1 KiB r/s $(ratio "${RPS[$w]}" "${RPS[$o]}")x," \
+  "p50 ${P50[$w]} vs ${P50[$o]} ms, p99 ${P99[$w]} vs ${P99[$o]} ms"
