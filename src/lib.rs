@@ -7,6 +7,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod bpf;
+pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
