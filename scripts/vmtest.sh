@@ -141,7 +141,7 @@ for name in "${names[@]}"; do
     "$vmtest" -c "$repo/vmtests/vmtest.toml" -f "^${name//./\\.}\$" 2>&1 |
     tee "$log" | sed -u -n -E '/^===> Running command/,${/^\[ *[0-9]+\.[0-9]+\] |root@\(none\)/d;p}' || rc=$?
   wall=$((SECONDS - started))
-  result=$(grep -E "^vmtest-result $name: [0-9]+ passed, [0-9]+ failed$" "$log" | tail -n 1 || true)
+  result=$(grep -aE "^vmtest-result $name: [0-9]+ passed, [0-9]+ failed$" "$log" | tail -n 1 || true)
   if [[ $result =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
     passed=${BASH_REMATCH[1]}
     failed=${BASH_REMATCH[2]}
