@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The kernel matrix: the kernel-tier tests (tests/kernel.rs, incident.rs, flood.rs,
-# bodies.rs, sockmap.rs) and the real binary on each Debian kernel of
+# bodies.rs, sockmap.rs, status.rs) and the real binary on each Debian kernel of
 # vmtests/vmtest.toml, one VM at a time under vmtest; also records every
 # program's verifier instruction count per kernel in vmtests/verifier/.
 # Installs what it needs; downloads and builds are cached in
@@ -103,7 +103,7 @@ export SW_VMTEST_ACCEL=$accel
 echo "vmtest.sh: accelerator: $accel ($why)"
 
 echo "vmtest.sh: building the binary and the kernel-tier tests"
-build=$(cargo test --no-run --test kernel --test incident --test bodies --test sockmap --test flood --message-format=json)
+build=$(cargo test --no-run --test kernel --test incident --test bodies --test sockmap --test flood --test status --message-format=json)
 SW_VMTEST_BIN=$(python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -119,8 +119,8 @@ export SW_VMTEST_THREADS=${SW_VMTEST_THREADS:-1}
 # Waits in the tests (readiness, exits, keep-alive timeouts of the test
 # origins) stretch by this factor under emulation; measured bounds do not.
 export SOCKWARDEN_TEST_PATIENCE=${SOCKWARDEN_TEST_PATIENCE:-4}
-[[ -x $SW_VMTEST_BIN && $(wc -w <<<"$SW_VMTEST_TESTS") -eq 5 ]] || {
-  echo "vmtest.sh: could not find the binary and five test executables in cargo's output" >&2
+[[ -x $SW_VMTEST_BIN && $(wc -w <<<"$SW_VMTEST_TESTS") -eq 6 ]] || {
+  echo "vmtest.sh: could not find the binary and six test executables in cargo's output" >&2
   exit 1
 }
 
@@ -141,7 +141,7 @@ for name in "${names[@]}"; do
     "$vmtest" -c "$repo/vmtests/vmtest.toml" -f "^${name//./\\.}\$" 2>&1 |
     tee "$log" | sed -u -n -E '/^===> Running command/,${/^\[ *[0-9]+\.[0-9]+\] |root@\(none\)/d;p}' || rc=$?
   wall=$((SECONDS - started))
-  result=$(grep -E "^vmtest-result $name: [0-9]+ passed, [0-9]+ failed$" "$log" | tail -n 1 || true)
+  result=$(grep -aE "^vmtest-result $name: [0-9]+ passed, [0-9]+ failed$" "$log" | tail -n 1 || true)
   if [[ $result =~ ([0-9]+)\ passed,\ ([0-9]+)\ failed ]]; then
     passed=${BASH_REMATCH[1]}
     failed=${BASH_REMATCH[2]}

@@ -1,4 +1,5 @@
-//! Command-line interface: `sockwarden run` and `sockwarden check`.
+//! Command-line interface: `sockwarden run`, `check`, `features`, `status`
+//! and `tuples`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,14 @@ enum Command {
     /// Probe the kernel features sockwarden needs and print them; exits 1
     /// if one is missing.
     Features,
+    /// Report the pinned links, the BPF LSM and each policy cgroup's
+    /// processes; warn about processes that can open AF_PACKET sockets.
+    /// Exits 0 when it ran (warnings or not), 1 when the configuration
+    /// cannot be read.
+    Status {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Print the in-use source tuple map of a running instance.
     Tuples {
         /// The instance's configuration (for its pin path).
@@ -46,22 +55,18 @@ enum Command {
     },
 }
 
+/// The configuration `status` reads without `--config`.
+const DEFAULT_CONFIG: &str = "/etc/sockwarden.yaml";
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
-                print!("{}", summary(&config, &c));
-                for w in PolicySet::compile(&c).warnings() {
-                    eprintln!("{}: warning: {w}", config.display());
-                }
-                ExitCode::SUCCESS
+        Command::Check { config } => with_config(&config, |path, c| {
+            print!("{}", summary(path, c));
+            for w in PolicySet::compile(c).warnings() {
+                eprintln!("{}: warning: {w}", path.display());
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
+        }),
         Command::Features => {
             let features = crate::features::probe();
             print!("{}", crate::features::table(&features));
@@ -73,6 +78,9 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { config } => with_config(&config, |path, c| {
+            print!("{}", crate::status::report(&crate::status::gather(path, c)));
+        }),
         Command::Tuples { config, pin_path } => {
             let pin_path = match (config, pin_path) {
                 (Some(c), _) => match Config::load(&c) {
@@ -125,6 +133,21 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs `what` on the configuration at `path`; exits 1 with its error
+/// (file:line:column) when it cannot be read.
+fn with_config(path: &std::path::Path, what: impl FnOnce(&std::path::Path, &Config)) -> ExitCode {
+    match Config::load(path) {
+        Ok(c) => {
+            what(path, &c);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -5,6 +5,10 @@
 //! Program types, map types and helpers are probed by libbpf (it loads a
 //! trivial program or creates a small map). "Since" is the mainline version
 //! that introduced the feature for that program type, where known.
+//!
+//! Some features are optional: sockwarden runs without them and closes
+//! less (the BPF LSM, which refuses AF_PACKET sockets); `require` ignores
+//! them.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,6 +25,8 @@ pub struct Feature {
     pub used_for: &'static str,
     /// Ok(true) present, Ok(false) absent, Err(probe failure).
     pub present: Result<bool, String>,
+    /// Startup refuses a kernel without it.
+    pub required: bool,
 }
 
 enum Probe {
@@ -31,17 +37,68 @@ enum Probe {
     Map(sys::bpf_map_type),
     Helper(sys::bpf_prog_type, sys::bpf_func_id),
     Path(&'static str),
+    /// A probe of its own.
+    Fn(fn() -> Result<bool, String>),
 }
 
-/// Loads `r0 = 1; exit` as `prog_type` for `attach`: 1 if the kernel takes
-/// it, 0 if it refuses it as invalid, -errno otherwise.
-fn probe_attach(prog_type: sys::bpf_prog_type, attach: sys::bpf_attach_type) -> i32 {
+/// Where securityfs lists the active LSMs.
+const SECURITYFS: &str = "/sys/kernel/security";
+/// statfs(2) f_type of securityfs.
+const SECURITYFS_MAGIC: i64 = 0x7363_6673;
+
+/// Whether an `lsm` list (/sys/kernel/security/lsm: comma-separated names,
+/// in calling order) names the BPF LSM.
+fn lsm_list_has_bpf(list: &str) -> bool {
+    list.trim().split(',').any(|name| name.trim() == "bpf")
+}
+
+/// Whether the BPF LSM is among the LSMs the kernel runs: `bpf` is in
+/// /sys/kernel/security/lsm (the `lsm=` boot parameter or CONFIG_LSM).
+/// securityfs is mounted there first if it is not. Only then do BPF LSM
+/// programs run: the program type loads and attaches on kernels built with
+/// it even where it is not in the list, and then refuses nothing.
+pub fn bpf_lsm_listed() -> Result<bool, String> {
+    let dir = Path::new(SECURITYFS);
+    let mounted = |p: &Path| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == SECURITYFS_MAGIC)
+    };
+    if !mounted(dir) {
+        nix::mount::mount(
+            Some("none"),
+            dir,
+            Some("securityfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| format!("mounting securityfs on {SECURITYFS}: {e}"))?;
+    }
+    let list = dir.join("lsm");
+    match std::fs::read_to_string(&list) {
+        Ok(text) => Ok(lsm_list_has_bpf(&text)),
+        // No list: a kernel without CONFIG_SECURITY, hence without the BPF LSM.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(format!("reading {}: {e}", list.display())),
+    }
+}
+
+/// Loads `r0 = 1; exit` as `prog_type` for `attach` (and the kernel function
+/// `attach_btf_id`, 0 for none): 1 if the kernel takes it, 0 if it refuses
+/// it as invalid, -errno otherwise.
+fn probe_attach(
+    prog_type: sys::bpf_prog_type,
+    attach: sys::bpf_attach_type,
+    attach_btf_id: u32,
+) -> i32 {
     let mut mov = sys::bpf_insn {
         code: 0xb7, // BPF_ALU64 | BPF_MOV | BPF_K
         imm: 1,
         ..Default::default()
     };
     mov.set_dst_reg(0);
+    if attach_btf_id != 0 {
+        // An LSM program returns 0 or -errno.
+        mov.imm = 0;
+    }
     let exit = sys::bpf_insn {
         code: 0x95, // BPF_JMP | BPF_EXIT
         ..Default::default()
@@ -50,6 +107,7 @@ fn probe_attach(prog_type: sys::bpf_prog_type, attach: sys::bpf_attach_type) -> 
     let mut opts = sys::bpf_prog_load_opts {
         sz: size_of::<sys::bpf_prog_load_opts>() as _,
         expected_attach_type: attach,
+        attach_btf_id,
         ..Default::default()
     };
     // SAFETY: the name and license are NUL-terminated literals, `insns`
@@ -83,16 +141,59 @@ fn run(p: &Probe) -> Result<bool, String> {
     let rc = unsafe {
         match *p {
             Probe::Prog(t) => sys::libbpf_probe_bpf_prog_type(t, std::ptr::null()),
-            Probe::Attach(t, a) => probe_attach(t, a),
+            Probe::Attach(t, a) => probe_attach(t, a, 0),
             Probe::Map(t) => sys::libbpf_probe_bpf_map_type(t, std::ptr::null()),
             Probe::Helper(t, h) => sys::libbpf_probe_bpf_helper(t, h, std::ptr::null()),
             Probe::Path(path) => return Ok(Path::new(path).exists()),
+            Probe::Fn(f) => return f(),
         }
     };
     match rc {
         1 => Ok(true),
         0 => Ok(false),
         e => Err(std::io::Error::from_raw_os_error(-e).to_string()),
+    }
+}
+
+/// Whether the BPF LSM can refuse AF_PACKET sockets: it is listed
+/// ([`bpf_lsm_listed`]) and the kernel loads its programs
+/// ([`lsm_program_type`]; a lockdown or a sandbox may refuse them even
+/// then: EPERM). An error says which probe failed.
+pub fn bpf_lsm_active() -> Result<bool, String> {
+    Ok(bpf_lsm_listed()? && lsm_program_type()?)
+}
+
+/// Whether the kernel loads a BPF_PROG_TYPE_LSM program for the
+/// socket_create hook (CONFIG_BPF_LSM: the hook's `bpf_lsm_socket_create`
+/// is in the kernel's BTF); the error when the load fails otherwise than as
+/// invalid (EPERM). It refuses anything only where [`bpf_lsm_listed`].
+/// (libbpf's own probe of the type reads every error but the one it
+/// expects, EPERM included, as "absent".)
+pub fn lsm_program_type() -> Result<bool, String> {
+    // SAFETY: btf__load_vmlinux_btf takes no arguments and returns a BTF
+    // object we own (or NULL with errno set).
+    let btf = unsafe { sys::btf__load_vmlinux_btf() };
+    if btf.is_null() {
+        return Err(format!(
+            "loading the kernel's BTF: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: `btf` is the valid object loaded above and the name a
+    // NUL-terminated literal; the object is freed once, right after.
+    let id = unsafe {
+        let id =
+            sys::btf__find_by_name_kind(btf, c"bpf_lsm_socket_create".as_ptr(), sys::BTF_KIND_FUNC);
+        sys::btf__free(btf);
+        id
+    };
+    if id <= 0 {
+        return Ok(false);
+    }
+    match probe_attach(sys::BPF_PROG_TYPE_LSM, sys::BPF_LSM_MAC, id as u32) {
+        1 => Ok(true),
+        0 => Ok(false),
+        e => Err(nix::errno::Errno::from_raw(-e).to_string()),
     }
 }
 
@@ -308,37 +409,72 @@ pub fn probe() -> Vec<Feature> {
             Probe::Helper(BPF_PROG_TYPE_SCHED_CLS, BPF_FUNC_skc_lookup_tcp),
         ),
     ];
-    table
-        .iter()
-        .map(|(name, since, used_for, p)| Feature {
+    let optional: &[(&'static str, Option<&'static str>, &'static str, Probe)] = &[
+        (
+            "BPF LSM active (bpf in /sys/kernel/security/lsm)",
+            Some("5.7"),
+            "refuses AF_PACKET sockets from policy cgroups (without it, enforced workloads must not hold CAP_NET_RAW)",
+            Probe::Fn(bpf_lsm_listed),
+        ),
+        (
+            "program type lsm (lsm/socket_create)",
+            Some("5.7"),
+            "the AF_PACKET refusal (lsm/socket_create)",
+            Probe::Fn(lsm_program_type),
+        ),
+    ];
+    let feature = |required| {
+        move |(name, since, used_for, p): &(&'static str, _, &'static str, Probe)| Feature {
             name,
             since: *since,
             used_for,
             present: run(p),
-        })
+            required,
+        }
+    };
+    table
+        .iter()
+        .map(feature(true))
+        .chain(optional.iter().map(feature(false)))
         .collect()
 }
 
-/// The probe as a table, for `sockwarden features`.
+/// The probe as a table, for `sockwarden features`: the required features,
+/// then (after a blank line) the optional ones.
 pub fn table(features: &[Feature]) -> String {
-    let mut out = format!(
-        "{:<60} {:<8} {:<7} {}\n",
-        "FEATURE", "PRESENT", "SINCE", "USED FOR"
-    );
-    for f in features {
-        let present = match &f.present {
-            Ok(true) => "yes".to_string(),
-            Ok(false) => "NO".to_string(),
-            Err(e) => format!("? ({e})"),
-        };
+    let mut out = String::new();
+    for (required, title) in [
+        (true, "FEATURE"),
+        (false, "OPTIONAL FEATURE (sockwarden runs without it)"),
+    ] {
+        let rows: Vec<&Feature> = features.iter().filter(|f| f.required == required).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push('\n');
+        }
         let _ = writeln!(
             out,
-            "{:<60} {:<8} {:<7} {}",
-            f.name,
-            present,
-            f.since.unwrap_or("-"),
-            f.used_for
+            "{:<60} {:<8} {:<7} USED FOR",
+            title, "PRESENT", "SINCE"
         );
+        for f in rows {
+            let present = match &f.present {
+                Ok(true) => "yes".to_string(),
+                Ok(false) if f.required => "NO".to_string(),
+                Ok(false) => "no".to_string(),
+                Err(e) => format!("? ({e})"),
+            };
+            let _ = writeln!(
+                out,
+                "{:<60} {:<8} {:<7} {}",
+                f.name,
+                present,
+                f.since.unwrap_or("-"),
+                f.used_for
+            );
+        }
     }
     out
 }
@@ -351,10 +487,14 @@ pub struct MissingFeature {
     pub used_for: &'static str,
 }
 
-/// The first feature this kernel lacks, as an error; probe failures (for
-/// example a lack of privilege) are left to the loader's own errors.
+/// The first required feature this kernel lacks, as an error; probe
+/// failures (for example a lack of privilege) are left to the loader's own
+/// errors.
 pub fn require(features: &[Feature]) -> Result<(), MissingFeature> {
-    match features.iter().find(|f| matches!(f.present, Ok(false))) {
+    match features
+        .iter()
+        .find(|f| f.required && matches!(f.present, Ok(false)))
+    {
         Some(f) => Err(MissingFeature {
             name: f.name,
             since: f
@@ -364,31 +504,6 @@ pub fn require(features: &[Feature]) -> Result<(), MissingFeature> {
         }),
         None => Ok(()),
     }
-}
-
-/// Whether the BPF LSM can refuse AF_PACKET sockets: `bpf` is among the
-/// LSMs the kernel runs (/sys/kernel/security/lsm; securityfs is mounted
-/// there if it is not) and the kernel loads LSM programs (a lockdown or a
-/// sandbox may refuse them even then: EPERM).
-pub fn bpf_lsm_active() -> Result<bool, String> {
-    if !run(&Probe::Prog(sys::BPF_PROG_TYPE_LSM))? {
-        return Ok(false);
-    }
-    let dir = Path::new("/sys/kernel/security");
-    let file = dir.join("lsm");
-    if !file.exists() {
-        nix::mount::mount(
-            Some("securityfs"),
-            dir,
-            Some("securityfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| format!("mounting securityfs at {}: {e}", dir.display()))?;
-    }
-    let lsms =
-        std::fs::read_to_string(&file).map_err(|e| format!("reading {}: {e}", file.display()))?;
-    Ok(lsms.trim().split(',').any(|l| l == "bpf"))
 }
 
 #[cfg(test)]
@@ -403,12 +518,14 @@ mod tests {
                 since: Some("4.11"),
                 used_for: "policy rules by prefix",
                 present: Ok(true),
+                required: true,
             },
             Feature {
                 name: "helper skc_lookup_tcp in tc",
                 since: Some("5.2"),
                 used_for: "return path of the preserve source modes",
                 present: Ok(false),
+                required: true,
             },
         ];
         let err = require(&features).unwrap_err().to_string();
@@ -420,5 +537,51 @@ mod tests {
         assert!(require(&features[..1]).is_ok());
         let t = table(&features);
         assert!(t.contains("NO"), "{t}");
+    }
+
+    #[test]
+    fn an_optional_feature_never_stops_startup() {
+        let lsm = Feature {
+            name: "BPF LSM active (bpf in /sys/kernel/security/lsm)",
+            since: Some("5.7"),
+            used_for: "refuses AF_PACKET sockets from policy cgroups",
+            present: Ok(false),
+            required: false,
+        };
+        let btf = Feature {
+            name: "kernel BTF (/sys/kernel/btf/vmlinux)",
+            since: Some("5.4"),
+            used_for: "CO-RE relocations",
+            present: Ok(true),
+            required: true,
+        };
+        let both = [btf, lsm];
+        assert!(require(&both).is_ok());
+        let t = table(&both);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        assert!(lines[0].starts_with("FEATURE "), "{t}");
+        assert!(lines[1].starts_with("kernel BTF"), "{t}");
+        assert_eq!(lines[2], "", "{t}");
+        assert!(lines[3].starts_with("OPTIONAL FEATURE "), "{t}");
+        assert!(lines[4].contains(" no "), "{t}");
+        assert!(!lines[4].contains("NO"), "{t}");
+        assert!(
+            lines[4].ends_with("refuses AF_PACKET sockets from policy cgroups"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn lsm_lists() {
+        for (list, bpf) in [
+            ("lockdown,capability,landlock,bpf\n", true),
+            ("capability,bpf,apparmor", true),
+            ("lockdown,capability,landlock,yama,apparmor\n", false),
+            ("capability,bpfilter", false),
+            ("", false),
+        ] {
+            assert_eq!(lsm_list_has_bpf(list), bpf, "{list:?}");
+        }
     }
 }

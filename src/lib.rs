@@ -7,6 +7,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod bpf;
+pub mod caps;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
@@ -15,4 +16,5 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod run;
+pub mod status;
 pub mod transparent;

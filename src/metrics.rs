@@ -43,6 +43,8 @@ pub const TIMEOUTS: &str = "sockwarden_timeouts_total";
 pub const UDP_DECISIONS: &str = "sockwarden_udp_decisions_total";
 pub const SOCKETS_REFUSED: &str = "sockwarden_sockets_refused_total";
 pub const EGRESS_DROPPED: &str = "sockwarden_egress_dropped_packets_total";
+pub const NET_RAW_PROCESSES: &str = "sockwarden_net_raw_processes";
+pub const BPF_LSM_ACTIVE: &str = "sockwarden_bpf_lsm_active";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -170,7 +172,23 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         UPGRADES_REMOVED,
         "Requests forwarded without (some of) the Upgrade protocols they offered, because the matching rule does not allow them, by policy"
     );
+    describe_gauge!(
+        NET_RAW_PROCESSES,
+        "Processes in the policy's cgroups that hold or can gain CAP_NET_RAW (and so could open AF_PACKET sockets) while AF_PACKET cannot be refused (the BPF LSM is not active or cannot load programs); 0 where it can; counted every 10 s"
+    );
+    describe_gauge!(
+        BPF_LSM_ACTIVE,
+        "1 when the BPF LSM is active (bpf in /sys/kernel/security/lsm) and the kernel loads BPF LSM programs, so AF_PACKET sockets from policy cgroups can be refused; else 0"
+    );
     Ok(handle)
+}
+
+pub fn net_raw_processes(policy: &str, n: usize) {
+    gauge!(NET_RAW_PROCESSES, "policy" => policy.to_string()).set(n as f64);
+}
+
+pub fn bpf_lsm_active(active: bool) {
+    gauge!(BPF_LSM_ACTIVE).set(if active { 1.0 } else { 0.0 });
 }
 
 /// Which message of an exchange a head belongs to.

@@ -88,6 +88,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cgroup_root = %root.display(),
         "eBPF programs attached"
     );
+    // AF_PACKET where the BPF LSM cannot refuse it: warnings and gauges
+    // (the task ends with the runtime).
+    tokio::spawn(crate::status::watch_net_raw(
+        Arc::clone(&policies),
+        root.clone(),
+    ));
     let transparent = policies
         .policies
         .iter()

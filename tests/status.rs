@@ -1,0 +1,248 @@
+//! Kernel tier: `sockwarden status` and the CAP_NET_RAW watch of `run`, with
+//! real processes in a policy cgroup. Whether AF_PACKET can be refused is
+//! computed from /sys/kernel/security/lsm and a load of a BPF LSM program,
+//! so the warnings are asserted present exactly where they must be: on this
+//! project's development host (the BPF LSM is listed, but loading a BPF LSM
+//! program fails with EPERM) and not in the kernel matrix's 6.1 guest
+//! (Debian's CONFIG_LSM lists bpf, and its programs load).
+//! Root is required; the test never skips.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cgroup::TestCgroup;
+use common::sw::{bare_scene, Sockwarden, BIN};
+use common::{command_in, patience};
+
+/// Children killed and reaped when dropped (before their cgroup goes).
+/// They sleep far longer than the test runs, even under emulation (the
+/// kernel matrix's TCG guests take a minute for it).
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Procs {
+    /// `argv` in `cgroup`; returns its pid once it runs `sleep` (the
+    /// wrappers exec it).
+    fn spawn(&mut self, cgroup: &TestCgroup, argv: &[&str]) -> u32 {
+        let child = command_in(None, Some(cgroup.path()), argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {argv:?}: {e}"));
+        let pid = child.id();
+        self.0.push(child);
+        let deadline = Instant::now() + patience(Duration::from_secs(5));
+        loop {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "sleep" {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{argv:?} did not exec sleep: {comm:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A file removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What the test expects: AF_PACKET refused only where the BPF LSM is in
+/// the active list and the kernel loads BPF LSM programs.
+fn af_packet_refused() -> bool {
+    let listed = std::fs::read_to_string("/sys/kernel/security/lsm")
+        .map(|l| l.trim().split(',').any(|m| m == "bpf"))
+        .unwrap_or(false);
+    listed && sockwarden::features::lsm_program_type() == Ok(true)
+}
+
+fn status(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--config"])
+        .arg(config)
+        .output()
+        .expect("run sockwarden status");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "status exited {:?}: {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn warned(report: &str, pid: u32) -> bool {
+    report
+        .lines()
+        .any(|l| l.starts_with("warning: policy pods: ") && l.contains(&format!(" pid {pid} (")))
+}
+
+#[test]
+fn status_counts_processes_and_warns_about_cap_net_raw() {
+    let (tag, topo, cg) = bare_scene("status", "pods");
+    let child = TestCgroup::new(&format!("{}/child", cg.rel()));
+    let mut procs = Procs(Vec::new());
+    // Root: holds CAP_NET_RAW.
+    let holder = procs.spawn(&cg, &["sleep", "600"]);
+    // Nobody, full bounding set, no_new_privs off: can gain it (ping's file
+    // capability); in a cgroup below the policy's.
+    let gainer = procs.spawn(
+        &child,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "600",
+        ],
+    );
+    // Nobody with no_new_privs: can never gain it.
+    let nnp = procs.spawn(
+        &cg,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--no-new-privs",
+            "sleep",
+            "600",
+        ],
+    );
+    // Root that dropped it from its bounding set before exec.
+    let dropped = procs.spawn(
+        &cg,
+        &["capsh", "--drop=cap_net_raw", "--", "-c", "exec sleep 600"],
+    );
+
+    let body = format!(
+        "policies:\n  - name: pods\n    cgroup: {}\n    egress:\n\
+         \x20     - to: [\"10.77.1.0/24\"]\n        ports: [80]\n\
+         \x20 - name: later\n    cgroup: /sockwarden-test-{tag}/later\n    egress:\n\
+         \x20     - to: [\"10.77.1.0/24\"]\n        ports: [80]\n",
+        cg.rel()
+    );
+    let refused = af_packet_refused();
+    let check = |report: &str, pinned: bool| {
+        assert!(report.contains("config "), "{report}");
+        assert!(
+            report.contains(&format!(
+                "policy pods: cgroup {}: 4 processes, 2 hold or can gain CAP_NET_RAW\n",
+                cg.rel()
+            )),
+            "{report}"
+        );
+        assert!(
+            report.contains(&format!(
+                "policy later: cgroup /sockwarden-test-{tag}/later: does not exist\n"
+            )),
+            "{report}"
+        );
+        let links = report
+            .lines()
+            .find(|l| l.starts_with("links: "))
+            .unwrap_or_else(|| panic!("no links line: {report}"));
+        if pinned {
+            assert!(
+                links.contains("sw_connect4") && links.contains("sw_connect6"),
+                "{links}"
+            );
+        } else {
+            assert!(links.starts_with("links: none pinned"), "{links}");
+        }
+        assert_eq!(
+            report.contains("AF_PACKET sockets from policy cgroups: refused"),
+            refused,
+            "{report}"
+        );
+        assert_eq!(
+            warned(report, holder),
+            !refused,
+            "holder {holder}: {report}"
+        );
+        assert_eq!(
+            warned(report, gainer),
+            !refused,
+            "gainer {gainer}: {report}"
+        );
+        assert!(!warned(report, nnp), "no_new_privs {nnp}: {report}");
+        assert!(!warned(report, dropped), "dropped {dropped}: {report}");
+        if !refused {
+            assert!(
+                report.contains(&format!(
+                    "warning: policy pods: pid {holder} (sleep) holds CAP_NET_RAW and "
+                )),
+                "{report}"
+            );
+            assert!(
+                report.contains(&format!("pid {gainer} (sleep) can gain CAP_NET_RAW")),
+                "{report}"
+            );
+        }
+    };
+
+    // No sockwarden running: nothing pinned.
+    let config = TempFile(PathBuf::from(format!("/tmp/sw-status-{tag}.yaml")));
+    std::fs::write(
+        &config.0,
+        Sockwarden::config(&tag, std::path::Path::new("/tmp"), &body),
+    )
+    .expect("write config");
+    check(&status(&config.0), false);
+
+    // A running sockwarden: its links, its gauges and its startup warnings.
+    let sw = Sockwarden::start(&topo.node, &tag, &body);
+    check(&status(&sw.dir.join("sockwarden.yaml")), true);
+    assert_eq!(
+        sw.metric("sockwarden_bpf_lsm_active"),
+        if refused { 1.0 } else { 0.0 }
+    );
+    let series = "sockwarden_net_raw_processes{policy=\"pods\"}";
+    let want = if refused { 0.0 } else { 2.0 };
+    let deadline = Instant::now() + patience(Duration::from_secs(5));
+    while sw.metric(series) != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sw.metric(series), want, "{}", sw.stderr());
+    assert_eq!(
+        sw.metric("sockwarden_net_raw_processes{policy=\"later\"}"),
+        0.0
+    );
+    let log = sw.stderr();
+    for (pid, expected) in [
+        (holder, !refused),
+        (gainer, !refused),
+        (nnp, false),
+        (dropped, false),
+    ] {
+        assert_eq!(
+            log.contains(&format!("policy pods: pid {pid} (sleep) ")),
+            expected,
+            "pid {pid}: {log}"
+        );
+    }
+    drop(procs);
+}
