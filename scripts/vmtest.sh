@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The kernel matrix: the kernel-tier tests (tests/kernel.rs, incident.rs, flood.rs,
-# bodies.rs, sockmap.rs, status.rs) and the real binary on each Debian kernel of
+# bodies.rs, sockmap.rs, status.rs, side_doors.rs) and the real binary on each Debian kernel of
 # vmtests/vmtest.toml, one VM at a time under vmtest; also records every
 # program's verifier instruction count per kernel in vmtests/verifier/.
 # Installs what it needs; downloads and builds are cached in
@@ -103,7 +103,7 @@ export SW_VMTEST_ACCEL=$accel
 echo "vmtest.sh: accelerator: $accel ($why)"
 
 echo "vmtest.sh: building the binary and the kernel-tier tests"
-build=$(cargo test --no-run --test kernel --test incident --test bodies --test sockmap --test flood --test status --message-format=json)
+build=$(cargo test --no-run --test kernel --test incident --test bodies --test sockmap --test flood --test status --test side_doors --message-format=json)
 SW_VMTEST_BIN=$(python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -119,8 +119,8 @@ export SW_VMTEST_THREADS=${SW_VMTEST_THREADS:-1}
 # Waits in the tests (readiness, exits, keep-alive timeouts of the test
 # origins) stretch by this factor under emulation; measured bounds do not.
 export SOCKWARDEN_TEST_PATIENCE=${SOCKWARDEN_TEST_PATIENCE:-4}
-[[ -x $SW_VMTEST_BIN && $(wc -w <<<"$SW_VMTEST_TESTS") -eq 6 ]] || {
-  echo "vmtest.sh: could not find the binary and six test executables in cargo's output" >&2
+[[ -x $SW_VMTEST_BIN && $(wc -w <<<"$SW_VMTEST_TESTS") -eq 7 ]] || {
+  echo "vmtest.sh: could not find the binary and seven test executables in cargo's output" >&2
   exit 1
 }
 
