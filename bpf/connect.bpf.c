@@ -36,6 +36,8 @@ const volatile __u16 proxy_port6 = 0;    /* host order */
 
 /* Puts enum sw_capacity in this object's BTF, hence in its Rust skeleton. */
 const volatile enum sw_capacity tracked_conns_capacity = SW_MAX_TRACKED_CONNS;
+/* The same for enum sw_rule_proto, the transports of the rule key. */
+const volatile enum sw_rule_proto rule_key_protos = SW_PROTO_TCP;
 
 #define SW_CONNECT_PASS 1
 #define SW_CONNECT_FAIL 0 /* EPERM, unless bpf_set_retval() chose another errno */

@@ -155,15 +155,15 @@ static __always_inline enum sw_door_event sw_wall_icmp(struct __sk_buff *skb,
 	return SW_DOOR_EVENTS;
 }
 
-/* SW_DOOR_EVENTS if the packet belongs to an allowed flow, else why not. */
+/*
+ * SW_DOOR_EVENTS if the packet of a policy cgroup's socket that is not a
+ * TCP socket belongs to an allowed flow, else why not.
+ */
 static __always_inline enum sw_door_event sw_wall(struct __sk_buff *skb, const struct bpf_sock *sk,
 						  const struct sw_policy_ref *ref)
 {
 	struct sw_packet p = {};
 
-	/* The kernel's TCP builds these packets: connect4/6 judged the peer. */
-	if (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP)
-		return SW_DOOR_EVENTS;
 	if (!sw_parse(skb, &p))
 		return SW_DOOR_DROP_PROTOCOL;
 	if (sk->type == SOCK_DGRAM && sk->protocol == IPPROTO_UDP)
@@ -187,6 +187,13 @@ int sw_egress(struct __sk_buff *skb)
 	sk = bpf_sk_fullsock(sk);
 	if (!sk)
 		return SW_PASS; /* request and time-wait sockets: the kernel's own replies */
+	/*
+	 * The kernel's TCP builds these packets and connect4/6 judged the peer:
+	 * they pass whatever the policy, so they are not classified at all (the
+	 * node's bulk traffic pays no cgroup walk).
+	 */
+	if (sk->type == SOCK_STREAM && sk->protocol == IPPROTO_TCP)
+		return SW_PASS;
 	if (!sw_classify_skb(skb, &ref))
 		return SW_PASS;
 	event = sw_wall(skb, sk, &ref);

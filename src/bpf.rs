@@ -481,7 +481,7 @@ impl Maps {
         DOOR_EVENTS
             .iter()
             .map(|e| {
-                let index = policy_id * DOOR_EVENTS.len() as u32 + e.0;
+                let index = policy_id * DoorEvent::SW_DOOR_EVENTS.0 + e.0;
                 let n = percpu_sum(&self.door_counters, "door_counters", &index.to_ne_bytes())?;
                 Ok((*e, n))
             })

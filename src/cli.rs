@@ -62,8 +62,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => with_config(&config, |path, c| {
-            print!("{}", summary(path, c));
-            for w in PolicySet::compile(c).warnings() {
+            let set = PolicySet::compile(c);
+            print!("{}", summary(path, c, &set));
+            for w in set.warnings() {
                 eprintln!("{}: warning: {w}", path.display());
             }
         }),
@@ -162,8 +163,7 @@ fn init_tracing() {
 }
 
 /// What `check` prints for a valid file.
-fn summary(path: &std::path::Path, c: &Config) -> String {
-    let set = PolicySet::compile(c);
+fn summary(path: &std::path::Path, c: &Config, set: &PolicySet) -> String {
     let mut out = format!(
         "{}: valid: {} policies; proxy {}, admin {}, pins under {}\n",
         path.display(),

@@ -148,19 +148,16 @@ fn run(p: &Probe) -> Result<bool, String> {
             Probe::Fn(f) => return f(),
         }
     };
+    probe_result(rc)
+}
+
+/// A libbpf-style probe's answer (1 present, 0 absent, -errno unknown).
+fn probe_result(rc: i32) -> Result<bool, String> {
     match rc {
         1 => Ok(true),
         0 => Ok(false),
-        e => Err(std::io::Error::from_raw_os_error(-e).to_string()),
+        e => Err(nix::errno::Errno::from_raw(-e).to_string()),
     }
-}
-
-/// Whether the BPF LSM can refuse AF_PACKET sockets: it is listed
-/// ([`bpf_lsm_listed`]) and the kernel loads its programs
-/// ([`lsm_program_type`]; a lockdown or a sandbox may refuse them even
-/// then: EPERM). An error says which probe failed.
-pub fn bpf_lsm_active() -> Result<bool, String> {
-    Ok(bpf_lsm_listed()? && lsm_program_type()?)
 }
 
 /// Whether the kernel loads a BPF_PROG_TYPE_LSM program for the
@@ -190,11 +187,11 @@ pub fn lsm_program_type() -> Result<bool, String> {
     if id <= 0 {
         return Ok(false);
     }
-    match probe_attach(sys::BPF_PROG_TYPE_LSM, sys::BPF_LSM_MAC, id as u32) {
-        1 => Ok(true),
-        0 => Ok(false),
-        e => Err(nix::errno::Errno::from_raw(-e).to_string()),
-    }
+    probe_result(probe_attach(
+        sys::BPF_PROG_TYPE_LSM,
+        sys::BPF_LSM_MAC,
+        id as u32,
+    ))
 }
 
 /// Every feature, probed now.

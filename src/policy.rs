@@ -56,8 +56,11 @@ impl CompiledRule {
 
     fn covers_address(&self, dst: SocketAddr) -> bool {
         let ip = canonical_ip(dst.ip());
-        (self.ports.is_empty() || self.ports.contains(&dst.port()))
-            && self.nets.iter().any(|n| n.contains(&ip))
+        self.covers_port(dst.port()) && self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    fn covers_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
     }
 }
 
@@ -173,7 +176,7 @@ impl PolicySet {
             let dns = p
                 .rules
                 .iter()
-                .any(|r| r.protocol.udp() && (r.ports.is_empty() || r.ports.contains(&DNS_PORT)));
+                .any(|r| r.protocol.udp() && r.covers_port(DNS_PORT));
             if !hosts.is_empty() && !dns {
                 out.push(format!(
                     "policy {:?}: its http rules name hosts ({}) but no rule allows DNS (UDP port 53), so its workloads cannot resolve them; add a rule for the resolver, e.g. {{ to: [\"10.96.0.10/32\"], ports: [53], protocol: any }}",

@@ -62,6 +62,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         v4: config.proxy.listen,
         v6: config.proxy.listen_v6.unwrap_or(config.proxy.listen),
     };
+    // Whether AF_PACKET can be refused here, probed once: it decides both
+    // whether the LSM program is loaded and what the CAP_NET_RAW watch says.
+    // (The program probe parses the kernel's BTF: off the async workers.)
+    let packet_open = tokio::task::spawn_blocking(crate::status::packet_door)
+        .await
+        .unwrap_or_else(|e| Some(format!("probing the BPF LSM stopped: {e}")));
     let programs = Programs {
         proxy: target,
         sockmap: config
@@ -69,7 +75,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .sockmap()
             .then(crate::proxy::upstream::own_netns_cookie),
         egress_wall: !config.testing.skip_egress_wall,
-        packet_lsm: crate::features::bpf_lsm_active().unwrap_or(false),
+        packet_lsm: packet_open.is_none(),
     };
     let kernel = Kernel::load(
         lock,
@@ -93,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(crate::status::watch_net_raw(
         Arc::clone(&policies),
         root.clone(),
+        packet_open,
     ));
     let transparent = policies
         .policies

@@ -308,20 +308,22 @@ pub fn newly_warned<'a>(before: &HashSet<Warned>, now: &'a [(Warned, String)]) -
         .collect()
 }
 
-/// `run`'s watch: the BPF LSM gauge once (the LSM list is fixed at boot),
+/// [`why_packet_open`] on this kernel, probed now (the program probe parses
+/// the kernel's BTF: a blocking call).
+pub fn packet_door() -> Option<String> {
+    why_packet_open(
+        &crate::features::bpf_lsm_listed(),
+        &crate::features::lsm_program_type(),
+    )
+}
+
+/// `run`'s watch, given [`packet_door`]'s answer (`open`, the one that
+/// decided whether the LSM program was loaded): the BPF LSM gauge once (the
+/// LSM list is fixed at boot),
 /// then, unless AF_PACKET can be refused, every [`NET_RAW_INTERVAL`] each
 /// policy's count of processes that hold or can gain CAP_NET_RAW, with a
 /// warning the first time each is seen.
-pub async fn watch_net_raw(policies: Arc<PolicySet>, root: PathBuf) {
-    // The program probe parses the kernel's BTF: off the async workers.
-    let open = tokio::task::spawn_blocking(|| {
-        why_packet_open(
-            &crate::features::bpf_lsm_listed(),
-            &crate::features::lsm_program_type(),
-        )
-    })
-    .await
-    .unwrap_or_else(|e| Some(format!("probing the BPF LSM stopped: {e}")));
+pub async fn watch_net_raw(policies: Arc<PolicySet>, root: PathBuf, open: Option<String>) {
     crate::metrics::bpf_lsm_active(open.is_none());
     for p in &policies.policies {
         crate::metrics::net_raw_processes(&p.name, 0);

@@ -32,12 +32,15 @@ pub enum Transport {
 }
 
 impl Transport {
-    /// Its IANA protocol number, as the kernel's key carries it.
+    /// Its IANA protocol number, as the kernel's key carries it
+    /// (enum sw_rule_proto).
     pub fn number(self) -> u16 {
-        match self {
-            Transport::Tcp => 6,
-            Transport::Udp => 17,
-        }
+        use crate::bpf::abi::sw_rule_proto as P;
+        let proto = match self {
+            Transport::Tcp => P::SW_PROTO_TCP,
+            Transport::Udp => P::SW_PROTO_UDP,
+        };
+        proto.0 as u16
     }
 }
 
