@@ -78,19 +78,7 @@ pub fn prepare_response(request_method: &str, head: ResponseHead) -> Result<Resp
         }
     }
     let status = head.status;
-    let no_body =
-        request_method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
-    let framing = if no_body {
-        BodyFraming::None
-    } else if let Some(last) = codings.last() {
-        if last.eq_ignore_ascii_case("chunked") {
-            BodyFraming::Chunked
-        } else {
-            BodyFraming::UntilClose
-        }
-    } else {
-        length.map_or(BodyFraming::UntilClose, BodyFraming::Length)
-    };
+    let framing = response_framing(request_method, status, &codings, length);
     let bodiless_status = (100..200).contains(&status) || status == 204;
     let (content_length, transfer_coding) = if bodiless_status {
         (None, None)
@@ -142,6 +130,29 @@ pub fn prepare_response(request_method: &str, head: ResponseHead) -> Result<Resp
         return Err(HeadError::TooLarge);
     }
     Ok(resp)
+}
+
+/// How a response's body is delimited (RFC 9112 6.3), from the request's
+/// method, the status, the transfer codings and the Content-Length.
+fn response_framing(
+    request_method: &str,
+    status: u16,
+    codings: &[String],
+    length: Option<u64>,
+) -> BodyFraming {
+    let no_body =
+        request_method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
+    if no_body {
+        BodyFraming::None
+    } else if let Some(last) = codings.last() {
+        if last.eq_ignore_ascii_case("chunked") {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        }
+    } else {
+        length.map_or(BodyFraming::UntilClose, BodyFraming::Length)
+    }
 }
 
 impl Response {
