@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
-use super::exchange::{plan_request, Awaiting, Ending, FinalPlan, RequestPlan, ResponseStep};
+use super::exchange::{
+    denied_body, plan_request, Awaiting, DeniedBody, Ending, FinalPlan, RequestPlan, ResponseStep,
+};
 use super::http::{
     local_response, parse_request_head, parse_response_head, prepare_request, prepare_response,
     raw_host, write_request, write_response, BodyFraming, ChunkedScanner, ConnectionHeader,
@@ -28,10 +30,6 @@ use crate::bpf::OrigDst;
 use crate::config::{SourceMode, UpstreamConfig};
 use crate::metrics::{self, CloseReason, Errno, Verdict};
 use crate::policy::{Decision, RequestView};
-
-/// Largest body of a denied request that is read and dropped to keep the
-/// connection; larger (or chunked, or expected-100) bodies close it.
-const DENIED_BODY_DRAIN_LIMIT: u64 = 1024 * 1024;
 
 /// How far the bytes read from a workload may run ahead of what the kernel
 /// was told (sockmap engine): well under SW_MSG_UNREAD_LIMIT (256 KiB), so
@@ -559,11 +557,12 @@ impl Proxy {
         req: &Request,
         out: &mut Outcome,
     ) -> bool {
-        let framing = req.framing;
-        match framing {
-            BodyFraming::None => true,
-            BodyFraming::Length(n) if n <= DENIED_BODY_DRAIN_LIMIT && !req.expect_continue => {
+        match denied_body(req) {
+            DeniedBody::None => true,
+            DeniedBody::Close => false,
+            DeniedBody::Drain(n) => {
                 let idle = self.settings.request_head_timeout;
+                let framing = BodyFraming::Length(n);
                 match down.forward_body(Dest::Discard, framing, idle).await {
                     Ok(n) => {
                         out.bytes_received += n.read;
@@ -572,7 +571,6 @@ impl Proxy {
                     Err(_) => false,
                 }
             }
-            _ => false,
         }
     }
 

@@ -61,6 +61,33 @@ impl RequestPlan {
     }
 }
 
+/// Largest body of a denied request that is read and dropped to keep the
+/// connection; larger (or chunked, or expected-100) bodies close it.
+pub const DENIED_BODY_DRAIN_LIMIT: u64 = 1024 * 1024;
+
+/// What becomes of a denied request's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeniedBody {
+    /// There is none: the connection stays as it is.
+    None,
+    /// Read and dropped (this many bytes), so the connection can be kept.
+    Drain(u64),
+    /// Too large, chunked, or waiting for a 100 that will not come: the
+    /// connection closes after the 403.
+    Close,
+}
+
+/// What to do with the body of a request that policy denied.
+pub fn denied_body(req: &Request) -> DeniedBody {
+    match req.framing {
+        BodyFraming::None => DeniedBody::None,
+        BodyFraming::Length(n) if n <= DENIED_BODY_DRAIN_LIMIT && !req.expect_continue => {
+            DeniedBody::Drain(n)
+        }
+        _ => DeniedBody::Close,
+    }
+}
+
 /// Why a response is refused (answered 502).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
@@ -314,6 +341,38 @@ mod tests {
         "POST / HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n";
     const UPGRADE: &str =
         "GET / HTTP/1.1\r\nHost: o\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+    #[test]
+    fn what_becomes_of_a_denied_body() {
+        let limit = DENIED_BODY_DRAIN_LIMIT;
+        let post = |field: String| request(&format!("POST / HTTP/1.1\r\nHost: o\r\n{field}\r\n"));
+        let cases = [
+            (request(GET11), DeniedBody::None),
+            (post("Content-Length: 3\r\n".into()), DeniedBody::Drain(3)),
+            (
+                post(format!("Content-Length: {limit}\r\n")),
+                DeniedBody::Drain(limit),
+            ),
+            (
+                post(format!("Content-Length: {}\r\n", limit + 1)),
+                DeniedBody::Close,
+            ),
+            (
+                post("Transfer-Encoding: chunked\r\n".into()),
+                DeniedBody::Close,
+            ),
+            (request(POST_EXPECT), DeniedBody::Close),
+        ];
+        for (req, want) in cases {
+            assert_eq!(
+                denied_body(&req),
+                want,
+                "{:?} {:?}",
+                req.framing,
+                req.expect_continue
+            );
+        }
+    }
 
     #[test]
     fn what_a_request_needs() {
