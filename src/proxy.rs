@@ -28,12 +28,14 @@ use crate::config::PipeSizes;
 use crate::metrics;
 use crate::policy::PolicySet;
 
+mod body;
 mod conn;
 mod exchange;
 pub mod http;
 pub mod retry;
 mod splice;
 mod stream;
+mod transport;
 pub mod upstream;
 
 /// What the proxy needs from the kernel side (the pinned maps in

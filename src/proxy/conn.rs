@@ -800,7 +800,7 @@ impl Proxy {
             let down = &mut *fw.down;
             let client_moved = async {
                 if down.buffered().is_empty() {
-                    let _ = down.get_ref().readable().await;
+                    let _ = down.readable().await;
                 }
             };
             tokio::select! {

@@ -59,6 +59,70 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// What one splice into a pipe gave.
+enum Inflow {
+    /// Some bytes came in.
+    Bytes,
+    /// The source has nothing now (or the pipe no free slot).
+    Blocked,
+    Eof,
+}
+
+const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
+
+impl Pipe {
+    /// One splice of at most `want` bytes from `src` into the pipe's room.
+    fn fill_from(&mut self, src: &TcpStream, want: u64) -> Result<Inflow, SpliceError> {
+        let len = (self.capacity - self.pending).min(usize::try_from(want).unwrap_or(usize::MAX));
+        let fill = || {
+            splice(src.as_fd(), None, self.write.as_fd(), None, len, FLAGS).map_err(io::Error::from)
+        };
+        // EAGAIN means "socket empty" only when the pipe is empty: a pipe
+        // holding data can be out of slots (one per page fragment)
+        // before it is out of bytes. Only then may tokio forget the
+        // socket's readiness, or a socket full of data (and so receiving
+        // no more) would never be woken for again.
+        let filled = if self.pending == 0 {
+            src.try_io(Interest::READABLE, fill)
+        } else {
+            fill()
+        };
+        match filled {
+            Ok(0) => Ok(Inflow::Eof),
+            Ok(n) => {
+                self.pending += n;
+                Ok(Inflow::Bytes)
+            }
+            Err(e) if would_block(&e) => Ok(Inflow::Blocked),
+            Err(e) => Err(SpliceError::Read(e)),
+        }
+    }
+
+    /// One splice of what the pipe holds into `dst`; the bytes moved (0
+    /// when `dst` takes none now).
+    fn drain_into(&mut self, dst: &TcpStream) -> Result<usize, SpliceError> {
+        let drained = dst.try_io(Interest::WRITABLE, || {
+            splice(
+                self.read.as_fd(),
+                None,
+                dst.as_fd(),
+                None,
+                self.pending,
+                FLAGS,
+            )
+            .map_err(io::Error::from)
+        });
+        match drained {
+            Ok(n) => {
+                self.pending -= n;
+                Ok(n)
+            }
+            Err(e) if would_block(&e) => Ok(0),
+            Err(e) => Err(SpliceError::Write(e)),
+        }
+    }
+}
+
 /// Moves `limit` bytes (or everything until EOF with None) from `src` to
 /// `dst` through `pipe`. Returns the bytes moved: fewer than `limit` only
 /// when `src` reached EOF. `idle` bounds every wait for either side.
@@ -70,11 +134,12 @@ pub async fn splice_stream(
     idle: Duration,
 ) -> Result<u64, SpliceError> {
     let mut moved: u64 = 0;
-    let mut queued: u64 = pipe.pending as u64;
     let mut eof = false;
     loop {
+        // Bytes still to take in: the limit less those moved and those
+        // already in the pipe.
         let want_in = match limit {
-            Some(l) => l.saturating_sub(moved + queued),
+            Some(l) => l.saturating_sub(moved + pipe.pending as u64),
             None => u64::MAX,
         };
         if pipe.pending == 0 && (eof || want_in == 0) {
@@ -82,56 +147,16 @@ pub async fn splice_stream(
         }
         let mut progressed = false;
         if !eof && want_in > 0 && pipe.pending < pipe.capacity {
-            let len =
-                (pipe.capacity - pipe.pending).min(usize::try_from(want_in).unwrap_or(usize::MAX));
-            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            let fill = || {
-                splice(src.as_fd(), None, pipe.write.as_fd(), None, len, flags)
-                    .map_err(io::Error::from)
-            };
-            // EAGAIN means "socket empty" only when the pipe is empty: a pipe
-            // holding data can be out of slots (one per page fragment)
-            // before it is out of bytes. Only then may tokio forget the
-            // socket's readiness, or a socket full of data (and so receiving
-            // no more) would never be woken for again.
-            let filled = if pipe.pending == 0 {
-                src.try_io(Interest::READABLE, fill)
-            } else {
-                fill()
-            };
-            match filled {
-                Ok(0) => eof = true,
-                Ok(n) => {
-                    pipe.pending += n;
-                    queued += n as u64;
-                    progressed = true;
-                }
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(SpliceError::Read(e)),
+            match pipe.fill_from(src, want_in)? {
+                Inflow::Bytes => progressed = true,
+                Inflow::Blocked => {}
+                Inflow::Eof => eof = true,
             }
         }
         if pipe.pending > 0 {
-            let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(
-                    pipe.read.as_fd(),
-                    None,
-                    dst.as_fd(),
-                    None,
-                    pipe.pending,
-                    flags,
-                )
-                .map_err(io::Error::from)
-            }) {
-                Ok(n) => {
-                    pipe.pending -= n;
-                    queued -= n as u64;
-                    moved += n as u64;
-                    progressed |= n > 0;
-                }
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(SpliceError::Write(e)),
-            }
+            let n = pipe.drain_into(dst)?;
+            moved += n as u64;
+            progressed |= n > 0;
         }
         if progressed {
             continue;

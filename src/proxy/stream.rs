@@ -1,26 +1,35 @@
-//! A TCP stream with a read buffer: heads are parsed from the buffer, and
-//! bodies are forwarded from it and then from the socket.
+//! A byte stream with a read buffer: heads are parsed from the buffer, and
+//! bodies are forwarded from it and then from the stream.
 //!
-//! Two body engines: `copy` passes bytes through this buffer; `splice`
-//! moves them kernel-side (src/proxy/splice.rs). Either way, bytes that
-//! arrived in the same read as a head are written from the buffer first,
-//! and a head is written before its body, so the peer sees them in order;
-//! a body ends exactly at its framing's last byte, so the next head is
-//! parsed intact.
+//! Where a body ends is decided by its cursor (src/proxy/body.rs); the
+//! engines here only do what it answers. Two engines: `copy` passes bytes
+//! through this buffer; `splice` moves them kernel-side
+//! (src/proxy/splice.rs), where both ends are TCP sockets
+//! (src/proxy/transport.rs). Either way, bytes that arrived in the same read
+//! as a head are written from the buffer first, and a head is written
+//! before its body, so the peer sees them in order; a body ends exactly at
+//! its framing's last byte, so the next head is parsed intact. With the
+//! splice engine, chunked framing lines are read exactly (MSG_PEEK, then a
+//! read of that line), so chunk data stays in the kernel. Every read waits
+//! at most the body's idle time, every write fails when the receiver takes
+//! nothing for as long.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use std::os::fd::AsRawFd;
-
+use bytes::buf::Limit;
 use bytes::BufMut;
 use nix::sys::socket::MsgFlags;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+pub use super::body::Forwarded;
+use super::body::{BodyCursor, FramingError, Step};
 use super::http::{BodyFraming, ChunkError, ChunkedScanner, HeadError};
 use super::splice::{splice_stream, splice_tunnel, Pipe, SpliceError};
+use super::transport::Transport;
 
 /// Read size for heads and bodies.
 const READ_CHUNK: usize = 64 * 1024;
@@ -106,13 +115,22 @@ impl BodyError {
     }
 }
 
+impl From<FramingError> for BodyError {
+    fn from(e: FramingError) -> Self {
+        match e {
+            FramingError::Truncated { missing } => BodyError::Truncated { missing },
+            FramingError::Chunk(e) => BodyError::Chunk(e),
+        }
+    }
+}
+
 /// Longest a head or local reply may wait for the peer to take any byte.
 pub const HEAD_WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Writes all of `bytes`, failing when the peer takes no byte for `stall`
 /// (a receiver that stops reading cannot hold the proxy forever).
-async fn write_within(
-    stream: &mut TcpStream,
+async fn write_within<W: AsyncWrite + Unpin + ?Sized>(
+    stream: &mut W,
     bytes: &[u8],
     stall: Duration,
 ) -> Result<(), BodyError> {
@@ -128,57 +146,192 @@ async fn write_within(
     Ok(())
 }
 
+/// The stream a body is written to, whatever its transport. [`Dest`] holds
+/// it as a trait object, so one `Dest` type serves every pair of transports
+/// and a discarded body needs to name none.
+pub trait Sink: Send {
+    /// The stream to write the body's bytes to.
+    fn writer(&mut self) -> &mut dyn Transport;
+    /// Its TCP socket, where the kernel can move bytes into it.
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
 /// Where a body goes.
 pub enum Dest<'a> {
-    Stream(&'a mut BufStream),
+    Stream(&'a mut dyn Sink),
     /// Read and dropped (a denied request's body).
     Discard,
 }
 
-/// Body bytes forwarded, by engine, and read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Forwarded {
-    /// Written through the proxy's buffer (bytes that came with a head,
-    /// framing lines, or everything with the copy engine).
-    pub copied: u64,
-    /// Moved kernel-side with splice(2).
-    pub spliced: u64,
-    /// Read from the source: the same as written, except for a chunked
-    /// body, whose framing lines are written in canonical form.
-    pub read: u64,
-}
-
-impl Forwarded {
-    pub fn total(&self) -> u64 {
-        self.copied + self.spliced
+impl Dest<'_> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Dest::Stream(s) => s.tcp(),
+            Dest::Discard => None,
+        }
     }
 }
 
-pub struct BufStream {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Start of unconsumed bytes in `buf`.
+/// Bytes read from the stream and not yet consumed.
+struct Buffer {
+    bytes: Vec<u8>,
+    /// Start of unconsumed bytes in `bytes`.
     pos: usize,
-    /// Some(pipe size): bodies read from this stream are spliced.
+    /// Bytes read into the buffer so far.
+    read_total: u64,
+}
+
+impl Buffer {
+    fn unconsumed(&self) -> &[u8] {
+        &self.bytes[self.pos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos == self.bytes.len() {
+            self.bytes.clear();
+            self.pos = 0;
+        }
+    }
+
+    /// Room for one read, in spare capacity: no zeroing of the 64 KiB
+    /// read area.
+    fn room(&mut self) -> Limit<&mut Vec<u8>> {
+        self.bytes.reserve(READ_CHUNK);
+        let spare = self.bytes.capacity() - self.bytes.len();
+        (&mut self.bytes).limit(spare.min(READ_CHUNK))
+    }
+
+    /// One read from `stream`; Ok(0) at EOF.
+    async fn read_from<R: AsyncRead + Unpin>(&mut self, stream: &mut R) -> io::Result<usize> {
+        let n = stream.read_buf(&mut self.room()).await?;
+        self.read_total += n as u64;
+        Ok(n)
+    }
+
+    /// One read from a sockmap-linked socket (see [`BufStream::linked`]).
+    async fn read_linked(&mut self, tcp: &TcpStream) -> io::Result<usize> {
+        let n = read_until_eagain(tcp, &mut self.room()).await?;
+        self.read_total += n as u64;
+        Ok(n)
+    }
+
+    /// Reads exactly one line (up to and including LF, at most
+    /// [`MAX_LINE`] bytes) from `tcp`, leaving what follows in the socket.
+    /// Returns the bytes read; 0 at EOF.
+    async fn read_line(&mut self, tcp: &TcpStream, idle: Duration) -> Result<usize, BodyError> {
+        let mut peek = [0u8; MAX_LINE];
+        loop {
+            let peeked = tcp.try_io(Interest::READABLE, || {
+                nix::sys::socket::recv(
+                    tcp.as_raw_fd(),
+                    &mut peek,
+                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+                )
+                .map_err(io::Error::from)
+            });
+            match peeked {
+                Ok(0) => return Ok(0),
+                Ok(n) => {
+                    // Through the LF, or everything peeked if the line is
+                    // longer (the chunk scanner then rejects it).
+                    let take = peek[..n]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(n, |i| i + 1);
+                    let len = self.bytes.len();
+                    self.bytes.resize(len + take, 0);
+                    let got = tcp
+                        .try_read(&mut self.bytes[len..])
+                        .map_err(BodyError::Read)?;
+                    self.bytes.truncate(len + got);
+                    self.read_total += got as u64;
+                    return Ok(got);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match timeout(idle, tcp.readable()).await {
+                        Err(_) => return Err(BodyError::Timeout(idle)),
+                        Ok(r) => r.map_err(BodyError::Read)?,
+                    }
+                }
+                Err(e) => return Err(BodyError::Read(e)),
+            }
+        }
+    }
+}
+
+/// A body's kernel path: splice(2) from its source's socket to its
+/// destination's through a pipe of `pipe_size`.
+#[derive(Clone, Copy)]
+struct Kernel<'s> {
+    src: &'s TcpStream,
+    dst: &'s TcpStream,
+    pipe_size: usize,
+}
+
+impl Kernel<'_> {
+    /// Moves `limit` bytes (None: until EOF) through the stream's pipe,
+    /// made on first use; returns the bytes moved, fewer only at EOF.
+    async fn splice(
+        self,
+        pipe: &mut Option<Pipe>,
+        limit: Option<u64>,
+        idle: Duration,
+    ) -> Result<u64, BodyError> {
+        let mut owned = match pipe.take() {
+            Some(p) => p,
+            None => Pipe::new(self.pipe_size).map_err(BodyError::Read)?,
+        };
+        // A pipe goes back only after a splice that ended cleanly: bytes
+        // stranded in it belong to a body that failed.
+        let n = splice_stream(self.src, self.dst, &mut owned, limit, idle)
+            .await
+            .map_err(|e| match e {
+                SpliceError::Read(e) => BodyError::Read(e),
+                SpliceError::Write(e) => BodyError::Write(e),
+                SpliceError::Timeout { writing: false } => BodyError::Timeout(idle),
+                SpliceError::Timeout { writing: true } => BodyError::WriteTimeout(idle),
+            })?;
+        *pipe = Some(owned);
+        Ok(n)
+    }
+}
+
+/// A buffered byte stream (a TCP socket unless said otherwise).
+pub struct BufStream<T: Transport = TcpStream> {
+    stream: T,
+    buf: Buffer,
+    /// Some(pipe size): bodies read from this stream are spliced where the
+    /// destination is a TCP socket too.
     pipe_size: Option<usize>,
     /// The pipe, created on the first splice and reused for later bodies.
     pipe: Option<Pipe>,
-    /// Bytes read from the socket into the buffer so far.
-    read_total: u64,
     /// The socket is linked for the sockmap engine: see [`BufStream::linked`].
     linked: bool,
 }
 
-impl BufStream {
+impl<T: Transport> Sink for BufStream<T> {
+    fn writer(&mut self) -> &mut dyn Transport {
+        &mut self.stream
+    }
+
+    fn tcp(&self) -> Option<&TcpStream> {
+        self.stream.tcp()
+    }
+}
+
+impl<T: Transport> BufStream<T> {
     /// `pipe_size`: Some to splice bodies read from this stream.
-    pub fn new(stream: TcpStream, pipe_size: Option<usize>) -> Self {
+    pub fn new(stream: T, pipe_size: Option<usize>) -> Self {
         BufStream {
             stream,
-            buf: Vec::with_capacity(READ_CHUNK),
-            pos: 0,
+            buf: Buffer {
+                bytes: Vec::with_capacity(READ_CHUNK),
+                pos: 0,
+                read_total: 0,
+            },
             pipe_size,
             pipe: None,
-            read_total: 0,
             linked: false,
         }
     }
@@ -188,24 +341,24 @@ impl BufStream {
     /// that came through TCP wait behind them, so a short read does not
     /// mean the socket is drained; tokio's `read` assumes it does and would
     /// wait for a wake-up that never comes. Reads then only stop waiting on
-    /// EAGAIN.
+    /// EAGAIN. (A transport without a TCP socket is read as usual.)
     pub fn linked(mut self) -> Self {
         self.linked = true;
         self
     }
 
-    pub fn get_ref(&self) -> &TcpStream {
+    pub fn get_ref(&self) -> &T {
         &self.stream
     }
 
-    pub fn into_parts(self) -> (TcpStream, Vec<u8>) {
-        let rest = self.buf[self.pos..].to_vec();
+    pub fn into_parts(self) -> (T, Vec<u8>) {
+        let rest = self.buffered().to_vec();
         (self.stream, rest)
     }
 
-    /// Unconsumed bytes already read from the socket.
+    /// Unconsumed bytes already read from the stream.
     pub fn buffered(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        self.buf.unconsumed()
     }
 
     /// If the next `n` bytes are all buffered, appends them to `out`,
@@ -213,56 +366,47 @@ impl BufStream {
     pub fn take_buffered(&mut self, n: u64, out: &mut Vec<u8>) -> bool {
         match usize::try_from(n) {
             Ok(n) if n <= self.buffered().len() => {
-                out.extend_from_slice(&self.buf[self.pos..self.pos + n]);
-                self.consume(n);
+                out.extend_from_slice(&self.buffered()[..n]);
+                self.buf.consume(n);
                 true
             }
             _ => false,
         }
     }
 
-    fn consume(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        }
-    }
-
     /// Reads more bytes into the buffer; Ok(0) at EOF.
     async fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
+        match self.stream.tcp() {
+            Some(tcp) if self.linked => self.buf.read_linked(tcp).await,
+            _ => self.buf.read_from(&mut self.stream).await,
         }
-        // Read into spare capacity: no zeroing of the 64 KiB read area.
-        self.buf.reserve(READ_CHUNK);
-        let spare = self.buf.capacity() - self.buf.len();
-        let mut limited = (&mut self.buf).limit(spare.min(READ_CHUNK));
-        let n = if self.linked {
-            read_until_eagain(&self.stream, &mut limited).await?
-        } else {
-            self.stream.read_buf(&mut limited).await?
-        };
-        self.read_total += n as u64;
-        Ok(n)
     }
 
-    /// Bytes read from the socket into the buffer so far (not those
+    /// Bytes read from the stream into the buffer so far (not those
     /// spliced past it).
     pub fn read_total(&self) -> u64 {
-        self.read_total
+        self.buf.read_total
+    }
+
+    /// Waits until the peer has sent something (bytes or EOF): a TCP
+    /// socket's readiness; with another transport, a read into the buffer.
+    /// Safe to cancel, as a tokio read is.
+    pub async fn readable(&mut self) -> io::Result<()> {
+        match self.stream.tcp() {
+            Some(tcp) => tcp.readable().await,
+            None => self.fill().await.map(drop),
+        }
     }
 
     /// Reads one head and returns it with its length in bytes. Ok(None):
     /// the peer closed before sending any byte of it, or (with
     /// `idle_is_eof`) was silent for `wait`. `wait` covers the whole head.
-    pub async fn read_head<T>(
+    pub async fn read_head<H>(
         &mut self,
-        parse: HeadParser<T>,
+        parse: HeadParser<H>,
         wait: Duration,
         idle_is_eof: bool,
-    ) -> Result<Option<(T, usize)>, HeadReadError> {
+    ) -> Result<Option<(H, usize)>, HeadReadError> {
         let wait = HeadWait {
             idle: wait,
             idle_is_eof,
@@ -273,18 +417,18 @@ impl BufStream {
 
     /// [`BufStream::read_head`] with separate deadlines before and after
     /// the head's first byte (see [`HeadWait`]).
-    pub async fn read_head_within<T>(
+    pub async fn read_head_within<H>(
         &mut self,
-        parse: HeadParser<T>,
+        parse: HeadParser<H>,
         wait: HeadWait,
-    ) -> Result<Option<(T, usize)>, HeadReadError> {
+    ) -> Result<Option<(H, usize)>, HeadReadError> {
         let since = tokio::time::Instant::now();
         let mut first_byte = None;
         loop {
             if !self.buffered().is_empty() {
                 first_byte.get_or_insert_with(tokio::time::Instant::now);
                 if let Some((head, n)) = parse(self.buffered())? {
-                    self.consume(n);
+                    self.buf.consume(n);
                     return Ok(Some((head, n)));
                 }
             }
@@ -317,63 +461,11 @@ impl BufStream {
     /// splice engine the rest moves kernel-side.
     pub async fn forward_body(
         &mut self,
-        mut dst: Dest<'_>,
+        dst: Dest<'_>,
         framing: BodyFraming,
         idle: Duration,
     ) -> Result<Forwarded, BodyError> {
-        let mut done = Forwarded::default();
-        match framing {
-            BodyFraming::None => {}
-            BodyFraming::Length(len) => {
-                let mut left = len;
-                while left > 0 {
-                    if self.buffered().is_empty() {
-                        if let Some(n) = self.splice_to(&mut dst, Some(left), idle).await? {
-                            done.spliced += n;
-                            done.read += n;
-                            left -= n;
-                            if left > 0 {
-                                return Err(BodyError::Truncated { missing: left });
-                            }
-                            break;
-                        }
-                        if self.fill_body(idle).await? == 0 {
-                            return Err(BodyError::Truncated { missing: left });
-                        }
-                    }
-                    let n = self
-                        .buffered()
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    self.send_buffered(&mut dst, n, idle).await?;
-                    done.copied += n as u64;
-                    done.read += n as u64;
-                    left -= n as u64;
-                }
-            }
-            BodyFraming::Chunked => {
-                done = self
-                    .forward_chunked(dst, ChunkedScanner::new(), idle)
-                    .await?;
-            }
-            BodyFraming::UntilClose => loop {
-                let n = self.buffered().len();
-                if n > 0 {
-                    self.send_buffered(&mut dst, n, idle).await?;
-                    done.copied += n as u64;
-                    done.read += n as u64;
-                }
-                if let Some(n) = self.splice_to(&mut dst, None, idle).await? {
-                    done.spliced += n;
-                    done.read += n;
-                    break;
-                }
-                if self.fill_body(idle).await? == 0 {
-                    break;
-                }
-            },
-        }
-        Ok(done)
+        self.forward(dst, BodyCursor::new(framing), idle).await
     }
 
     /// Forwards a chunked body through `scanner`, which decides what is
@@ -381,150 +473,56 @@ impl BufStream {
     /// chunk data is copied or spliced as it is.
     pub async fn forward_chunked(
         &mut self,
-        mut dst: Dest<'_>,
-        mut scanner: ChunkedScanner,
+        dst: Dest<'_>,
+        scanner: ChunkedScanner,
         idle: Duration,
     ) -> Result<Forwarded, BodyError> {
-        let mut done = Forwarded::default();
-        let mut canonical = Vec::new();
-        loop {
-            if !self.buffered().is_empty() {
-                canonical.clear();
-                let n = scanner.feed(self.buffered(), &mut canonical)?;
-                self.consume(n);
-                done.read += n as u64;
-                if let Dest::Stream(out) = &mut dst {
-                    write_within(&mut out.stream, &canonical, idle).await?;
-                }
-                done.copied += canonical.len() as u64;
-                if scanner.is_done() {
-                    break;
-                }
-            }
-            let data = scanner.data_remaining();
-            if data > 0 && self.buffered().is_empty() {
-                if let Some(n) = self.splice_to(&mut dst, Some(data), idle).await? {
-                    scanner.skip_data(n);
-                    done.spliced += n;
-                    done.read += n;
-                    if n < data {
-                        return Err(BodyError::Truncated { missing: data - n });
-                    }
-                    continue;
-                }
-            }
-            // Framing lines are read exactly, so chunk data stays in
-            // the kernel for the splice engine.
-            let read = if self.pipe_size.is_some() {
-                self.fill_line(idle).await?
-            } else {
-                self.fill_body(idle).await?
-            };
-            if read == 0 {
-                return Err(BodyError::Truncated { missing: data });
-            }
-        }
-        Ok(done)
+        self.forward(dst, BodyCursor::chunked(scanner), idle).await
     }
 
-    /// With the splice engine and a stream destination, moves `limit` bytes
-    /// (None: until EOF) kernel-side and returns Some(moved); otherwise None.
-    async fn splice_to(
+    /// Executes `cursor`'s steps until the body is done: the kernel path is
+    /// offered where this stream splices and both ends are TCP sockets.
+    async fn forward(
         &mut self,
-        dst: &mut Dest<'_>,
-        limit: Option<u64>,
+        mut dst: Dest<'_>,
+        mut cursor: BodyCursor,
         idle: Duration,
-    ) -> Result<Option<u64>, BodyError> {
-        let (Some(size), Dest::Stream(out)) = (self.pipe_size, dst) else {
-            return Ok(None);
-        };
-        if self.pipe.is_none() {
-            self.pipe = Some(Pipe::new(size).map_err(BodyError::Read)?);
-        }
-        let Some(pipe) = self.pipe.as_mut() else {
-            return Ok(None);
-        };
-        let moved = splice_stream(&self.stream, &out.stream, pipe, limit, idle).await;
-        match moved {
-            Ok(n) => Ok(Some(n)),
-            Err(e) => {
-                // Bytes stranded in the pipe belong to a body that failed:
-                // the pipe cannot be reused.
-                self.pipe = None;
-                Err(match e {
-                    SpliceError::Read(e) => BodyError::Read(e),
-                    SpliceError::Write(e) => BodyError::Write(e),
-                    SpliceError::Timeout { writing: false } => BodyError::Timeout(idle),
-                    SpliceError::Timeout { writing: true } => BodyError::WriteTimeout(idle),
-                })
-            }
-        }
-    }
-
-    /// Reads exactly one line (up to and including LF, at most
-    /// [`MAX_LINE`] bytes) into the buffer, leaving what follows in the
-    /// socket. Returns the bytes read; 0 at EOF.
-    async fn fill_line(&mut self, idle: Duration) -> Result<usize, BodyError> {
-        let mut peek = [0u8; MAX_LINE];
+    ) -> Result<Forwarded, BodyError> {
         loop {
-            let peeked = self.stream.try_io(Interest::READABLE, || {
-                nix::sys::socket::recv(
-                    self.stream.as_raw_fd(),
-                    &mut peek,
-                    MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-                )
-                .map_err(io::Error::from)
-            });
-            match peeked {
-                Ok(0) => return Ok(0),
-                Ok(n) => {
-                    // Through the LF, or everything peeked if the line is
-                    // longer (the chunk scanner then rejects it).
-                    let take = peek[..n]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map_or(n, |i| i + 1);
-                    let len = self.buf.len();
-                    self.buf.resize(len + take, 0);
-                    let got = self
-                        .stream
-                        .try_read(&mut self.buf[len..])
-                        .map_err(BodyError::Read)?;
-                    self.buf.truncate(len + got);
-                    self.read_total += got as u64;
-                    return Ok(got);
+            let kernel = match (self.pipe_size, self.stream.tcp(), dst.tcp()) {
+                (Some(pipe_size), Some(src), Some(dst)) => Some(Kernel {
+                    src,
+                    dst,
+                    pipe_size,
+                }),
+                _ => None,
+            };
+            match cursor.next(self.buf.unconsumed(), kernel)? {
+                Step::Write { consume, bytes } => {
+                    if let Dest::Stream(out) = &mut dst {
+                        write_within(out.writer(), bytes, idle).await?;
+                    }
+                    self.buf.consume(consume);
+                    cursor.written();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match timeout(idle, self.stream.readable()).await {
+                Step::Move { via, limit } => {
+                    let n = via.splice(&mut self.pipe, limit, idle).await?;
+                    cursor.moved(n);
+                }
+                Step::ReadLine(via) => {
+                    let n = self.buf.read_line(via.src, idle).await?;
+                    cursor.read(n);
+                }
+                Step::Fill => {
+                    let n = match timeout(idle, self.fill()).await {
                         Err(_) => return Err(BodyError::Timeout(idle)),
                         Ok(r) => r.map_err(BodyError::Read)?,
-                    }
+                    };
+                    cursor.read(n);
                 }
-                Err(e) => return Err(BodyError::Read(e)),
+                Step::Done => return Ok(cursor.forwarded()),
             }
         }
-    }
-
-    /// Reads more, mapping EOF to `eof`.
-    async fn fill_body(&mut self, idle: Duration) -> Result<usize, BodyError> {
-        match timeout(idle, self.fill()).await {
-            Err(_) => Err(BodyError::Timeout(idle)),
-            Ok(Err(e)) => Err(BodyError::Read(e)),
-            Ok(Ok(n)) => Ok(n),
-        }
-    }
-
-    async fn send_buffered(
-        &mut self,
-        dst: &mut Dest<'_>,
-        n: usize,
-        idle: Duration,
-    ) -> Result<(), BodyError> {
-        if let Dest::Stream(out) = dst {
-            write_within(&mut out.stream, &self.buf[self.pos..self.pos + n], idle).await?;
-        }
-        self.consume(n);
-        Ok(())
     }
 
     /// Flushes and half-closes the write side.
@@ -545,18 +543,23 @@ async fn read_until_eagain(stream: &TcpStream, buf: &mut impl BufMut) -> io::Res
     }
 }
 
-/// [`read_until_eagain`] for tunnels: a linked stream as AsyncRead.
-struct LinkedStream(TcpStream);
+/// [`read_until_eagain`] for tunnels: a linked stream as AsyncRead (a
+/// transport without a TCP socket is read as it is).
+struct LinkedStream<T>(T);
 
-impl tokio::io::AsyncRead for LinkedStream {
+impl<T: Transport> AsyncRead for LinkedStream<T> {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(tcp) = this.0.tcp() else {
+            return std::pin::Pin::new(&mut this.0).poll_read(cx, buf);
+        };
         loop {
-            std::task::ready!(self.0.poll_read_ready(cx))?;
-            match self.0.try_read(buf.initialize_unfilled()) {
+            std::task::ready!(tcp.poll_read_ready(cx))?;
+            match tcp.try_read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
                     return std::task::Poll::Ready(Ok(()));
@@ -568,7 +571,7 @@ impl tokio::io::AsyncRead for LinkedStream {
     }
 }
 
-impl tokio::io::AsyncWrite for LinkedStream {
+impl<T: Transport> AsyncWrite for LinkedStream<T> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -593,57 +596,25 @@ impl tokio::io::AsyncWrite for LinkedStream {
 }
 
 /// Joins two connections after a protocol upgrade (101), first delivering
-/// bytes each side already had buffered, then with the connections' engine
-/// (splice, or a userspace copy).
-pub async fn tunnel(a: BufStream, b: BufStream, idle: Duration) -> io::Result<(u64, u64)> {
+/// bytes each side already had buffered, then with the connections' engine:
+/// splice where it is on and both are TCP sockets, else a userspace copy.
+pub async fn tunnel<A: Transport, B: Transport>(
+    a: BufStream<A>,
+    b: BufStream<B>,
+    idle: Duration,
+) -> io::Result<(u64, u64)> {
     let (pipe_size, linked) = (a.pipe_size, a.linked);
     let (mut a, a_rest) = a.into_parts();
     let (mut b, b_rest) = b.into_parts();
     b.write_all(&a_rest).await?;
     a.write_all(&b_rest).await?;
-    let (ab, ba) = match pipe_size {
-        Some(size) => splice_tunnel(&a, &b, size, idle).await?,
-        None if linked => tokio::io::copy_bidirectional(&mut LinkedStream(a), &mut b).await?,
-        None => tokio::io::copy_bidirectional(&mut a, &mut b).await?,
+    let (ab, ba) = match (pipe_size, a.tcp(), b.tcp()) {
+        (Some(size), Some(ta), Some(tb)) => splice_tunnel(ta, tb, size, idle).await?,
+        _ if linked => tokio::io::copy_bidirectional(&mut LinkedStream(a), &mut b).await?,
+        _ => tokio::io::copy_bidirectional(&mut a, &mut b).await?,
     };
     Ok((ab + a_rest.len() as u64, ba + b_rest.len() as u64))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn which_head_deadline_applies() {
-        let t0 = tokio::time::Instant::now();
-        let s = Duration::from_secs;
-        let request = HeadWait {
-            idle: s(300),
-            idle_is_eof: true,
-            head: Some(s(10)),
-        };
-        let response = HeadWait {
-            idle: s(30),
-            idle_is_eof: false,
-            head: None,
-        };
-        // (wait, first byte after t0, expected deadline after t0, quiet)
-        let cases = [
-            // Idle between requests: the idle timeout, then a quiet close.
-            (request, None, s(300), true),
-            // A head started at once must end 10 s later.
-            (request, Some(s(0)), s(10), false),
-            // A head started late gets its full 10 s from its first byte,
-            // even past the idle deadline.
-            (request, Some(s(295)), s(305), false),
-            (request, Some(s(20)), s(30), false),
-            // Response heads: one deadline for the whole head, a timeout.
-            (response, None, s(30), false),
-            (response, Some(s(29)), s(30), false),
-        ];
-        for (wait, first, deadline, quiet) in cases {
-            let got = wait.deadline(t0, first.map(|d| t0 + d));
-            assert_eq!(got, (t0 + deadline, quiet), "{wait:?} first byte {first:?}");
-        }
-    }
-}
+mod tests;
