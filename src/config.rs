@@ -16,6 +16,7 @@ use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
+use crate::bpf::limits::MAX_POLICIES;
 use crate::proxy::http::is_token;
 
 /// A configuration file that could not be used.
@@ -788,9 +789,6 @@ impl fmt::Display for CgroupPath {
         f.write_str(&self.0)
     }
 }
-
-/// Most policies one configuration may hold (policy ids are kernel array indexes).
-pub const MAX_POLICIES: usize = 256;
 
 impl Config {
     /// Reads and validates a configuration file.

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::{PolicyId, PolicySet, UdpVerdict};
+use crate::bpf::abi::{addr16, ADDR_BITS, ADDR_V4_MAPPED_BITS};
 
 /// Connect-time verdict; order matters (stronger is greater).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,17 +54,9 @@ pub struct RuleEntry {
     pub port: u16,
     /// Address in the 16-byte form (IPv4-mapped for IPv4).
     pub addr: [u8; 16],
-    /// Prefix length over `addr` (IPv4 prefixes + 96).
+    /// Prefix length over `addr` (IPv4 prefixes + [`ADDR_V4_MAPPED_BITS`]).
     pub prefix_len: u8,
     pub verdict: ConnectVerdict,
-}
-
-/// 16-byte form of an address: IPv4 becomes ::ffff:a.b.c.d.
-pub fn addr16(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
 }
 
 /// An address prefix in the 16-byte form: (address, prefix length).
@@ -71,7 +64,10 @@ type Prefix = ([u8; 16], u8);
 
 fn prefix16(net: &IpNet) -> Prefix {
     match net {
-        IpNet::V4(n) => (addr16(IpAddr::V4(n.network())), n.prefix_len() + 96),
+        IpNet::V4(n) => (
+            addr16(IpAddr::V4(n.network())),
+            ADDR_V4_MAPPED_BITS + n.prefix_len(),
+        ),
         IpNet::V6(n) => (addr16(IpAddr::V6(n.network())), n.prefix_len()),
     }
 }
@@ -85,7 +81,7 @@ fn contains(outer: &Prefix, inner: &Prefix) -> bool {
     let mask = if outer.1 == 0 {
         0
     } else {
-        u128::MAX << (128 - u32::from(outer.1))
+        u128::MAX << (ADDR_BITS - outer.1)
     };
     a & mask == b & mask
 }
@@ -148,7 +144,7 @@ pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
 
 /// Connections the kernel tracks for the proxy (orig_dsts entries): the
 /// policies' limits add up to at most this, so that map can never be full.
-pub const TRACKED_CONNS: u32 = crate::bpf::abi::sw_capacity::SW_MAX_TRACKED_CONNS.0;
+pub use crate::bpf::limits::TRACKED_CONNS;
 
 /// Why the policies' `max_connections` cannot all be honoured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,7 +210,7 @@ pub fn kernel_verdict(
     ip: IpAddr,
     port: u16,
 ) -> Option<ConnectVerdict> {
-    let target: Prefix = (addr16(ip), 128);
+    let target: Prefix = (addr16(ip), ADDR_BITS);
     let lpm = |p: u16| {
         entries
             .iter()
