@@ -102,7 +102,7 @@ impl Pinned {
         move |source| map_error(name, op, source)
     }
 
-    pub(super) fn update(&self, key: &[u8], value: &[u8]) -> Result<(), BpfError> {
+    fn update(&self, key: &[u8], value: &[u8]) -> Result<(), BpfError> {
         self.map
             .update(key, value, MapFlags::ANY)
             .map_err(self.error("update"))
@@ -188,7 +188,8 @@ fn boot_ns() -> u64 {
 }
 
 impl Maps {
-    /// Opens the maps of a running instance (pinned under `pin_path`).
+    /// Opens the maps pinned under `pin_path`: at load, and those of a
+    /// running instance for `sockwarden tuples`.
     pub fn open_pinned(pin_path: &Path) -> Result<Maps, BpfError> {
         let open = |name| Pinned::open(pin_path, name);
         Ok(Maps {
