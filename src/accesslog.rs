@@ -8,39 +8,40 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::metrics;
+use crate::metrics::{self, Verdict};
 
 /// Lines that may wait for the writer.
 const QUEUE: usize = 16 * 1024;
 
-/// Envoy-style response flags.
-pub mod flags {
+/// Envoy-style response flags, written by name (`"UF"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Flag {
     /// Upstream connection failure.
-    pub const UF: &str = "UF";
+    UF,
     /// Upstream request timeout.
-    pub const UT: &str = "UT";
+    UT,
     /// Upstream retry limit exceeded (retries were made and all failed).
-    pub const URX: &str = "URX";
+    URX,
     /// Upstream connection termination (closed or reset mid-exchange).
-    pub const UC: &str = "UC";
+    UC,
     /// Downstream connection termination.
-    pub const DC: &str = "DC";
+    DC,
     /// Downstream protocol error (bad request).
-    pub const DPE: &str = "DPE";
+    DPE,
     /// Upstream protocol error (bad response).
-    pub const UPE: &str = "UPE";
+    UPE,
     /// Denied by policy (Envoy's RBAC flag).
-    pub const RBAC: &str = "RBAC";
+    RBAC,
     /// No original destination (connection not redirected by sockwarden).
-    pub const NR: &str = "NR";
+    NR,
     /// An Upgrade the policy does not allow was removed from the request.
-    pub const UPR: &str = "UPR";
+    UPR,
     /// Request head timeout: a started head did not finish within
     /// `proxy.request_head_timeout` (answered 408).
-    pub const HT: &str = "HT";
+    HT,
     /// Stream idle timeout (Envoy's SI): a body made no progress for the
     /// body timeout and was cut; DC or UC beside it says whose.
-    pub const SI: &str = "SI";
+    SI,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,8 +61,8 @@ pub struct Record {
     pub host: Option<String>,
     pub path: Option<String>,
     pub status: u16,
-    pub verdict: &'static str,
-    pub flags: Vec<&'static str>,
+    pub verdict: Verdict,
+    pub flags: Vec<Flag>,
     /// Why the proxy answered for itself, when it did.
     pub reason: Option<String>,
     pub upstream_attempts: u32,
@@ -134,7 +135,7 @@ impl Default for Record {
             host: None,
             path: None,
             status: 0,
-            verdict: "",
+            verdict: Verdict::Error,
             flags: Vec::new(),
             reason: None,
             upstream_attempts: 0,
@@ -162,5 +163,17 @@ mod tests {
         assert!(t.starts_with("20"), "{t}");
         assert!(t.ends_with('Z'));
         assert_eq!(&t[10..11], "T");
+    }
+
+    #[test]
+    fn flags_and_verdicts_are_written_by_name() {
+        let rec = Record {
+            verdict: Verdict::Denied,
+            flags: vec![Flag::RBAC, Flag::URX],
+            ..Record::default()
+        };
+        let v = serde_json::to_value(&rec).expect("serializes");
+        assert_eq!(v["verdict"], "denied");
+        assert_eq!(v["flags"], serde_json::json!(["RBAC", "URX"]));
     }
 }

@@ -8,6 +8,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::bpf::{limits::MSG_UNREAD_LIMIT, DoorEvent};
+use crate::proxy::retry::RetryReason;
 
 pub const HTTP_REQUESTS: &str = "sockwarden_http_requests_total";
 pub const CONNECT_DENIED: &str = "sockwarden_connect_denied_total";
@@ -25,6 +26,7 @@ pub const ORIG_DST_MISSING: &str = "sockwarden_original_destination_missing_tota
 pub const ACCESS_LOG_DROPPED: &str = "sockwarden_access_log_dropped_total";
 pub const UPSTREAM_RETRIES: &str = "sockwarden_upstream_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "sockwarden_upstream_retry_budget_exhausted_total";
+pub const CONNECTIONS_CUT: &str = "sockwarden_downstream_connections_cut_total";
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
@@ -133,7 +135,11 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_counter!(
         SOURCE_PORT_FALLBACKS,
-        "preserve-ip-port connections that left from another port because the in-use tuple map held the workload's 4-tuple"
+        "preserve-ip-port upstream connections opened from another port because the in-use tuple map held the workload's 4-tuple"
+    );
+    describe_counter!(
+        CONNECTIONS_CUT,
+        "downstream connections cut at shutdown because they were still busy at the drain deadline"
     );
     describe_counter!(
         TUPLES_EXPIRED,
@@ -233,8 +239,8 @@ pub fn forwarded(direction: Direction, copied: u64, spliced: u64) {
     }
 }
 
-pub fn upstream_retry(reason: &'static str) {
-    counter!(UPSTREAM_RETRIES, "reason" => reason).increment(1);
+pub fn upstream_retry(reason: RetryReason) {
+    counter!(UPSTREAM_RETRIES, "reason" => reason.as_str()).increment(1);
 }
 
 pub fn retry_budget_exhausted() {
@@ -277,11 +283,34 @@ impl CloseReason {
     }
 }
 
+/// What became of a request: the `verdict` label of
+/// `sockwarden_http_requests_total` and the access log's `verdict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Policy allowed it and it was forwarded.
+    Allowed,
+    /// Policy denied it (403).
+    Denied,
+    /// The proxy answered it itself: bad request, upstream failure, ...
+    Error,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allowed => "allowed",
+            Verdict::Denied => "denied",
+            Verdict::Error => "error",
+        }
+    }
+}
+
 /// `sockwarden_http_requests_total` for one policy, with the handles a
 /// connection has used kept, so a request costs no registry lookup.
 pub struct RequestCounter {
     policy: String,
-    handles: Vec<((&'static str, u16), metrics::Counter)>,
+    handles: Vec<((Verdict, u16), metrics::Counter)>,
 }
 
 impl RequestCounter {
@@ -292,13 +321,13 @@ impl RequestCounter {
         }
     }
 
-    pub fn record(&mut self, verdict: &'static str, status: u16) {
+    pub fn record(&mut self, verdict: Verdict, status: u16) {
         let key = (verdict, status);
         if let Some((_, c)) = self.handles.iter().find(|(k, _)| *k == key) {
             c.increment(1);
             return;
         }
-        let c = counter!(HTTP_REQUESTS, "policy" => self.policy.clone(), "verdict" => verdict, "status" => status.to_string());
+        let c = counter!(HTTP_REQUESTS, "policy" => self.policy.clone(), "verdict" => verdict.as_str(), "status" => status.to_string());
         c.increment(1);
         self.handles.push((key, c));
     }
@@ -312,8 +341,8 @@ pub fn upstream_closed(reason: CloseReason) {
     counter!(UPSTREAM_CLOSED, "reason" => reason.as_str()).increment(1);
 }
 
-pub fn upstream_connect_failure(errno: &'static str) {
-    counter!(UPSTREAM_CONNECT_FAILURES, "errno" => errno).increment(1);
+pub fn upstream_connect_failure(errno: Errno) {
+    counter!(UPSTREAM_CONNECT_FAILURES, "errno" => errno.as_str()).increment(1);
 }
 
 pub fn downstream_accepted() {
@@ -323,6 +352,10 @@ pub fn downstream_accepted() {
 
 pub fn downstream_closed() {
     gauge!(DOWNSTREAM_ACTIVE).decrement(1.0);
+}
+
+pub fn connections_cut(n: usize) {
+    counter!(CONNECTIONS_CUT).increment(n as u64);
 }
 
 pub fn downstream_limit(max: usize) {
@@ -342,8 +375,8 @@ pub fn downstream_rejected(why: Rejected) {
     counter!(DOWNSTREAM_REJECTED, "reason" => reason).increment(1);
 }
 
-pub fn accept_error(errno: &'static str) {
-    counter!(ACCEPT_ERRORS, "errno" => errno).increment(1);
+pub fn accept_error(errno: Errno) {
+    counter!(ACCEPT_ERRORS, "errno" => errno.as_str()).increment(1);
 }
 
 /// Which timeout cut an exchange.
@@ -506,28 +539,50 @@ pub fn sockmap_linked(side: SockmapSide, total: u64) {
     counter!(SOCKMAP_LINKED, "side" => side).absolute(total);
 }
 
-/// The symbolic name of an errno (`ECONNREFUSED`), for labels and headers.
-pub fn errno_name(err: &std::io::Error) -> &'static str {
-    use nix::errno::Errno;
-    match err.raw_os_error().map(Errno::from_raw) {
-        Some(Errno::ECONNREFUSED) => "ECONNREFUSED",
-        Some(Errno::ECONNRESET) => "ECONNRESET",
-        Some(Errno::ETIMEDOUT) => "ETIMEDOUT",
-        Some(Errno::EHOSTUNREACH) => "EHOSTUNREACH",
-        Some(Errno::ENETUNREACH) => "ENETUNREACH",
-        Some(Errno::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
-        Some(Errno::EADDRINUSE) => "EADDRINUSE",
-        Some(Errno::EPERM) => "EPERM",
-        Some(Errno::EACCES) => "EACCES",
-        Some(Errno::EPIPE) => "EPIPE",
-        Some(Errno::EMFILE) => "EMFILE",
-        Some(Errno::ENFILE) => "ENFILE",
-        Some(Errno::ENOBUFS) => "ENOBUFS",
-        Some(Errno::ENETDOWN) => "ENETDOWN",
-        Some(Errno::EINVAL) => "EINVAL",
-        Some(_) => "EOTHER",
-        None if err.kind() == std::io::ErrorKind::TimedOut => "ETIMEDOUT",
-        None => "EUNKNOWN",
+/// An errno by its symbolic name (`ECONNREFUSED`): the `errno` label of
+/// the metrics that have one, and the name in `sockwarden-error` headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(&'static str);
+
+impl Errno {
+    pub const ETIMEDOUT: Errno = Errno("ETIMEDOUT");
+    pub const EADDRNOTAVAIL: Errno = Errno("EADDRNOTAVAIL");
+    pub const ECONNREFUSED: Errno = Errno("ECONNREFUSED");
+
+    /// The errno of `err` (`EOTHER` for one not named here, `EUNKNOWN` for
+    /// an error that carries none).
+    pub fn of(err: &std::io::Error) -> Errno {
+        use nix::errno::Errno as E;
+        Errno(match err.raw_os_error().map(E::from_raw) {
+            Some(E::ECONNREFUSED) => "ECONNREFUSED",
+            Some(E::ECONNRESET) => "ECONNRESET",
+            Some(E::ETIMEDOUT) => "ETIMEDOUT",
+            Some(E::EHOSTUNREACH) => "EHOSTUNREACH",
+            Some(E::ENETUNREACH) => "ENETUNREACH",
+            Some(E::EADDRNOTAVAIL) => "EADDRNOTAVAIL",
+            Some(E::EADDRINUSE) => "EADDRINUSE",
+            Some(E::EPERM) => "EPERM",
+            Some(E::EACCES) => "EACCES",
+            Some(E::EPIPE) => "EPIPE",
+            Some(E::EMFILE) => "EMFILE",
+            Some(E::ENFILE) => "ENFILE",
+            Some(E::ENOBUFS) => "ENOBUFS",
+            Some(E::ENETDOWN) => "ENETDOWN",
+            Some(E::EINVAL) => "EINVAL",
+            Some(_) => "EOTHER",
+            None if err.kind() == std::io::ErrorKind::TimedOut => "ETIMEDOUT",
+            None => "EUNKNOWN",
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
 }
 
@@ -557,10 +612,14 @@ mod tests {
     #[test]
     fn errno_names_are_symbolic() {
         let e = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
-        assert_eq!(errno_name(&e), "ECONNREFUSED");
+        assert_eq!(Errno::of(&e), Errno::ECONNREFUSED);
         let e = std::io::Error::from_raw_os_error(libc::EADDRNOTAVAIL);
-        assert_eq!(errno_name(&e), "EADDRNOTAVAIL");
+        assert_eq!(Errno::of(&e).as_str(), "EADDRNOTAVAIL");
         let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout");
-        assert_eq!(errno_name(&e), "ETIMEDOUT");
+        assert_eq!(Errno::of(&e), Errno::ETIMEDOUT);
+        let e = std::io::Error::from_raw_os_error(libc::ENOEXEC);
+        assert_eq!(Errno::of(&e).as_str(), "EOTHER");
+        let e = std::io::Error::other("no errno");
+        assert_eq!(Errno::of(&e).as_str(), "EUNKNOWN");
     }
 }

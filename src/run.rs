@@ -139,6 +139,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long shutdown waits for requests in flight before it cuts them.
+const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     config: &Config,
@@ -224,6 +227,13 @@ async fn serve(
     for t in tasks {
         let _ = t.await;
     }
+    let drained = proxy.drain(DRAIN_DEADLINE).await;
+    tracing::info!(
+        finished = drained.finished,
+        cut = drained.cut,
+        deadline = ?DRAIN_DEADLINE,
+        "connections drained"
+    );
     let _ = admin_task.await;
     expiry_task.abort();
     Ok(())

@@ -1,30 +1,41 @@
 //! One downstream connection: requests in order (keep-alive and pipelining),
-//! each checked against policy and forwarded, every outcome logged.
+//! each judged by policy and forwarded, every outcome logged.
+//!
+//! Only I/O lives here: what a head means is decided in
+//! [`exchange`](super::exchange). An allowed request's attempt runs through
+//! explicit [`Phase`]s: send head, (await continue,) send body, await head,
+//! then deliver, or tunnel after a 101. Each request's outcome is an
+//! [`Outcome`], turned into its access-log line in one place.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
+use super::exchange::{
+    denied_body, plan_request, Awaiting, DeniedBody, Ending, FinalPlan, RequestPlan, ResponseStep,
+};
 use super::http::{
     local_response, parse_request_head, parse_response_head, prepare_request, prepare_response,
     raw_host, write_request, write_response, BodyFraming, ChunkedScanner, ConnectionHeader,
-    Request, RequestHead, Response, Version, MAX_INTERIM_RESPONSES,
+    Request, RequestHead, Response, ResponseHead,
 };
 use super::retry::{self, Failure, RequestFacts, RetryReason};
-use super::stream::{tunnel, BufStream, Dest, HeadReadError, HeadWait};
-use super::upstream::{self, retire, Bind, ConnectError, PoolKey, SourceKey};
+use super::stream::{tunnel, BodyError, BufStream, Dest, HeadReadError, HeadWait};
+use super::upstream::{self, bind_for, retire, Bind, ConnectError, PoolKey, SourceKey};
 use super::Proxy;
-use crate::accesslog::{flags, Record};
+use crate::accesslog::{Flag, Record};
 use crate::bpf::OrigDst;
 use crate::config::{SourceMode, UpstreamConfig};
-use crate::metrics::{self, CloseReason};
+use crate::metrics::{self, CloseReason, Errno, Verdict};
 use crate::policy::{Decision, RequestView};
 
-/// Largest body of a denied request that is read and dropped to keep the
-/// connection; larger (or chunked, or expected-100) bodies close it.
-const DENIED_BODY_DRAIN_LIMIT: u64 = 1024 * 1024;
+/// How far the bytes read from a workload may run ahead of what the kernel
+/// was told (sockmap engine): well under SW_MSG_UNREAD_LIMIT (256 KiB), so
+/// that a connection of small exchanges keeps its redirect, while one that
+/// sends more than the proxy reads turns to TCP.
+const CONSUMED_REPORT_STEP: u64 = 64 * 1024;
 
 /// What happens to the downstream connection after a request.
 enum Next {
@@ -34,21 +45,6 @@ enum Next {
     Tunnel(BufStream),
 }
 
-/// The client went away mid-exchange: the upstream connection is in an
-/// unknown state, so it is closed too.
-fn client_gone(rec: &mut Record, up: upstream::UpConn) -> Next {
-    rec.flags.push(flags::DC);
-    retire(up, CloseReason::Error);
-    Next::Close
-}
-
-/// Where a request goes, and from whom.
-/// How far the bytes read from a workload may run ahead of what the kernel
-/// was told (sockmap engine): well under SW_MSG_UNREAD_LIMIT (256 KiB), so
-/// that a connection of small exchanges keeps its redirect, while one that
-/// sends more than the proxy reads turns to TCP.
-const CONSUMED_REPORT_STEP: u64 = 64 * 1024;
-
 pub(super) struct Target {
     pub orig: OrigDst,
     /// The workload's address as the listener saw it.
@@ -57,21 +53,154 @@ pub(super) struct Target {
     pub local: SocketAddr,
 }
 
-/// An allowed request, with what policy allows it to do.
-struct Allowed<'a> {
+/// What one request came to: the access-log line's own fields.
+struct Outcome {
+    method: Option<String>,
+    host: Option<String>,
+    path: Option<String>,
+    status: u16,
+    verdict: Verdict,
+    flags: Vec<Flag>,
+    reason: Option<String>,
+    upstream_id: Option<u64>,
+    upstream_attempts: u32,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
+impl Outcome {
+    fn new(head_len: u64) -> Outcome {
+        Outcome {
+            method: None,
+            host: None,
+            path: None,
+            status: 0,
+            verdict: Verdict::Error,
+            flags: Vec::new(),
+            reason: None,
+            upstream_id: None,
+            upstream_attempts: 0,
+            bytes_received: head_len,
+            bytes_sent: 0,
+        }
+    }
+
+    /// The access-log line: the connection's fields from `base`, this
+    /// request's from the outcome.
+    fn record(self, base: &Record, time: SystemTime, took: Duration) -> Record {
+        Record {
+            time,
+            method: self.method,
+            host: self.host,
+            path: self.path,
+            status: self.status,
+            verdict: self.verdict,
+            flags: self.flags,
+            reason: self.reason,
+            upstream_id: self.upstream_id,
+            upstream_attempts: self.upstream_attempts,
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            duration_ms: took.as_secs_f64() * 1e3,
+            ..base.clone()
+        }
+    }
+}
+
+/// What a reply the proxy makes itself says, and so which header names
+/// its cause.
+enum ReplyKind {
+    /// It could not or would not forward: `sockwarden-error: <reason>`.
+    Error { flag: Flag, reason: String },
+    /// Policy denied the request: `sockwarden-denied: <policy>`.
+    Denied { policy: String, reason: String },
+}
+
+/// A response the proxy writes itself.
+struct LocalReply {
+    status: u16,
+    kind: ReplyKind,
+    /// Close the downstream connection after it.
+    close: bool,
+}
+
+impl LocalReply {
+    fn error(status: u16, flag: Flag, reason: String, close: bool) -> LocalReply {
+        LocalReply {
+            status,
+            kind: ReplyKind::Error { flag, reason },
+            close,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let (header, body) = match &self.kind {
+            ReplyKind::Error { reason, .. } => (
+                ("sockwarden-error", reason),
+                format!("sockwarden: {reason}\n"),
+            ),
+            ReplyKind::Denied { policy, reason } => (
+                ("sockwarden-denied", policy),
+                format!("sockwarden: request denied by policy {policy:?}: {reason}\n"),
+            ),
+        };
+        local_response(self.status, &[(header.0, header.1)], &body, self.close)
+    }
+
+    /// Writes what the reply says into the outcome.
+    fn account(self, out: &mut Outcome) {
+        out.status = self.status;
+        let (verdict, flag, reason) = match self.kind {
+            ReplyKind::Error { flag, reason } => (Verdict::Error, flag, reason),
+            ReplyKind::Denied { reason, .. } => (Verdict::Denied, Flag::RBAC, reason),
+        };
+        out.verdict = verdict;
+        out.flags.push(flag);
+        out.reason = Some(reason);
+    }
+}
+
+/// An allowed request on its way upstream, with what policy allows it.
+struct Forwarding<'a> {
+    down: &'a mut BufStream,
+    target: &'a Target,
     req: &'a Request,
-    /// The offered Upgrade protocols the rule allows (forwarded).
-    upgrades: &'a [String],
+    plan: &'a RequestPlan,
     settings: UpstreamConfig,
+    out: &'a mut Outcome,
 }
 
 /// Settings of one upstream attempt.
 struct AttemptCtx {
-    settings: UpstreamConfig,
     /// A retry: fresh connection and fresh source tuple, never the pool.
     fresh: bool,
     /// Treat a 503 as a retryable failure instead of forwarding it.
     intercept_503: bool,
+}
+
+/// An upstream connection and the pool it returns to.
+struct Leg {
+    conn: upstream::UpConn,
+    key: PoolKey,
+}
+
+/// Where an attempt stands.
+enum Phase {
+    SendHead,
+    /// The body waits for 100 Continue, or for the client to send it anyway.
+    AwaitContinue,
+    SendBody,
+    AwaitHead,
+    Deliver(Final),
+    Tunnel(Response),
+}
+
+/// A final response and how it goes down.
+struct Final {
+    resp: Response,
+    plan: FinalPlan,
+    /// The request body was never forwarded.
+    body_pending: bool,
 }
 
 /// An attempt that failed before anything reached the client.
@@ -81,82 +210,119 @@ struct AttemptFailure {
     reply: LocalReply,
 }
 
-/// The upstream connection ended before any response byte: closes it and
-/// describes the failure (retryable as reset-before-response).
-fn reset_failure(
-    up: upstream::UpConn,
-    why: CloseReason,
-    detail: String,
-    close: bool,
-) -> AttemptFailure {
-    let reused = up.reused;
-    retire(up, why);
-    AttemptFailure {
-        failure: Failure::ResetBeforeResponse {
-            reused,
-            detail: detail.clone(),
-        },
-        reply: LocalReply::error(503, flags::UC, detail, close),
+/// Why an attempt stopped short of a response.
+enum Stop {
+    /// Nothing reached the client: it may be retried. The upstream
+    /// connection is closed for `why`.
+    Failed(AttemptFailure, CloseReason),
+    /// The upstream connection is closed, and the client gets the reply
+    /// (or, with None, just a close).
+    GiveUp(Option<LocalReply>),
+    /// The client went away mid-exchange: the upstream connection is in an
+    /// unknown state, so it is closed too.
+    ClientGone,
+}
+
+impl Stop {
+    /// The connection ended before any response byte (retryable as
+    /// reset-before-response).
+    fn reset(reused: bool, why: CloseReason, detail: String, close: bool) -> Stop {
+        let reply = LocalReply::error(503, Flag::UC, detail.clone(), close);
+        let failure = Failure::ResetBeforeResponse { reused, detail };
+        Stop::Failed(AttemptFailure { failure, reply }, why)
     }
 }
 
-/// What a failed response-head read means: Ok(the final answer), or
-/// Err(detail) when the connection died before a response byte.
-fn head_error_reply(
-    e: HeadReadError,
-    timeout: std::time::Duration,
+/// A response head read: the response, or why the attempt stops. A
+/// connection that died before a response byte is a retryable reset;
+/// anything else is answered (`close`: the reply closes the client
+/// connection).
+fn response_of(
+    read: Result<Option<(ResponseHead, usize)>, HeadReadError>,
+    method: &str,
+    reused: bool,
     close: bool,
-) -> Result<LocalReply, String> {
-    match e {
-        HeadReadError::Io(e) => Err(format!(
-            "upstream connection failed: {}",
-            metrics::errno_name(&e)
-        )),
-        HeadReadError::Timeout => Ok(LocalReply::error(
-            504,
-            flags::UT,
-            format!("upstream request timeout: no response within {timeout:?}"),
-            close,
-        )),
-        HeadReadError::Head(e) => Ok({
-            metrics::http_rejected(metrics::Side::Response, e.kind());
-            LocalReply::error(
-                502,
-                flags::UPE,
-                format!("bad upstream response: {e}"),
-                close,
-            )
-        }),
-        HeadReadError::Truncated => Ok(LocalReply::error(
-            502,
-            flags::UPE,
-            "bad upstream response: connection closed inside the response head".into(),
-            close,
-        )),
-    }
-}
-
-/// A response the proxy writes itself.
-struct LocalReply {
-    status: u16,
-    flag: &'static str,
-    verdict: &'static str,
-    header: (&'static str, String),
-    body: String,
-    /// Close the downstream connection after it.
-    close: bool,
-}
-
-impl LocalReply {
-    fn error(status: u16, flag: &'static str, reason: String, close: bool) -> LocalReply {
-        LocalReply {
-            status,
-            flag,
-            verdict: "error",
-            body: format!("sockwarden: {reason}\n"),
-            header: ("sockwarden-error", reason),
-            close,
+    timeout: Duration,
+) -> Result<Response, Stop> {
+    let bad = |reason: String| Stop::GiveUp(Some(LocalReply::error(502, Flag::UPE, reason, close)));
+    let head = match read {
+        Ok(Some((head, _))) => head,
+        Ok(None) => {
+            let detail = "upstream closed the connection before responding".to_string();
+            return Err(Stop::reset(reused, CloseReason::ServerClose, detail, close));
         }
+        Err(HeadReadError::Io(e)) => {
+            let detail = format!("upstream connection failed: {}", Errno::of(&e));
+            return Err(Stop::reset(reused, CloseReason::Error, detail, close));
+        }
+        Err(HeadReadError::Timeout) => {
+            let reason = format!("upstream request timeout: no response within {timeout:?}");
+            return Err(Stop::GiveUp(Some(LocalReply::error(
+                504,
+                Flag::UT,
+                reason,
+                close,
+            ))));
+        }
+        Err(HeadReadError::Head(e)) => {
+            metrics::http_rejected(metrics::Side::Response, e.kind());
+            return Err(bad(format!("bad upstream response: {e}")));
+        }
+        Err(HeadReadError::Truncated) => {
+            return Err(bad(
+                "bad upstream response: connection closed inside the response head".into(),
+            ))
+        }
+    };
+    prepare_response(method, head).map_err(|e| {
+        metrics::http_rejected(metrics::Side::Response, e.kind());
+        // The response's framing is unknown: the client connection closes.
+        let reason = format!("bad upstream response: {e}");
+        Stop::GiveUp(Some(LocalReply::error(502, Flag::UPE, reason, true)))
+    })
+}
+
+/// What a failed request-head read is answered with; None: nothing (the
+/// client closed mid-head or the connection failed).
+fn request_head_reply(e: HeadReadError, head_timeout: Duration) -> Option<LocalReply> {
+    match e {
+        HeadReadError::Head(e) => {
+            metrics::http_rejected(metrics::Side::Request, e.kind());
+            Some(LocalReply::error(
+                e.request_status(),
+                Flag::DPE,
+                e.to_string(),
+                true,
+            ))
+        }
+        HeadReadError::Timeout => {
+            metrics::timeout(metrics::Timeout::RequestHead);
+            let reason = format!("request head timeout: head not complete within {head_timeout:?}");
+            Some(LocalReply::error(408, Flag::HT, reason, true))
+        }
+        HeadReadError::Truncated | HeadReadError::Io(_) => None,
+    }
+}
+
+/// The pool key of an upstream connection for `target` under `mode`.
+fn pool_key(target: &Target, mode: SourceMode) -> PoolKey {
+    let client = target.client;
+    let dst = target.orig.dst;
+    // A workload address of the other family cannot be preserved.
+    let mode = if client.is_ipv4() == dst.is_ipv4() {
+        mode
+    } else {
+        SourceMode::Node
+    };
+    let source = match mode {
+        SourceMode::Node => SourceKey::Node,
+        SourceMode::PreserveIp => SourceKey::Ip(client.ip()),
+        SourceMode::PreserveIpPort => SourceKey::IpPort(client),
+    };
+    PoolKey {
+        dst,
+        policy: target.orig.policy_id,
+        source,
     }
 }
 
@@ -173,52 +339,55 @@ impl Proxy {
         if self.settings.sockmap {
             down = down.linked();
         }
-        let mut rec = Record {
+        let base = Record {
             downstream_id: id,
             client: peer.to_string(),
             ..Record::default()
         };
-        match self.kernel.take_orig_dst(peer, local) {
-            Some(orig) => {
-                let target = Target {
-                    orig,
-                    client: peer,
-                    local,
-                };
-                let upgraded = self.serve_requests(&mut down, &target, rec).await;
-                if self.settings.sockmap {
-                    self.kernel.forget_consumed(peer, local);
-                }
-                if let Some(up) = upgraded {
-                    match tunnel(down, up, self.settings.client_idle_timeout).await {
-                        Ok((sent, received)) => {
-                            tracing::debug!(id, sent, received, "upgraded connection closed")
-                        }
-                        Err(e) => tracing::debug!(id, error = %e, "upgraded connection failed"),
-                    }
-                    metrics::upstream_closed(CloseReason::ServerClose);
-                    metrics::downstream_closed();
-                    return;
-                }
-            }
-            None => {
-                metrics::orig_dst_missing();
-                rec.time = std::time::SystemTime::now();
-                let reply = LocalReply::error(
-                    421,
-                    flags::NR,
-                    "no original destination: this connection was not redirected by sockwarden"
-                        .into(),
-                    true,
-                );
-                let started = Instant::now();
-                self.reply(&mut down, &mut rec, reply).await;
-                rec.duration_ms = started.elapsed().as_secs_f64() * 1e3;
-                self.log.write(rec);
-            }
+        let Some(orig) = self.kernel.take_orig_dst(peer, local) else {
+            metrics::orig_dst_missing();
+            self.refuse_unredirected(&mut down, &base).await;
+            down.shutdown().await;
+            metrics::downstream_closed();
+            return;
+        };
+        let target = Target {
+            orig,
+            client: peer,
+            local,
+        };
+        let upgraded = self.serve_requests(&mut down, &target, base).await;
+        if self.settings.sockmap {
+            self.kernel.forget_consumed(peer, local);
         }
-        down.shutdown().await;
+        match upgraded {
+            Some(up) => {
+                match tunnel(down, up, self.settings.client_idle_timeout).await {
+                    Ok((sent, received)) => {
+                        tracing::debug!(id, sent, received, "upgraded connection closed")
+                    }
+                    Err(e) => tracing::debug!(id, error = %e, "upgraded connection failed"),
+                }
+                metrics::upstream_closed(CloseReason::ServerClose);
+            }
+            None => down.shutdown().await,
+        }
         metrics::downstream_closed();
+    }
+
+    /// Answers a connection the kernel did not redirect (no original
+    /// destination) with 421, logged.
+    async fn refuse_unredirected(&self, down: &mut BufStream, base: &Record) {
+        let (time, started) = (SystemTime::now(), Instant::now());
+        let reply = LocalReply::error(
+            421,
+            Flag::NR,
+            "no original destination: this connection was not redirected by sockwarden".into(),
+            true,
+        );
+        let mut out = Outcome::new(0);
+        self.reply(down, &mut out, reply).await;
+        self.log.write(out.record(base, time, started.elapsed()));
     }
 
     /// Serves requests until the connection ends; returns the upstream side
@@ -234,7 +403,7 @@ impl Proxy {
         let policy_name = policy.map_or_else(|| "(unknown)".to_string(), |p| p.name.clone());
         let mut requests = metrics::RequestCounter::new(&policy_name);
         let base = Record {
-            policy: Some(policy_name.clone()),
+            policy: Some(policy_name),
             cgroup: policy.map(|p| p.cgroup.to_string()),
             cgroup_id: Some(orig.cgroup_id),
             original_dst: Some(orig.dst.to_string()),
@@ -252,95 +421,78 @@ impl Proxy {
                 idle_is_eof: true,
                 head: Some(self.settings.request_head_timeout),
             };
-            let read = down.read_head_within(parse_request_head, wait).await;
-            let started = Instant::now();
-            let mut rec = Record {
-                time: std::time::SystemTime::now(),
-                ..base.clone()
+            let read = tokio::select! {
+                read = down.read_head_within(parse_request_head, wait) => read,
+                // Draining: no new request is taken.
+                () = self.tasks.draining() => return None,
             };
-            let next = match read {
+            let (time, started) = (SystemTime::now(), Instant::now());
+            let (next, out) = match read {
                 Ok(None) => return None,
                 Ok(Some((head, head_len))) => {
-                    rec.bytes_received = head_len as u64;
-                    self.exchange(down, head, target, &policy_name, &mut rec)
-                        .await
+                    let mut out = Outcome::new(head_len as u64);
+                    let next = self.serve_request(down, head, target, &mut out).await;
+                    (next, out)
                 }
-                Err(HeadReadError::Head(e)) => {
-                    metrics::http_rejected(metrics::Side::Request, e.kind());
-                    let reply =
-                        LocalReply::error(e.request_status(), flags::DPE, e.to_string(), true);
-                    self.reply(down, &mut rec, reply).await
+                Err(e) => {
+                    let reply = request_head_reply(e, self.settings.request_head_timeout)?;
+                    let mut out = Outcome::new(0);
+                    let next = self.reply(down, &mut out, reply).await;
+                    (next, out)
                 }
-                Err(HeadReadError::Timeout) => {
-                    metrics::timeout(metrics::Timeout::RequestHead);
-                    let reason = format!(
-                        "request head timeout: head not complete within {:?}",
-                        self.settings.request_head_timeout
-                    );
-                    let reply = LocalReply::error(408, flags::HT, reason, true);
-                    self.reply(down, &mut rec, reply).await
-                }
-                Err(HeadReadError::Truncated | HeadReadError::Io(_)) => return None,
             };
-            rec.duration_ms = started.elapsed().as_secs_f64() * 1e3;
-            requests.record(rec.verdict, rec.status);
-            self.log.write(rec);
+            requests.record(out.verdict, out.status);
+            self.log.write(out.record(&base, time, started.elapsed()));
             match next {
-                Next::Keep => {}
-                Next::Close => return None,
+                Next::Keep if !self.tasks.is_draining() => {}
+                Next::Keep | Next::Close => return None,
                 Next::Tunnel(up) => return Some(up),
             }
         }
     }
 
     /// Writes a local reply.
-    async fn reply(&self, down: &mut BufStream, rec: &mut Record, r: LocalReply) -> Next {
-        let bytes = local_response(r.status, &[(r.header.0, &r.header.1)], &r.body, r.close);
-        rec.status = r.status;
-        rec.verdict = r.verdict;
-        rec.flags.push(r.flag);
-        if r.header.0 == "sockwarden-error" {
-            rec.reason = Some(r.header.1);
-        }
+    async fn reply(&self, down: &mut BufStream, out: &mut Outcome, r: LocalReply) -> Next {
+        let bytes = r.bytes();
+        let close = r.close;
+        r.account(out);
         match down.write_all(&bytes).await {
-            Ok(()) if !r.close => {
-                rec.bytes_sent += bytes.len() as u64;
-                Next::Keep
-            }
             Ok(()) => {
-                rec.bytes_sent += bytes.len() as u64;
-                Next::Close
+                out.bytes_sent += bytes.len() as u64;
+                if close {
+                    Next::Close
+                } else {
+                    Next::Keep
+                }
             }
             Err(_) => {
-                rec.flags.push(flags::DC);
+                out.flags.push(Flag::DC);
                 Next::Close
             }
         }
     }
 
     /// One request: checked and normalized, judged, then denied or forwarded.
-    async fn exchange(
+    async fn serve_request(
         &self,
         down: &mut BufStream,
         head: RequestHead,
         target: &Target,
-        policy_name: &str,
-        rec: &mut Record,
+        out: &mut Outcome,
     ) -> Next {
-        let orig = &target.orig;
-        rec.method = Some(head.method.clone());
-        rec.host = raw_host(&head);
-        rec.path = head.target.split('?').next().map(str::to_string);
+        out.method = Some(head.method.clone());
+        out.host = raw_host(&head);
+        out.path = head.target.split('?').next().map(str::to_string);
         let req = match prepare_request(head) {
             Ok(r) => r,
             Err(e) => {
                 metrics::http_rejected(metrics::Side::Request, e.kind());
-                let reply = LocalReply::error(e.request_status(), flags::DPE, e.to_string(), true);
-                return self.reply(down, rec, reply).await;
+                let reply = LocalReply::error(e.request_status(), Flag::DPE, e.to_string(), true);
+                return self.reply(down, out, reply).await;
             }
         };
-        rec.host = req.host.clone();
-        rec.path = Some(req.path.clone());
+        out.host = req.host.clone();
+        out.path = Some(req.path.clone());
         let fields = req.fields();
         let view = RequestView {
             method: &req.method,
@@ -348,45 +500,53 @@ impl Proxy {
             host: req.host.as_deref(),
             headers: &fields,
         };
-        match self.policies.evaluate(orig.policy_id, orig.dst, &view) {
+        let policy_id = target.orig.policy_id;
+        match self.policies.evaluate(policy_id, target.orig.dst, &view) {
             Decision::Deny { reason } => {
-                let drained = self.drain_denied_body(down, &req, rec).await;
+                let drained = self.drain_denied_body(down, &req, out).await;
                 let reply = LocalReply {
                     status: 403,
-                    flag: flags::RBAC,
-                    verdict: "denied",
-                    header: ("sockwarden-denied", policy_name.to_string()),
-                    body: format!(
-                        "sockwarden: request denied by policy {policy_name:?}: {}\n",
-                        reason.describe()
-                    ),
+                    kind: ReplyKind::Denied {
+                        policy: self.policy_name(target),
+                        reason: reason.describe().to_string(),
+                    },
                     close: req.close || !drained,
                 };
-                rec.reason = Some(reason.describe().to_string());
-                self.reply(down, rec, reply).await
+                self.reply(down, out, reply).await
             }
             Decision::Allow { rule, entry } => {
-                let upgrades =
-                    self.policies
-                        .allowed_upgrades(orig.policy_id, rule, entry, &req.upgrade);
+                out.verdict = Verdict::Allowed;
+                let upgrades = self
+                    .policies
+                    .allowed_upgrades(policy_id, rule, entry, &req.upgrade);
                 if upgrades.len() < req.upgrade.len() {
-                    metrics::upgrade_removed(policy_name);
-                    rec.flags.push(flags::UPR);
+                    metrics::upgrade_removed(&self.policy_name(target));
+                    out.flags.push(Flag::UPR);
                 }
                 let settings = self
                     .policies
-                    .get(orig.policy_id)
+                    .get(policy_id)
                     .and_then(|p| p.rules.get(rule))
                     .map(|r| r.upstream)
                     .unwrap_or_default();
-                let allowed = Allowed {
+                let plan = plan_request(&req, upgrades);
+                let mut fw = Forwarding {
+                    down,
+                    target,
                     req: &req,
-                    upgrades: &upgrades,
+                    plan: &plan,
                     settings,
+                    out,
                 };
-                self.forward(down, &allowed, target, rec).await
+                self.forward(&mut fw).await
             }
         }
+    }
+
+    fn policy_name(&self, target: &Target) -> String {
+        self.policies
+            .get(target.orig.policy_id)
+            .map_or_else(|| "(unknown)".to_string(), |p| p.name.clone())
     }
 
     /// Reads and drops a denied request's body when that is cheap; returns
@@ -395,89 +555,66 @@ impl Proxy {
         &self,
         down: &mut BufStream,
         req: &Request,
-        rec: &mut Record,
+        out: &mut Outcome,
     ) -> bool {
-        let framing = req.framing;
-        match framing {
-            BodyFraming::None => true,
-            BodyFraming::Length(n) if n <= DENIED_BODY_DRAIN_LIMIT && !req.expect_continue => {
-                match down
-                    .forward_body(Dest::Discard, framing, self.settings.request_head_timeout)
-                    .await
-                {
+        match denied_body(req) {
+            DeniedBody::None => true,
+            DeniedBody::Close => false,
+            DeniedBody::Drain(n) => {
+                let idle = self.settings.request_head_timeout;
+                let framing = BodyFraming::Length(n);
+                match down.forward_body(Dest::Discard, framing, idle).await {
                     Ok(n) => {
-                        rec.bytes_received += n.read;
+                        out.bytes_received += n.read;
                         true
                     }
                     Err(_) => false,
                 }
             }
-            _ => false,
         }
     }
 
     /// Forwards an allowed request and its response, retrying what is safe
     /// to retry while the budget allows.
-    async fn forward(
-        &self,
-        down: &mut BufStream,
-        allowed: &Allowed<'_>,
-        target: &Target,
-        rec: &mut Record,
-    ) -> Next {
+    async fn forward(&self, fw: &mut Forwarding<'_>) -> Next {
         let _active = self.budget.request();
-        let settings = allowed.settings;
+        let retries_policy = fw.settings.retries;
         let facts = RequestFacts {
-            method: &allowed.req.method,
-            has_body: allowed.req.has_body(),
+            method: &fw.req.method,
+            has_body: fw.plan.has_body(),
         };
         let mut failures: Vec<String> = Vec::new();
-        let mut retries = 0u32;
-        let mut idle_race_used = false;
+        let (mut retries, mut idle_race_used) = (0u32, false);
         let mut _permit = None;
         let mut fresh = false;
         loop {
+            let decide =
+                |f: &Failure| retry::decide(&retries_policy, f, facts, retries, idle_race_used);
             let ctx = AttemptCtx {
-                settings,
                 fresh,
-                intercept_503: retry::decide(
-                    &settings.retries,
-                    &Failure::Status503,
-                    facts,
-                    retries,
-                    idle_race_used,
-                )
-                .is_some(),
+                intercept_503: decide(&Failure::Status503).is_some(),
             };
-            let failed = match self.attempt(down, allowed, target, &ctx, rec).await {
+            let failed = match self.attempt(fw, &ctx).await {
                 Ok(next) => return next,
                 Err(f) => f,
             };
             failures.push(failed.failure.describe());
-            let decision = retry::decide(
-                &settings.retries,
-                &failed.failure,
-                facts,
-                retries,
-                idle_race_used,
-            );
+            let decision = decide(&failed.failure);
             let permit = decision.and_then(|_| self.budget.try_retry());
             let (Some(reason), Some(permit)) = (decision, permit) else {
                 if decision.is_some() {
                     metrics::retry_budget_exhausted();
                     failures.push("retry budget exhausted".into());
                 }
-                return self
-                    .fail_after_attempts(down, rec, failed.reply, &failures)
-                    .await;
+                return self.fail_after_attempts(fw, failed.reply, &failures).await;
             };
             _permit = Some(permit);
-            metrics::upstream_retry(reason.as_str());
+            metrics::upstream_retry(reason);
             if reason == RetryReason::IdleRace {
                 idle_race_used = true;
             } else {
                 let jitter: f64 = rand::random();
-                tokio::time::sleep(retry::backoff(settings.retries.backoff, retries, jitter)).await;
+                tokio::time::sleep(retry::backoff(retries_policy.backoff, retries, jitter)).await;
                 retries += 1;
             }
             fresh = true;
@@ -488,57 +625,114 @@ impl Proxy {
     /// naming every attempt when there was more than one (flag URX).
     async fn fail_after_attempts(
         &self,
-        down: &mut BufStream,
-        rec: &mut Record,
+        fw: &mut Forwarding<'_>,
         mut reply: LocalReply,
         failures: &[String],
     ) -> Next {
-        if rec.upstream_attempts > 1 {
-            rec.flags.push(flags::URX);
-            let summary = format!(
-                "{} (after {} attempts: {})",
-                reply.header.1,
-                rec.upstream_attempts,
-                failures.join("; ")
-            );
-            reply.body = format!("sockwarden: {summary}\n");
-            reply.header.1 = summary;
+        let attempts = fw.out.upstream_attempts;
+        if attempts > 1 {
+            fw.out.flags.push(Flag::URX);
+            if let ReplyKind::Error { reason, .. } = &mut reply.kind {
+                *reason = format!(
+                    "{reason} (after {attempts} attempts: {})",
+                    failures.join("; ")
+                );
+            }
         }
-        self.reply(down, rec, reply).await
+        self.reply(fw.down, fw.out, reply).await
     }
 
-    /// Chooses the source of an upstream connection and its pool key.
-    fn source_for(&self, target: &Target, mode: SourceMode, fresh: bool) -> (PoolKey, Bind) {
-        let client = target.client;
-        let dst = target.orig.dst;
-        let key = |source| PoolKey {
-            dst,
-            policy: target.orig.policy_id,
-            source,
+    /// One upstream attempt, phase by phase. Err: it failed before anything
+    /// reached the client, and may be retried.
+    async fn attempt(
+        &self,
+        fw: &mut Forwarding<'_>,
+        ctx: &AttemptCtx,
+    ) -> Result<Next, AttemptFailure> {
+        fw.out.upstream_attempts += 1;
+        let mut leg = self.upstream_leg(fw, ctx).await?;
+        fw.out.upstream_id = Some(leg.conn.id);
+        let plan = fw.plan;
+        let mut wait = Awaiting::new(plan, ctx.intercept_503);
+        let mut phase = Phase::SendHead;
+        let stop = loop {
+            let up = &mut leg.conn;
+            let next = match phase {
+                Phase::SendHead => self.send_head(fw, up, &wait).await,
+                Phase::AwaitContinue => self.await_continue(fw, up, &mut wait).await,
+                Phase::SendBody => self.send_body(fw, up, &mut wait).await,
+                Phase::AwaitHead => {
+                    let read = up
+                        .stream
+                        .read_head(parse_response_head, fw.settings.request_timeout, false)
+                        .await;
+                    self.on_head(fw, up, &mut wait, read).await
+                }
+                Phase::Deliver(fin) => return Ok(self.deliver(fw, leg, fin).await),
+                Phase::Tunnel(resp) => return Ok(self.upgrade(fw, leg.conn, &resp).await),
+            };
+            match next {
+                Ok(p) => phase = p,
+                Err(stop) => break stop,
+            }
         };
-        // A workload address of the other family cannot be preserved.
-        let mode = if client.is_ipv4() == dst.is_ipv4() {
-            mode
-        } else {
-            SourceMode::Node
+        match stop {
+            Stop::Failed(failure, why) => {
+                retire(leg.conn, why);
+                Err(failure)
+            }
+            Stop::GiveUp(reply) => {
+                retire(leg.conn, CloseReason::Error);
+                Ok(match reply {
+                    Some(r) => self.reply(fw.down, fw.out, r).await,
+                    None => Next::Close,
+                })
+            }
+            Stop::ClientGone => {
+                fw.out.flags.push(Flag::DC);
+                retire(leg.conn, CloseReason::Error);
+                Ok(Next::Close)
+            }
+        }
+    }
+
+    /// A pooled connection, or a new one from the source policy chooses.
+    async fn upstream_leg(
+        &self,
+        fw: &mut Forwarding<'_>,
+        ctx: &AttemptCtx,
+    ) -> Result<Leg, AttemptFailure> {
+        let key = pool_key(fw.target, fw.settings.source);
+        if !ctx.fresh {
+            if let Some(conn) = self.pool.checkout(key) {
+                return Ok(Leg { conn, key });
+            }
+        }
+        let held = |client| {
+            !self.settings.skip_tuple_check
+                && self.kernel.tuple_in_use(self.netns_cookie, client, key.dst)
         };
-        match mode {
-            SourceMode::Node => (key(SourceKey::Node), Bind::Node),
-            SourceMode::PreserveIp => (key(SourceKey::Ip(client.ip())), Bind::Ip(client.ip())),
-            SourceMode::PreserveIpPort => {
-                let taken = !fresh
-                    && !self.settings.skip_tuple_check
-                    && self.kernel.tuple_in_use(self.netns_cookie, client, dst);
-                if taken {
+        let held = match key.source {
+            SourceKey::IpPort(client) if !ctx.fresh => held(client),
+            _ => false,
+        };
+        let (bind, fallback) = bind_for(key.source, ctx.fresh, held);
+        match self.open(fw, key.dst, bind).await {
+            Ok(conn) => {
+                if fallback {
                     metrics::source_port_fallback();
                 }
-                let bind = if fresh || taken {
-                    Bind::Ip(client.ip())
-                } else {
-                    Bind::IpPort(client)
-                };
-                (key(SourceKey::IpPort(client)), bind)
+                Ok(Leg { conn, key })
             }
+            Err(e) => Err(AttemptFailure {
+                failure: Failure::Connect(e.errno()),
+                reply: LocalReply::error(
+                    503,
+                    Flag::UF,
+                    e.to_string(),
+                    fw.plan.closes_after_reply(fw.plan.has_body()),
+                ),
+            }),
         }
     }
 
@@ -546,389 +740,286 @@ impl Proxy {
     /// tried once more on a kernel-picked port (never the same 4-tuple).
     async fn open(
         &self,
+        fw: &mut Forwarding<'_>,
         dst: SocketAddr,
         bind: Bind,
-        settings: &UpstreamConfig,
-        rec: &mut Record,
     ) -> Result<upstream::UpConn, ConnectError> {
         let kernel = self.kernel.as_ref();
         let pipe = self.settings.pipes.responses;
-        match upstream::connect(dst, bind, settings.connect_timeout, kernel, pipe).await {
-            Err(e) if e.errno() == "EADDRNOTAVAIL" => {
+        let wait = fw.settings.connect_timeout;
+        match upstream::connect(dst, bind, wait, kernel, pipe).await {
+            Err(e) if e.errno() == Errno::EADDRNOTAVAIL => {
                 let Bind::IpPort(addr) = bind else {
                     return Err(e);
                 };
-                rec.upstream_attempts += 1;
-                let bind = Bind::Ip(addr.ip());
-                upstream::connect(dst, bind, settings.connect_timeout, kernel, pipe).await
+                fw.out.upstream_attempts += 1;
+                upstream::connect(dst, Bind::Ip(addr.ip()), wait, kernel, pipe).await
             }
             other => other,
         }
     }
 
-    /// One upstream attempt. Err: it failed before anything reached the
-    /// client, and may be retried.
-    async fn attempt(
+    /// Phase: send the request head; then the body, or wait.
+    async fn send_head(
         &self,
-        down: &mut BufStream,
-        allowed: &Allowed<'_>,
-        target: &Target,
-        ctx: &AttemptCtx,
-        rec: &mut Record,
-    ) -> Result<Next, AttemptFailure> {
-        let req = allowed.req;
-        let settings = &ctx.settings;
-        let has_body = req.has_body();
-        rec.upstream_attempts += 1;
-        let (key, bind) = self.source_for(target, settings.source, ctx.fresh);
-        let pooled = if ctx.fresh {
-            None
-        } else {
-            self.pool.checkout(key)
-        };
-        let mut up = match pooled {
-            Some(c) => c,
-            None => self
-                .open(target.orig.dst, bind, settings, rec)
-                .await
-                .map_err(|e| AttemptFailure {
-                    failure: Failure::Connect(e.errno()),
-                    reply: LocalReply::error(503, flags::UF, e.to_string(), req.close || has_body),
-                })?,
-        };
-        rec.upstream_id = Some(up.id);
-
-        let mut out = Vec::with_capacity(1024);
-        write_request(req, allowed.upgrades, &mut out);
-        if let Err(e) = up.stream.write_all(&out).await {
+        fw: &mut Forwarding<'_>,
+        up: &mut upstream::UpConn,
+        wait: &Awaiting<'_>,
+    ) -> Result<Phase, Stop> {
+        let mut head = Vec::with_capacity(1024);
+        write_request(fw.req, &fw.plan.upgrades, &mut head);
+        if let Err(e) = up.stream.write_all(&head).await {
             let detail = format!(
                 "upstream connection failed while sending the request: {}",
-                metrics::errno_name(&e)
+                Errno::of(&e)
             );
-            return Err(reset_failure(
-                up,
-                CloseReason::Error,
-                detail,
-                req.close || has_body,
-            ));
+            let close = wait.reply_closes();
+            return Err(Stop::reset(up.reused, CloseReason::Error, detail, close));
         }
-
-        let expect = has_body && req.expect_continue;
-        let mut body_sent = !has_body;
-        if has_body && !expect {
-            if let Err(reply) = self
-                .send_request_body(down, &mut up, req.framing, *settings, rec)
-                .await
-            {
-                return Ok(self.give_up(down, rec, up, reply).await);
-            }
-            body_sent = true;
-        }
-
-        // Interim responses, then the final head. A client that expects 100
-        // may send its body without waiting (RFC 9110 10.1.1), or leave:
-        // either shows as the downstream socket turning readable, and the
-        // body is then forwarded (or found truncated) at once.
-        let mut interim = 0;
-        let resp = loop {
-            let wait_head =
-                up.stream
-                    .read_head(parse_response_head, settings.request_timeout, false);
-            let read = if expect && !body_sent {
-                let client_moved = async {
-                    if down.buffered().is_empty() {
-                        let _ = down.get_ref().readable().await;
-                    }
-                };
-                tokio::select! {
-                    read = wait_head => read,
-                    () = client_moved => {
-                        if let Err(reply) = self
-                            .send_request_body(down, &mut up, req.framing, *settings, rec)
-                            .await
-                        {
-                            return Ok(self.give_up(down, rec, up, reply).await);
-                        }
-                        body_sent = true;
-                        continue;
-                    }
-                }
-            } else {
-                wait_head.await
-            };
-            let close = req.close || !body_sent;
-            let head = match read {
-                Ok(Some((head, _))) => head,
-                Ok(None) => {
-                    let detail = "upstream closed the connection before responding".to_string();
-                    return Err(reset_failure(up, CloseReason::ServerClose, detail, close));
-                }
-                Err(e) => match head_error_reply(e, settings.request_timeout, close) {
-                    Ok(reply) => return Ok(self.give_up(down, rec, up, Some(reply)).await),
-                    Err(detail) => {
-                        return Err(reset_failure(up, CloseReason::Error, detail, close))
-                    }
-                },
-            };
-            let resp = match prepare_response(&req.method, head) {
-                Ok(r) => r,
-                Err(e) => {
-                    metrics::http_rejected(metrics::Side::Response, e.kind());
-                    let reply = LocalReply::error(
-                        502,
-                        flags::UPE,
-                        format!("bad upstream response: {e}"),
-                        true,
-                    );
-                    return Ok(self.give_up(down, rec, up, Some(reply)).await);
-                }
-            };
-            if resp.is_interim() {
-                interim += 1;
-                if interim > MAX_INTERIM_RESPONSES {
-                    let reason = format!(
-                        "bad upstream response: more than {MAX_INTERIM_RESPONSES} interim responses"
-                    );
-                    let reply = LocalReply::error(502, flags::UPE, reason, true);
-                    return Ok(self.give_up(down, rec, up, Some(reply)).await);
-                }
-            }
-            match resp.status {
-                503 if ctx.intercept_503 => {
-                    retire(up, CloseReason::Error);
-                    return Err(AttemptFailure {
-                        failure: Failure::Status503,
-                        reply: LocalReply::error(
-                            503,
-                            flags::UC,
-                            "upstream answered 503".into(),
-                            close,
-                        ),
-                    });
-                }
-                101 if resp.upgrade_matches(allowed.upgrades) => {
-                    let mut out = Vec::new();
-                    write_response(&resp, ConnectionHeader::Upgrade, &mut out);
-                    rec.status = 101;
-                    rec.verdict = "allowed";
-                    if down.write_all(&out).await.is_err() {
-                        return Ok(client_gone(rec, up));
-                    }
-                    rec.bytes_sent += out.len() as u64;
-                    return Ok(Next::Tunnel(up.stream));
-                }
-                101 => {
-                    let reason = if allowed.upgrades.is_empty() {
-                        "bad upstream response: 101 without an allowed Upgrade request".to_string()
-                    } else {
-                        "bad upstream response: 101 to a protocol that was not offered".to_string()
-                    };
-                    let reply = LocalReply::error(502, flags::UPE, reason, true);
-                    return Ok(self.give_up(down, rec, up, Some(reply)).await);
-                }
-                100 if expect && !body_sent => {
-                    if req.version == Version::Http11
-                        && down
-                            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                            .await
-                            .is_err()
-                    {
-                        return Ok(client_gone(rec, up));
-                    }
-                    if let Err(reply) = self
-                        .send_request_body(down, &mut up, req.framing, *settings, rec)
-                        .await
-                    {
-                        return Ok(self.give_up(down, rec, up, reply).await);
-                    }
-                    body_sent = true;
-                }
-                _ if resp.is_interim() => {
-                    // Interim responses go to HTTP/1.1 clients only.
-                    if req.version == Version::Http11 {
-                        let mut out = Vec::new();
-                        write_response(&resp, ConnectionHeader::None, &mut out);
-                        if down.write_all(&out).await.is_err() {
-                            return Ok(client_gone(rec, up));
-                        }
-                    }
-                }
-                _ => break resp,
-            }
-        };
-
-        Ok(self
-            .deliver(down, req, up, key, resp, body_sent, settings, rec)
-            .await)
+        Ok(if wait.waits_for_continue() {
+            Phase::AwaitContinue
+        } else if wait.body_pending {
+            Phase::SendBody
+        } else {
+            Phase::AwaitHead
+        })
     }
 
-    /// Sends the final response to the client and decides what happens to
-    /// the upstream connection.
-    #[allow(clippy::too_many_arguments)]
-    async fn deliver(
+    /// Phase: the body waits for 100 Continue. A client may send it without
+    /// waiting (RFC 9110 10.1.1), or leave: either shows as the downstream
+    /// turning readable, and the body is then forwarded (or found
+    /// truncated) at once.
+    async fn await_continue(
         &self,
-        down: &mut BufStream,
-        req: &Request,
-        mut up: upstream::UpConn,
-        key: PoolKey,
-        mut resp: Response,
-        body_sent: bool,
-        settings: &UpstreamConfig,
-        rec: &mut Record,
-    ) -> Next {
-        let resp_framing = resp.framing;
-        // An HTTP/1.0 client gets a chunked body decoded, delimited by the
-        // close (RFC 9112 6.1).
-        let dechunk = req.version == Version::Http10 && resp.dechunk_for_http10();
-        // Without 100-continue the client may or may not send the body
-        // now: the connection's framing is unknown, so it ends here.
-        let close_down =
-            req.close || !body_sent || resp_framing == BodyFraming::UntilClose || dechunk;
-        let conn_header = if close_down {
-            ConnectionHeader::Close
-        } else if req.version == Version::Http10 {
-            ConnectionHeader::KeepAlive
-        } else {
-            ConnectionHeader::None
+        fw: &mut Forwarding<'_>,
+        up: &mut upstream::UpConn,
+        wait: &mut Awaiting<'_>,
+    ) -> Result<Phase, Stop> {
+        let timeout = fw.settings.request_timeout;
+        let read = {
+            let down = &mut *fw.down;
+            let client_moved = async {
+                if down.buffered().is_empty() {
+                    let _ = down.get_ref().readable().await;
+                }
+            };
+            tokio::select! {
+                read = up.stream.read_head(parse_response_head, timeout, false) => read,
+                () = client_moved => return Ok(Phase::SendBody),
+            }
         };
-        let mut out = Vec::with_capacity(1024);
-        write_response(&resp, conn_header, &mut out);
-        rec.status = resp.status;
-        rec.verdict = "allowed";
+        self.on_head(fw, up, wait, read).await
+    }
+
+    /// Phase: forward the request body.
+    async fn send_body(
+        &self,
+        fw: &mut Forwarding<'_>,
+        up: &mut upstream::UpConn,
+        wait: &mut Awaiting<'_>,
+    ) -> Result<Phase, Stop> {
+        let idle = fw.settings.request_timeout;
+        let sent = fw
+            .down
+            .forward_body(Dest::Stream(&mut up.stream), fw.plan.framing, idle)
+            .await;
+        match sent {
+            Ok(n) => {
+                metrics::forwarded(metrics::Direction::Upstream, n.copied, n.spliced);
+                fw.out.bytes_received += n.read;
+                wait.body_sent();
+                Ok(if wait.waits_for_continue() {
+                    Phase::AwaitContinue
+                } else {
+                    Phase::AwaitHead
+                })
+            }
+            Err(e) => Err(request_body_stop(e, fw.out)),
+        }
+    }
+
+    /// A response head read: judged, then the next phase.
+    async fn on_head(
+        &self,
+        fw: &mut Forwarding<'_>,
+        up: &mut upstream::UpConn,
+        wait: &mut Awaiting<'_>,
+        read: Result<Option<(ResponseHead, usize)>, HeadReadError>,
+    ) -> Result<Phase, Stop> {
+        let close = wait.reply_closes();
+        let timeout = fw.settings.request_timeout;
+        let resp = response_of(read, &fw.req.method, up.reused, close, timeout)?;
+        match wait.on_response(&resp) {
+            ResponseStep::Final(plan) => Ok(Phase::Deliver(Final {
+                resp,
+                plan,
+                body_pending: wait.body_pending,
+            })),
+            ResponseStep::Upgrade => Ok(Phase::Tunnel(resp)),
+            ResponseStep::Continue { tell_client } => {
+                if tell_client {
+                    let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
+                    fw.down
+                        .write_all(continue_)
+                        .await
+                        .map_err(|_| Stop::ClientGone)?;
+                }
+                Ok(Phase::SendBody)
+            }
+            ResponseStep::Interim { forward } => {
+                if forward {
+                    let mut interim = Vec::new();
+                    write_response(&resp, ConnectionHeader::None, &mut interim);
+                    fw.down
+                        .write_all(&interim)
+                        .await
+                        .map_err(|_| Stop::ClientGone)?;
+                }
+                Ok(if wait.waits_for_continue() {
+                    Phase::AwaitContinue
+                } else {
+                    Phase::AwaitHead
+                })
+            }
+            ResponseStep::Retry503 => {
+                let reply = LocalReply::error(503, Flag::UC, "upstream answered 503".into(), close);
+                let failure = AttemptFailure {
+                    failure: Failure::Status503,
+                    reply,
+                };
+                Err(Stop::Failed(failure, CloseReason::Error))
+            }
+            ResponseStep::Reject(r) => Err(Stop::GiveUp(Some(LocalReply::error(
+                502,
+                Flag::UPE,
+                r.describe(),
+                true,
+            )))),
+        }
+    }
+
+    /// Phase: a 101 to an allowed protocol goes down; the connection
+    /// becomes a tunnel.
+    async fn upgrade(
+        &self,
+        fw: &mut Forwarding<'_>,
+        up: upstream::UpConn,
+        resp: &Response,
+    ) -> Next {
+        let mut head = Vec::new();
+        write_response(resp, ConnectionHeader::Upgrade, &mut head);
+        fw.out.status = 101;
+        if fw.down.write_all(&head).await.is_err() {
+            fw.out.flags.push(Flag::DC);
+            retire(up, CloseReason::Error);
+            return Next::Close;
+        }
+        fw.out.bytes_sent += head.len() as u64;
+        Next::Tunnel(up.stream)
+    }
+
+    /// Phase: the final response goes down, then the upstream connection
+    /// returns to the pool or is closed.
+    async fn deliver(&self, fw: &mut Forwarding<'_>, leg: Leg, fin: Final) -> Next {
+        let Leg { mut conn, key } = leg;
+        let mut resp = fin.resp;
+        if fin.plan.dechunk {
+            resp.strip_chunked();
+        }
+        let mut head = Vec::with_capacity(1024);
+        write_response(&resp, fin.plan.connection, &mut head);
+        fw.out.status = resp.status;
         // A small body that came with the head leaves with it, in one write.
-        let (rest, carried) = match resp_framing {
-            BodyFraming::Length(n) if up.stream.take_buffered(n, &mut out) => {
+        let (rest, carried) = match resp.framing {
+            BodyFraming::Length(n) if conn.stream.take_buffered(n, &mut head) => {
                 (BodyFraming::None, n)
             }
             other => (other, 0),
         };
-        if down.write_all(&out).await.is_err() {
-            return client_gone(rec, up);
+        if fw.down.write_all(&head).await.is_err() {
+            fw.out.flags.push(Flag::DC);
+            retire(conn, CloseReason::Error);
+            return Next::Close;
         }
-        rec.bytes_sent += out.len() as u64;
+        fw.out.bytes_sent += head.len() as u64;
         if carried > 0 {
             metrics::forwarded(metrics::Direction::Downstream, carried, 0);
         }
-        let idle = settings.request_timeout;
-        let forwarded = if dechunk {
+        let idle = fw.settings.request_timeout;
+        let body = if fin.plan.dechunk {
             let dechunking = ChunkedScanner::dechunking();
-            up.stream
-                .forward_chunked(Dest::Stream(down), dechunking, idle)
+            conn.stream
+                .forward_chunked(Dest::Stream(fw.down), dechunking, idle)
                 .await
         } else {
-            up.stream.forward_body(Dest::Stream(down), rest, idle).await
+            conn.stream
+                .forward_body(Dest::Stream(fw.down), rest, idle)
+                .await
         };
-        match forwarded {
+        match body {
             Ok(n) => {
                 metrics::forwarded(metrics::Direction::Downstream, n.copied, n.spliced);
-                rec.bytes_sent += n.total();
+                fw.out.bytes_sent += n.total();
             }
             Err(e) => {
-                if e.is_stall() {
-                    rec.flags.push(flags::SI);
-                    metrics::timeout(metrics::Timeout::ResponseBody);
-                }
-                if e.is_source_side() {
-                    rec.flags.push(flags::UC);
-                    rec.reason = Some(format!("upstream response body: {e}"));
-                } else {
-                    rec.flags.push(flags::DC);
-                }
-                retire(up, CloseReason::Error);
+                response_body_failed(e, fw.out);
+                retire(conn, CloseReason::Error);
                 return Next::Close;
             }
         }
-
-        let close_reason = if resp_framing == BodyFraming::UntilClose {
-            Some(CloseReason::ServerClose)
-        } else if resp.close {
-            Some(CloseReason::ConnectionCloseHeader)
-        } else if !body_sent {
-            // The server may still be waiting for the body we never sent.
-            Some(CloseReason::Error)
-        } else if !up.stream.buffered().is_empty() {
-            // Bytes past the response's framing (a body on a HEAD, 204 or
-            // 304, or more than its Content-Length): never read as the next
-            // response.
-            Some(CloseReason::UnsolicitedBytes)
-        } else {
-            up.complete(resp.keep_alive, settings.max_requests_per_connection)
-                .err()
+        let end = Ending {
+            resp: &resp,
+            body_pending: fin.body_pending,
+            leftover: !conn.stream.buffered().is_empty(),
         };
-        match close_reason {
-            Some(r) => retire(up, r),
-            None => self.pool.checkin(key, up, settings.idle_timeout),
+        match conn
+            .usage
+            .reuse(end, fw.settings.max_requests_per_connection)
+        {
+            Err(why) => retire(conn, why),
+            Ok(()) => self.pool.checkin(key, conn, fw.settings.idle_timeout),
         }
-        if close_down {
+        if fin.plan.close_down {
             Next::Close
         } else {
             Next::Keep
         }
     }
+}
 
-    /// Gives up on an exchange whose upstream connection cannot be kept:
-    /// closes it and answers the client with `reply`, or just closes.
-    async fn give_up(
-        &self,
-        down: &mut BufStream,
-        rec: &mut Record,
-        up: upstream::UpConn,
-        reply: Option<LocalReply>,
-    ) -> Next {
-        retire(up, CloseReason::Error);
-        match reply {
-            Some(r) => self.reply(down, rec, r).await,
-            None => Next::Close,
-        }
+/// A request body that failed on its way up: the client broke off (no
+/// answer, or 400 for a malformed chunked body), or the upstream failed
+/// (503).
+fn request_body_stop(e: BodyError, out: &mut Outcome) -> Stop {
+    if !e.is_source_side() {
+        let reason = format!("upstream connection failed while sending the request body: {e}");
+        return Stop::GiveUp(Some(LocalReply::error(503, Flag::UC, reason, true)));
     }
-
-    /// Sends the request body upstream. Err(None): the client broke off
-    /// (nothing to answer); Err(Some(reply)): the upstream failed.
-    async fn send_request_body(
-        &self,
-        down: &mut BufStream,
-        up: &mut upstream::UpConn,
-        framing: BodyFraming,
-        settings: UpstreamConfig,
-        rec: &mut Record,
-    ) -> Result<(), Option<LocalReply>> {
-        match down
-            .forward_body(
-                Dest::Stream(&mut up.stream),
-                framing,
-                settings.request_timeout,
-            )
-            .await
-        {
-            Ok(n) => {
-                metrics::forwarded(metrics::Direction::Upstream, n.copied, n.spliced);
-                rec.bytes_received += n.read;
-                Ok(())
-            }
-            Err(e) if e.is_source_side() => {
-                if e.is_stall() {
-                    rec.flags.push(flags::SI);
-                    metrics::timeout(metrics::Timeout::RequestBody);
-                }
-                rec.flags.push(flags::DC);
-                rec.reason = Some(format!("request body: {e}"));
-                if let super::stream::BodyError::Chunk(_) = e {
-                    // A malformed chunked body is the client's protocol error.
-                    return Err(Some(LocalReply::error(
-                        400,
-                        flags::DPE,
-                        e.to_string(),
-                        true,
-                    )));
-                }
-                Err(None)
-            }
-            Err(e) => Err(Some(LocalReply::error(
-                503,
-                flags::UC,
-                format!("upstream connection failed while sending the request body: {e}"),
-                true,
-            ))),
+    if e.is_stall() {
+        out.flags.push(Flag::SI);
+        metrics::timeout(metrics::Timeout::RequestBody);
+    }
+    out.flags.push(Flag::DC);
+    out.reason = Some(format!("request body: {e}"));
+    match e {
+        // A malformed chunked body is the client's protocol error.
+        BodyError::Chunk(_) => {
+            Stop::GiveUp(Some(LocalReply::error(400, Flag::DPE, e.to_string(), true)))
         }
+        _ => Stop::GiveUp(None),
+    }
+}
+
+/// A response body that failed on its way down: flagged by whose side.
+fn response_body_failed(e: BodyError, out: &mut Outcome) {
+    if e.is_stall() {
+        out.flags.push(Flag::SI);
+        metrics::timeout(metrics::Timeout::ResponseBody);
+    }
+    if e.is_source_side() {
+        out.flags.push(Flag::UC);
+        out.reason = Some(format!("upstream response body: {e}"));
+    } else {
+        out.flags.push(Flag::DC);
     }
 }

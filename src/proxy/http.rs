@@ -11,7 +11,7 @@ mod request;
 mod response;
 
 pub use chunked::{ChunkError, ChunkedScanner};
-pub use request::{prepare_request, raw_host, write_request, Request};
+pub use request::{prepare_request, raw_host, request_connection, write_request, Request};
 pub use response::{
     prepare_response, write_response, ConnectionHeader, Response, MAX_INTERIM_RESPONSES,
 };

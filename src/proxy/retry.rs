@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::config::{RetryOn, RetryPolicy};
+use crate::metrics::Errno;
 
 /// What went wrong with one upstream attempt, before anything reached the
 /// client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Failure {
     /// connect() failed (errno name); the request never left.
-    Connect(&'static str),
+    Connect(Errno),
     /// The connection closed or reset before any response byte. `reused`:
     /// it came from the pool (the idle-close race).
     ResetBeforeResponse { reused: bool, detail: String },
@@ -242,7 +243,7 @@ mod tests {
             (
                 "connect, any method",
                 &p3,
-                Failure::Connect("ECONNREFUSED"),
+                Failure::Connect(Errno::ECONNREFUSED),
                 post,
                 0,
                 false,
@@ -251,7 +252,7 @@ mod tests {
             (
                 "connect, attempts used",
                 &p3,
-                Failure::Connect("ECONNREFUSED"),
+                Failure::Connect(Errno::ECONNREFUSED),
                 get,
                 3,
                 false,
@@ -260,7 +261,7 @@ mod tests {
             (
                 "connect, retries off",
                 &none,
-                Failure::Connect("ECONNREFUSED"),
+                Failure::Connect(Errno::ECONNREFUSED),
                 get,
                 0,
                 false,
@@ -269,7 +270,7 @@ mod tests {
             (
                 "connect, condition off",
                 &no_connect,
-                Failure::Connect("ETIMEDOUT"),
+                Failure::Connect(Errno::ETIMEDOUT),
                 get,
                 0,
                 false,

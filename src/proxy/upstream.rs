@@ -16,14 +16,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
+use nix::errno::Errno as NixErrno;
 use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags};
 use tokio::net::TcpSocket;
 
-use super::http::KeepAlive;
+use super::exchange::ConnUse;
 use super::stream::BufStream;
 use super::KernelState;
-use crate::metrics::{self, CloseReason};
+use crate::metrics::{self, CloseReason, Errno};
 use crate::policy::PolicyId;
 
 static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(1);
@@ -53,6 +53,20 @@ pub enum Bind {
     Ip(IpAddr),
     /// A (possibly non-local) IP and exactly this port, with SO_REUSEADDR.
     IpPort(SocketAddr),
+}
+
+/// How a new connection from `source` binds: `fresh` (a retry) and `held`
+/// (the in-use tuple map holds the workload's 4-tuple) turn an exact port
+/// into a kernel-picked one. Returns the bind and whether it is a fallback
+/// from the workload's own port.
+pub fn bind_for(source: SourceKey, fresh: bool, held: bool) -> (Bind, bool) {
+    match source {
+        SourceKey::Node => (Bind::Node, false),
+        SourceKey::Ip(ip) => (Bind::Ip(ip), false),
+        SourceKey::IpPort(addr) if fresh => (Bind::Ip(addr.ip()), false),
+        SourceKey::IpPort(addr) if held => (Bind::Ip(addr.ip()), true),
+        SourceKey::IpPort(addr) => (Bind::IpPort(addr), false),
+    }
 }
 
 const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -150,12 +164,8 @@ fn prepare(dst: SocketAddr, bind: Bind) -> std::io::Result<TcpSocket> {
 pub struct UpConn {
     pub id: u64,
     pub stream: BufStream,
-    /// Requests whose responses completed on this connection.
-    pub served: u32,
-    /// Further requests the server allows (`Keep-Alive: max=`), if it said.
-    server_remaining: Option<u32>,
-    /// The server's announced idle timeout, if any.
-    server_idle: Option<Duration>,
+    /// What it has carried, and what its server allows.
+    pub usage: ConnUse,
     /// Whether this connection came from the pool.
     pub reused: bool,
 }
@@ -165,7 +175,7 @@ pub struct UpConn {
 pub enum ConnectError {
     #[error("upstream connect failed: {errno}")]
     Io {
-        errno: &'static str,
+        errno: Errno,
         #[source]
         source: std::io::Error,
     },
@@ -174,10 +184,10 @@ pub enum ConnectError {
 }
 
 impl ConnectError {
-    pub fn errno(&self) -> &'static str {
+    pub fn errno(&self) -> Errno {
         match self {
-            ConnectError::Io { errno, .. } => errno,
-            ConnectError::Timeout(_) => "ETIMEDOUT",
+            ConnectError::Io { errno, .. } => *errno,
+            ConnectError::Timeout(_) => Errno::ETIMEDOUT,
         }
     }
 }
@@ -193,7 +203,7 @@ pub async fn connect(
     pipe_size: Option<usize>,
 ) -> Result<UpConn, ConnectError> {
     let io_err = |source: std::io::Error| ConnectError::Io {
-        errno: metrics::errno_name(&source),
+        errno: Errno::of(&source),
         source,
     };
     let result = match prepare(dst, bind) {
@@ -214,9 +224,7 @@ pub async fn connect(
             Ok(UpConn {
                 id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
                 stream: BufStream::new(stream, pipe_size),
-                served: 0,
-                server_remaining: None,
-                server_idle: None,
+                usage: ConnUse::default(),
                 reused: false,
             })
         }
@@ -228,47 +236,12 @@ pub async fn connect(
 }
 
 impl UpConn {
-    /// Records a completed exchange and decides whether the connection may
-    /// carry another request; Err(reason) says why not.
-    pub fn complete(
-        &mut self,
-        keep_alive: KeepAlive,
-        max_requests: u32,
-    ) -> Result<(), CloseReason> {
-        self.served += 1;
-        self.server_idle = keep_alive.timeout.or(self.server_idle);
-        self.server_remaining = keep_alive
-            .max
-            .or(self.server_remaining.map(|r| r.saturating_sub(1)));
-        if max_requests > 0 && self.served >= max_requests {
-            return Err(CloseReason::MaxRequests);
-        }
-        if self.server_remaining == Some(0) {
-            return Err(CloseReason::MaxRequests);
-        }
-        if !self.stream.buffered().is_empty() {
-            // The server sent bytes beyond the response: framing is lost.
-            return Err(CloseReason::Error);
-        }
-        Ok(())
-    }
-
-    /// How long this connection may stay idle: ours, or shorter than the server's.
-    fn idle_limit(&self, configured: Duration) -> Duration {
-        match self.server_idle {
-            Some(server) => {
-                configured.min(server.saturating_sub(server.min(Duration::from_secs(1)) / 2))
-            }
-            None => configured,
-        }
-    }
-
     /// Whether the server has closed (or written to) the idle connection.
     fn peek_closed(&self) -> Option<CloseReason> {
         let fd = self.stream.get_ref().as_raw_fd();
         let mut byte = [0u8; 1];
         match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-            Err(Errno::EAGAIN) => None,
+            Err(NixErrno::EAGAIN) => None,
             Ok(0) => Some(CloseReason::ServerClose),
             // Unsolicited bytes (e.g. a 408) or a reset: unusable.
             Ok(_) | Err(_) => Some(CloseReason::ServerClose),
@@ -332,7 +305,7 @@ impl Pool {
     /// Returns a reusable connection to the pool.
     pub fn checkin(&self, key: PoolKey, conn: UpConn, idle_timeout: Duration) {
         let since = Instant::now();
-        let expires = since + conn.idle_limit(idle_timeout);
+        let expires = since + conn.usage.idle_limit(idle_timeout);
         let mut map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         map.entry(key).or_default().push(Idle {
             conn,
@@ -372,5 +345,40 @@ impl Pool {
     pub fn idle_count(&self) -> usize {
         let map = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         map.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn how_a_new_connection_binds() {
+        let ip: IpAddr = "10.77.2.2".parse().unwrap();
+        let addr = SocketAddr::new(ip, 40000);
+        // (source, fresh, held, bind, fallback)
+        let cases = [
+            (SourceKey::Node, false, true, Bind::Node, false),
+            (SourceKey::Ip(ip), false, true, Bind::Ip(ip), false),
+            (
+                SourceKey::IpPort(addr),
+                false,
+                false,
+                Bind::IpPort(addr),
+                false,
+            ),
+            // The workload's tuple is still held: another port, counted.
+            (SourceKey::IpPort(addr), false, true, Bind::Ip(ip), true),
+            // A retry always takes a fresh tuple: not a fallback.
+            (SourceKey::IpPort(addr), true, false, Bind::Ip(ip), false),
+            (SourceKey::IpPort(addr), true, true, Bind::Ip(ip), false),
+        ];
+        for (source, fresh, held, bind, fallback) in cases {
+            assert_eq!(
+                bind_for(source, fresh, held),
+                (bind, fallback),
+                "{source:?} fresh {fresh} held {held}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! unambiguous is rewritten canonically, so the origin sees exactly what the
 //! policy judged.
 
+use super::response::{write_connection, ConnectionHeader};
 use super::{
     connection_tokens, exceeds_head_limits, is_framing_lookalike, is_hop_by_hop, is_token,
     list_elements, request_framing, trim_ows, wants_close, BodyFraming, HeadError, Header,
@@ -313,11 +314,24 @@ fn utf8_len(b: u8) -> usize {
     }
 }
 
+/// The `Connection` header a request is forwarded with: `upgrade` (with
+/// `Upgrade`) for the allowed protocols in `upgrade`, else `keep-alive` for
+/// HTTP/1.0 (whose default is to close), else none.
+pub fn request_connection(version: Version, upgrade: &[String]) -> ConnectionHeader {
+    if !upgrade.is_empty() {
+        ConnectionHeader::Upgrade
+    } else if version == Version::Http10 {
+        ConnectionHeader::KeepAlive
+    } else {
+        ConnectionHeader::None
+    }
+}
+
 /// Serializes a prepared request for the origin: the request line, Host
 /// first (RFC 9110 7.2), the end-to-end fields as received, the framing
-/// field (`Content-Length: n` or `Transfer-Encoding: chunked`), then
-/// `Upgrade` + `Connection: upgrade` for the protocols in `upgrade`, or
-/// `Connection: keep-alive` for HTTP/1.0, and the final CRLF.
+/// field (`Content-Length: n` or `Transfer-Encoding: chunked`), the
+/// Connection header of [`request_connection`] (with `Upgrade` for the
+/// protocols in `upgrade`), and the final CRLF.
 pub fn write_request(req: &Request, upgrade: &[String], out: &mut Vec<u8>) {
     out.extend_from_slice(req.method.as_bytes());
     out.push(b' ');
@@ -334,13 +348,7 @@ pub fn write_request(req: &Request, upgrade: &[String], out: &mut Vec<u8>) {
         h.write(out);
     }
     write_framing(req.framing, out);
-    if !upgrade.is_empty() {
-        out.extend_from_slice(b"Upgrade: ");
-        out.extend_from_slice(upgrade.join(", ").as_bytes());
-        out.extend_from_slice(b"\r\nConnection: upgrade\r\n");
-    } else if req.version == Version::Http10 {
-        out.extend_from_slice(b"Connection: keep-alive\r\n");
-    }
+    write_connection(request_connection(req.version, upgrade), upgrade, out);
     out.extend_from_slice(b"\r\n");
 }
 

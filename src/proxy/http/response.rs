@@ -78,19 +78,7 @@ pub fn prepare_response(request_method: &str, head: ResponseHead) -> Result<Resp
         }
     }
     let status = head.status;
-    let no_body =
-        request_method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
-    let framing = if no_body {
-        BodyFraming::None
-    } else if let Some(last) = codings.last() {
-        if last.eq_ignore_ascii_case("chunked") {
-            BodyFraming::Chunked
-        } else {
-            BodyFraming::UntilClose
-        }
-    } else {
-        length.map_or(BodyFraming::UntilClose, BodyFraming::Length)
-    };
+    let framing = response_framing(request_method, status, &codings, length);
     let bodiless_status = (100..200).contains(&status) || status == 204;
     let (content_length, transfer_coding) = if bodiless_status {
         (None, None)
@@ -144,27 +132,51 @@ pub fn prepare_response(request_method: &str, head: ResponseHead) -> Result<Resp
     Ok(resp)
 }
 
+/// How a response's body is delimited (RFC 9112 6.3), from the request's
+/// method, the status, the transfer codings and the Content-Length.
+fn response_framing(
+    request_method: &str,
+    status: u16,
+    codings: &[String],
+    length: Option<u64>,
+) -> BodyFraming {
+    let no_body =
+        request_method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304;
+    if no_body {
+        BodyFraming::None
+    } else if let Some(last) = codings.last() {
+        if last.eq_ignore_ascii_case("chunked") {
+            BodyFraming::Chunked
+        } else {
+            BodyFraming::UntilClose
+        }
+    } else {
+        length.map_or(BodyFraming::UntilClose, BodyFraming::Length)
+    }
+}
+
 impl Response {
     /// Whether this is an interim (1xx) response other than 101.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
     }
 
-    /// Prepares the response for an HTTP/1.0 client, which cannot read the
-    /// chunked coding (RFC 9112 6.1: no Transfer-Encoding to HTTP/1.0): a
-    /// body whose only coding is chunked is sent decoded and delimited by
-    /// closing the connection. Returns whether it is to be de-chunked.
-    pub fn dechunk_for_http10(&mut self) -> bool {
-        let only_chunked = self
-            .transfer_coding
-            .as_deref()
-            .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
-        if self.framing == BodyFraming::Chunked && only_chunked {
-            self.transfer_coding = None;
-            true
-        } else {
-            false
-        }
+    /// Whether the body's only coding is chunked: an HTTP/1.0 client, which
+    /// cannot read the chunked coding (RFC 9112 6.1: no Transfer-Encoding
+    /// to HTTP/1.0), can then get it decoded, delimited by closing the
+    /// connection.
+    pub fn is_only_chunked(&self) -> bool {
+        self.framing == BodyFraming::Chunked
+            && self
+                .transfer_coding
+                .as_deref()
+                .is_some_and(|c| c.eq_ignore_ascii_case("chunked"))
+    }
+
+    /// Drops the chunked coding from the head written down: the body is
+    /// de-chunked on its way (see [`Response::is_only_chunked`]).
+    pub fn strip_chunked(&mut self) {
+        self.transfer_coding = None;
     }
 
     /// Whether a 101 switches to protocols the proxy offered: every protocol
@@ -201,17 +213,27 @@ pub fn write_response(resp: &Response, connection: ConnectionHeader, out: &mut V
         (None, Some(n)) => write_framing(BodyFraming::Length(n), out),
         (None, None) => {}
     }
+    write_connection(connection, &resp.upgrade, out);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the Connection header `connection` asks for; `Upgrade` names
+/// `protocols`.
+pub(super) fn write_connection(
+    connection: ConnectionHeader,
+    protocols: &[String],
+    out: &mut Vec<u8>,
+) {
     match connection {
         ConnectionHeader::None => {}
         ConnectionHeader::KeepAlive => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         ConnectionHeader::Close => out.extend_from_slice(b"Connection: close\r\n"),
         ConnectionHeader::Upgrade => {
             out.extend_from_slice(b"Upgrade: ");
-            out.extend_from_slice(resp.upgrade.join(", ").as_bytes());
+            out.extend_from_slice(protocols.join(", ").as_bytes());
             out.extend_from_slice(b"\r\nConnection: upgrade\r\n");
         }
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -467,7 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn dechunk_for_http10_table() {
+    fn only_chunked_bodies_are_decoded_for_http10() {
         let cases = [
             ("Transfer-Encoding: chunked\r\n", "GET", true, ""),
             ("Transfer-Encoding: Chunked\r\n", "GET", true, ""),
@@ -495,7 +517,10 @@ mod tests {
         for (field, method, want, left) in cases {
             let raw = format!("HTTP/1.1 200 OK\r\n{field}\r\n");
             let mut resp = prepare(method, &raw).unwrap();
-            assert_eq!(resp.dechunk_for_http10(), want, "{field:?} {method}");
+            assert_eq!(resp.is_only_chunked(), want, "{field:?} {method}");
+            if want {
+                resp.strip_chunked();
+            }
             let mut out = Vec::new();
             write_response(&resp, ConnectionHeader::Close, &mut out);
             assert_eq!(
