@@ -34,10 +34,15 @@ const volatile __u16 proxy_port4 = 0;    /* host order */
 const volatile __u32 proxy_ip6[4] = {};  /* network order; IPv4-mapped if no IPv6 listener */
 const volatile __u16 proxy_port6 = 0;    /* host order */
 
-/* Puts enum sw_capacity in this object's BTF, hence in its Rust skeleton. */
-const volatile enum sw_capacity tracked_conns_capacity = SW_MAX_TRACKED_CONNS;
-/* The same for enum sw_rule_proto, the transports of the rule key. */
+/*
+ * Put abi.h's enums that no map or program names in this object's BTF, hence
+ * in its Rust skeleton (bpf::abi): the limits, the rule key's transports and
+ * prefix bits, the sizes of the byte-viewed types. Never read.
+ */
+const volatile enum sw_limit abi_limits = SW_MAX_POLICIES;
 const volatile enum sw_rule_proto rule_key_protos = SW_PROTO_TCP;
+const volatile enum sw_rule_bits rule_key_bits = SW_RULE_KEY_FIXED_BITS;
+const volatile enum sw_abi_size abi_sizes = SW_SIZEOF_POLICY_REF;
 
 #define SW_CONNECT_PASS 1
 #define SW_CONNECT_FAIL 0 /* EPERM, unless bpf_set_retval() chose another errno */

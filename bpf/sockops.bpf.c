@@ -36,52 +36,8 @@ const volatile __u64 proxy_netns_cookie = 0; /* the proxy's network namespace */
 const volatile __u16 proxy_port4 = 0;        /* host order */
 const volatile __u16 proxy_port6 = 0;        /* host order */
 
-/* Redirected workload sockets (key: socket cookie); sw_msg runs on their sends. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, SW_MAX_LINKED_SOCKS);
-	__type(key, __u64);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sk_workloads SEC(".maps");
-
-/*
- * The proxy's accepted sockets (key: listener-side 4-tuple). No program is
- * attached to this map: its sockets only gain a second receive queue that
- * recvmsg() reads before the TCP one.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, SW_MAX_LINKED_SOCKS);
-	__type(key, struct sw_conn_key);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sk_proxy SEC(".maps");
-
-/*
- * Bytes the proxy has read from each linked proxy socket, as the proxy
- * reports them (in steps; see SW_MSG_UNREAD_LIMIT). Written and deleted by
- * userspace.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, SW_MAX_LINKED_SOCKS);
-	__type(key, struct sw_conn_key);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} sk_consumed SEC(".maps");
-
 /* Puts enum sw_msg_counter in this object's BTF, hence in its Rust skeleton. */
 const volatile enum sw_msg_counter msg_counters_len = SW_MSG_COUNTERS;
-
-/* enum sw_msg_counter -> count, per CPU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SW_MSG_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} msg_counters SEC(".maps");
 
 static __always_inline void sw_msg_count(__u32 counter, __u64 n)
 {

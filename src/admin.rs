@@ -38,7 +38,7 @@ pub fn router(state: AdminState) -> Router {
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     if let Some((maps, policies)) = &s.kernel {
-        crate::metrics::refresh_kernel(maps, policies);
+        crate::bpf::counters::refresh_metrics(maps, policies);
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -14,8 +14,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
-use serde_saphyr::Spanned;
+use serde_saphyr::{Location, Spanned};
 
+use crate::bpf::limits::{MAX_POLICIES, MAX_RULE_PREFIXES};
 use crate::proxy::http::is_token;
 
 /// A configuration file that could not be used.
@@ -600,13 +601,25 @@ fn ser_spanned<S: serde::Serializer>(v: &Spanned<String>, s: S) -> Result<S::Ok,
     s.serialize_str(&v.value)
 }
 
-/// A destination prefix. A bare address means a single host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr(pub IpNet);
+/// A destination prefix. A bare address means a single host. It keeps
+/// where it was written, for checks across values.
+#[derive(Debug, Clone, Copy)]
+pub struct Cidr(pub IpNet, Location);
+
+impl Cidr {
+    /// Where the configuration writes it.
+    pub fn at(&self) -> Location {
+        self.1
+    }
+}
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        let Spanned {
+            value: s,
+            referenced: at,
+            ..
+        } = Spanned::<String>::deserialize(d)?;
         let net = if s.contains('/') {
             s.parse::<IpNet>()
                 .map_err(|_| de::Error::custom(format!("invalid CIDR {s:?}")))?
@@ -622,7 +635,7 @@ impl<'de> Deserialize<'de> for Cidr {
                 net.trunc()
             )));
         }
-        Ok(Cidr(net))
+        Ok(Cidr(net, at))
     }
 }
 
@@ -789,9 +802,6 @@ impl fmt::Display for CgroupPath {
     }
 }
 
-/// Most policies one configuration may hold (policy ids are kernel array indexes).
-pub const MAX_POLICIES: usize = 256;
-
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
@@ -890,7 +900,34 @@ impl Config {
                 }
             }
         }
-        self.validate_connection_limits(file)
+        self.validate_connection_limits(file)?;
+        self.validate_rule_prefixes(file)
+    }
+
+    /// The kernel's rule map can hold every entry the policies need: refused
+    /// at the destination whose prefix would be one entry too many.
+    fn validate_rule_prefixes(&self, file: &Path) -> Result<(), ConfigError> {
+        use crate::policy::{kernel::prefix_overflow, PolicySet};
+        let Some(o) = prefix_overflow(&PolicySet::compile(self), MAX_RULE_PREFIXES) else {
+            return Ok(());
+        };
+        let at = self
+            .policies
+            .get(o.policy)
+            .and_then(|p| p.egress.get(o.rule))
+            .and_then(|r| r.to.get(o.to))
+            .map(Cidr::at);
+        Err(ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line: at.map_or(0, |l| l.line()),
+            column: at.map_or(0, |l| l.column()),
+            field: format!("policies[{}].egress[{}].to[{}]", o.policy, o.rule, o.to),
+            message: format!(
+                "this destination would be entry {} of the kernel's rule map ({}), which holds {MAX_RULE_PREFIXES}: each (policy, transport, port, distinct prefix) is one entry; merge prefixes or list fewer ports",
+                MAX_RULE_PREFIXES + 1,
+                crate::bpf::MapName::PolicyRules,
+            ),
+        })
     }
 
     fn validate_connection_limits(&self, file: &Path) -> Result<(), ConfigError> {
@@ -1197,6 +1234,52 @@ policies:
         );
         let c = parse(&text).expect("65535 leaves one for the first policy");
         assert_eq!(c.requested_connection_limits(), vec![None, Some(65535)]);
+    }
+
+    #[test]
+    fn rule_prefixes_past_the_kernel_map_are_refused_where_they_are_written() {
+        // 256 hosts on 256 ports: exactly the map's 65536 entries.
+        let hosts: Vec<String> = (0..=255).map(|i| format!("\"10.0.0.{i}/32\"")).collect();
+        let ports: Vec<String> = (1..=256).map(|p| p.to_string()).collect();
+        assert_eq!(hosts.len() * ports.len(), MAX_RULE_PREFIXES);
+        let config = |second: &str| {
+            format!(
+                "proxy: {{ listen: \"10.77.0.1:15001\" }}\npolicies:\n  - name: p\n    cgroup: /p\n    egress:\n      - to: [{}]\n        ports: [{}]\n{second}",
+                hosts.join(", "),
+                ports.join(", ")
+            )
+        };
+        let cases: &[(&str, &str)] = &[
+            // Nothing new: the same host and port again, another rule's verdict.
+            (
+                "      - to: [\"10.0.0.0/32\", \"10.0.0.7/32\"]\n        ports: [1]\n        http: [{ method: GET }]\n",
+                "",
+            ),
+            // The second destination is the 65537th entry.
+            (
+                "      - to: [\"10.0.0.0/32\", \"10.0.1.0/32\"]\n        ports: [1]\n",
+                "test.yaml:8:29: policies[0].egress[1].to[1]: this destination would be entry 65537 of the kernel's rule map (policy_rules), which holds 65536",
+            ),
+            // UDP to the same host is an entry of its own.
+            (
+                "      - to: [\"10.0.0.0/32\"]\n        ports: [1]\n        protocol: udp\n",
+                "test.yaml:8:14: policies[0].egress[1].to[0]: this destination would be entry 65537",
+            ),
+            // So is a second policy's.
+            (
+                "  - name: q\n    cgroup: /q\n    egress:\n      - to: [\"10.0.0.0/32\"]\n",
+                "test.yaml:11:14: policies[1].egress[0].to[0]: this destination would be entry 65537",
+            ),
+        ];
+        for (second, want) in cases {
+            match parse(&config(second)) {
+                Ok(_) => assert!(want.is_empty(), "{second:?} parsed; wanted {want}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(!want.is_empty() && e.starts_with(want), "{second:?}: {e}");
+                }
+            }
+        }
     }
 
     #[test]

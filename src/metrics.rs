@@ -7,8 +7,7 @@
 use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::bpf::{DoorEvent, Maps};
-use crate::policy::PolicySet;
+use crate::bpf::{limits::MSG_UNREAD_LIMIT, DoorEvent};
 use crate::proxy::retry::RetryReason;
 
 pub const HTTP_REQUESTS: &str = "sockwarden_http_requests_total";
@@ -164,7 +163,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_counter!(
         SOCKMAP_TO_TCP,
-        "sockmap engine: redirected connections turned to TCP, by reason (unread_limit: the proxy had 256 KiB unread; proxy_socket_closed)"
+        format!("sockmap engine: redirected connections turned to TCP, by reason (unread_limit: the proxy had {} KiB unread; proxy_socket_closed)", MSG_UNREAD_LIMIT / 1024)
     );
     describe_counter!(
         SOCKMAP_LINKED,
@@ -405,31 +404,6 @@ pub fn access_log_dropped() {
     counter!(ACCESS_LOG_DROPPED).increment(1);
 }
 
-/// Copies the kernel's per-CPU counters (connect() decisions, connection
-/// limits, the other doors, the sockmap engine) into the exported ones.
-pub fn refresh_kernel(maps: &Maps, policies: &PolicySet) {
-    refresh_sockmap(maps);
-    for (id, p) in policies.policies.iter().enumerate() {
-        refresh_conns(maps, id as u32, &p.name);
-        refresh_doors(maps, id as u32, &p.name);
-        match maps.connect_counts(id as u32) {
-            Ok(c) => {
-                let name = p.name.clone();
-                counter!(CONNECT_DENIED, "policy" => name.clone()).absolute(c.denied);
-                for (verdict, n) in [
-                    ("allowed", c.allowed),
-                    ("redirected", c.redirected),
-                    ("denied", c.denied),
-                ] {
-                    counter!(CONNECT_DECISIONS, "policy" => name.clone(), "verdict" => verdict)
-                        .absolute(n);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
-        }
-    }
-}
-
 /// The exported series of a door event: (metric, label, label value).
 pub fn door_series(event: DoorEvent) -> (&'static str, &'static str, &'static str) {
     match event {
@@ -449,64 +423,120 @@ pub fn door_series(event: DoorEvent) -> (&'static str, &'static str, &'static st
     }
 }
 
-/// One policy's UDP decisions, socket refusals and egress drops.
-fn refresh_doors(maps: &Maps, policy_id: u32, name: &str) {
-    let counts = match maps.door_counts(policy_id) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading kernel door counters");
-            return;
+/// A connect() decision the kernel counts (label `verdict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectDecision {
+    Allowed,
+    Redirected,
+    Denied,
+}
+
+/// The kernel's total of `decision` for `policy`; the denied ones are also
+/// `sockwarden_connect_denied_total`.
+pub fn connect_decisions(policy: &str, decision: ConnectDecision, total: u64) {
+    let verdict = match decision {
+        ConnectDecision::Allowed => "allowed",
+        ConnectDecision::Redirected => "redirected",
+        ConnectDecision::Denied => {
+            counter!(CONNECT_DENIED, "policy" => policy.to_string()).absolute(total);
+            "denied"
         }
     };
-    for (event, n) in counts {
-        let (metric, label, value) = door_series(event);
-        counter!(metric, "policy" => name.to_string(), label => value).absolute(n);
+    counter!(CONNECT_DECISIONS, "policy" => policy.to_string(), "verdict" => verdict)
+        .absolute(total);
+}
+
+/// Why the kernel refused a connect() that would have been redirected
+/// (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// The policy's max_connections sockets were open.
+    ConnectionLimit,
+    /// No socket storage for the redirect's state.
+    SocketStorage,
+}
+
+pub fn connect_refused(policy: &str, why: ConnectRefusal, total: u64) {
+    let reason = match why {
+        ConnectRefusal::ConnectionLimit => "connection_limit",
+        ConnectRefusal::SocketStorage => "socket_storage",
+    };
+    counter!(CONNECT_REFUSED, "policy" => policy.to_string(), "reason" => reason).absolute(total);
+}
+
+/// A policy's redirected sockets open now, and its max_connections.
+pub fn redirected_connections(policy: &str, open: u64, limit: u64) {
+    gauge!(REDIRECTED_CONNECTIONS, "policy" => policy.to_string()).set(open as f64);
+    gauge!(REDIRECTED_CONNECTIONS_LIMIT, "policy" => policy.to_string()).set(limit as f64);
+}
+
+pub fn redirects_unaccepted(policy: &str, total: u64) {
+    counter!(REDIRECTS_UNACCEPTED, "policy" => policy.to_string()).absolute(total);
+}
+
+/// The kernel's total of a door event of `policy` (UDP decisions, socket
+/// refusals, egress drops).
+pub fn door_events(policy: &str, event: DoorEvent, total: u64) {
+    let (metric, label, value) = door_series(event);
+    counter!(metric, "policy" => policy.to_string(), label => value).absolute(total);
+}
+
+/// The path of a linked workload socket's bytes under the sockmap engine
+/// (labels `path`, `first_path`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockmapPath {
+    Redirect,
+    Tcp,
+}
+
+impl SockmapPath {
+    fn as_str(self) -> &'static str {
+        match self {
+            SockmapPath::Redirect => "redirect",
+            SockmapPath::Tcp => "tcp",
+        }
     }
 }
 
-/// One policy's connection count, limit and refusals.
-fn refresh_conns(maps: &Maps, policy_id: u32, name: &str) {
-    let c = match maps.conn_counts(policy_id) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading kernel connection counters");
-            return;
-        }
-    };
-    let policy = name.to_string();
-    gauge!(REDIRECTED_CONNECTIONS, "policy" => policy.clone()).set(c.in_flight as f64);
-    gauge!(REDIRECTED_CONNECTIONS_LIMIT, "policy" => policy.clone()).set(c.limit as f64);
-    for (reason, n) in [
-        ("connection_limit", c.refused_limit),
-        ("socket_storage", c.refused_storage),
-    ] {
-        counter!(CONNECT_REFUSED, "policy" => policy.clone(), "reason" => reason).absolute(n);
-    }
-    counter!(REDIRECTS_UNACCEPTED, "policy" => policy).absolute(c.unaccepted);
+/// What linked workload sockets sent by `path` so far: messages and bytes.
+pub fn sockmap_sent(path: SockmapPath, msgs: u64, bytes: u64) {
+    counter!(SOCKMAP_MESSAGES, "path" => path.as_str()).absolute(msgs);
+    counter!(SOCKMAP_BYTES, "path" => path.as_str()).absolute(bytes);
 }
 
-/// Copies the sockmap engine's per-CPU counters into the exported ones.
-fn refresh_sockmap(maps: &Maps) {
-    let c = match maps.msg_counts() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(error = %e, "reading sockmap counters");
-            return;
-        }
+/// Linked connections whose first message took `path`.
+pub fn sockmap_first_path(path: SockmapPath, total: u64) {
+    counter!(SOCKMAP_CONNECTIONS, "first_path" => path.as_str()).absolute(total);
+}
+
+/// Why a redirected connection turned to TCP (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockmapSwitch {
+    UnreadLimit,
+    ProxySocketClosed,
+}
+
+pub fn sockmap_to_tcp(why: SockmapSwitch, total: u64) {
+    let reason = match why {
+        SockmapSwitch::UnreadLimit => "unread_limit",
+        SockmapSwitch::ProxySocketClosed => "proxy_socket_closed",
     };
-    for (path, msgs, bytes) in [
-        ("redirect", c.redirected_msgs, c.redirected_bytes),
-        ("tcp", c.tcp_msgs, c.tcp_bytes),
-    ] {
-        counter!(SOCKMAP_MESSAGES, "path" => path).absolute(msgs);
-        counter!(SOCKMAP_BYTES, "path" => path).absolute(bytes);
-    }
-    counter!(SOCKMAP_CONNECTIONS, "first_path" => "redirect").absolute(c.first_redirect);
-    counter!(SOCKMAP_CONNECTIONS, "first_path" => "tcp").absolute(c.first_tcp);
-    counter!(SOCKMAP_TO_TCP, "reason" => "unread_limit").absolute(c.unread_limit);
-    counter!(SOCKMAP_TO_TCP, "reason" => "proxy_socket_closed").absolute(c.peer_gone);
-    counter!(SOCKMAP_LINKED, "side" => "workload").absolute(c.linked_workloads);
-    counter!(SOCKMAP_LINKED, "side" => "proxy").absolute(c.linked_proxy);
+    counter!(SOCKMAP_TO_TCP, "reason" => reason).absolute(total);
+}
+
+/// Which sockets the kernel entered in its socket maps (label `side`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SockmapSide {
+    Workload,
+    Proxy,
+}
+
+pub fn sockmap_linked(side: SockmapSide, total: u64) {
+    let side = match side {
+        SockmapSide::Workload => "workload",
+        SockmapSide::Proxy => "proxy",
+    };
+    counter!(SOCKMAP_LINKED, "side" => side).absolute(total);
 }
 
 /// An errno by its symbolic name (`ECONNREFUSED`): the `errno` label of

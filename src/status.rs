@@ -103,7 +103,7 @@ fn scan_policy(root: &Path, cgroups: &[CgroupPath], i: usize) -> CgroupState {
 
 /// Names in the pinned links directory; none when it does not exist.
 fn pinned_links(pin_path: &Path) -> Result<Vec<String>, String> {
-    let dir = pin_path.join("links");
+    let dir = crate::bpf::pins::links_dir(pin_path);
     let entries = match std::fs::read_dir(&dir) {
         Ok(es) => es,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -222,7 +222,7 @@ pub fn report(s: &Status) -> String {
         plural(s.policies.len(), "policy", "policies"),
         s.pin_path.display()
     );
-    let links_dir = s.pin_path.join("links");
+    let links_dir = crate::bpf::pins::links_dir(&s.pin_path);
     let _ = match &s.links {
         Ok(names) if names.is_empty() => writeln!(
             out,

@@ -4,7 +4,7 @@
  *
  * Every map key, map value and enum that both sides read is defined here and
  * nowhere else. Rust sees these types through the skeletons that build.rs
- * generates from the objects' BTF (module `bpf::types`), never through a
+ * generates from the objects' BTF (module `bpf::abi`), never through a
  * hand-written twin. Sizes are pinned with _Static_assert so that a change in
  * layout fails the build instead of corrupting a map.
  *
@@ -15,25 +15,34 @@
 #ifndef SOCKWARDEN_ABI_H
 #define SOCKWARDEN_ABI_H
 
-/* Upper bounds shared by both sides. */
-#define SW_MAX_POLICIES 256          /* policy ids are 0..SW_MAX_POLICIES-1 */
-#define SW_MAX_CGROUP_DEPTH 32       /* deepest cgroup level classified */
-#define SW_MAX_POLICY_CGROUPS 1024   /* entries in policy_cgroups */
-#define SW_MAX_RULE_PREFIXES 65536   /* entries in policy_rules */
-#define SW_MAX_TUPLES 262144         /* tuples */
-#define SW_MAX_LINKED_SOCKS 65536    /* sk_workloads, sk_proxy */
-
 /*
- * Capacities Rust needs before it loads anything (config validation). An
- * enum, not a #define, so that they reach BTF and hence the skeletons.
+ * Upper bounds shared by both sides: the maps' sizes, and what userspace
+ * validates against them before it loads anything. An enum, not #defines,
+ * so that they reach BTF and hence the skeletons (bpf::abi::sw_limit).
  */
-enum sw_capacity {
+enum sw_limit {
+	SW_MAX_POLICIES = 256,        /* policy ids are 0..SW_MAX_POLICIES-1 */
+	SW_MAX_CGROUP_DEPTH = 32,     /* deepest cgroup level classified */
+	SW_MAX_POLICY_CGROUPS = 1024, /* entries in policy_cgroups */
+	/*
+	 * Entries in policy_rules. Userspace counts the entries it would write
+	 * and refuses a configuration that needs more (config validation).
+	 */
+	SW_MAX_RULE_PREFIXES = 65536,
+	SW_MAX_TUPLES = 262144,       /* tuples */
+	SW_MAX_LINKED_SOCKS = 65536,  /* sk_workloads, sk_proxy, sk_consumed */
 	/*
 	 * orig_dsts entries. The policies' max_connections add up to at most
 	 * this (userspace validates it), and every entry belongs to a counted
 	 * socket that is still open, so the map can never be full.
 	 */
 	SW_MAX_TRACKED_CONNS = 65536,
+	/*
+	 * Redirected bytes the proxy may leave unread before a socket turns
+	 * to TCP (sockmap engine); the proxy reports what it read well within
+	 * it.
+	 */
+	SW_MSG_UNREAD_LIMIT = 256 * 1024,
 };
 
 /* What connect() does for a (policy, destination, port). Absence = deny. */
@@ -84,9 +93,6 @@ enum sw_msg_path {
 	SW_MSG_TCP = 2,      /* through TCP, for good */
 	SW_MSG_REDIRECT = 3, /* straight into the proxy socket's receive queue */
 };
-
-/* Redirected bytes the proxy may leave unread before a socket turns to TCP. */
-#define SW_MSG_UNREAD_LIMIT (256 * 1024)
 
 /*
  * A connection as the proxy's listener sees it: the workload's address and
@@ -181,9 +187,10 @@ enum sw_rule_proto {
 
 /*
  * policy_rules key (LPM trie). prefixlen counts bits from policy_id on:
- * 32 (policy_id) + 16 (port) + 16 (proto) + address prefix (0..128, IPv4
- * prefixes offset by 96 for the mapped form). port 0 means "any port".
- * UDP entries are never SW_VERDICT_REDIRECT.
+ * SW_RULE_KEY_FIXED_BITS (policy_id, port, proto: always matched whole) +
+ * the address prefix (0..SW_ADDR_BITS; an IPv4 prefix is offset by
+ * SW_ADDR_V4_MAPPED_BITS, the ::ffff: before it in the mapped form).
+ * port 0 means "any port". UDP entries are never SW_VERDICT_REDIRECT.
  */
 struct sw_rule_key {
 	__u32 prefixlen;
@@ -192,7 +199,13 @@ struct sw_rule_key {
 	__u16 proto; /* enum sw_rule_proto */
 	__u8 addr[16];
 };
-#define SW_RULE_KEY_FIXED_BITS 64
+
+/* The bits of sw_rule_key.prefixlen (checked against the layout below). */
+enum sw_rule_bits {
+	SW_RULE_KEY_FIXED_BITS = 64, /* policy_id, port, proto */
+	SW_ADDR_BITS = 128,          /* a 16-byte address */
+	SW_ADDR_V4_MAPPED_BITS = 96, /* ::ffff: before an IPv4 address */
+};
 
 struct sw_rule_value {
 	enum sw_verdict verdict;
@@ -249,16 +262,43 @@ struct sw_conn_counter_key {
 	enum sw_conn_event event;
 };
 
-_Static_assert(sizeof(struct sw_policy_ref) == 8, "sw_policy_ref layout");
-_Static_assert(sizeof(struct sw_rule_key) == 28, "sw_rule_key layout");
-_Static_assert(sizeof(struct sw_rule_value) == 4, "sw_rule_value layout");
-_Static_assert(sizeof(struct sw_orig_dst) == 40, "sw_orig_dst layout");
-_Static_assert(sizeof(struct sw_conn_key) == 36, "sw_conn_key layout");
-_Static_assert(sizeof(struct sw_counter_key) == 8, "sw_counter_key layout");
-_Static_assert(sizeof(struct sw_sock_info) == 96, "sw_sock_info layout");
-_Static_assert(sizeof(struct sw_policy_conns) == 16, "sw_policy_conns layout");
-_Static_assert(sizeof(struct sw_conn_counter_key) == 8, "sw_conn_counter_key layout");
-_Static_assert(sizeof(struct sw_tuple_key) == 48, "sw_tuple_key layout");
-_Static_assert(sizeof(struct sw_tuple_value) == 24, "sw_tuple_value layout");
+/*
+ * The size of each type that both sides view as bytes: the sum of its
+ * fields, so that it has no padding (Rust reads and writes every byte of
+ * it). Rust checks its generated twins against the same numbers.
+ */
+enum sw_abi_size {
+	SW_SIZEOF_POLICY_REF = 8,        /* 4 + 4 */
+	SW_SIZEOF_RULE_KEY = 28,         /* 4 + 4 + 2 + 2 + 16 */
+	SW_SIZEOF_RULE_VALUE = 4,
+	SW_SIZEOF_ORIG_DST = 40,         /* 16 + 2 + 2 + 4 + 8 + 8 */
+	SW_SIZEOF_CONN_KEY = 36,         /* 16 + 16 + 2 + 2 */
+	SW_SIZEOF_COUNTER_KEY = 8,       /* 4 + 4 */
+	SW_SIZEOF_SOCK_INFO = 96,        /* 4 + 4 + 4 + 36 + 8 + 40 */
+	SW_SIZEOF_POLICY_CONNS = 16,     /* 8 + 8 */
+	SW_SIZEOF_CONN_COUNTER_KEY = 8,  /* 4 + 4 */
+	SW_SIZEOF_TUPLE_KEY = 48,        /* 8 + 16 + 16 + 2 + 2 + 4 */
+	SW_SIZEOF_TUPLE_VALUE = 24,      /* 8 + 8 + 4 + 4 */
+};
+
+_Static_assert(sizeof(struct sw_policy_ref) == SW_SIZEOF_POLICY_REF, "sw_policy_ref layout");
+_Static_assert(sizeof(struct sw_rule_key) == SW_SIZEOF_RULE_KEY, "sw_rule_key layout");
+_Static_assert(sizeof(struct sw_rule_value) == SW_SIZEOF_RULE_VALUE, "sw_rule_value layout");
+_Static_assert(sizeof(struct sw_orig_dst) == SW_SIZEOF_ORIG_DST, "sw_orig_dst layout");
+_Static_assert(sizeof(struct sw_conn_key) == SW_SIZEOF_CONN_KEY, "sw_conn_key layout");
+_Static_assert(sizeof(struct sw_counter_key) == SW_SIZEOF_COUNTER_KEY, "sw_counter_key layout");
+_Static_assert(sizeof(struct sw_sock_info) == SW_SIZEOF_SOCK_INFO, "sw_sock_info layout");
+_Static_assert(sizeof(struct sw_policy_conns) == SW_SIZEOF_POLICY_CONNS, "sw_policy_conns layout");
+_Static_assert(sizeof(struct sw_conn_counter_key) == SW_SIZEOF_CONN_COUNTER_KEY,
+	       "sw_conn_counter_key layout");
+_Static_assert(sizeof(struct sw_tuple_key) == SW_SIZEOF_TUPLE_KEY, "sw_tuple_key layout");
+_Static_assert(sizeof(struct sw_tuple_value) == SW_SIZEOF_TUPLE_VALUE, "sw_tuple_value layout");
+
+/* The prefix bits are the key's layout: policy_id up to addr, and addr. */
+_Static_assert(SW_RULE_KEY_FIXED_BITS == 8 * (__builtin_offsetof(struct sw_rule_key, addr) -
+					      __builtin_offsetof(struct sw_rule_key, policy_id)),
+	       "sw_rule_key fixed bits");
+_Static_assert(SW_ADDR_BITS == 8 * sizeof(((struct sw_rule_key *)0)->addr), "address bits");
+_Static_assert(SW_ADDR_V4_MAPPED_BITS + 32 == SW_ADDR_BITS, "IPv4-mapped prefix");
 
 #endif /* SOCKWARDEN_ABI_H */

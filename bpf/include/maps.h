@@ -98,4 +98,53 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tuples SEC(".maps");
 
+/*
+ * The sockmap engine's maps (sockops.bpf.c fills and reads them; userspace
+ * attaches sw_msg to sk_workloads and reports reads in sk_consumed).
+ *
+ * Redirected workload sockets (key: socket cookie); sw_msg runs on their sends.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SW_MAX_LINKED_SOCKS);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_workloads SEC(".maps");
+
+/*
+ * The proxy's accepted sockets (key: listener-side 4-tuple). No program is
+ * attached to this map: its sockets only gain a second receive queue that
+ * recvmsg() reads before the TCP one.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, SW_MAX_LINKED_SOCKS);
+	__type(key, struct sw_conn_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_proxy SEC(".maps");
+
+/*
+ * Bytes the proxy has read from each linked proxy socket, as the proxy
+ * reports them (in steps; see SW_MSG_UNREAD_LIMIT). Written and deleted by
+ * userspace.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, SW_MAX_LINKED_SOCKS);
+	__type(key, struct sw_conn_key);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sk_consumed SEC(".maps");
+
+/* enum sw_msg_counter -> count, per CPU (sockmap engine). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_MSG_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} msg_counters SEC(".maps");
+
 #endif /* SOCKWARDEN_MAPS_H */

@@ -45,7 +45,7 @@ static __always_inline __u32 sw_rule_verdict(__u32 policy_id, __u16 proto, const
 					     __u16 port)
 {
 	struct sw_rule_key key = {
-		.prefixlen = SW_RULE_KEY_FIXED_BITS + 128,
+		.prefixlen = SW_RULE_KEY_FIXED_BITS + SW_ADDR_BITS,
 		.policy_id = policy_id,
 		.port = port,
 		.proto = proto,

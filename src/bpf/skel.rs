@@ -5,9 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::Link;
+use libbpf_rs::{Link, OpenObject};
 
-use super::{BpfError, Programs};
+use super::{BpfError, MapName, Programs};
 
 #[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
 mod connect {
@@ -39,32 +39,27 @@ mod tc {
     include!(concat!(env!("OUT_DIR"), "/tc.skel.rs"));
 }
 
-/// The ABI types of bpf/include/abi.h, as generated from the objects' BTF.
-pub mod abi {
+/// The types of bpf/include/abi.h, as generated from the objects' BTF
+/// (connect.bpf.c puts the enums no map names there).
+pub mod types {
     pub use super::connect::types::*;
     pub use super::doors::types::sw_door_event;
     pub use super::sockops::types::sw_msg_counter;
 }
 
-/// Points each shared map of an open skeleton at its pin.
-macro_rules! pin_shared_maps {
-    ($maps:expr, $dir:expr) => {{
-        for (name, map) in [
-            ("policy_cgroups", &mut $maps.policy_cgroups),
-            ("policy_rules", &mut $maps.policy_rules),
-            ("orig_dsts", &mut $maps.orig_dsts),
-            ("policy_conns", &mut $maps.policy_conns),
-            ("conn_counters", &mut $maps.conn_counters),
-            ("verdict_counters", &mut $maps.verdict_counters),
-            ("door_counters", &mut $maps.door_counters),
-            ("sock_roles", &mut $maps.sock_roles),
-            ("tuples", &mut $maps.tuples),
-        ] {
-            let path = $dir.join(name);
-            map.set_pin_path(&path)
-                .map_err(|source| BpfError::Pin { path, source })?;
-        }
-    }};
+/// Points each shared map of an open object at its pin (maps.h: every
+/// object but tc's declares them all); libbpf's internal maps (`.rodata`)
+/// are not pinned.
+fn pin_maps(object: &mut OpenObject, pin_path: &Path) -> Result<(), BpfError> {
+    for mut map in object.maps_mut() {
+        let Some(name) = map.name().to_str().and_then(MapName::from_name) else {
+            continue;
+        };
+        let path = name.pin(pin_path);
+        map.set_pin_path(&path)
+            .map_err(|source| BpfError::Pin { path, source })?;
+    }
+    Ok(())
 }
 
 /// An IPv4 address as the kernel stores it (network order in memory).
@@ -79,7 +74,7 @@ fn ip4_be(addr: SocketAddr) -> u32 {
 
 /// An IPv6 address (IPv4-mapped for IPv4) as four network-order words.
 fn ip6_be(addr: SocketAddr) -> [u32; 4] {
-    let octets = super::addr16(addr.ip());
+    let octets = super::abi::addr16(addr.ip());
     let mut words = [0u32; 4];
     for (w, chunk) in words.iter_mut().zip(octets.chunks_exact(4)) {
         *w = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
@@ -92,7 +87,7 @@ fn load_err(object: &'static str) -> impl FnOnce(libbpf_rs::Error) -> BpfError {
 }
 
 fn pin_link(pin_path: &Path, name: &str, mut link: Link) -> Result<(PathBuf, Link), BpfError> {
-    let path = pin_path.join("links").join(name);
+    let path = super::pins::links_dir(pin_path).join(name);
     link.pin(&path).map_err(|source| BpfError::Pin {
         path: path.clone(),
         source,
@@ -117,7 +112,7 @@ pub fn load_and_attach(
     let mut open = connect::ConnectSkelBuilder::default()
         .open(&mut connect_obj)
         .map_err(load_err("connect.bpf.o"))?;
-    pin_shared_maps!(open.maps, pin_path);
+    pin_maps(open.open_object_mut(), pin_path)?;
     let rodata = open
         .maps
         .rodata_data
@@ -133,17 +128,7 @@ pub fn load_and_attach(
     let mut open = sockops::SockopsSkelBuilder::default()
         .open(&mut sockops_obj)
         .map_err(load_err("sockops.bpf.o"))?;
-    pin_shared_maps!(open.maps, pin_path);
-    for (name, map) in [
-        ("sk_workloads", &mut open.maps.sk_workloads),
-        ("sk_proxy", &mut open.maps.sk_proxy),
-        ("msg_counters", &mut open.maps.msg_counters),
-        ("sk_consumed", &mut open.maps.sk_consumed),
-    ] {
-        let path = pin_path.join(name);
-        map.set_pin_path(&path)
-            .map_err(|source| BpfError::Pin { path, source })?;
-    }
+    pin_maps(open.open_object_mut(), pin_path)?;
     let rodata = open
         .maps
         .rodata_data
@@ -159,14 +144,14 @@ pub fn load_and_attach(
     let mut open = release::ReleaseSkelBuilder::default()
         .open(&mut release_obj)
         .map_err(load_err("release.bpf.o"))?;
-    pin_shared_maps!(open.maps, pin_path);
+    pin_maps(open.open_object_mut(), pin_path)?;
     let release = open.load().map_err(load_err("release.bpf.o"))?;
 
     let mut doors_obj = MaybeUninit::uninit();
     let mut open = doors::DoorsSkelBuilder::default()
         .open(&mut doors_obj)
         .map_err(load_err("doors.bpf.o"))?;
-    pin_shared_maps!(open.maps, pin_path);
+    pin_maps(open.open_object_mut(), pin_path)?;
     let doors = open.load().map_err(load_err("doors.bpf.o"))?;
 
     let mut lsm_obj = MaybeUninit::uninit();
@@ -174,7 +159,7 @@ pub fn load_and_attach(
         let mut open = lsm::LsmSkelBuilder::default()
             .open(&mut lsm_obj)
             .map_err(load_err("lsm.bpf.o"))?;
-        pin_shared_maps!(open.maps, pin_path);
+        pin_maps(open.open_object_mut(), pin_path)?;
         Some(open.load().map_err(load_err("lsm.bpf.o"))?)
     } else {
         None
@@ -192,7 +177,7 @@ pub fn load_and_attach(
             .attach_sockmap(sockops.maps.sk_workloads.as_fd().as_raw_fd())
             .map_err(|source| BpfError::AttachMap {
                 program: "sw_msg",
-                map: "sk_workloads",
+                map: MapName::SkWorkloads,
                 source,
             })?;
     }
@@ -256,4 +241,73 @@ pub fn with_tc_program<R, E: From<BpfError>>(
         .transparent_mark = mark;
     let skel = open.load().map_err(load_err("tc.bpf.o"))?;
     attach(skel.progs.sw_tc_ingress.as_fd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::abi::limits;
+
+    /// The maps an object declares, (name, max_entries), without libbpf's
+    /// internal ones. Opening parses the object; it needs no privileges.
+    macro_rules! declared_maps {
+        ($builder:ty) => {{
+            let mut obj = MaybeUninit::uninit();
+            let open = <$builder>::default()
+                .open(&mut obj)
+                .expect("opening the object");
+            let mut maps: Vec<(String, u32)> = open
+                .open_object()
+                .maps()
+                .map(|m| (m.name().to_string_lossy().into_owned(), m.max_entries()))
+                .filter(|(name, _)| !name.contains('.'))
+                .collect();
+            maps.sort();
+            maps
+        }};
+    }
+
+    fn objects() -> Vec<(&'static str, Vec<(String, u32)>)> {
+        vec![
+            ("connect", declared_maps!(connect::ConnectSkelBuilder)),
+            ("sockops", declared_maps!(sockops::SockopsSkelBuilder)),
+            ("release", declared_maps!(release::ReleaseSkelBuilder)),
+            ("doors", declared_maps!(doors::DoorsSkelBuilder)),
+            ("lsm", declared_maps!(lsm::LsmSkelBuilder)),
+            ("tc", declared_maps!(tc::TcSkelBuilder)),
+        ]
+    }
+
+    #[test]
+    fn every_shared_map_is_named_and_declared_once_for_all() {
+        let mut all: Vec<&str> = MapName::ALL.iter().map(|m| m.as_str()).collect();
+        all.sort_unstable();
+        for (object, maps) in objects() {
+            let names: Vec<&str> = maps.iter().map(|(n, _)| n.as_str()).collect();
+            let want = if object == "tc" {
+                Vec::new()
+            } else {
+                all.clone()
+            };
+            assert_eq!(names, want, "{object}.bpf.o");
+        }
+    }
+
+    #[test]
+    fn the_limits_userspace_checks_are_the_maps_sizes() {
+        let (_, maps) = &objects()[0];
+        let size = |name: MapName| {
+            maps.iter()
+                .find(|(n, _)| n == name.as_str())
+                .map(|(_, max)| *max as usize)
+        };
+        let cases = [
+            (MapName::PolicyRules, limits::MAX_RULE_PREFIXES),
+            (MapName::PolicyConns, limits::MAX_POLICIES),
+            (MapName::OrigDsts, limits::TRACKED_CONNS as usize),
+        ];
+        for (map, limit) in cases {
+            assert_eq!(size(map), Some(limit), "{map}");
+        }
+    }
 }

@@ -10,12 +10,13 @@
 //! kernel refuses UDP where the TCP entries redirect (see
 //! [`super::UdpVerdict::Quic`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 
 use super::{PolicyId, PolicySet, UdpVerdict};
+use crate::bpf::abi::{addr16, ADDR_BITS, ADDR_V4_MAPPED_BITS};
 
 /// Connect-time verdict; order matters (stronger is greater).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -53,17 +54,9 @@ pub struct RuleEntry {
     pub port: u16,
     /// Address in the 16-byte form (IPv4-mapped for IPv4).
     pub addr: [u8; 16],
-    /// Prefix length over `addr` (IPv4 prefixes + 96).
+    /// Prefix length over `addr` (IPv4 prefixes + [`ADDR_V4_MAPPED_BITS`]).
     pub prefix_len: u8,
     pub verdict: ConnectVerdict,
-}
-
-/// 16-byte form of an address: IPv4 becomes ::ffff:a.b.c.d.
-pub fn addr16(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
 }
 
 /// An address prefix in the 16-byte form: (address, prefix length).
@@ -71,7 +64,10 @@ type Prefix = ([u8; 16], u8);
 
 fn prefix16(net: &IpNet) -> Prefix {
     match net {
-        IpNet::V4(n) => (addr16(IpAddr::V4(n.network())), n.prefix_len() + 96),
+        IpNet::V4(n) => (
+            addr16(IpAddr::V4(n.network())),
+            ADDR_V4_MAPPED_BITS + n.prefix_len(),
+        ),
         IpNet::V6(n) => (addr16(IpAddr::V6(n.network())), n.prefix_len()),
     }
 }
@@ -85,19 +81,31 @@ fn contains(outer: &Prefix, inner: &Prefix) -> bool {
     let mask = if outer.1 == 0 {
         0
     } else {
-        u128::MAX << (128 - u32::from(outer.1))
+        u128::MAX << (ADDR_BITS - outer.1)
     };
     a & mask == b & mask
 }
 
-/// All entries for the kernel map, merged as described in the module docs.
-pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
-    // (policy, transport, port) -> prefix -> strongest verdict of the rules naming it.
-    type Group = (PolicyId, Transport, u16);
-    let mut groups: BTreeMap<Group, BTreeMap<Prefix, ConnectVerdict>> = BTreeMap::new();
-    for (id, policy) in set.policies.iter().enumerate() {
-        let id = id as PolicyId;
-        for rule in &policy.rules {
+/// Where a kernel entry's prefix is written in the configuration: policy,
+/// rule (`egress[]`) and destination (`to[]`) indexes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefixOrigin {
+    pub policy: usize,
+    pub rule: usize,
+    pub to: usize,
+}
+
+/// (policy, transport, port): the entries the kernel looks up together.
+type Group = (PolicyId, Transport, u16);
+
+/// Every (group, prefix, verdict) the rules name, in configuration order,
+/// with where each is written. Distinct (group, prefix) pairs are exactly
+/// the kernel's entries.
+fn rule_prefixes(
+    set: &PolicySet,
+) -> impl Iterator<Item = (PrefixOrigin, Group, Prefix, ConnectVerdict)> + '_ {
+    set.policies.iter().enumerate().flat_map(|(p, policy)| {
+        policy.rules.iter().enumerate().flat_map(move |(r, rule)| {
             // Config validation keeps http rules TCP-only.
             let verdict = if rule.http.is_some() {
                 ConnectVerdict::Redirect
@@ -113,16 +121,37 @@ pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
                 (rule.protocol.tcp(), Transport::Tcp),
                 (rule.protocol.udp(), Transport::Udp),
             ];
-            for (_, transport) in transports.into_iter().filter(|(on, _)| *on) {
-                for port in &ports {
-                    let group = groups.entry((id, transport, *port)).or_default();
-                    for net in &rule.nets {
-                        let v = group.entry(prefix16(net)).or_insert(verdict);
-                        *v = (*v).max(verdict);
-                    }
-                }
-            }
-        }
+            transports
+                .into_iter()
+                .filter(|(on, _)| *on)
+                .flat_map(move |(_, transport)| {
+                    ports.clone().into_iter().flat_map(move |port| {
+                        rule.nets.iter().enumerate().map(move |(to, net)| {
+                            let origin = PrefixOrigin {
+                                policy: p,
+                                rule: r,
+                                to,
+                            };
+                            let group = (p as PolicyId, transport, port);
+                            (origin, group, prefix16(net), verdict)
+                        })
+                    })
+                })
+        })
+    })
+}
+
+/// All entries for the kernel map, merged as described in the module docs.
+pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
+    // (policy, transport, port) -> prefix -> strongest verdict of the rules naming it.
+    let mut groups: BTreeMap<Group, BTreeMap<Prefix, ConnectVerdict>> = BTreeMap::new();
+    for (_, group, prefix, verdict) in rule_prefixes(set) {
+        let v = groups
+            .entry(group)
+            .or_default()
+            .entry(prefix)
+            .or_insert(verdict);
+        *v = (*v).max(verdict);
     }
     let mut out = Vec::new();
     for ((policy_id, transport, port), prefixes) in &groups {
@@ -146,9 +175,19 @@ pub fn rule_entries(set: &PolicySet) -> Vec<RuleEntry> {
     out
 }
 
+/// Where the rules first need more than `capacity` kernel entries: the
+/// destination whose prefix would be entry `capacity + 1` of
+/// [`rule_entries`]. None when they all fit.
+pub fn prefix_overflow(set: &PolicySet, capacity: usize) -> Option<PrefixOrigin> {
+    let mut seen = BTreeSet::new();
+    rule_prefixes(set)
+        .find(|(_, group, prefix, _)| seen.insert((*group, *prefix)) && seen.len() > capacity)
+        .map(|(origin, ..)| origin)
+}
+
 /// Connections the kernel tracks for the proxy (orig_dsts entries): the
 /// policies' limits add up to at most this, so that map can never be full.
-pub const TRACKED_CONNS: u32 = crate::bpf::abi::sw_capacity::SW_MAX_TRACKED_CONNS.0;
+pub use crate::bpf::limits::TRACKED_CONNS;
 
 /// Why the policies' `max_connections` cannot all be honoured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,7 +253,7 @@ pub fn kernel_verdict(
     ip: IpAddr,
     port: u16,
 ) -> Option<ConnectVerdict> {
-    let target: Prefix = (addr16(ip), 128);
+    let target: Prefix = (addr16(ip), ADDR_BITS);
     let lpm = |p: u16| {
         entries
             .iter()
@@ -440,6 +479,66 @@ policies:
                 assert!(limits.iter().map(|l| u64::from(*l)).sum::<u64>() <= u64::from(*capacity));
             }
         }
+    }
+
+    #[test]
+    fn prefix_overflow_points_at_the_first_entry_past_the_capacity() {
+        let config = r#"
+proxy: { listen: "10.77.0.1:15001" }
+policies:
+  - name: a
+    cgroup: /t/a
+    egress:
+      - to: ["10.0.0.0/8", "10.0.0.0/8", "fd00::/8"]
+        ports: [80, 443]
+      - to: ["10.0.0.0/8"]
+        ports: [443, 80]
+        http: [{ method: GET }]
+      - to: ["192.168.0.0/16", "::ffff:192.168.0.0/112"]
+        protocol: any
+  - name: b
+    cgroup: /t/b
+    egress:
+      - to: ["10.0.0.0/8"]
+        ports: [80]
+"#;
+        let policies = PolicySet::compile(&Config::parse(config, Path::new("t.yaml")).unwrap());
+        let at = |policy, rule, to| Some(PrefixOrigin { policy, rule, to });
+        // Entry n + 1 in configuration order, for capacity n. Repeats (the
+        // same prefix again, the second rule's prefixes, an IPv4-mapped
+        // IPv6 form of an IPv4 prefix) are no new entries; each port and
+        // transport of a rule is; so is each policy.
+        let cases = [
+            (0, at(0, 0, 0)), // TCP port 80, 10/8
+            (1, at(0, 0, 2)), // TCP port 80, fd00::/8
+            (2, at(0, 0, 0)), // TCP port 443, 10/8
+            (3, at(0, 0, 2)), // TCP port 443, fd00::/8
+            (4, at(0, 2, 0)), // TCP any port, 192.168/16
+            (5, at(0, 2, 0)), // UDP any port, 192.168/16
+            (6, at(1, 0, 0)), // policy b
+            (7, None),
+            (65536, None),
+        ];
+        for (capacity, want) in cases {
+            assert_eq!(
+                prefix_overflow(&policies, capacity),
+                want,
+                "capacity {capacity}"
+            );
+        }
+        // The count is what rule_entries writes.
+        let written = rule_entries(&policies).len();
+        assert_eq!(written, 7);
+        for capacity in 0..10 {
+            assert_eq!(
+                prefix_overflow(&policies, capacity).is_none(),
+                written <= capacity,
+                "capacity {capacity}"
+            );
+        }
+        let written = rule_entries(&set()).len();
+        assert_eq!(prefix_overflow(&set(), written), None);
+        assert!(prefix_overflow(&set(), written - 1).is_some());
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! The pin path's lifecycle: the bpf filesystem under it, the lock that says
+//! a live instance owns it, and removing what an earlier run left there.
+//!
+//! Every map is pinned as `<pin path>/<map name>` ([`super::MapName::pin`])
+//! and every link as `<pin path>/links/<program name>`.
+
+use std::path::{Path, PathBuf};
+
+use super::BpfError;
+
+/// statfs(2) f_type of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Directory of the per-pin-path instance locks.
+const LOCK_DIR: &str = "/run/sockwarden";
+
+/// Where the links are pinned under `pin_path`.
+pub fn links_dir(pin_path: &Path) -> PathBuf {
+    pin_path.join("links")
+}
+
+/// The lock file of `pin_path`: one per pin path, under [`LOCK_DIR`].
+fn lock_file(pin_path: &Path) -> PathBuf {
+    let name = pin_path.to_string_lossy().replace('/', "_");
+    Path::new(LOCK_DIR).join(format!("{name}.lock"))
+}
+
+/// Makes sure the directory holding `pin_path` is on a bpf filesystem,
+/// mounting one there if it is not (as hosts without systemd need). Checking
+/// and mounting happen under a host-wide lock, so two instances starting
+/// together cannot stack two mounts (which would hide the first one's pins).
+pub(super) fn ensure_bpffs(pin_path: &Path) -> Result<(), BpfError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let parent = pin_path.parent().unwrap_or(Path::new("/"));
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
+    if on_bpffs(parent) {
+        return Ok(());
+    }
+    let lock_path = Path::new(LOCK_DIR).join("bpffs-mount.lock");
+    let _lock = open_lock_file(&lock_path)
+        .and_then(|f| {
+            Flock::lock(f, FlockArg::LockExclusive)
+                .map_err(|(_, e)| std::io::Error::from_raw_os_error(e as i32))
+        })
+        .map_err(|source| BpfError::CreateDir {
+            path: lock_path.clone(),
+            source,
+        })?;
+    if on_bpffs(parent) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        parent,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| BpfError::BpfFs {
+        path: parent.to_path_buf(),
+        source,
+    })?;
+    tracing::info!(path = %parent.display(), "mounted a bpf filesystem");
+    Ok(())
+}
+
+fn open_lock_file(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(LOCK_DIR)?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
+/// Takes the lock that says "a live sockwarden owns this pin path", so a
+/// second instance cannot mistake the first one's pins for leftovers.
+pub fn lock_pin_path(pin_path: &Path) -> Result<PinLock, BpfError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::MetadataExt;
+    let path = lock_file(pin_path);
+    let create_err = |source| BpfError::CreateDir {
+        path: path.clone(),
+        source,
+    };
+    // The owner removes the file on shutdown, so a lock taken on a file that
+    // was unlinked meanwhile proves nothing: check the path still names it.
+    // Bounded: each retry means another instance just shut down.
+    for _ in 0..8 {
+        let file = open_lock_file(&path).map_err(create_err)?;
+        let lock =
+            Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| BpfError::InUse {
+                pin_path: pin_path.to_path_buf(),
+                lock: path.clone(),
+            })?;
+        let held = lock.metadata().map_err(create_err)?.ino();
+        if std::fs::metadata(&path).is_ok_and(|m| m.ino() == held) {
+            return Ok(PinLock { path, _flock: lock });
+        }
+    }
+    Err(BpfError::InUse {
+        pin_path: pin_path.to_path_buf(),
+        lock: path,
+    })
+}
+
+/// Proof that this process owns a pin path; released when dropped.
+#[derive(Debug)]
+pub struct PinLock {
+    path: PathBuf,
+    _flock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Drop for PinLock {
+    /// Removes the lock file while still holding the lock; the flock goes
+    /// with the file descriptor right after.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Removes pins (links first, which detaches them) left by an earlier run.
+/// Returns whether anything was there.
+pub fn remove_pins(pin_path: &Path) -> Result<bool, BpfError> {
+    if !pin_path.exists() {
+        return Ok(false);
+    }
+    std::fs::remove_dir_all(links_dir(pin_path))
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })
+        .and_then(|()| std::fs::remove_dir_all(pin_path))
+        .map_err(|source| BpfError::Leftovers {
+            path: pin_path.to_path_buf(),
+            source,
+        })?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pin_path_has_its_own_lock_file() {
+        let cases = [
+            (
+                "/sys/fs/bpf/sockwarden",
+                "/run/sockwarden/_sys_fs_bpf_sockwarden.lock",
+            ),
+            (
+                "/sys/fs/bpf/sw-test-1",
+                "/run/sockwarden/_sys_fs_bpf_sw-test-1.lock",
+            ),
+            ("relative/pins", "/run/sockwarden/relative_pins.lock"),
+        ];
+        for (pin_path, want) in cases {
+            assert_eq!(
+                lock_file(Path::new(pin_path)),
+                Path::new(want),
+                "{pin_path}"
+            );
+        }
+    }
+
+    /// A scratch directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn leftovers_are_removed_links_and_all() {
+        let scratch = Scratch(
+            std::env::temp_dir().join(format!("sockwarden-pins-test-{}", std::process::id())),
+        );
+        let pin_path = scratch.0.join("pins");
+        // Nothing there yet.
+        assert!(!remove_pins(&pin_path).unwrap());
+        std::fs::create_dir_all(links_dir(&pin_path)).unwrap();
+        std::fs::write(links_dir(&pin_path).join("sw_connect4"), b"").unwrap();
+        std::fs::write(super::super::MapName::Tuples.pin(&pin_path), b"").unwrap();
+        assert!(remove_pins(&pin_path).unwrap());
+        assert!(!pin_path.exists());
+        assert!(!remove_pins(&pin_path).unwrap());
+    }
+}
