@@ -120,18 +120,25 @@ pub struct Kernel {
     _lock: PinLock,
 }
 
+/// What the maps hold before any program runs.
+pub struct StaticPolicy<'a> {
+    /// The rule map's entries.
+    pub rules: &'a [RuleEntry],
+    /// Each policy's max_connections, index = policy id.
+    pub limits: &'a [u32],
+}
+
 impl Kernel {
-    /// Loads every object, writes the static policy (`limits`: each
-    /// policy's max_connections, index = policy id), attaches to the root
+    /// Loads every object, writes the static policy, attaches to the root
     /// of `cgroup_root` and pins everything under `pin_path`.
     pub fn load(
         lock: PinLock,
         pin_path: &Path,
         cgroup_root: &Path,
         programs: &Programs,
-        rules: &[RuleEntry],
-        limits: &[u32],
+        policy: StaticPolicy<'_>,
     ) -> Result<Kernel, BpfError> {
+        let StaticPolicy { rules, limits } = policy;
         pins::ensure_bpffs(pin_path)?;
         if pins::remove_pins(pin_path)? {
             tracing::warn!(path = %pin_path.display(), "removed leftovers of an earlier run");

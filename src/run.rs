@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::accesslog::AccessLog;
 use crate::admin::{self, AdminState};
-use crate::bpf::{Kernel, Programs, ProxyTarget};
+use crate::bpf::{Kernel, Programs, ProxyTarget, StaticPolicy};
 use crate::cgroup::{self, Watcher};
 use crate::config::Config;
 use crate::policy::{kernel::rule_entries, PolicySet};
@@ -82,12 +82,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &config.bpf.pin_path,
         &root,
         &programs,
-        &rule_entries(&policies),
-        &policies
-            .policies
-            .iter()
-            .map(|p| p.max_connections)
-            .collect::<Vec<_>>(),
+        StaticPolicy {
+            rules: &rule_entries(&policies),
+            limits: &policies
+                .policies
+                .iter()
+                .map(|p| p.max_connections)
+                .collect::<Vec<_>>(),
+        },
     )?;
     tracing::info!(
         pin_path = %config.bpf.pin_path.display(),

@@ -32,10 +32,10 @@ use crate::metrics::{self, CloseReason, Errno, Verdict};
 use crate::policy::{Decision, RequestView};
 
 /// How far the bytes read from a workload may run ahead of what the kernel
-/// was told (sockmap engine): well under SW_MSG_UNREAD_LIMIT (256 KiB), so
+/// was told (sockmap engine): a quarter of the kernel's unread limit, so
 /// that a connection of small exchanges keeps its redirect, while one that
 /// sends more than the proxy reads turns to TCP.
-const CONSUMED_REPORT_STEP: u64 = 64 * 1024;
+const CONSUMED_REPORT_STEP: u64 = crate::bpf::limits::MSG_UNREAD_LIMIT / 4;
 
 /// What happens to the downstream connection after a request.
 enum Next {
