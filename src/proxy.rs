@@ -28,10 +28,12 @@ use crate::config::PipeSizes;
 use crate::metrics;
 use crate::policy::PolicySet;
 
+mod attempt;
 mod body;
 mod conn;
 mod exchange;
 pub mod http;
+mod outcome;
 pub mod retry;
 mod splice;
 mod stream;

@@ -13,21 +13,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpStream;
 
-use super::exchange::{
-    denied_body, plan_request, Awaiting, DeniedBody, Ending, FinalPlan, RequestPlan, ResponseStep,
-};
+use super::attempt::{AttemptEnd, AttemptFailure, Forwarding, Stop};
+use super::exchange::{denied_body, plan_request, DeniedBody};
 use super::http::{
-    local_response, parse_request_head, parse_response_head, prepare_request, prepare_response,
-    raw_host, write_request, write_response, BodyFraming, ChunkedScanner, ConnectionHeader,
-    Request, RequestHead, Response, ResponseHead,
+    parse_request_head, prepare_request, raw_host, BodyFraming, Request, RequestHead,
 };
+use super::outcome::{write_reply, LocalReply, Next, Outcome, ReplyKind};
 use super::retry::{self, Failure, RequestFacts, RetryReason};
-use super::stream::{tunnel, BodyError, BufStream, Dest, HeadReadError, HeadWait};
+use super::stream::{tunnel, BufStream, Dest, HeadReadError, HeadWait};
+use super::transport::Transport;
 use super::upstream::{self, bind_for, retire, Bind, ConnectError, PoolKey, SourceKey};
 use super::Proxy;
 use crate::accesslog::{Flag, Record};
 use crate::bpf::OrigDst;
-use crate::config::{SourceMode, UpstreamConfig};
+use crate::config::SourceMode;
 use crate::metrics::{self, CloseReason, Errno, Verdict};
 use crate::policy::{Decision, RequestView};
 
@@ -37,137 +36,12 @@ use crate::policy::{Decision, RequestView};
 /// sends more than the proxy reads turns to TCP.
 const CONSUMED_REPORT_STEP: u64 = crate::bpf::limits::MSG_UNREAD_LIMIT / 4;
 
-/// What happens to the downstream connection after a request.
-enum Next {
-    Keep,
-    Close,
-    /// Protocol upgraded: splice the client to this upstream connection.
-    Tunnel(BufStream),
-}
-
 pub(super) struct Target {
     pub orig: OrigDst,
     /// The workload's address as the listener saw it.
     pub client: SocketAddr,
     /// The proxy address it reached.
     pub local: SocketAddr,
-}
-
-/// What one request came to: the access-log line's own fields.
-struct Outcome {
-    method: Option<String>,
-    host: Option<String>,
-    path: Option<String>,
-    status: u16,
-    verdict: Verdict,
-    flags: Vec<Flag>,
-    reason: Option<String>,
-    upstream_id: Option<u64>,
-    upstream_attempts: u32,
-    bytes_received: u64,
-    bytes_sent: u64,
-}
-
-impl Outcome {
-    fn new(head_len: u64) -> Outcome {
-        Outcome {
-            method: None,
-            host: None,
-            path: None,
-            status: 0,
-            verdict: Verdict::Error,
-            flags: Vec::new(),
-            reason: None,
-            upstream_id: None,
-            upstream_attempts: 0,
-            bytes_received: head_len,
-            bytes_sent: 0,
-        }
-    }
-
-    /// The access-log line: the connection's fields from `base`, this
-    /// request's from the outcome.
-    fn record(self, base: &Record, time: SystemTime, took: Duration) -> Record {
-        Record {
-            time,
-            method: self.method,
-            host: self.host,
-            path: self.path,
-            status: self.status,
-            verdict: self.verdict,
-            flags: self.flags,
-            reason: self.reason,
-            upstream_id: self.upstream_id,
-            upstream_attempts: self.upstream_attempts,
-            bytes_received: self.bytes_received,
-            bytes_sent: self.bytes_sent,
-            duration_ms: took.as_secs_f64() * 1e3,
-            ..base.clone()
-        }
-    }
-}
-
-/// What a reply the proxy makes itself says, and so which header names
-/// its cause.
-enum ReplyKind {
-    /// It could not or would not forward: `sockwarden-error: <reason>`.
-    Error { flag: Flag, reason: String },
-    /// Policy denied the request: `sockwarden-denied: <policy>`.
-    Denied { policy: String, reason: String },
-}
-
-/// A response the proxy writes itself.
-struct LocalReply {
-    status: u16,
-    kind: ReplyKind,
-    /// Close the downstream connection after it.
-    close: bool,
-}
-
-impl LocalReply {
-    fn error(status: u16, flag: Flag, reason: String, close: bool) -> LocalReply {
-        LocalReply {
-            status,
-            kind: ReplyKind::Error { flag, reason },
-            close,
-        }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        let (header, body) = match &self.kind {
-            ReplyKind::Error { reason, .. } => (
-                ("sockwarden-error", reason),
-                format!("sockwarden: {reason}\n"),
-            ),
-            ReplyKind::Denied { policy, reason } => (
-                ("sockwarden-denied", policy),
-                format!("sockwarden: request denied by policy {policy:?}: {reason}\n"),
-            ),
-        };
-        local_response(self.status, &[(header.0, header.1)], &body, self.close)
-    }
-
-    /// Writes what the reply says into the outcome.
-    fn account(self, out: &mut Outcome) {
-        out.status = self.status;
-        let (verdict, flag, reason) = match self.kind {
-            ReplyKind::Error { flag, reason } => (Verdict::Error, flag, reason),
-            ReplyKind::Denied { reason, .. } => (Verdict::Denied, Flag::RBAC, reason),
-        };
-        out.verdict = verdict;
-        out.flags.push(flag);
-        out.reason = Some(reason);
-    }
-}
-
-/// An allowed request on its way upstream, with what policy allows it.
-struct Forwarding<'a> {
-    down: &'a mut BufStream,
-    target: &'a Target,
-    req: &'a Request,
-    plan: &'a RequestPlan,
-    settings: UpstreamConfig,
-    out: &'a mut Outcome,
 }
 
 /// Settings of one upstream attempt.
@@ -182,104 +56,6 @@ struct AttemptCtx {
 struct Leg {
     conn: upstream::UpConn,
     key: PoolKey,
-}
-
-/// Where an attempt stands.
-enum Phase {
-    SendHead,
-    /// The body waits for 100 Continue, or for the client to send it anyway.
-    AwaitContinue,
-    SendBody,
-    AwaitHead,
-    Deliver(Final),
-    Tunnel(Response),
-}
-
-/// A final response and how it goes down.
-struct Final {
-    resp: Response,
-    plan: FinalPlan,
-    /// The request body was never forwarded.
-    body_pending: bool,
-}
-
-/// An attempt that failed before anything reached the client.
-struct AttemptFailure {
-    failure: Failure,
-    /// What to answer if it is not retried.
-    reply: LocalReply,
-}
-
-/// Why an attempt stopped short of a response.
-enum Stop {
-    /// Nothing reached the client: it may be retried. The upstream
-    /// connection is closed for `why`.
-    Failed(AttemptFailure, CloseReason),
-    /// The upstream connection is closed, and the client gets the reply
-    /// (or, with None, just a close).
-    GiveUp(Option<LocalReply>),
-    /// The client went away mid-exchange: the upstream connection is in an
-    /// unknown state, so it is closed too.
-    ClientGone,
-}
-
-impl Stop {
-    /// The connection ended before any response byte (retryable as
-    /// reset-before-response).
-    fn reset(reused: bool, why: CloseReason, detail: String, close: bool) -> Stop {
-        let reply = LocalReply::error(503, Flag::UC, detail.clone(), close);
-        let failure = Failure::ResetBeforeResponse { reused, detail };
-        Stop::Failed(AttemptFailure { failure, reply }, why)
-    }
-}
-
-/// A response head read: the response, or why the attempt stops. A
-/// connection that died before a response byte is a retryable reset;
-/// anything else is answered (`close`: the reply closes the client
-/// connection).
-fn response_of(
-    read: Result<Option<(ResponseHead, usize)>, HeadReadError>,
-    method: &str,
-    reused: bool,
-    close: bool,
-    timeout: Duration,
-) -> Result<Response, Stop> {
-    let bad = |reason: String| Stop::GiveUp(Some(LocalReply::error(502, Flag::UPE, reason, close)));
-    let head = match read {
-        Ok(Some((head, _))) => head,
-        Ok(None) => {
-            let detail = "upstream closed the connection before responding".to_string();
-            return Err(Stop::reset(reused, CloseReason::ServerClose, detail, close));
-        }
-        Err(HeadReadError::Io(e)) => {
-            let detail = format!("upstream connection failed: {}", Errno::of(&e));
-            return Err(Stop::reset(reused, CloseReason::Error, detail, close));
-        }
-        Err(HeadReadError::Timeout) => {
-            let reason = format!("upstream request timeout: no response within {timeout:?}");
-            return Err(Stop::GiveUp(Some(LocalReply::error(
-                504,
-                Flag::UT,
-                reason,
-                close,
-            ))));
-        }
-        Err(HeadReadError::Head(e)) => {
-            metrics::http_rejected(metrics::Side::Response, e.kind());
-            return Err(bad(format!("bad upstream response: {e}")));
-        }
-        Err(HeadReadError::Truncated) => {
-            return Err(bad(
-                "bad upstream response: connection closed inside the response head".into(),
-            ))
-        }
-    };
-    prepare_response(method, head).map_err(|e| {
-        metrics::http_rejected(metrics::Side::Response, e.kind());
-        // The response's framing is unknown: the client connection closes.
-        let reason = format!("bad upstream response: {e}");
-        Stop::GiveUp(Some(LocalReply::error(502, Flag::UPE, reason, true)))
-    })
 }
 
 /// What a failed request-head read is answered with; None: nothing (the
@@ -386,15 +162,15 @@ impl Proxy {
             true,
         );
         let mut out = Outcome::new(0);
-        self.reply(down, &mut out, reply).await;
+        write_reply::<_, TcpStream>(down, &mut out, reply).await;
         self.log.write(out.record(base, time, started.elapsed()));
     }
 
     /// Serves requests until the connection ends; returns the upstream side
     /// of an upgraded connection, for the caller to tunnel to.
-    async fn serve_requests(
+    async fn serve_requests<D: Transport>(
         &self,
-        down: &mut BufStream,
+        down: &mut BufStream<D>,
         target: &Target,
         base: Record,
     ) -> Option<BufStream> {
@@ -437,7 +213,7 @@ impl Proxy {
                 Err(e) => {
                     let reply = request_head_reply(e, self.settings.request_head_timeout)?;
                     let mut out = Outcome::new(0);
-                    let next = self.reply(down, &mut out, reply).await;
+                    let next = write_reply::<_, TcpStream>(down, &mut out, reply).await;
                     (next, out)
                 }
             };
@@ -451,35 +227,14 @@ impl Proxy {
         }
     }
 
-    /// Writes a local reply.
-    async fn reply(&self, down: &mut BufStream, out: &mut Outcome, r: LocalReply) -> Next {
-        let bytes = r.bytes();
-        let close = r.close;
-        r.account(out);
-        match down.write_all(&bytes).await {
-            Ok(()) => {
-                out.bytes_sent += bytes.len() as u64;
-                if close {
-                    Next::Close
-                } else {
-                    Next::Keep
-                }
-            }
-            Err(_) => {
-                out.flags.push(Flag::DC);
-                Next::Close
-            }
-        }
-    }
-
     /// One request: checked and normalized, judged, then denied or forwarded.
-    async fn serve_request(
+    async fn serve_request<D: Transport>(
         &self,
-        down: &mut BufStream,
+        down: &mut BufStream<D>,
         head: RequestHead,
         target: &Target,
         out: &mut Outcome,
-    ) -> Next {
+    ) -> Next<TcpStream> {
         out.method = Some(head.method.clone());
         out.host = raw_host(&head);
         out.path = head.target.split('?').next().map(str::to_string);
@@ -488,7 +243,7 @@ impl Proxy {
             Err(e) => {
                 metrics::http_rejected(metrics::Side::Request, e.kind());
                 let reply = LocalReply::error(e.request_status(), Flag::DPE, e.to_string(), true);
-                return self.reply(down, out, reply).await;
+                return write_reply(down, out, reply).await;
             }
         };
         out.host = req.host.clone();
@@ -512,7 +267,7 @@ impl Proxy {
                     },
                     close: req.close || !drained,
                 };
-                self.reply(down, out, reply).await
+                write_reply(down, out, reply).await
             }
             Decision::Allow { rule, entry } => {
                 out.verdict = Verdict::Allowed;
@@ -532,13 +287,12 @@ impl Proxy {
                 let plan = plan_request(&req, upgrades);
                 let mut fw = Forwarding {
                     down,
-                    target,
                     req: &req,
                     plan: &plan,
                     settings,
                     out,
                 };
-                self.forward(&mut fw).await
+                self.forward(&mut fw, target).await
             }
         }
     }
@@ -551,9 +305,9 @@ impl Proxy {
 
     /// Reads and drops a denied request's body when that is cheap; returns
     /// whether the connection is still in a known state.
-    async fn drain_denied_body(
+    async fn drain_denied_body<D: Transport>(
         &self,
-        down: &mut BufStream,
+        down: &mut BufStream<D>,
         req: &Request,
         out: &mut Outcome,
     ) -> bool {
@@ -576,7 +330,11 @@ impl Proxy {
 
     /// Forwards an allowed request and its response, retrying what is safe
     /// to retry while the budget allows.
-    async fn forward(&self, fw: &mut Forwarding<'_>) -> Next {
+    async fn forward<D: Transport>(
+        &self,
+        fw: &mut Forwarding<'_, D>,
+        target: &Target,
+    ) -> Next<TcpStream> {
         let _active = self.budget.request();
         let retries_policy = fw.settings.retries;
         let facts = RequestFacts {
@@ -594,7 +352,7 @@ impl Proxy {
                 fresh,
                 intercept_503: decide(&Failure::Status503).is_some(),
             };
-            let failed = match self.attempt(fw, &ctx).await {
+            let failed = match self.attempt(fw, target, &ctx).await {
                 Ok(next) => return next,
                 Err(f) => f,
             };
@@ -623,12 +381,12 @@ impl Proxy {
 
     /// The final answer after failed attempts: the last failure's reply,
     /// naming every attempt when there was more than one (flag URX).
-    async fn fail_after_attempts(
+    async fn fail_after_attempts<D: Transport>(
         &self,
-        fw: &mut Forwarding<'_>,
+        fw: &mut Forwarding<'_, D>,
         mut reply: LocalReply,
         failures: &[String],
-    ) -> Next {
+    ) -> Next<TcpStream> {
         let attempts = fw.out.upstream_attempts;
         if attempts > 1 {
             fw.out.flags.push(Flag::URX);
@@ -639,70 +397,57 @@ impl Proxy {
                 );
             }
         }
-        self.reply(fw.down, fw.out, reply).await
+        write_reply(fw.down, fw.out, reply).await
     }
 
-    /// One upstream attempt, phase by phase. Err: it failed before anything
-    /// reached the client, and may be retried.
-    async fn attempt(
+    /// One upstream attempt (see [`Forwarding::run`]) on a pooled or new
+    /// connection, which then returns to the pool or is closed. Err: it
+    /// failed before anything reached the client, and may be retried.
+    async fn attempt<D: Transport>(
         &self,
-        fw: &mut Forwarding<'_>,
+        fw: &mut Forwarding<'_, D>,
+        target: &Target,
         ctx: &AttemptCtx,
-    ) -> Result<Next, AttemptFailure> {
+    ) -> Result<Next<TcpStream>, AttemptFailure> {
         fw.out.upstream_attempts += 1;
-        let mut leg = self.upstream_leg(fw, ctx).await?;
-        fw.out.upstream_id = Some(leg.conn.id);
-        let plan = fw.plan;
-        let mut wait = Awaiting::new(plan, ctx.intercept_503);
-        let mut phase = Phase::SendHead;
-        let stop = loop {
-            let up = &mut leg.conn;
-            let next = match phase {
-                Phase::SendHead => self.send_head(fw, up, &wait).await,
-                Phase::AwaitContinue => self.await_continue(fw, up, &mut wait).await,
-                Phase::SendBody => self.send_body(fw, up, &mut wait).await,
-                Phase::AwaitHead => {
-                    let read = up
-                        .stream
-                        .read_head(parse_response_head, fw.settings.request_timeout, false)
-                        .await;
-                    self.on_head(fw, up, &mut wait, read).await
+        let Leg { conn, key } = self.upstream_leg(fw, target, ctx).await?;
+        fw.out.upstream_id = Some(conn.id);
+        match fw.run(conn, ctx.intercept_503).await {
+            AttemptEnd::Delivered { next, conn, reuse } => {
+                match reuse {
+                    Ok(()) => self.pool.checkin(key, conn, fw.settings.idle_timeout),
+                    Err(why) => retire(conn, why),
                 }
-                Phase::Deliver(fin) => return Ok(self.deliver(fw, leg, fin).await),
-                Phase::Tunnel(resp) => return Ok(self.upgrade(fw, leg.conn, &resp).await),
-            };
-            match next {
-                Ok(p) => phase = p,
-                Err(stop) => break stop,
+                Ok(next)
             }
-        };
-        match stop {
-            Stop::Failed(failure, why) => {
-                retire(leg.conn, why);
+            AttemptEnd::Tunnel(stream) => Ok(Next::Tunnel(stream)),
+            AttemptEnd::Stopped(Stop::Failed(failure, why), conn) => {
+                retire(conn, why);
                 Err(failure)
             }
-            Stop::GiveUp(reply) => {
-                retire(leg.conn, CloseReason::Error);
-                Ok(match reply {
-                    Some(r) => self.reply(fw.down, fw.out, r).await,
+            AttemptEnd::Stopped(Stop::GiveUp(answer), conn) => {
+                retire(conn, CloseReason::Error);
+                Ok(match answer {
+                    Some(r) => write_reply(fw.down, fw.out, r).await,
                     None => Next::Close,
                 })
             }
-            Stop::ClientGone => {
+            AttemptEnd::Stopped(Stop::ClientGone, conn) => {
                 fw.out.flags.push(Flag::DC);
-                retire(leg.conn, CloseReason::Error);
+                retire(conn, CloseReason::Error);
                 Ok(Next::Close)
             }
         }
     }
 
     /// A pooled connection, or a new one from the source policy chooses.
-    async fn upstream_leg(
+    async fn upstream_leg<D: Transport>(
         &self,
-        fw: &mut Forwarding<'_>,
+        fw: &mut Forwarding<'_, D>,
+        target: &Target,
         ctx: &AttemptCtx,
     ) -> Result<Leg, AttemptFailure> {
-        let key = pool_key(fw.target, fw.settings.source);
+        let key = pool_key(target, fw.settings.source);
         if !ctx.fresh {
             if let Some(conn) = self.pool.checkout(key) {
                 return Ok(Leg { conn, key });
@@ -738,9 +483,9 @@ impl Proxy {
 
     /// Opens an upstream connection; an EADDRNOTAVAIL on an exact port is
     /// tried once more on a kernel-picked port (never the same 4-tuple).
-    async fn open(
+    async fn open<D: Transport>(
         &self,
-        fw: &mut Forwarding<'_>,
+        fw: &mut Forwarding<'_, D>,
         dst: SocketAddr,
         bind: Bind,
     ) -> Result<upstream::UpConn, ConnectError> {
@@ -757,269 +502,5 @@ impl Proxy {
             }
             other => other,
         }
-    }
-
-    /// Phase: send the request head; then the body, or wait.
-    async fn send_head(
-        &self,
-        fw: &mut Forwarding<'_>,
-        up: &mut upstream::UpConn,
-        wait: &Awaiting<'_>,
-    ) -> Result<Phase, Stop> {
-        let mut head = Vec::with_capacity(1024);
-        write_request(fw.req, &fw.plan.upgrades, &mut head);
-        if let Err(e) = up.stream.write_all(&head).await {
-            let detail = format!(
-                "upstream connection failed while sending the request: {}",
-                Errno::of(&e)
-            );
-            let close = wait.reply_closes();
-            return Err(Stop::reset(up.reused, CloseReason::Error, detail, close));
-        }
-        Ok(if wait.waits_for_continue() {
-            Phase::AwaitContinue
-        } else if wait.body_pending {
-            Phase::SendBody
-        } else {
-            Phase::AwaitHead
-        })
-    }
-
-    /// Phase: the body waits for 100 Continue. A client may send it without
-    /// waiting (RFC 9110 10.1.1), or leave: either shows as the downstream
-    /// turning readable, and the body is then forwarded (or found
-    /// truncated) at once.
-    async fn await_continue(
-        &self,
-        fw: &mut Forwarding<'_>,
-        up: &mut upstream::UpConn,
-        wait: &mut Awaiting<'_>,
-    ) -> Result<Phase, Stop> {
-        let timeout = fw.settings.request_timeout;
-        let read = {
-            let down = &mut *fw.down;
-            let client_moved = async {
-                if down.buffered().is_empty() {
-                    let _ = down.readable().await;
-                }
-            };
-            tokio::select! {
-                read = up.stream.read_head(parse_response_head, timeout, false) => read,
-                () = client_moved => return Ok(Phase::SendBody),
-            }
-        };
-        self.on_head(fw, up, wait, read).await
-    }
-
-    /// Phase: forward the request body.
-    async fn send_body(
-        &self,
-        fw: &mut Forwarding<'_>,
-        up: &mut upstream::UpConn,
-        wait: &mut Awaiting<'_>,
-    ) -> Result<Phase, Stop> {
-        let idle = fw.settings.request_timeout;
-        let sent = fw
-            .down
-            .forward_body(Dest::Stream(&mut up.stream), fw.plan.framing, idle)
-            .await;
-        match sent {
-            Ok(n) => {
-                metrics::forwarded(metrics::Direction::Upstream, n.copied, n.spliced);
-                fw.out.bytes_received += n.read;
-                wait.body_sent();
-                Ok(if wait.waits_for_continue() {
-                    Phase::AwaitContinue
-                } else {
-                    Phase::AwaitHead
-                })
-            }
-            Err(e) => Err(request_body_stop(e, fw.out)),
-        }
-    }
-
-    /// A response head read: judged, then the next phase.
-    async fn on_head(
-        &self,
-        fw: &mut Forwarding<'_>,
-        up: &mut upstream::UpConn,
-        wait: &mut Awaiting<'_>,
-        read: Result<Option<(ResponseHead, usize)>, HeadReadError>,
-    ) -> Result<Phase, Stop> {
-        let close = wait.reply_closes();
-        let timeout = fw.settings.request_timeout;
-        let resp = response_of(read, &fw.req.method, up.reused, close, timeout)?;
-        match wait.on_response(&resp) {
-            ResponseStep::Final(plan) => Ok(Phase::Deliver(Final {
-                resp,
-                plan,
-                body_pending: wait.body_pending,
-            })),
-            ResponseStep::Upgrade => Ok(Phase::Tunnel(resp)),
-            ResponseStep::Continue { tell_client } => {
-                if tell_client {
-                    let continue_ = b"HTTP/1.1 100 Continue\r\n\r\n";
-                    fw.down
-                        .write_all(continue_)
-                        .await
-                        .map_err(|_| Stop::ClientGone)?;
-                }
-                Ok(Phase::SendBody)
-            }
-            ResponseStep::Interim { forward } => {
-                if forward {
-                    let mut interim = Vec::new();
-                    write_response(&resp, ConnectionHeader::None, &mut interim);
-                    fw.down
-                        .write_all(&interim)
-                        .await
-                        .map_err(|_| Stop::ClientGone)?;
-                }
-                Ok(if wait.waits_for_continue() {
-                    Phase::AwaitContinue
-                } else {
-                    Phase::AwaitHead
-                })
-            }
-            ResponseStep::Retry503 => {
-                let reply = LocalReply::error(503, Flag::UC, "upstream answered 503".into(), close);
-                let failure = AttemptFailure {
-                    failure: Failure::Status503,
-                    reply,
-                };
-                Err(Stop::Failed(failure, CloseReason::Error))
-            }
-            ResponseStep::Reject(r) => Err(Stop::GiveUp(Some(LocalReply::error(
-                502,
-                Flag::UPE,
-                r.describe(),
-                true,
-            )))),
-        }
-    }
-
-    /// Phase: a 101 to an allowed protocol goes down; the connection
-    /// becomes a tunnel.
-    async fn upgrade(
-        &self,
-        fw: &mut Forwarding<'_>,
-        up: upstream::UpConn,
-        resp: &Response,
-    ) -> Next {
-        let mut head = Vec::new();
-        write_response(resp, ConnectionHeader::Upgrade, &mut head);
-        fw.out.status = 101;
-        if fw.down.write_all(&head).await.is_err() {
-            fw.out.flags.push(Flag::DC);
-            retire(up, CloseReason::Error);
-            return Next::Close;
-        }
-        fw.out.bytes_sent += head.len() as u64;
-        Next::Tunnel(up.stream)
-    }
-
-    /// Phase: the final response goes down, then the upstream connection
-    /// returns to the pool or is closed.
-    async fn deliver(&self, fw: &mut Forwarding<'_>, leg: Leg, fin: Final) -> Next {
-        let Leg { mut conn, key } = leg;
-        let mut resp = fin.resp;
-        if fin.plan.dechunk {
-            resp.strip_chunked();
-        }
-        let mut head = Vec::with_capacity(1024);
-        write_response(&resp, fin.plan.connection, &mut head);
-        fw.out.status = resp.status;
-        // A small body that came with the head leaves with it, in one write.
-        let (rest, carried) = match resp.framing {
-            BodyFraming::Length(n) if conn.stream.take_buffered(n, &mut head) => {
-                (BodyFraming::None, n)
-            }
-            other => (other, 0),
-        };
-        if fw.down.write_all(&head).await.is_err() {
-            fw.out.flags.push(Flag::DC);
-            retire(conn, CloseReason::Error);
-            return Next::Close;
-        }
-        fw.out.bytes_sent += head.len() as u64;
-        if carried > 0 {
-            metrics::forwarded(metrics::Direction::Downstream, carried, 0);
-        }
-        let idle = fw.settings.request_timeout;
-        let body = if fin.plan.dechunk {
-            let dechunking = ChunkedScanner::dechunking();
-            conn.stream
-                .forward_chunked(Dest::Stream(fw.down), dechunking, idle)
-                .await
-        } else {
-            conn.stream
-                .forward_body(Dest::Stream(fw.down), rest, idle)
-                .await
-        };
-        match body {
-            Ok(n) => {
-                metrics::forwarded(metrics::Direction::Downstream, n.copied, n.spliced);
-                fw.out.bytes_sent += n.total();
-            }
-            Err(e) => {
-                response_body_failed(e, fw.out);
-                retire(conn, CloseReason::Error);
-                return Next::Close;
-            }
-        }
-        let end = Ending {
-            resp: &resp,
-            body_pending: fin.body_pending,
-            leftover: !conn.stream.buffered().is_empty(),
-        };
-        match conn
-            .usage
-            .reuse(end, fw.settings.max_requests_per_connection)
-        {
-            Err(why) => retire(conn, why),
-            Ok(()) => self.pool.checkin(key, conn, fw.settings.idle_timeout),
-        }
-        if fin.plan.close_down {
-            Next::Close
-        } else {
-            Next::Keep
-        }
-    }
-}
-
-/// A request body that failed on its way up: the client broke off (no
-/// answer, or 400 for a malformed chunked body), or the upstream failed
-/// (503).
-fn request_body_stop(e: BodyError, out: &mut Outcome) -> Stop {
-    if !e.is_source_side() {
-        let reason = format!("upstream connection failed while sending the request body: {e}");
-        return Stop::GiveUp(Some(LocalReply::error(503, Flag::UC, reason, true)));
-    }
-    if e.is_stall() {
-        out.flags.push(Flag::SI);
-        metrics::timeout(metrics::Timeout::RequestBody);
-    }
-    out.flags.push(Flag::DC);
-    out.reason = Some(format!("request body: {e}"));
-    match e {
-        // A malformed chunked body is the client's protocol error.
-        BodyError::Chunk(_) => {
-            Stop::GiveUp(Some(LocalReply::error(400, Flag::DPE, e.to_string(), true)))
-        }
-        _ => Stop::GiveUp(None),
-    }
-}
-
-/// A response body that failed on its way down: flagged by whose side.
-fn response_body_failed(e: BodyError, out: &mut Outcome) {
-    if e.is_stall() {
-        out.flags.push(Flag::SI);
-        metrics::timeout(metrics::Timeout::ResponseBody);
-    }
-    if e.is_source_side() {
-        out.flags.push(Flag::UC);
-        out.reason = Some(format!("upstream response body: {e}"));
-    } else {
-        out.flags.push(Flag::DC);
     }
 }

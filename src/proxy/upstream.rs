@@ -18,10 +18,11 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno as NixErrno;
 use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::exchange::ConnUse;
 use super::stream::BufStream;
+use super::transport::Transport;
 use super::KernelState;
 use crate::metrics::{self, CloseReason, Errno};
 use crate::policy::PolicyId;
@@ -161,9 +162,10 @@ fn prepare(dst: SocketAddr, bind: Bind) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-pub struct UpConn {
+/// An upstream connection over transport `T`.
+pub struct UpConn<T: Transport = TcpStream> {
     pub id: u64,
-    pub stream: BufStream,
+    pub stream: BufStream<T>,
     /// What it has carried, and what its server allows.
     pub usage: ConnUse,
     /// Whether this connection came from the pool.
