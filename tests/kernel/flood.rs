@@ -4,18 +4,17 @@
 //! fail, they never skip. Each test builds its own namespaces, cgroups and
 //! pin path and removes them even when it fails.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::Netns;
-use common::origin::OriginConfig;
-use common::sw::{curl_status, map_entries, tcp_connect, Scene, Sockwarden};
-use common::{command_in, patience};
+use crate::cgroup::TestCgroup;
+use crate::common::origin::OriginConfig;
+use crate::common::patience;
+use crate::netns::Netns;
+use crate::support::command_in;
+use crate::sw::{curl_status, map_entries, tcp_connect, Scene, Sockwarden};
 
 /// A workload that opens connections to `HOST PORT` and holds them.
 ///

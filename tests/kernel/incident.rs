@@ -2,16 +2,14 @@
 //! (pod), the node (proxy) and the origin each live in their own network
 //! namespace; see ../shared/DESIGN.md for the story.
 
-mod common;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::Topology;
-use common::origin::{Origin, OriginConfig};
-use common::sw::{bare_scene, stdout, workload, Scene, Sockwarden, BIN};
-use common::{require_root, unique_tag};
+use crate::cgroup::TestCgroup;
+use crate::common::origin::OriginConfig;
+use crate::netns::Topology;
+use crate::support::{require_root, unique_tag};
+use crate::sw::{bare_scene, origin_at, stdout, workload, Scene, Sockwarden, BIN};
 
 fn policy(cgroup: &str, extra_rule: &str) -> String {
     format!(
@@ -43,7 +41,7 @@ fn curl_many(
     let ns = topo.pod.path();
     let cg = cg.path().to_path_buf();
     std::thread::spawn(move || {
-        common::command_in(Some(&ns), Some(&cg), "curl")
+        crate::support::command_in(Some(&ns), Some(&cg), "curl")
             .args(["--config", file.to_str().expect("utf-8 path")])
             .output()
             .expect("curl")
@@ -68,9 +66,9 @@ fn incident(skip_tuple_check: bool) -> IncidentRun {
         "incident"
     });
     let topo = Topology::new(&tag);
-    let origin = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
+    let origin = origin_at(
+        &topo,
+        "10.77.1.10:80",
         OriginConfig {
             close_after: Some(100),
             linger_after_close: Some(Duration::from_millis(300)),
@@ -334,7 +332,7 @@ fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
     get(); // the upstream connection stays pooled: ESTABLISHED
     assert_eq!(upstream_state().as_deref(), Some("SW_TCP_ESTABLISHED"));
     get(); // second request: max_requests reached, the proxy closes first
-    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
+    let deadline = Instant::now() + crate::common::patience(Duration::from_secs(5));
     let mut state = upstream_state();
     while state.as_deref() != Some("SW_TCP_TIME_WAIT") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));

@@ -12,8 +12,6 @@
 //! with its process group when the test ends, passed or failed. Root is
 //! required; without it these tests fail, they never skip.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
@@ -24,11 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::{Netns, Topology, POD_V4};
-use common::origin::lock;
-use common::sw::{bare_scene, outsider, stdout, tcp_connect, workload, Sockwarden, BIN};
-use common::{command_in, patience};
+use crate::cgroup::TestCgroup;
+use crate::common::lock;
+use crate::common::patience;
+use crate::netns::{Netns, Topology, POD_V4};
+use crate::support::{command_in, require_root};
+use crate::sw::{bare_scene, outsider, stdout, tcp_connect, workload, Sockwarden, BIN};
 
 /// The test client. `python3 -c CLIENT OP ARGS... [-- OP ARGS...]...` runs
 /// the operations in turn (one process for many: under emulation a python
@@ -485,7 +484,7 @@ impl Sniffer {
 /// outsider) to ORIGIN:port, watched by a [`Sniffer`] in the origin
 /// namespace: (the client's result, what the sniffer saw).
 fn forge_syn(
-    topo: &common::netns::Topology,
+    topo: &crate::netns::Topology,
     cg: Option<&TestCgroup>,
     port: u16,
     seq: u32,
@@ -1231,6 +1230,7 @@ fn lsm_programs_load() -> bool {
 
 #[test]
 fn af_packet_sockets_from_policy_cgroups() {
+    require_root();
     let lsms = active_lsms();
     let lsm_refuses = lsms.iter().any(|m| m == "bpf") && lsm_programs_load();
     let d = Doors::start(

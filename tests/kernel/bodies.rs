@@ -3,14 +3,12 @@
 //! slow reader holds the origin back without the proxy growing; an aborted
 //! transfer leaves no connection and no map entry behind.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::netns::Netns;
-use common::origin::{pattern, OriginConfig};
-use common::sw::{socket_memory, stdout, workload, Scene, Sockwarden};
+use crate::common::origin::{pattern, OriginConfig};
+use crate::netns::Netns;
+use crate::sw::{socket_memory, stdout, workload, Scene, Sockwarden};
 use sha2::{Digest, Sha256};
 
 const BIG: usize = 64 << 20;
@@ -119,7 +117,7 @@ fn slow_reader(forwarding: &str) {
     );
     let pid = sw.pid();
     let rss_before = rss(pid);
-    let mut client = common::command_in(Some(&topo.pod.path()), Some(cg.path()), "curl")
+    let mut client = crate::support::command_in(Some(&topo.pod.path()), Some(cg.path()), "curl")
         .args(["-sS", "--limit-rate", "10M", "-o", "/dev/null"])
         .arg(format!("http://10.77.1.10/data/{SLOW}"))
         .stdout(Stdio::null())
@@ -128,7 +126,7 @@ fn slow_reader(forwarding: &str) {
     // Timed from the origin's first body byte: a slow (emulated) machine
     // may take a while to start curl.
     let started = Instant::now();
-    let deadline = started + common::patience(Duration::from_secs(10));
+    let deadline = started + crate::common::patience(Duration::from_secs(10));
     let (mut peak_rss, mut peak_sockets) = (0u64, 0u64);
     let mut sent_at = Vec::new();
     let mut first: Option<f64> = None;
@@ -237,7 +235,7 @@ fn an_aborted_download_leaves_nothing_behind() {
         ],
     );
     assert!(!o.status.success(), "curl should have timed out");
-    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
+    let deadline = Instant::now() + crate::common::patience(Duration::from_secs(5));
     let established = || {
         let out = std::process::Command::new("ip")
             .args([

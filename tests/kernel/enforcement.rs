@@ -4,17 +4,15 @@
 //! and its own pin path, and removes them even when it fails. Root is
 //! required; without it these tests fail, they never skip.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::{Netns, Topology};
-use common::origin::OriginConfig;
-use common::sw::{
+use crate::cgroup::TestCgroup;
+use crate::common::origin::OriginConfig;
+use crate::netns::{Netns, Topology};
+use crate::support::{require_root, unique_tag};
+use crate::sw::{
     curl_head, curl_status, origin_at, outsider, stdout, tcp_connect, workload, Scene, Sockwarden,
 };
-use common::{require_root, unique_tag};
 
 fn policy(name: &str, cgroup: &str) -> String {
     format!(
@@ -53,7 +51,7 @@ fn allowed_denied_refused_and_untouched() {
     );
     assert_eq!(
         o.stdout,
-        common::origin::pattern(1000),
+        crate::common::origin::pattern(1000),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -103,7 +101,7 @@ fn allowed_denied_refused_and_untouched() {
             &topo.node,
             Some(&cg),
             &[],
-            "http://10.77.1.10:9000/anything"
+            &format!("http://{}/anything", l4_origin.addr())
         ),
         "200"
     );
@@ -433,7 +431,7 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
 #[test]
 fn the_feature_probe_finds_everything_on_this_kernel() {
     require_root();
-    let out = std::process::Command::new(common::sw::BIN)
+    let out = std::process::Command::new(crate::sw::BIN)
         .arg("features")
         .output()
         .expect("sockwarden features");

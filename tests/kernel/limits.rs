@@ -8,15 +8,14 @@
 //! workload's. Its 10,000 sockets and the proxy's are in different
 //! processes, each under the 20,000-fd limit.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::origin::OriginConfig;
-use common::sw::{curl_status, Scene, Sockwarden};
-use common::{command_in, patience};
+use crate::common::origin::OriginConfig;
+use crate::common::patience;
+use crate::support::command_in;
+use crate::sw::{curl_status, Scene, Sockwarden};
 
 fn policy(cgroup: &str) -> String {
     format!(
@@ -156,7 +155,7 @@ fn soak_10000_connections_idle_and_active() {
     let exe = exe.to_str().expect("utf-8 path");
     let mut client = Reaped(
         command_in(Some(&scene.topo.pod.path()), Some(scene.cg.path()), exe)
-            .args(["soak_client", "--exact", "--ignored", "--nocapture"])
+            .args(["limits::soak_client", "--exact", "--ignored", "--nocapture"])
             .env("SW_SOAK_CLIENT", "1")
             .stdout(Stdio::piped())
             .spawn()
@@ -254,7 +253,7 @@ impl Snapshot {
         let (fds, sockets) = sw.fds();
         Snapshot {
             rss_kib: sw.status_kib("VmRSS"),
-            socket_mem: common::sw::socket_memory(&scene.topo.node, sw.pid()),
+            socket_mem: crate::sw::socket_memory(&scene.topo.node, sw.pid()),
             fds,
             sockets,
             active: sw.metric("sockwarden_downstream_connections_active"),
@@ -305,6 +304,8 @@ mod soak {
     use tokio::time::timeout;
 
     use super::{SOAK_ACTIVE, SOAK_HOLD, SOAK_IDLE, SOAK_SIZES};
+    use crate::common::h1::{self, Head, HeadWriter};
+    use crate::common::origin::pattern;
 
     /// Longest wait for any one step (connect, response) of a client.
     const STEP: Duration = Duration::from_secs(30);
@@ -382,37 +383,19 @@ mod soak {
     /// One `GET /data/<size>` on a keep-alive connection, checked byte for
     /// byte.
     async fn exchange(s: &mut BufReader<TcpStream>, size: usize) -> Result<(), String> {
-        let req = format!("GET /data/{size} HTTP/1.1\r\nHost: 10.77.1.10\r\n\r\n");
+        let req = HeadWriter::request("GET", &format!("/data/{size}"))
+            .field("Host", "10.77.1.10")
+            .finish();
         timeout(STEP, async {
             s.get_mut()
-                .write_all(req.as_bytes())
+                .write_all(&req)
                 .await
                 .map_err(|e| format!("write: {e}"))?;
-            let mut status = String::new();
-            s.read_line(&mut status)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if !status.starts_with("HTTP/1.1 200 ") {
-                return Err(format!("status line {status:?}"));
+            let head = read_head(s).await?;
+            if head.status().ok() != Some(200) {
+                return Err(format!("status line {:?}", head.start));
             }
-            let mut length = None;
-            loop {
-                let mut line = String::new();
-                if s.read_line(&mut line)
-                    .await
-                    .map_err(|e| format!("read: {e}"))?
-                    == 0
-                {
-                    return Err("closed inside the head".into());
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    length = v.trim().parse::<usize>().ok();
-                }
-            }
+            let length = head.field("content-length").and_then(|v| v.parse().ok());
             if length != Some(size) {
                 return Err(format!("content-length {length:?}, expected {size}"));
             }
@@ -420,12 +403,33 @@ mod soak {
             s.read_exact(&mut body)
                 .await
                 .map_err(|e| format!("body: {e}"))?;
-            if body.iter().enumerate().any(|(i, &b)| b != (i % 251) as u8) {
+            if body != pattern(size) {
                 return Err("body differs from the pattern".into());
             }
             Ok(())
         })
         .await
         .map_err(|_| "timed out".to_string())?
+    }
+
+    /// Reads a response head through [`h1::parse_head`], consuming no byte
+    /// past it.
+    async fn read_head(s: &mut BufReader<TcpStream>) -> Result<Head, String> {
+        let mut buf = Vec::new();
+        loop {
+            let got = s.fill_buf().await.map_err(|e| format!("read: {e}"))?;
+            if got.is_empty() {
+                return Err("closed inside the head".into());
+            }
+            let (before, n) = (buf.len(), got.len());
+            buf.extend_from_slice(got);
+            match h1::parse_head(&buf).map_err(|e| format!("head: {e}"))? {
+                Some((head, used)) => {
+                    s.consume(used - before);
+                    return Ok(head);
+                }
+                None => s.consume(n),
+            }
+        }
     }
 }

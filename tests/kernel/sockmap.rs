@@ -5,18 +5,16 @@
 //! moving their bytes into the proxy's sockets; then aborts mid-body leave
 //! no socket and no map entry behind.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::command_in;
-use common::netns::Netns;
-use common::origin::OriginConfig;
-use common::stress::{self, StressOrigin};
-use common::sw::{
+use crate::common::origin::OriginConfig;
+use crate::common::stress::{self, StressOrigin};
+use crate::netns::{listener_in, Netns};
+use crate::support::command_in;
+use crate::sw::{
     bare_scene, map_entries, origin_at, socket_memory, stdout, workload, Scene, Sockwarden,
 };
 
@@ -44,7 +42,12 @@ fn stress_child(netns: &Netns, cgroup: &Path, clients: u64, seed: u64) -> std::p
         Some(cgroup),
         exe.to_str().expect("utf-8"),
     )
-    .args(["--exact", "stress_client_child", "--ignored", "--nocapture"])
+    .args([
+        "--exact",
+        "sockmap::stress_client_child",
+        "--ignored",
+        "--nocapture",
+    ])
     .env(CHILD_ENV, format!("{ORIGIN} {clients} {seed}"))
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
@@ -104,8 +107,8 @@ fn established(ns: &Netns) -> usize {
 #[test]
 fn sockmap_stress_is_byte_exact() {
     let (tag, topo, cg) = bare_scene("smstress", "pod");
-    let origin = StressOrigin::start_in(&topo.origin.path(), ORIGIN.parse().expect("addr"));
-    assert_eq!(origin.addr.to_string(), ORIGIN);
+    let origin = StressOrigin::serve(listener_in(&topo.origin, ORIGIN));
+    assert_eq!(origin.addr().to_string(), ORIGIN);
     let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
     let started = Instant::now();
     let local = stress_child(&topo.node, cg.path(), 2, 1);
@@ -205,7 +208,7 @@ fn sockmap_upload_to_a_stalled_origin_stays_bounded() {
     }
     // Accepts, then never reads.
     let listener =
-        common::netns::in_netns(&topo.origin.path(), || std::net::TcpListener::bind(ORIGIN))
+        crate::netns::in_netns(&topo.origin.path(), || std::net::TcpListener::bind(ORIGIN))
             .expect("bind the stalled origin");
     let held = std::thread::spawn(move || {
         let accepted = listener.accept();
@@ -249,7 +252,7 @@ fn sockmap_upload_to_a_stalled_origin_stays_bounded() {
 #[test]
 fn sockmap_tunnel_after_101_is_byte_exact() {
     let (tag, topo, cg) = bare_scene("smtunnel", "pod");
-    let _origin = StressOrigin::start_in(&topo.origin.path(), ORIGIN.parse().expect("addr"));
+    let _origin = StressOrigin::serve(listener_in(&topo.origin, ORIGIN));
     let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
     let (host, port) = ORIGIN.split_once(':').expect("host:port");
     let script = format!(
@@ -306,7 +309,7 @@ print(len(got), hashlib.sha256(got).digest() == hashlib.sha256(data).digest())
 #[test]
 fn sockmap_aborts_leave_nothing_behind() {
     let (tag, topo, cg) = bare_scene("smabort", "pod");
-    let _origin = StressOrigin::start_in(&topo.origin.path(), ORIGIN.parse().expect("addr"));
+    let _origin = StressOrigin::serve(listener_in(&topo.origin, ORIGIN));
     let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
     let url_up = format!("http://{ORIGIN}/data/upload");
     let url_down = format!("http://{ORIGIN}/data/blob/3/67108864/c");
@@ -341,7 +344,7 @@ fn sockmap_aborts_leave_nothing_behind() {
         ],
     );
     assert!(!down.status.success(), "the download should have been cut");
-    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
+    let deadline = Instant::now() + crate::common::patience(Duration::from_secs(5));
     let leftovers = || {
         (
             established(&topo.node),

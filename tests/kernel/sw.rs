@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::cgroup::TestCgroup;
-use super::netns::{in_netns, Netns, Topology};
-use super::origin::{read_response, Origin, OriginConfig};
-use super::{command_in, patience, require_root, unique_tag};
+use crate::cgroup::TestCgroup;
+use crate::common::h1::{self, HeadWriter};
+use crate::common::origin::{Origin, OriginConfig};
+use crate::common::patience;
+use crate::netns::{in_netns, listener_in, Netns, Topology};
+use crate::support::{command_in, require_root, unique_tag};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sockwarden");
 pub const ADMIN: &str = "127.0.0.1:9901";
@@ -116,12 +118,12 @@ impl Sockwarden {
             let mut s = TcpStream::connect_timeout(&addr, patience(Duration::from_secs(2))).ok()?;
             s.set_read_timeout(Some(patience(Duration::from_secs(5))))
                 .ok()?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-            )
-            .ok()?;
-            let r = read_response(&mut BufReader::new(s), false).ok()?;
+            let req = HeadWriter::request("GET", &path)
+                .field("Host", "admin")
+                .field("Connection", "close")
+                .finish();
+            s.write_all(&req).ok()?;
+            let r = h1::read_response(&mut BufReader::new(s), false).ok()?;
             Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
         })
     }
@@ -355,8 +357,7 @@ pub fn bare_scene(test: &str, leaf: &str) -> (String, Topology, TestCgroup) {
 
 /// Another origin in the scene's origin namespace.
 pub fn origin_at(topo: &Topology, addr: &str, cfg: OriginConfig) -> Origin {
-    let addr = addr.parse().expect("origin address");
-    Origin::start(addr, Some(&topo.origin.path()), cfg)
+    Origin::serve(listener_in(&topo.origin, addr), cfg)
 }
 
 /// Socket memory (receive + send queues) of `pid`'s TCP sockets in `ns`,
