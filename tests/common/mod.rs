@@ -39,6 +39,33 @@ pub fn io_timeout() -> Duration {
     patience(Duration::from_secs(30))
 }
 
+/// Calls `probe` every 20 ms until `done` holds for what it returns or
+/// `wait` (stretched by [`patience`]) has passed; returns its last answer.
+pub fn wait_for<T>(wait: Duration, mut probe: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + patience(wait);
+    loop {
+        let got = probe();
+        if done(&got) || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of `series` (name and labels, as exported) in a Prometheus
+/// text exposition; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// Locks `m`, taking the data of a poisoned lock too (a test thread
 /// panicked: the test fails anyway).
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

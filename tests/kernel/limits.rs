@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use crate::common::origin::OriginConfig;
 use crate::common::patience;
+use crate::netns::Netns;
 use crate::support::command_in;
-use crate::sw::{curl_status, Scene, Sockwarden};
+use crate::sw::{curl_status, scene, Sockwarden};
 
 fn policy(cgroup: &str) -> String {
     format!(
@@ -47,13 +48,10 @@ fn set_soft_nofile(pid: u32, soft: usize) {
 
 #[test]
 fn accept_survives_emfile_and_recovers_by_itself() {
-    let scene = Scene::new("emfile", "pod", OriginConfig::default());
-    let sw = Sockwarden::start(&scene.topo.node, &scene.tag, &policy(scene.cg.rel()));
+    let (tag, topo, _origin, cg) = scene("emfile", "pod", OriginConfig::default());
+    let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
     let url = "http://10.77.1.10/data/10";
-    assert_eq!(
-        curl_status(&scene.topo.pod, Some(&scene.cg), &[], url),
-        "200"
-    );
+    assert_eq!(curl_status(&topo.pod, Some(&cg), &[], url), "200");
 
     // Room for 8 more fds: 8 idle connections fill it, the rest wait in
     // the listener's backlog while accept() fails with EMFILE.
@@ -63,7 +61,7 @@ fn accept_survives_emfile_and_recovers_by_itself() {
         "for i in $(seq 10 39); do eval \"exec $i<>/dev/tcp/10.77.1.10/80\" || exit 1; done; \
                   echo held; sleep 30";
     let mut holder = Reaped(
-        command_in(Some(&scene.topo.pod.path()), Some(scene.cg.path()), "bash")
+        command_in(Some(&topo.pod.path()), Some(cg.path()), "bash")
             .args(["-c", script])
             .stdout(Stdio::piped())
             .spawn()
@@ -104,7 +102,7 @@ fn accept_survives_emfile_and_recovers_by_itself() {
     drop(holder);
     let deadline = Instant::now() + patience(Duration::from_secs(10));
     loop {
-        let status = curl_status(&scene.topo.pod, Some(&scene.cg), &[], url);
+        let status = curl_status(&topo.pod, Some(&cg), &[], url);
         if status == "200" {
             break;
         }
@@ -141,20 +139,20 @@ const SOAK_SIZES: [usize; 3] = [100, 4096, 65536];
 
 #[test]
 fn soak_10000_connections_idle_and_active() {
-    let scene = Scene::new("soak", "pod", OriginConfig::default());
+    let (tag, topo, _origin, cg) = scene("soak", "pod", OriginConfig::default());
     let body = format!(
         "  max_connections: 12000\nupstream:\n  idle_timeout: 2s\n{}",
-        policy(scene.cg.rel())
+        policy(cg.rel())
     );
-    let sw = Sockwarden::start(&scene.topo.node, &scene.tag, &body);
+    let sw = Sockwarden::start(&topo.node, &tag, &body);
     let pid = sw.pid();
-    let before = Snapshot::take(&sw, &scene);
+    let before = Snapshot::take(&sw, &topo.node);
     eprintln!("soak: before {before:?}");
 
     let exe = std::env::current_exe().expect("test executable");
     let exe = exe.to_str().expect("utf-8 path");
     let mut client = Reaped(
-        command_in(Some(&scene.topo.pod.path()), Some(scene.cg.path()), exe)
+        command_in(Some(&topo.pod.path()), Some(cg.path()), exe)
             .args(["limits::soak_client", "--exact", "--ignored", "--nocapture"])
             .env("SW_SOAK_CLIENT", "1")
             .stdout(Stdio::piped())
@@ -170,7 +168,7 @@ fn soak_10000_connections_idle_and_active() {
         if line.starts_with("SOAK held") {
             eprintln!("soak: {line} after {:?}", started.elapsed());
             std::thread::sleep(SOAK_HOLD / 2);
-            let p = Snapshot::take(&sw, &scene);
+            let p = Snapshot::take(&sw, &topo.node);
             eprintln!("soak: peak {p:?}");
             peak = Some(p);
         } else if let Some(rest) = line.strip_prefix("SOAK done ") {
@@ -187,7 +185,7 @@ fn soak_10000_connections_idle_and_active() {
     // idle upstreams close after 2 s), and no kernel map entry left.
     let deadline = Instant::now() + patience(Duration::from_secs(20));
     let after = loop {
-        let a = Snapshot::take(&sw, &scene);
+        let a = Snapshot::take(&sw, &topo.node);
         if a.sockets <= before.sockets || Instant::now() > deadline {
             break a;
         }
@@ -249,11 +247,11 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn take(sw: &Sockwarden, scene: &Scene) -> Snapshot {
+    fn take(sw: &Sockwarden, node: &Netns) -> Snapshot {
         let (fds, sockets) = sw.fds();
         Snapshot {
             rss_kib: sw.status_kib("VmRSS"),
-            socket_mem: crate::sw::socket_memory(&scene.topo.node, sw.pid()),
+            socket_mem: crate::sw::socket_memory(node, sw.pid()),
             fds,
             sockets,
             active: sw.metric("sockwarden_downstream_connections_active"),

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 
+use crate::support::run_checked;
+
 /// The origin's address (origin namespace, `eth0`).
 pub const ORIGIN_V4: &str = "10.77.1.10";
 /// The origin's IPv6 address (origin namespace, `eth0`).
@@ -28,21 +30,6 @@ static IP_NETNS_LOCK: Mutex<()> = Mutex::new(());
 
 fn ip_netns_lock() -> std::sync::MutexGuard<'static, ()> {
     IP_NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs a command to completion and panics with its stderr if it fails.
-fn run_checked(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
 }
 
 /// A named network namespace (`ip netns add NAME`), deleted on drop.

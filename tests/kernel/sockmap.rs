@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use crate::common::origin::OriginConfig;
 use crate::common::stress::{self, StressOrigin};
+use crate::common::wait_for;
 use crate::netns::{listener_in, Netns};
 use crate::support::command_in;
 use crate::sw::{
-    bare_scene, map_entries, origin_at, socket_memory, stdout, workload, Scene, Sockwarden,
+    bare_scene, curl, curl_cut_short, established, map_entries, origin_at, scene, socket_memory,
+    stdout, workload, Sockwarden,
 };
 
 /// The stress origin, as the workloads address it (in the origin namespace).
@@ -84,23 +86,6 @@ fn verified(out: &Output) -> usize {
         .unwrap_or_else(|| panic!("no count in {}", stdout(out)))
 }
 
-/// Established TCP sockets in a namespace.
-fn established(ns: &Netns) -> usize {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "ss",
-            "-Htn",
-            "state",
-            "established",
-        ])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 /// 2,000 SHA-256-verified exchanges (sizes 0 B to 64 MiB, uploads and
 /// downloads, random splits, pipelining, keep-alive) from a node-local and
 /// a pod workload at once, with sk_msg carrying the workloads' bytes.
@@ -148,12 +133,7 @@ fn sockmap_stress_is_byte_exact() {
 /// requests on it keep the redirect.
 #[test]
 fn sockmap_links_ipv4_and_ipv6_workloads() {
-    let Scene {
-        tag,
-        topo,
-        origin: origin4,
-        cg,
-    } = Scene::new("smv6", "pod", OriginConfig::default());
+    let (tag, topo, origin4, cg) = scene("smv6", "pod", OriginConfig::default());
     let origin6 = origin_at(&topo, "[fd77:1::10]:80", OriginConfig::default());
     let policy = format!(
         "forwarding:\n  engine: sockmap\n\
@@ -170,11 +150,11 @@ fn sockmap_links_ipv4_and_ipv6_workloads() {
             let urls: Vec<String> = (1..=3)
                 .map(|i| format!("{base}/data/{}", i * 1000))
                 .collect();
-            let mut args = vec!["-sS", "--max-time", "10", "-w", "%{http_code} "];
+            let mut args = vec!["-w", "%{http_code} "];
             for u in &urls {
                 args.extend_from_slice(&["-o", "/dev/null", u.as_str()]);
             }
-            let out = workload(ns, &cg, "curl", &args);
+            let out = curl(ns, Some(&cg), &args);
             assert_eq!(stdout(&out), "200 200 200 ", "{base} from {}", ns.name());
             connections += 1.0;
         }
@@ -328,23 +308,8 @@ fn sockmap_aborts_leave_nothing_behind() {
     );
     assert!(!up.status.success(), "the upload should have been cut");
     // Leaves mid-download, from the node-local workload.
-    let down = workload(
-        &topo.node,
-        &cg,
-        "curl",
-        &[
-            "-sS",
-            "--limit-rate",
-            "1M",
-            "--max-time",
-            "0.5",
-            "-o",
-            "/dev/null",
-            &url_down,
-        ],
-    );
+    let down = curl_cut_short(&topo.node, &cg, &url_down);
     assert!(!down.status.success(), "the download should have been cut");
-    let deadline = Instant::now() + crate::common::patience(Duration::from_secs(5));
     let leftovers = || {
         (
             established(&topo.node),
@@ -354,11 +319,8 @@ fn sockmap_aborts_leave_nothing_behind() {
             map_entries(&sw.pin, "orig_dsts"),
         )
     };
-    while leftovers() != (0, 0, 0, 0, 0) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert_eq!(
-        leftovers(),
+        wait_for(Duration::from_secs(5), leftovers, |l| *l == (0, 0, 0, 0, 0)),
         (0, 0, 0, 0, 0),
         "(established sockets, sk_workloads, sk_proxy, sk_consumed, orig_dsts)"
     );

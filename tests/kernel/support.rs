@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Panics unless the test runs with euid 0. Tests that need root never
@@ -109,4 +109,20 @@ pub fn command_in(netns: Option<&Path>, cgroup: Option<&Path>, program: &str) ->
         });
     }
     cmd
+}
+
+/// Runs a command to completion; panics with its stderr if it fails.
+pub fn run_checked(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    out
 }

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sockwarden::accesslog::AccessLog;
@@ -20,9 +20,9 @@ use sockwarden::proxy::{KernelState, Proxy, ProxySettings};
 use tokio::sync::watch;
 
 use crate::common::h1::{self, Response};
-use crate::common::io_timeout;
 use crate::common::origin::{Origin, OriginConfig};
 use crate::common::stress::StressOrigin;
+use crate::common::{io_timeout, wait_for};
 
 /// The policy name the tests' configuration uses.
 pub const POLICY: &str = "loopback-test";
@@ -222,14 +222,7 @@ impl Harness {
 
     /// The access log once it has at least `n` lines, waiting up to [`LOG_WAIT`].
     pub fn wait_log_lines(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + LOG_WAIT;
-        loop {
-            let lines = self.log_lines();
-            if lines.len() >= n || Instant::now() >= deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(LOG_WAIT, || self.log_lines(), |lines| lines.len() >= n)
     }
 
     /// The first access-log line with `status`, waiting up to [`LOG_WAIT`].
@@ -246,17 +239,14 @@ impl Harness {
     }
 
     fn log_line_where(&self, what: &str, found: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + LOG_WAIT;
-        loop {
-            let lines = self.log_lines();
-            if let Some(v) = lines.iter().find(|v| found(v)) {
-                return v.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no access-log line with {what} within {LOG_WAIT:?}; lines: {lines:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let lines = wait_for(
+            LOG_WAIT,
+            || self.log_lines(),
+            |lines| lines.iter().any(&found),
+        );
+        match lines.iter().find(|v| found(v)) {
+            Some(line) => line.clone(),
+            None => panic!("no access-log line with {what} within {LOG_WAIT:?}; lines: {lines:?}"),
         }
     }
 }
@@ -316,6 +306,15 @@ pub fn origin_and_proxy(cfg: OriginConfig) -> (Origin, Harness) {
 pub fn closed_port() -> SocketAddr {
     // The listener is dropped at once: nothing listens there any more.
     loopback_listener().local_addr().expect("addr")
+}
+
+/// Asserts `resp` is a response of the proxy's own with `status`, and
+/// returns its `sockwarden-error` (the reason it names).
+pub fn proxy_error(resp: &Response, status: u16) -> &str {
+    assert_eq!(resp.status, status, "{resp}");
+    resp.head
+        .field("sockwarden-error")
+        .unwrap_or_else(|| panic!("no sockwarden-error header: {resp}"))
 }
 
 /// A blocking test client on one connection, with [`io_timeout`]s.

@@ -12,7 +12,7 @@ use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{h1, lock, Patient, Server};
-use crate::harness::{flags, loopback_listener, Client, Harness, Recording};
+use crate::harness::{flags, loopback_listener, proxy_error, Client, Harness, Recording};
 
 /// What a scripted origin does after it has read a request.
 #[derive(Clone, Copy)]
@@ -23,12 +23,18 @@ enum Then {
     ReplyThenEcho(&'static [u8]),
 }
 
-/// One origin connection as seen from the origin.
+/// One origin connection as seen from the origin (shown as its request).
 struct Seen {
     /// The bytes of the request, as they came.
     request: String,
     /// Bytes that arrived after it.
     after: Vec<u8>,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.request)
+    }
 }
 
 /// An origin that serves one connection at a time: it reads one request
@@ -73,17 +79,48 @@ fn patient(s: &TcpStream, wait: Duration) -> Patient<&TcpStream, impl Fn(Instant
     }
 }
 
-/// The next connection the origin saw (waits up to 5 s).
-fn seen(rx: &mpsc::Receiver<Seen>) -> Seen {
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("the origin saw a connection")
+/// A scripted origin behind a proxy of its own.
+struct Scene {
+    proxy: Harness,
+    _origin: Server,
+    rx: mpsc::Receiver<Seen>,
 }
 
-/// A client connection that has written `bytes`.
-fn send(proxy: &Harness, bytes: &[u8]) -> Client {
-    let mut c = proxy.connect();
-    c.send(bytes);
-    c
+impl Scene {
+    /// The origin does `then`; the proxy splices bodies (1 MiB pipes).
+    fn new(then: Then) -> Scene {
+        Scene::with_engine(then, Some(1 << 20))
+    }
+
+    /// With the body engine chosen: Some(pipe size) for splice, None for copy.
+    fn with_engine(then: Then, pipe: Option<usize>) -> Scene {
+        let (origin, rx) = scripted_origin(then);
+        let proxy = Harness::with_engine(Some(origin.addr()), "", "", pipe);
+        Scene {
+            proxy,
+            _origin: origin,
+            rx,
+        }
+    }
+
+    /// A client connection that has written `bytes`.
+    fn send(&self, bytes: &[u8]) -> Client {
+        let mut c = self.proxy.connect();
+        c.send(bytes);
+        c
+    }
+
+    /// The next connection the origin saw (waits up to 5 s).
+    fn seen(&self) -> Seen {
+        self.rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the origin saw a connection")
+    }
+
+    /// Whether any connection reached the origin within 300 ms.
+    fn reached(&self) -> bool {
+        self.rx.recv_timeout(Duration::from_millis(300)).is_ok()
+    }
 }
 
 /// Issue 9's bypass: an allowed request offering h2c (no rule allows an
@@ -93,44 +130,36 @@ fn send(proxy: &Harness, bytes: &[u8]) -> Client {
 /// and the denied request never reaches the origin.
 #[test]
 fn h2c_upgrade_is_removed_and_an_unasked_101_is_a_502() {
-    let (origin, rx) = scripted_origin(Then::Reply(
+    let scene = Scene::new(Then::Reply(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
     ));
-    let proxy = Harness::start(Some(origin.addr()));
-    let mut c = send(
-        &proxy,
+    let mut c = scene.send(
         b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\nUpgrade: h2c\r\n\
           Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n\
           GET /denied/secret HTTP/1.1\r\nHost: origin.test\r\n\r\n",
     );
     let resp = c.response();
-    assert_eq!(resp.status, 502, "{resp}");
-    let why = resp
-        .head
-        .field("sockwarden-error")
-        .expect("sockwarden-error");
+    let why = proxy_error(&resp, 502);
     assert!(why.contains("101"), "{why}");
     assert!(resp.head.has_token("connection", "close"), "{resp}");
     assert!(c.rest().is_empty(), "nothing after the 502");
-    let conn = seen(&rx);
+    let conn = scene.seen();
     assert!(
         conn.request
             .starts_with("GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n"),
-        "{}",
-        conn.request
+        "{conn}"
     );
     let lower = conn.request.to_ascii_lowercase();
     assert!(
         !lower.contains("upgrade") && !lower.contains("http2-settings"),
-        "{}",
-        conn.request
+        "{conn}"
     );
     assert!(
         !String::from_utf8_lossy(&conn.after).contains("denied"),
         "the denied request reached the origin: {:?}",
         String::from_utf8_lossy(&conn.after)
     );
-    let line = proxy.log_line_with_status(502);
+    let line = scene.proxy.log_line_with_status(502);
     let flags = flags(&line);
     assert!(flags.contains(&"UPR") && flags.contains(&"UPE"), "{line}");
 }
@@ -139,12 +168,10 @@ fn h2c_upgrade_is_removed_and_an_unasked_101_is_a_502() {
 /// forwarded, the 101 to it tunnels; h2c offered beside it is still removed.
 #[test]
 fn an_allowed_upgrade_tunnels_and_h2c_beside_it_is_removed() {
-    let (origin, rx) = scripted_origin(Then::ReplyThenEcho(
+    let scene = Scene::new(Then::ReplyThenEcho(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
     ));
-    let proxy = Harness::start(Some(origin.addr()));
-    let mut c = send(
-        &proxy,
+    let mut c = scene.send(
         b"GET /data/ws HTTP/1.1\r\nHost: origin.test\r\nUpgrade: h2c, websocket\r\n\
           Connection: Upgrade\r\nSec-WebSocket-Key: k\r\n\r\n",
     );
@@ -158,33 +185,26 @@ fn an_allowed_upgrade_tunnels_and_h2c_beside_it_is_removed() {
     assert_eq!(&echoed, b"ping over the tunnel");
     c.w.shutdown(Shutdown::Write)
         .expect("half-close the tunnel");
-    let conn = seen(&rx);
+    let req = scene.seen().request;
     assert!(
-        conn.request
-            .contains("\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"),
-        "{}",
-        conn.request
+        req.contains("\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"),
+        "{req}"
     );
-    assert!(!conn.request.contains("h2c"), "{}", conn.request);
     assert!(
-        conn.request.contains("Sec-WebSocket-Key: k\r\n"),
-        "{}",
-        conn.request
+        !req.contains("h2c") && req.contains("Sec-WebSocket-Key: k\r\n"),
+        "{req}"
     );
 }
 
 /// A 101 to a protocol the client did not offer is a 502 (RFC 9110 15.2.2).
 #[test]
 fn a_101_to_another_protocol_is_a_502() {
-    let (origin, _rx) = scripted_origin(Then::Reply(
+    let scene = Scene::new(Then::Reply(
         b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     ));
-    let proxy = Harness::start(Some(origin.addr()));
-    let mut c = send(
-        &proxy,
-        b"GET /data/ws HTTP/1.1\r\nHost: o\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-    );
-    let resp = c.response();
+    let resp = scene
+        .send(b"GET /data/ws HTTP/1.1\r\nHost: o\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .response();
     assert_eq!(resp.status, 502, "{resp}");
     assert!(resp.head.has_token("connection", "close"), "{resp}");
 }
@@ -193,41 +213,33 @@ fn a_101_to_another_protocol_is_a_502() {
 /// authority; the origin gets origin-form.
 #[test]
 fn absolute_form_is_forwarded_in_origin_form_with_its_host() {
-    let (origin, rx) = scripted_origin(Then::Reply(
+    let scene = Scene::new(Then::Reply(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     ));
-    let proxy = Harness::start(Some(origin.addr()));
-    let mut c = send(
-        &proxy,
-        b"GET http://allowed.example:8080/data/a/../b?q=1 HTTP/1.1\r\nHost: decoy.example\r\n\r\n",
-    );
-    let resp = c.response();
+    let resp = scene
+        .send(
+            b"GET http://allowed.example:8080/data/a/../b?q=1 HTTP/1.1\r\nHost: decoy.example\r\n\r\n",
+        )
+        .response();
     assert_eq!(resp.status, 200, "{resp}");
-    let conn = seen(&rx);
-    assert!(
-        conn.request
-            .starts_with("GET /data/b?q=1 HTTP/1.1\r\nHost: allowed.example:8080\r\n"),
-        "{}",
-        conn.request
-    );
-    assert!(!conn.request.contains("decoy"), "{}", conn.request);
+    let req = scene.seen().request;
+    let want = "GET /data/b?q=1 HTTP/1.1\r\nHost: allowed.example:8080\r\n";
+    assert!(req.starts_with(want) && !req.contains("decoy"), "{req}");
 }
 
 /// RFC 3986 5.2.4: dot segments are resolved before the policy judges the
 /// path, so `/data/../secret` is `/secret`, which no rule allows.
 #[test]
 fn dot_segments_cannot_walk_out_of_an_allowed_prefix() {
-    let (origin, rx) = scripted_origin(Then::Reply(
+    let scene = Scene::new(Then::Reply(
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
     ));
-    let proxy = Harness::start(Some(origin.addr()));
     for target in [
         "/data/../secret",
         "/data/%2e%2e/secret",
         "/data/.%2E/secret",
     ] {
-        let mut c = send(
-            &proxy,
+        let mut c = scene.send(
             format!("GET {target} HTTP/1.1\r\nHost: o\r\nConnection: close\r\n\r\n").as_bytes(),
         );
         let resp = c.response();
@@ -238,17 +250,11 @@ fn dot_segments_cannot_walk_out_of_an_allowed_prefix() {
         "/data/..;/secret",
         "/data\\..\\secret",
     ] {
-        let mut c = send(
-            &proxy,
-            format!("GET {target} HTTP/1.1\r\nHost: o\r\n\r\n").as_bytes(),
-        );
+        let mut c = scene.send(format!("GET {target} HTTP/1.1\r\nHost: o\r\n\r\n").as_bytes());
         let resp = c.response();
         assert_eq!(resp.status, 400, "{target}: {resp}");
     }
-    assert!(
-        rx.recv_timeout(Duration::from_millis(300)).is_err(),
-        "nothing reached the origin"
-    );
+    assert!(!scene.reached(), "nothing reached the origin");
 }
 
 /// RFC 9112 7.1: chunk framing leaves canonical (size lines without
@@ -256,33 +262,26 @@ fn dot_segments_cannot_walk_out_of_an_allowed_prefix() {
 /// trailers are dropped (RFC 9110 6.5.1); Content-Length leaves canonical.
 #[test]
 fn request_framing_leaves_canonical() {
-    let (origin, rx) =
-        scripted_origin(Then::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
-    let proxy = Harness::start(Some(origin.addr()));
-    let mut c = send(
-        &proxy,
+    let scene = Scene::new(Then::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    let mut c = scene.send(
         b"POST /echo HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: Chunked\r\n\r\n\
           005;name=\"v;1\"\r\nhello\r\n0\r\nContent-Length: 5\r\nHost: evil\r\nX-Checksum: 1\r\n\r\n",
     );
     let resp = c.response();
     assert_eq!(resp.status, 200, "{resp}");
-    let conn = seen(&rx);
+    let conn = scene.seen();
     assert_eq!(
         conn.request,
         "POST /echo HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n\
          5\r\nhello\r\n0\r\nX-Checksum: 1\r\n\r\n"
     );
 
-    let (origin, rx) =
-        scripted_origin(Then::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
-    let proxy = Harness::start(Some(origin.addr()));
-    let mut c = send(
-        &proxy,
-        b"POST /echo HTTP/1.1\r\nHost: o\r\nContent-Length: 010\r\n\r\n0123456789",
-    );
+    let scene = Scene::new(Then::Reply(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+    let mut c =
+        scene.send(b"POST /echo HTTP/1.1\r\nHost: o\r\nContent-Length: 010\r\n\r\n0123456789");
     assert_eq!(c.response().status, 200);
     assert_eq!(
-        seen(&rx).request,
+        scene.seen().request,
         "POST /echo HTTP/1.1\r\nHost: o\r\nContent-Length: 10\r\n\r\n0123456789"
     );
 }
@@ -292,12 +291,11 @@ fn request_framing_leaves_canonical() {
 /// upstream connection is closed, and the next request gets its own.
 #[test]
 fn bytes_after_a_response_are_never_the_next_response() {
-    let (origin, rx) = scripted_origin(Then::Reply(
+    let scene = Scene::new(Then::Reply(
         b"HTTP/1.1 200 OK\r\nContent-Length: 46\r\n\r\n\
               HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
     ));
-    let proxy = Harness::start(Some(origin.addr()));
-    let mut c = send(&proxy, b"HEAD /data/1 HTTP/1.1\r\nHost: o\r\n\r\n");
+    let mut c = scene.send(b"HEAD /data/1 HTTP/1.1\r\nHost: o\r\n\r\n");
     let head = c.read_response(true);
     assert_eq!(head.status, 200, "{head}");
     assert!(head.body.is_empty());
@@ -307,9 +305,9 @@ fn bytes_after_a_response_are_never_the_next_response() {
         next.body, b"smuggled",
         "the smuggled response was delivered"
     );
-    assert!(seen(&rx).request.starts_with("HEAD /data/1 "));
+    assert!(scene.seen().request.starts_with("HEAD /data/1 "));
     assert!(
-        seen(&rx).request.starts_with("GET /data/2 "),
+        scene.seen().request.starts_with("GET /data/2 "),
         "the GET went out on a new upstream connection"
     );
 }
@@ -320,12 +318,14 @@ fn bytes_after_a_response_are_never_the_next_response() {
 #[test]
 fn an_http10_client_gets_a_chunked_body_decoded() {
     for pipe in [None, Some(1 << 20)] {
-        let (origin, _rx) = scripted_origin(Then::Reply(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+        let scene = Scene::with_engine(
+            Then::Reply(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
                   5;x=y\r\nhello\r\n7\r\n, world\r\n0\r\nX-Trailer: t\r\n\r\n",
-        ));
-        let proxy = Harness::with_engine(Some(origin.addr()), "", "", pipe);
-        let mut c = send(&proxy, b"GET /data/1 HTTP/1.0\r\nHost: o\r\n\r\n");
+            ),
+            pipe,
+        );
+        let mut c = scene.send(b"GET /data/1 HTTP/1.0\r\nHost: o\r\n\r\n");
         let got = String::from_utf8(c.rest()).expect("utf-8");
         let (head, body) = got.split_once("\r\n\r\n").expect("a head");
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{pipe:?}: {got:?}");

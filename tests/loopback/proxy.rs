@@ -17,8 +17,8 @@ use crate::common::h1::{self, Response};
 use crate::common::origin::{pattern, OriginConfig};
 use crate::common::{lock, Patient};
 use crate::harness::{
-    assert_flags, closed_port, loopback_listener, origin, origin_and_proxy, Client, Harness,
-    Limits, POLICY,
+    assert_flags, closed_port, loopback_listener, origin, origin_and_proxy, proxy_error, Client,
+    Harness, Limits, POLICY,
 };
 
 /// Asserts a 200 whose body is `pattern(n)`.
@@ -35,11 +35,7 @@ fn assert_data(resp: &Response, n: usize) {
 /// `connection: close`, and the connection closed after it.
 fn assert_error_and_closed(client: &mut Client, status: u16) -> Response {
     let resp = client.response();
-    assert_eq!(resp.status, status, "{resp}");
-    assert!(
-        resp.head.field("sockwarden-error").is_some(),
-        "no sockwarden-error header: {resp}"
-    );
+    proxy_error(&resp, status);
     assert!(
         resp.head.has_token("connection", "close"),
         "no Connection: close: {resp}"
@@ -133,6 +129,13 @@ impl RawOrigin {
             accepted,
             accept: Some(accept),
         }
+    }
+
+    /// A raw origin with `handler` and a proxy in front of it.
+    fn behind_proxy(handler: Handler) -> (RawOrigin, Harness) {
+        let origin = RawOrigin::start(handler);
+        let proxy = Harness::start(Some(origin.addr));
+        (origin, proxy)
     }
 
     fn accepted(&self) -> u64 {
@@ -309,13 +312,7 @@ fn framing_errors_get_their_status_and_close() {
         c.send(&request);
         let resp = c.response();
         assert_eq!(resp.status, status, "{name}: {resp}");
-        assert!(
-            resp.head
-                .field("sockwarden-error")
-                .is_some_and(|v| !v.is_empty()),
-            "{name}: no sockwarden-error header: {}",
-            resp.head
-        );
+        assert!(!proxy_error(&resp, status).is_empty(), "{name}: {resp}");
         assert!(resp.head.has_token("connection", "close"), "{name}: {resp}");
         c.expect_eof();
     }
@@ -497,10 +494,9 @@ fn connect_failure_is_503_with_uf() {
     let proxy = Harness::start(Some(closed_port()));
     let mut c = proxy.connect();
     let resp = c.get("/data/1");
-    assert_eq!(resp.status, 503, "{resp}");
     assert_eq!(
-        resp.head.field("sockwarden-error"),
-        Some("upstream connect failed: ECONNREFUSED")
+        proxy_error(&resp, 503),
+        "upstream connect failed: ECONNREFUSED"
     );
     // A failed connect without a request body keeps the client connection.
     assert!(!resp.head.has_token("connection", "close"), "{resp}");
@@ -519,11 +515,7 @@ fn upstream_timeout_is_504_with_ut() {
     let started = Instant::now();
     let resp = c.get("/data/1");
     let waited = started.elapsed();
-    assert_eq!(resp.status, 504, "{resp}");
-    let err = resp
-        .head
-        .field("sockwarden-error")
-        .expect("sockwarden-error header");
+    let err = proxy_error(&resp, 504);
     assert!(err.contains("timeout"), "{err:?}");
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
@@ -535,23 +527,16 @@ fn upstream_timeout_is_504_with_ut() {
 
 #[test]
 fn bad_upstream_response_is_502_with_upe() {
-    let origin = RawOrigin::start(garbage_handler);
-    let proxy = Harness::start(Some(origin.addr));
-    let mut c = proxy.connect();
-    let resp = c.get("/data/1");
-    assert_eq!(resp.status, 502, "{resp}");
-    let err = resp
-        .head
-        .field("sockwarden-error")
-        .expect("sockwarden-error header");
+    let (_origin, proxy) = RawOrigin::behind_proxy(garbage_handler);
+    let resp = proxy.connect().get("/data/1");
+    let err = proxy_error(&resp, 502);
     assert!(err.starts_with("bad upstream response"), "{err:?}");
     assert_flags(&proxy.log_line_with_status(502), &["UPE"]);
 }
 
 #[test]
 fn idle_upstream_closed_by_server_is_not_reused() {
-    let origin = RawOrigin::start(one_shot_handler);
-    let proxy = Harness::start(Some(origin.addr));
+    let (origin, proxy) = RawOrigin::behind_proxy(one_shot_handler);
     let mut c = proxy.connect();
     let first = c.get("/data/1");
     assert_eq!(first.status, 200, "{first}");
@@ -593,13 +578,8 @@ fn no_original_destination_is_421() {
     let mut c = proxy.connect();
     c.send(b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
     let resp = assert_error_and_closed(&mut c, 421);
-    assert!(
-        resp.head
-            .field("sockwarden-error")
-            .is_some_and(|v| v.contains("no original destination")),
-        "{}",
-        resp.head
-    );
+    let err = proxy_error(&resp, 421);
+    assert!(err.contains("no original destination"), "{resp}");
     assert_flags(&proxy.log_line_with_status(421), &["NR"]);
 }
 
@@ -644,7 +624,7 @@ fn a_started_head_must_finish_within_the_head_timeout() {
         waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
         "408 after {waited:?}, expected about 500ms"
     );
-    let err = resp.head.field("sockwarden-error").unwrap_or_default();
+    let err = proxy_error(&resp, resp.status);
     assert!(err.starts_with("request head timeout"), "{err:?}");
     assert_flags(&proxy.log_line_with_status(408), &["HT"]);
     // Trickling bytes does not extend it: one byte every 100 ms.
@@ -667,13 +647,22 @@ fn a_started_head_must_finish_within_the_head_timeout() {
     );
 }
 
-#[test]
-fn a_stalled_request_body_is_cut_with_si_and_dc() {
-    let origin = RawOrigin::start(silent_handler);
+/// A raw origin with `handler` behind a proxy whose body timeout is
+/// 400 ms, a client that has sent `request` through it, and when it did.
+fn with_400ms_timeout(handler: Handler, request: &[u8]) -> (RawOrigin, Harness, Client, Instant) {
+    let origin = RawOrigin::start(handler);
     let proxy = Harness::with_config(Some(origin.addr), "", "{ request_timeout: 400ms }");
     let mut c = proxy.connect();
-    c.send(b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n0123456789");
-    let started = Instant::now();
+    c.send(request);
+    (origin, proxy, c, Instant::now())
+}
+
+const STALLED_UPLOAD: &[u8] =
+    b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n0123456789";
+
+#[test]
+fn a_stalled_request_body_is_cut_with_si_and_dc() {
+    let (_origin, proxy, mut c, started) = with_400ms_timeout(silent_handler, STALLED_UPLOAD);
     // The proxy gives up on the body and closes; nothing is answered.
     c.expect_eof();
     let waited = started.elapsed();
@@ -689,11 +678,8 @@ fn a_stalled_request_body_is_cut_with_si_and_dc() {
 
 #[test]
 fn a_stalled_response_body_is_cut_with_si_and_uc() {
-    let origin = RawOrigin::start(stalled_body_handler);
-    let proxy = Harness::with_config(Some(origin.addr), "", "{ request_timeout: 400ms }");
-    let mut c = proxy.connect();
-    c.send(b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
-    let started = Instant::now();
+    let get = b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n";
+    let (_origin, proxy, mut c, started) = with_400ms_timeout(stalled_body_handler, get);
     let mut got = Vec::new();
     // The head and the 10 bytes arrive, then the connection ends early.
     let _ = c.r.read_to_end(&mut got);
@@ -792,7 +778,7 @@ fn past_max_connections_new_connections_get_503_and_the_others_are_served() {
     // The third is refused at once, with a 503 naming the limit.
     let mut c = proxy.connect();
     let resp = assert_error_and_closed(&mut c, 503);
-    let err = resp.head.field("sockwarden-error").unwrap_or_default();
+    let err = proxy_error(&resp, resp.status);
     assert!(err.contains("max_connections = 2"), "{err:?}");
     // The others keep being served.
     assert_data(&a.get("/data/3"), 3);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::common::metric_value;
 use crate::common::origin::{pattern, OriginConfig};
 use crate::harness::{assert_flags, closed_port, flags, origin_and_proxy, Harness};
 
@@ -22,17 +23,7 @@ fn metrics() -> &'static PrometheusHandle {
 
 /// The value of one series in the rendered metrics (0 when absent).
 fn metric(series: &str) -> f64 {
-    metrics()
-        .render()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    metric_value(&metrics().render(), series)
 }
 
 /// The attempts the access-log line records.
