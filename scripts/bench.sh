@@ -83,6 +83,9 @@ PIDS=()
 
 BASE_TREE=$WORK/baseline
 cleanup() {
+  # Options set here stay here: the first call, before the run, must not
+  # turn errexit off for the rest of the script.
+  local -
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
   if [[ -n ${BASELINE:-} ]]; then
@@ -254,7 +257,7 @@ fi
 
 # Every contender must serve, and every sockwarden must really redirect.
 for n in "${NAMES[@]}"; do
-  code=$(run_in "$n" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k")
+  code=$(run_in "$n" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k" || true)
   [[ $code == 200 ]] || { echo "bench.sh: $n answered $code" >&2; exit 1; }
 done
 # The proxy counts a request just after the response is written: a scrape
@@ -279,7 +282,8 @@ echo "== 64 MiB downloads: $ROUNDS round-robin rounds" >&2
 for _ in $(seq 1 "$ROUNDS"); do
   for n in "${NAMES[@]}"; do
     b0=$(busy_ticks)
-    s=$(run_in "$n" curl -s -o /dev/null -w '%{speed_download}' --max-time 60 "${URL[$n]}/data/64m")
+    s=$(run_in "$n" curl -s -o /dev/null -w '%{speed_download}' --max-time 60 "${URL[$n]}/data/64m") \
+      || { echo "bench.sh: $n: the 64 MiB download failed" >&2; exit 1; }
     b1=$(busy_ticks)
     SPEEDS[$n]="${SPEEDS[$n]:-} $s"
     TICKS[$n]=$(( ${TICKS[$n]:-0} + b1 - b0 ))
@@ -293,7 +297,8 @@ done
 echo "== 1 KiB GETs: wrk -t2 -c50, 2 round-robin rounds of ${WRK_SECONDS}s" >&2
 for _ in 1 2; do
   for n in "${NAMES[@]}"; do
-    out=$(run_in "$n" wrk -t2 -c50 -d"${WRK_SECONDS}s" --latency "${URL[$n]}/data/1k")
+    out=$(run_in "$n" wrk -t2 -c50 -d"${WRK_SECONDS}s" --latency "${URL[$n]}/data/1k") \
+      || { echo "bench.sh: $n: wrk failed" >&2; exit 1; }
     RPS[$n]="${RPS[$n]:-} $(awk '/^Requests\/sec/{print $2}' <<<"$out")"
     P50[$n]="${P50[$n]:-} $(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")"
     P99[$n]="${P99[$n]:-} $(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")"
