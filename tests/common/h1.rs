@@ -19,15 +19,15 @@ use std::fmt;
 use std::io::{self, BufRead, Write};
 
 /// Largest head read (start line, fields and the empty line).
-pub const MAX_HEAD: usize = 1 << 20;
+const MAX_HEAD: usize = 1 << 20;
 /// Most field lines in one head.
 const MAX_FIELDS: usize = 1024;
 /// Longest chunk-size or trailer line.
 const MAX_CHUNK_LINE: usize = 8192;
 /// Largest body [`read_response`] reads.
-pub const MAX_BODY: u64 = 256 << 20;
+const MAX_BODY: u64 = 256 << 20;
 
-pub fn invalid(msg: impl Into<String>) -> io::Error {
+fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 

@@ -234,7 +234,7 @@ fn read_ok<R: std::io::BufRead>(r: &mut R, f: impl FnMut(&[u8])) -> std::io::Res
 }
 
 /// One client connection's worth of exchanges; returns how many it verified.
-pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
+fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
     let stream = TcpStream::connect_timeout(&proxy, io_timeout()).expect("connect proxy");
     stream

@@ -3,7 +3,7 @@
 //! 10,000 concurrent workload connections.
 //!
 //! The soak's clients run in one workload process: this test binary
-//! re-executed as `soak_client` (an ignored test) in the pod namespace and
+//! re-executed as `limits::soak_client` (an ignored test) in the pod namespace and
 //! the policy cgroup, so that its connects are redirected like any
 //! workload's. Its 10,000 sockets and the proxy's are in different
 //! processes, each under the 20,000-fd limit.
