@@ -18,7 +18,9 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 # Every test target is a tier run below; a new one must join them here
 # and in tests/README.md.
-targets=$(cd tests && ls -d -- *.rs */main.rs 2>/dev/null | sed 's,/main.rs$,,; s,\.rs$,,' | sort | tr '\n' ' ')
+shopt -s nullglob
+targets=$(for t in tests/*.rs tests/*/main.rs; do t=${t#tests/}; t=${t%/main.rs}; echo "${t%.rs}"; done | sort | tr '\n' ' ')
+shopt -u nullglob
 if [[ $targets != "kernel loopback " ]]; then
   echo "test.sh: test targets are: $targets(expected: kernel loopback); add a new one to test.sh and tests/README.md" >&2
   exit 1
