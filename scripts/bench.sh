@@ -17,9 +17,13 @@
 #   sockwarden-nowall the default engine (splice, 64 KiB pipes) with the
 #                     cgroup_skb/egress wall left unattached
 #                     (testing.skip_egress_wall): what the wall costs
-#   sockwarden-previous  with SW_BENCH_PREVIOUS=BINARY: another build (e.g.
-#                     the previous commit's) with the default engine, set up
-#                     exactly as sockwarden-splice-64k
+#   sockwarden-previous  with BASELINE=<git rev>: that revision, built here
+#                     (release, in a git worktree under the scratch directory,
+#                     with a target directory of its own; both removed at the
+#                     end, also on failure), or with SW_BENCH_PREVIOUS=BINARY
+#                     another build; with the default engine, set up exactly
+#                     as sockwarden-splice-64k; the ratios of splice-64k to it
+#                     are printed after the table
 # Every sockwarden attaches its programs at the cgroup2 root, so each one's
 # egress wall sees every packet of the node. As on a real node (one
 # sockwarden), only one instance, sockwarden-splice-64k, attaches its wall;
@@ -36,6 +40,9 @@
 #   1 KiB GETs over 50 keep-alive connections: requests/s, p50, p99 (wrk;
 #   2 round-robin rounds of WRK_SECONDS each, averaged)
 # Run as root. docs/performance.md records the method and the numbers.
+# Environment: ROUNDS (25) and WRK_SECONDS (5) as above; BASELINE or
+# SW_BENCH_PREVIOUS (not both); BASELINE_TARGET_DIR keeps the baseline's
+# target directory (default: under the scratch directory, removed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +62,14 @@ if ((${#missing[@]})); then
     || { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
 
+if [[ -n ${BASELINE:-} && -n ${SW_BENCH_PREVIOUS:-} ]]; then
+  echo "bench.sh: set BASELINE or SW_BENCH_PREVIOUS, not both" >&2; exit 1
+fi
+if [[ -n ${BASELINE:-} ]]; then
+  BASELINE_REV=$(git rev-parse --verify --quiet "$BASELINE^{commit}") \
+    || { echo "bench.sh: BASELINE=$BASELINE is not a commit" >&2; exit 1; }
+fi
+
 echo "== building sockwarden (release)" >&2
 cargo build --release --quiet
 BIN=$PWD/target/release/sockwarden
@@ -66,9 +81,17 @@ PIN=/sys/fs/bpf/sockwarden-bench
 WORK=$(mktemp -d /tmp/sockwarden-bench.XXXXXX)
 PIDS=()
 
+BASE_TREE=$WORK/baseline
 cleanup() {
+  # Options set here stay here: the first call, before the run, must not
+  # turn errexit off for the rest of the script.
+  local -
   set +e
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  if [[ -n ${BASELINE:-} ]]; then
+    [[ -e $BASE_TREE/.git ]] && git worktree remove --force "$BASE_TREE"
+    git worktree prune
+  fi
   for cg in "$CG_TOP"/*/; do
     [[ -d $cg ]] || continue
     for p in $(cat "$cg/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
@@ -81,6 +104,19 @@ cleanup() {
 trap cleanup EXIT
 cleanup
 trap cleanup EXIT
+
+# The baseline: BASELINE's revision, checked out and built beside this one.
+if [[ -n ${BASELINE:-} ]]; then
+  echo "== building the baseline, $BASELINE ($BASELINE_REV) (release)" >&2
+  mkdir -p "$WORK"
+  git worktree add --quiet --detach "$BASE_TREE" "$BASELINE_REV"
+  base_target=$(realpath -m "${BASELINE_TARGET_DIR:-$WORK/baseline-target}")
+  (cd "$BASE_TREE" && CARGO_TARGET_DIR=$base_target cargo build --release --quiet)
+  SW_BENCH_PREVIOUS=$base_target/release/sockwarden
+  PREVIOUS_IS="BASELINE=$BASELINE (${BASELINE_REV:0:12})"
+elif [[ -n ${SW_BENCH_PREVIOUS:-} ]]; then
+  PREVIOUS_IS="SW_BENCH_PREVIOUS=$SW_BENCH_PREVIOUS"
+fi
 
 in_ns() { local ns=$1; shift; nsenter --net=/run/netns/"$ns" "$@"; }
 # Runs a command in the namespace and cgroup of contender $1: the workload
@@ -209,7 +245,7 @@ declare -A URL=([direct]=http://10.77.1.10 [sockwarden-splice-1m]=http://10.77.1
   [sockwarden-sockmap]=http://10.77.1.10 [haproxy]=http://10.77.0.1:8080
   [haproxy-splice]=http://10.77.0.1:8081 [direct@node]=http://10.77.1.10
   [sockwarden-splice-64k@node]=http://10.77.1.10 [sockwarden-sockmap@node]=http://10.77.1.10)
-# The previous build beside this one (SW_BENCH_PREVIOUS=its binary), with
+# The previous build beside this one (BASELINE's or SW_BENCH_PREVIOUS), with
 # the default engine: same logging, threads and position as splice-64k.
 if [[ -n ${SW_BENCH_PREVIOUS:-} ]]; then
   start_sockwarden 5 splice 65536 previous - "$SW_BENCH_PREVIOUS"
@@ -221,7 +257,7 @@ fi
 
 # Every contender must serve, and every sockwarden must really redirect.
 for n in "${NAMES[@]}"; do
-  code=$(run_in "$n" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k")
+  code=$(run_in "$n" curl -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k" || true)
   [[ $code == 200 ]] || { echo "bench.sh: $n answered $code" >&2; exit 1; }
 done
 # The proxy counts a request just after the response is written: a scrape
@@ -246,7 +282,8 @@ echo "== 64 MiB downloads: $ROUNDS round-robin rounds" >&2
 for _ in $(seq 1 "$ROUNDS"); do
   for n in "${NAMES[@]}"; do
     b0=$(busy_ticks)
-    s=$(run_in "$n" curl -s -o /dev/null -w '%{speed_download}' --max-time 60 "${URL[$n]}/data/64m")
+    s=$(run_in "$n" curl -s -o /dev/null -w '%{speed_download}' --max-time 60 "${URL[$n]}/data/64m") \
+      || { echo "bench.sh: $n: the 64 MiB download failed" >&2; exit 1; }
     b1=$(busy_ticks)
     SPEEDS[$n]="${SPEEDS[$n]:-} $s"
     TICKS[$n]=$(( ${TICKS[$n]:-0} + b1 - b0 ))
@@ -260,7 +297,8 @@ done
 echo "== 1 KiB GETs: wrk -t2 -c50, 2 round-robin rounds of ${WRK_SECONDS}s" >&2
 for _ in 1 2; do
   for n in "${NAMES[@]}"; do
-    out=$(run_in "$n" wrk -t2 -c50 -d"${WRK_SECONDS}s" --latency "${URL[$n]}/data/1k")
+    out=$(run_in "$n" wrk -t2 -c50 -d"${WRK_SECONDS}s" --latency "${URL[$n]}/data/1k") \
+      || { echo "bench.sh: $n: wrk failed" >&2; exit 1; }
     RPS[$n]="${RPS[$n]:-} $(awk '/^Requests\/sec/{print $2}' <<<"$out")"
     P50[$n]="${P50[$n]:-} $(to_ms "$(awk '$1=="50%"{print $2}' <<<"$out")")"
     P99[$n]="${P99[$n]:-} $(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")"
@@ -295,3 +333,9 @@ w=sockwarden-splice-64k o=sockwarden-nowall
 echo "egress wall ($w with it / $o without): 64 MiB $(ratio "${TP[$w]}" "${TP[$o]}")x," \
   "CPU-s/GiB $(ratio "${CPU[$w]}" "${CPU[$o]}")x, 1 KiB r/s $(ratio "${RPS[$w]}" "${RPS[$o]}")x," \
   "p50 ${P50[$w]} vs ${P50[$o]} ms, p99 ${P99[$w]} vs ${P99[$o]} ms"
+if [[ -n ${SW_BENCH_PREVIOUS:-} ]]; then
+  w=sockwarden-splice-64k o=sockwarden-previous
+  echo "this build against the previous one, $PREVIOUS_IS ($w / $o):" \
+    "64 MiB $(ratio "${TP[$w]}" "${TP[$o]}")x, CPU-s/GiB $(ratio "${CPU[$w]}" "${CPU[$o]}")x," \
+    "1 KiB r/s $(ratio "${RPS[$w]}" "${RPS[$o]}")x, p50 ${P50[$w]} vs ${P50[$o]} ms, p99 ${P99[$w]} vs ${P99[$o]} ms"
+fi

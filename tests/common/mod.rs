@@ -1,45 +1,28 @@
-#![allow(dead_code)]
-//! Shared support code for sockwarden's integration tests.
+//! Support code both test tiers compile (tests/README.md): the tests' own
+//! HTTP/1.1 codec ([`h1`]), the threaded test origin ([`origin`]) and the
+//! SHA-256 body stress workload ([`stress`]). Each tier binds their
+//! listeners where it runs them (127.0.0.1 for the loopback tier, a test
+//! namespace for the kernel tier) and hands them over.
 //!
-//! Include it from an integration-test file with `mod common;`.
-//!
-//! * [`netns`]: network namespaces (`ip netns`) and the three-namespace
-//!   [`netns::Topology`] (node / origin / pod) the end-to-end tests run in.
-//! * [`cgroup`]: cgroup v2 directories ([`cgroup::TestCgroup`]) that are
-//!   emptied (SIGKILL) and removed when dropped.
-//! * [`origin`]: a small threaded HTTP/1.1 origin server and a minimal
-//!   response reader for test clients.
-//! * [`stress`]: the SHA-256 body stress workload (origin and client).
-//! * [`corpus`]: the smuggling corpus, a recording origin, and running a
-//!   vector through a loopback proxy.
-//!
-//! Everything here is bounded in time and cleans up in `Drop`, so a
-//! panicking test leaves no namespaces, cgroups or processes behind.
-//! Traffic only ever goes to loopback or to addresses that exist solely
-//! inside the namespaces a test creates.
+//! Everything here is bounded in time and stops in `Drop`, so a panicking
+//! test leaves no thread or socket behind.
 
-pub mod cgroup;
-pub mod corpus;
-pub mod harness;
-pub mod netns;
+pub mod h1;
 pub mod origin;
 pub mod stress;
-pub mod sw;
 
-use std::collections::hash_map::DefaultHasher;
-use std::fs::{File, OpenOptions};
-use std::hash::{Hash, Hasher};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// A wait for something to happen, stretched by the factor in
 /// `SOCKWARDEN_TEST_PATIENCE` (default 1). The kernel matrix (vmtests/) runs
 /// the kernel tier under TCG emulation, many times slower than the host.
 /// Only waits are stretched, never a bound that a test measures.
-pub fn patience(wait: std::time::Duration) -> std::time::Duration {
+pub fn patience(wait: Duration) -> Duration {
     let factor = std::env::var("SOCKWARDEN_TEST_PATIENCE")
         .ok()
         .and_then(|v| v.parse::<u32>().ok())
@@ -48,102 +31,162 @@ pub fn patience(wait: std::time::Duration) -> std::time::Duration {
     wait * factor
 }
 
-/// Panics unless the test runs with euid 0. Tests that need root never
-/// silently skip: a skipped test would look like a passing one.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        panic!(
-            "this test needs root (it creates network namespaces, cgroups and eBPF programs); run it as root"
-        );
+/// The read, write and connect timeout of the test origins' and clients'
+/// blocking sockets (30 s, stretched by [`patience`]): long enough for a
+/// 64 MiB body on an emulated machine, and for an idle keep-alive
+/// connection that a test counts never to time out under it.
+pub fn io_timeout() -> Duration {
+    patience(Duration::from_secs(30))
+}
+
+/// Calls `probe` every 20 ms until `done` holds for what it returns or
+/// `wait` (stretched by [`patience`]) has passed; returns its last answer.
+pub fn wait_for<T>(wait: Duration, mut probe: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = Instant::now() + patience(wait);
+    loop {
+        let got = probe();
+        if done(&got) || Instant::now() >= deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// A short (at most 8 characters, `[0-9a-z]`) tag that is unique per
-/// process and call, for namespace and cgroup names.
-///
-/// It is the process id in base 36 followed by base-36 digits of a hash of
-/// `test` and a process-wide call counter (so two calls with the same name
-/// in one process still differ).
-pub fn unique_tag(test: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = DefaultHasher::new();
-    test.hash(&mut h);
-    n.hash(&mut h);
-    let mut tag = base36(u64::from(std::process::id()));
-    // pid_max is at most 2^22 (5 base-36 digits), so at least 3 hash digits.
-    tag.truncate(5);
-    let hash = base36(h.finish());
-    let want = 8 - tag.len();
-    // base36 of a u64 has up to 13 digits; take the low-order ones.
-    let hash = format!("{hash:0>13}");
-    tag.push_str(&hash[hash.len() - want..]);
-    tag
+/// The value of `series` (name and labels, as exported) in a Prometheus
+/// text exposition; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
 
-fn base36(mut v: u64) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(v % 36) as usize]);
-        v /= 36;
-        if v == 0 {
-            break;
+/// Locks `m`, taking the data of a poisoned lock too (a test thread
+/// panicked: the test fails anyway).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A blocking reader that waits through read timeouts: a read that fails
+/// with WouldBlock or TimedOut (a socket timeout, or the spurious EAGAIN of
+/// a socket in a sockhash, which ../shared/ENVIRONMENT.md saw on every
+/// kernel) is tried again until `give_up`, given the instant that read
+/// began, says to stop; then the error is returned. With a short socket
+/// timeout this polls a stop flag.
+pub struct Patient<R, F> {
+    pub inner: R,
+    pub give_up: F,
+}
+
+impl<R: Read, F: Fn(Instant) -> bool> Read for Patient<R, F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let started = Instant::now();
+        loop {
+            match self.inner.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) && !(self.give_up)(started) => {}
+                r => return r,
+            }
         }
     }
-    out.reverse();
-    String::from_utf8(out).expect("ascii")
 }
 
-/// A [`Command`] for `program` whose child process, after fork and
-/// **before exec** (via [`CommandExt::pre_exec`]), enters the network
-/// namespace `netns` (setns(CLONE_NEWNET) on an fd opened by the parent) and
-/// joins the cgroup directory `cgroup` (writes "0" to its `cgroup.procs`).
-/// Because both happen before exec, the program itself runs unmodified
-/// inside them from its very first instruction: every socket it opens
-/// belongs to `netns`, and eBPF cgroup programs attached to `cgroup` see it.
-///
-/// Unlike `ip netns exec`, this does not remount /sys, so the child still
-/// sees the cgroup2 and bpf file systems.
-///
-/// Panics if the namespace file or `cgroup.procs` cannot be opened.
-pub fn command_in(netns: Option<&Path>, cgroup: Option<&Path>, program: &str) -> Command {
-    let ns_fd: Option<OwnedFd> = netns.map(|p| {
-        File::open(p)
-            .unwrap_or_else(|e| panic!("command_in: open netns {}: {e}", p.display()))
-            .into()
-    });
-    let procs_fd: Option<OwnedFd> = cgroup.map(|p| {
-        let procs = p.join("cgroup.procs");
-        OpenOptions::new()
-            .write(true)
-            .open(&procs)
-            .unwrap_or_else(|e| panic!("command_in: open {}: {e}", procs.display()))
-            .into()
-    });
-    let mut cmd = Command::new(program);
-    // SAFETY: the closure runs in the forked child before exec, where only
-    // async-signal-safe operations are allowed. It performs only the raw
-    // `setns` and `write` system calls on file descriptors opened by the
-    // parent (kept alive by the closure, which the Command owns) and reads
-    // errno; it does not allocate or take locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(fd) = &ns_fd {
-                if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
+/// Most connection threads a [`Server`] keeps alive at once; further
+/// connections are closed at accept.
+const MAX_LIVE_CONNS: usize = 512;
+/// Longest a [`Server`] accepts (a backstop: dropping it stops it).
+const MAX_SERVER_LIFETIME: Duration = Duration::from_secs(3600);
+
+#[derive(Default)]
+struct Conns {
+    stop: AtomicBool,
+    live: Mutex<Vec<(TcpStream, JoinHandle<()>)>>,
+}
+
+/// A threaded TCP server for tests: every connection is served by `serve`
+/// on a thread of its own, given the (blocking) stream and a flag that is
+/// raised when the server stops. Dropping the server stops accepting,
+/// shuts every open connection down (so blocked reads return) and joins
+/// every thread.
+pub struct Server {
+    addr: SocketAddr,
+    conns: Arc<Conns>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start<F>(listener: TcpListener, serve: F) -> Server
+    where
+        F: Fn(TcpStream, &AtomicBool) + Send + Sync + 'static,
+    {
+        listener
+            .set_nonblocking(true)
+            .expect("server: set_nonblocking");
+        let addr = listener.local_addr().expect("server: local_addr");
+        let conns = Arc::new(Conns::default());
+        let (sh, serve) = (conns.clone(), Arc::new(serve));
+        let accept = std::thread::Builder::new()
+            .name(format!("server-{addr}"))
+            .spawn(move || {
+                let deadline = Instant::now() + MAX_SERVER_LIFETIME;
+                while !sh.stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let Ok((stream, _)) = listener.accept() else {
+                        // WouldBlock (nothing pending) or a transient error.
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let mut live = lock(&sh.live);
+                    live.retain(|(_, h)| !h.is_finished());
+                    if live.len() >= MAX_LIVE_CONNS {
+                        continue; // drops (closes) the stream
+                    }
+                    let (Ok(handle), Ok(())) = (stream.try_clone(), stream.set_nonblocking(false))
+                    else {
+                        continue;
+                    };
+                    let (serve, sh2) = (serve.clone(), sh.clone());
+                    if let Ok(t) = std::thread::Builder::new()
+                        .name(format!("server-{addr}-conn"))
+                        .spawn(move || serve(stream, &sh2.stop))
+                    {
+                        live.push((handle, t));
+                    }
                 }
-            }
-            if let Some(fd) = &procs_fd {
-                let buf = b"0";
-                if libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+            })
+            .expect("server: spawn accept thread");
+        Server {
+            addr,
+            conns,
+            accept: Some(accept),
+        }
     }
-    cmd
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.conns.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        let live = std::mem::take(&mut *lock(&self.conns.live));
+        for (s, _) in &live {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        for (_, h) in live {
+            let _ = h.join();
+        }
+    }
 }

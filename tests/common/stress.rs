@@ -4,27 +4,18 @@
 //! page, pipe and socket-buffer edges, random write splits, pipelining,
 //! keep-alive) and verifies every body end to end.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
-use super::netns::in_netns;
+use super::h1::{self, HeadWriter};
+use super::{io_timeout, Patient, Server};
 
 pub const NOISE_LEN: usize = 1 << 20;
-
-/// Socket timeouts of the stress origin and client, stretched by
-/// [`super::patience`].
-pub fn io_timeout() -> Duration {
-    super::patience(Duration::from_secs(30))
-}
 
 pub const MIB: usize = 1 << 20;
 
@@ -95,74 +86,6 @@ fn body_size(rng: &mut StdRng) -> usize {
     }
 }
 
-/// Reads a head (through CRLFCRLF); None at a clean EOF.
-pub fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<String>> {
-    let mut head = Vec::new();
-    loop {
-        let mut line = Vec::new();
-        if r.read_until(b'\n', &mut line)? == 0 {
-            return if head.is_empty() {
-                Ok(None)
-            } else {
-                Err(std::io::ErrorKind::UnexpectedEof.into())
-            };
-        }
-        head.extend_from_slice(&line);
-        if line == b"\r\n" {
-            return Ok(Some(String::from_utf8_lossy(&head).into_owned()));
-        }
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
-
-/// Reads a body framed by `head`'s Content-Length or chunked encoding,
-/// feeding it to `f`.
-pub fn read_body(
-    r: &mut impl BufRead,
-    head: &str,
-    mut f: impl FnMut(&[u8]),
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut take =
-        |r: &mut dyn BufRead, mut n: usize, f: &mut dyn FnMut(&[u8])| -> std::io::Result<()> {
-            while n > 0 {
-                let k = r.read(&mut buf[..n.min(64 * 1024)])?;
-                if k == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                f(&buf[..k]);
-                n -= k;
-            }
-            Ok(())
-        };
-    if header(head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        loop {
-            let mut line = String::new();
-            r.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim(), 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
-            if size == 0 {
-                let mut end = String::new();
-                r.read_line(&mut end)?;
-                return Ok(());
-            }
-            take(r, size, &mut f)?;
-            let mut crlf = [0u8; 2];
-            r.read_exact(&mut crlf)?;
-        }
-    }
-    let len: usize = header(head, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    take(r, len, &mut f)
-}
-
 /// Writes body (seed, len), chunked or not, in random splits.
 fn write_body(
     w: &mut impl Write,
@@ -179,9 +102,7 @@ fn write_body(
         |s| {
             if err.is_ok() {
                 err = if chunked {
-                    write!(w, "{:x}\r\n", s.len())
-                        .and_then(|()| w.write_all(s))
-                        .and_then(|()| w.write_all(b"\r\n"))
+                    h1::write_chunk(w, s)
                 } else {
                     w.write_all(s)
                 };
@@ -190,7 +111,7 @@ fn write_body(
     );
     err?;
     if chunked {
-        w.write_all(b"0\r\n\r\n")?;
+        h1::write_last_chunk(w)?;
     }
     w.flush()
 }
@@ -202,58 +123,34 @@ fn write_body(
 /// answers the hex SHA-256 of what it received; `GET /data/abort/<len>`
 /// sends half of a `len`-byte body and resets the connection.
 pub struct StressOrigin {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
+    server: Server,
 }
 
 impl StressOrigin {
-    /// On an ephemeral loopback port of this namespace.
-    pub fn start() -> StressOrigin {
-        Self::listen(TcpListener::bind("127.0.0.1:0").expect("bind origin"))
-    }
-
-    /// On `addr` in network namespace `netns`.
-    pub fn start_in(netns: &Path, addr: SocketAddr) -> StressOrigin {
-        let listener = in_netns(netns, move || TcpListener::bind(addr))
-            .unwrap_or_else(|e| panic!("bind origin {addr}: {e}"));
-        Self::listen(listener)
-    }
-
-    fn listen(listener: TcpListener) -> StressOrigin {
-        let addr = listener.local_addr().expect("addr");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let accept = std::thread::spawn(move || {
-            let mut conns = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((s, _)) => conns.push(std::thread::spawn(move || serve(s))),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-            drop(conns);
-        });
+    /// Serves on `listener` (bound by the caller, in whatever namespace).
+    pub fn serve(listener: TcpListener) -> StressOrigin {
         StressOrigin {
-            addr,
-            stop,
-            accept: Some(accept),
+            server: Server::start(listener, |s, _| serve(s)),
         }
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
     }
 }
 
-impl Drop for StressOrigin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
+/// The head and framing of a response with a body of `len` bytes.
+fn blob_head(len: usize, chunked: bool) -> Vec<u8> {
+    let h = HeadWriter::response(1, 200);
+    if chunked {
+        h.field("Transfer-Encoding", "chunked").finish()
+    } else {
+        h.field("Content-Length", len).finish()
     }
 }
 
 fn serve(stream: TcpStream) {
-    let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(io_timeout()));
     let _ = stream.set_write_timeout(Some(io_timeout()));
     let Ok(read_half) = stream.try_clone() else {
@@ -264,47 +161,47 @@ fn serve(stream: TcpStream) {
     let mut rng = StdRng::seed_from_u64(u64::from(w.local_addr().map_or(0, |a| a.port())));
     // Bounded: a connection serves at most 10,000 requests.
     for _ in 0..10_000 {
-        let Ok(Some(head)) = read_head(&mut r) else {
+        let Ok(Some(head)) = h1::read_head(&mut r) else {
             return;
         };
-        let target = head.split_whitespace().nth(1).unwrap_or("").to_string();
-        let parts: Vec<&str> = target.trim_start_matches('/').split('/').collect();
+        let Ok(req) = head.request_line() else {
+            return;
+        };
+        let parts: Vec<&str> = req.target.trim_start_matches('/').split('/').collect();
         let result = match parts.as_slice() {
             ["data", "blob", seed, len, mode] => {
                 let (seed, len) = (seed.parse().unwrap_or(0), len.parse().unwrap_or(0));
                 let chunked = *mode == "k";
-                let framing = if chunked {
-                    "Transfer-Encoding: chunked".to_string()
-                } else {
-                    format!("Content-Length: {len}")
-                };
-                write!(w, "HTTP/1.1 200 OK\r\n{framing}\r\n\r\n")
+                w.write_all(&blob_head(len, chunked))
                     .and_then(|()| write_body(&mut w, seed, len, chunked, &mut rng))
             }
             ["data", "upload"] => {
                 let mut h = Sha256::new();
-                read_body(&mut r, &head, |s| h.update(s)).and_then(|()| {
-                    let digest = hex(&h.finalize());
-                    write!(
-                        w,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{digest}",
-                        digest.len()
-                    )
-                })
+                head.request_framing()
+                    .and_then(|framing| h1::read_body(&mut r, framing, u64::MAX, |s| h.update(s)))
+                    .and_then(|()| {
+                        let digest = hex(&h.finalize());
+                        let head = HeadWriter::response(1, 200)
+                            .field("Content-Length", digest.len())
+                            .finish();
+                        w.write_all(&head)
+                            .and_then(|()| w.write_all(digest.as_bytes()))
+                    })
             }
             ["data", "echo"] => {
                 // 101, then every byte back until the client's EOF.
-                let _ = write!(
-                    w,
-                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-                );
+                let head = HeadWriter::response(1, 101)
+                    .field("Connection", "Upgrade")
+                    .field("Upgrade", "echo")
+                    .finish();
+                let _ = w.write_all(&head);
                 let _ = std::io::copy(&mut r, &mut w);
                 let _ = w.shutdown(std::net::Shutdown::Write);
                 return;
             }
             ["data", "abort", len] => {
                 let len: usize = len.parse().unwrap_or(0);
-                let _ = write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                let _ = w.write_all(&blob_head(len, false));
                 let _ = write_body(&mut w, 1, len / 2, false, &mut rng);
                 let _ = nix::sys::socket::setsockopt(
                     &w,
@@ -316,7 +213,11 @@ fn serve(stream: TcpStream) {
                 );
                 return;
             }
-            _ => write!(w, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            _ => w.write_all(
+                &HeadWriter::response(1, 404)
+                    .field("Content-Length", 0)
+                    .finish(),
+            ),
         };
         if result.is_err() {
             return;
@@ -324,30 +225,18 @@ fn serve(stream: TcpStream) {
     }
 }
 
-/// A blocking socket whose reads wait out their whole timeout: on a socket
-/// in a sockhash (the sockmap engine links the workload's), the kernel's
-/// tcp_bpf_recvmsg can return EAGAIN before SO_RCVTIMEO has passed (seen on
-/// 6.1; ../shared/ENVIRONMENT.md saw it on every kernel tried).
-struct Patient(TcpStream);
-
-impl std::io::Read for Patient {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let started = std::time::Instant::now();
-        loop {
-            match self.0.read(buf) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && started.elapsed() < io_timeout() => {}
-                r => return r,
-            }
-        }
-    }
+/// Reads a response of `r` and hands its body to `f`; panics unless it is
+/// a 200.
+fn read_ok<R: std::io::BufRead>(r: &mut R, f: impl FnMut(&[u8])) -> std::io::Result<()> {
+    let head = h1::read_head(r)?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+    assert_eq!(head.status()?, 200, "{head}");
+    h1::read_body(r, head.response_framing(false)?, u64::MAX, f)
 }
 
 /// One client connection's worth of exchanges; returns how many it verified.
-pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
+fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
     let mut rng = StdRng::seed_from_u64(seed);
-    let stream = TcpStream::connect(proxy).expect("connect proxy");
+    let stream = TcpStream::connect_timeout(&proxy, io_timeout()).expect("connect proxy");
     stream
         .set_read_timeout(Some(io_timeout()))
         .expect("timeout");
@@ -355,7 +244,13 @@ pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
         .set_write_timeout(Some(io_timeout()))
         .expect("timeout");
     let mut w = stream.try_clone().expect("clone");
-    let mut r = BufReader::with_capacity(rng.random_range(1..65536), Patient(stream));
+    // A socket the sockmap engine links may fail a blocking read with
+    // EAGAIN before its timeout: wait the whole timeout out.
+    let patient = Patient {
+        inner: stream,
+        give_up: |started: std::time::Instant| started.elapsed() >= io_timeout(),
+    };
+    let mut r = BufReader::with_capacity(rng.random_range(1..65536), patient);
     let mut done = 0;
     while done < exchanges {
         // Sometimes pipeline up to 3 GETs: all requests first, then the responses.
@@ -371,11 +266,11 @@ pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
             let mut reqs = Vec::new();
             for (s, len, chunked) in &wanted {
                 let mode = if *chunked { "k" } else { "c" };
-                reqs.extend_from_slice(
-                    format!(
-                        "GET /data/blob/{s}/{len}/{mode} HTTP/1.1\r\nHost: origin.test\r\n\r\n"
-                    )
-                    .as_bytes(),
+                let target = format!("/data/blob/{s}/{len}/{mode}");
+                reqs.extend(
+                    HeadWriter::request("GET", &target)
+                        .field("Host", "origin.test")
+                        .finish(),
                 );
             }
             let mut off = 0;
@@ -385,11 +280,9 @@ pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
                 off += n;
             }
             for (s, len, _) in wanted {
-                let head = read_head(&mut r).expect("response head").expect("response");
-                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
                 let mut h = Sha256::new();
                 let mut got = 0usize;
-                read_body(&mut r, &head, |b| {
+                read_ok(&mut r, |b| {
                     got += b.len();
                     h.update(b);
                 })
@@ -408,21 +301,16 @@ pub fn client(proxy: SocketAddr, seed: u64, exchanges: usize) -> usize {
                 body_size(&mut rng),
                 rng.random::<bool>(),
             );
-            let framing = if chunked {
-                "Transfer-Encoding: chunked".to_string()
+            let h = HeadWriter::request("POST", "/data/upload").field("Host", "origin.test");
+            let head = if chunked {
+                h.field("Transfer-Encoding", "chunked")
             } else {
-                format!("Content-Length: {len}")
+                h.field("Content-Length", len)
             };
-            write!(
-                w,
-                "POST /data/upload HTTP/1.1\r\nHost: origin.test\r\n{framing}\r\n\r\n"
-            )
-            .expect("write head");
+            w.write_all(&head.finish()).expect("write head");
             write_body(&mut w, s, len, chunked, &mut rng).expect("write body");
-            let head = read_head(&mut r).expect("response head").expect("response");
-            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
             let mut digest = Vec::new();
-            read_body(&mut r, &head, |b| digest.extend_from_slice(b)).expect("digest");
+            read_ok(&mut r, |b| digest.extend_from_slice(b)).expect("digest");
             assert_eq!(
                 String::from_utf8_lossy(&digest),
                 hex(&body_sha(s, len)),

@@ -124,11 +124,6 @@ impl TestCgroup {
             .unwrap_or_else(|e| panic!("stat {}: {e}", self.path.display()))
             .ino()
     }
-
-    /// Pids currently in this cgroup (not its descendants).
-    pub fn procs(&self) -> Vec<i32> {
-        read_procs(&self.path)
-    }
 }
 
 fn read_procs(dir: &Path) -> Vec<i32> {

@@ -2,7 +2,7 @@
 //!
 //! Namespaces are managed with `ip netns` (bind mounts under /run/netns).
 //! Code that must run inside a namespace uses [`in_netns`] (a fresh thread
-//! that called setns) or [`super::command_in`] (a child process), never
+//! that called setns) or [`crate::support::command_in`] (a child process), never
 //! `ip netns exec`, because that remounts /sys and hides the cgroup2 and
 //! bpf file systems. `ip netns exec` is used only for `sysctl`.
 
@@ -15,26 +15,14 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{setns, CloneFlags};
 
-/// The proxy's listen address, on `lo` of the node namespace.
-pub const NODE_PROXY_V4: &str = "10.77.0.1";
-/// The proxy's IPv6 listen address, on `lo` of the node namespace.
-pub const NODE_PROXY_V6: &str = "fd77::1";
+use crate::support::run_checked;
+
 /// The origin's address (origin namespace, `eth0`).
 pub const ORIGIN_V4: &str = "10.77.1.10";
 /// The origin's IPv6 address (origin namespace, `eth0`).
 pub const ORIGIN_V6: &str = "fd77:1::10";
-/// The node's address on the origin link (`to-origin`).
-pub const NODE_TO_ORIGIN_V4: &str = "10.77.1.1";
-/// The node's IPv6 address on the origin link (`to-origin`).
-pub const NODE_TO_ORIGIN_V6: &str = "fd77:1::1";
 /// The pod's address (pod namespace, `eth0`).
 pub const POD_V4: &str = "10.77.2.2";
-/// The pod's IPv6 address (pod namespace, `eth0`).
-pub const POD_V6: &str = "fd77:2::2";
-/// The node's address on the pod link (`to-pod`), the pod's gateway.
-pub const NODE_TO_POD_V4: &str = "10.77.2.1";
-/// The node's IPv6 address on the pod link (`to-pod`), the pod's gateway.
-pub const NODE_TO_POD_V6: &str = "fd77:2::1";
 
 /// Serializes `ip netns add/del` within this process: the first `add` makes
 /// /run/netns a shared bind mount, which is racy when done concurrently.
@@ -42,21 +30,6 @@ static IP_NETNS_LOCK: Mutex<()> = Mutex::new(());
 
 fn ip_netns_lock() -> std::sync::MutexGuard<'static, ()> {
     IP_NETNS_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Runs a command to completion and panics with its stderr if it fails.
-fn run_checked(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
 }
 
 /// A named network namespace (`ip netns add NAME`), deleted on drop.
@@ -151,6 +124,13 @@ pub fn in_netns<T: Send + 'static>(ns: &Path, f: impl FnOnce() -> T + Send + 'st
         Ok(v) => v,
         Err(p) => std::panic::resume_unwind(p),
     }
+}
+
+/// A TCP listener on `addr` inside `ns`; panics if the bind fails.
+pub fn listener_in(ns: &Netns, addr: &str) -> TcpListener {
+    let addr: SocketAddr = addr.parse().expect("listen address");
+    ns.within(move || TcpListener::bind(addr))
+        .unwrap_or_else(|e| panic!("bind {addr} in {}: {e}", ns.name()))
 }
 
 /// Three namespaces wired as a node with a pod and an origin behind it:

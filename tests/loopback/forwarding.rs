@@ -4,34 +4,33 @@
 //! page sizes included), random write splits on both sides, pipelining,
 //! keep-alive reuse and concurrent connections; then aborts mid-body.
 
-mod common;
-
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::harness::Harness;
-use common::stress::{
-    body_sha, clients, hex, noise, read_body, read_head, split, StressOrigin, MIB, NOISE_LEN,
-};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 
-/// A client connection to the proxy with a read timeout of `secs`: its
-/// write half and a buffered read half.
-fn open(proxy: &Harness, secs: u64) -> (TcpStream, BufReader<TcpStream>) {
-    let s = TcpStream::connect(proxy.addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(secs)))
-        .expect("timeout");
-    (s.try_clone().expect("clone"), BufReader::new(s))
+use crate::common::h1::{self, Head};
+use crate::common::stress::{body_sha, clients, hex, noise, split, MIB, NOISE_LEN};
+use crate::harness::{flags, stress_origin, Client, Harness};
+
+/// Reads a response head and hands its body to `f`.
+fn read(c: &mut Client, f: impl FnMut(&[u8])) -> (Head, std::io::Result<()>) {
+    let head = h1::read_head(&mut c.r)
+        .expect("response head")
+        .expect("a response");
+    let framing = head.response_framing(false).expect("framing");
+    let body = h1::read_body(&mut c.r, framing, u64::MAX, f);
+    (head, body)
 }
 
 /// 2,000 exchanges over 4 concurrent keep-alive connections (re-opened every
 /// 100 exchanges).
 fn stress(engine: Option<usize>) {
-    let origin = StressOrigin::start();
-    let proxy = Harness::with_engine(Some(origin.addr), "", "", engine);
+    let origin = stress_origin();
+    let proxy = Harness::with_engine(Some(origin.addr()), "", "", engine);
     let started = Instant::now();
     let verified = clients(proxy.addr, 4, 0);
     assert_eq!(verified, 2_000);
@@ -67,27 +66,21 @@ fn stress_copy() {
 /// mid-download: no hang, the client connection is closed, the access log
 /// carries the right flag.
 fn aborts(engine: Option<usize>) {
-    let origin = StressOrigin::start();
-    let proxy = Harness::with_engine(Some(origin.addr), "", "", engine);
+    let origin = stress_origin();
+    let proxy = Harness::with_engine(Some(origin.addr()), "", "", engine);
 
     // Origin resets after half of a 4 MiB body: the client sees a short
     // body and a closed connection; flag UC.
-    let (mut w, mut r) = open(&proxy, 10);
-    w.write_all(b"GET /data/abort/4194304 HTTP/1.1\r\nHost: o\r\n\r\n")
-        .expect("write");
-    let head = read_head(&mut r).expect("head").expect("response");
-    assert!(head.contains("Content-Length: 4194304"), "{head}");
+    let mut c = proxy.connect();
+    c.send(b"GET /data/abort/4194304 HTTP/1.1\r\nHost: o\r\n\r\n");
     let mut got = 0;
-    let err = read_body(&mut r, &head, |b| got += b.len()).expect_err("short body");
+    let (head, body) = read(&mut c, |b| got += b.len());
+    assert_eq!(head.field("content-length"), Some("4194304"), "{head}");
+    let err = body.expect_err("short body");
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof, "{err}");
     assert!(got < 4 * MIB);
     let line = proxy.log_line_with_status(200);
-    assert!(
-        line["flags"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|x| x == "UC")),
-        "{line}"
-    );
+    assert!(flags(&line).contains(&"UC"), "{line}");
 
     // Client leaves mid-upload: flag DC, nothing hangs.
     let mut s = TcpStream::connect(proxy.addr).expect("connect");
@@ -104,22 +97,13 @@ fn aborts(engine: Option<usize>) {
     let _ = s.read(&mut first).expect("some response bytes");
     drop(s);
     let lines = proxy.wait_log_lines(3);
-    let dc = lines
-        .iter()
-        .filter(|l| {
-            l["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == "DC"))
-        })
-        .count();
+    let dc = lines.iter().filter(|l| flags(l).contains(&"DC")).count();
     assert_eq!(dc, 2, "{lines:?}");
     // The proxy still serves.
-    let (mut w, mut r) = open(&proxy, 10);
-    w.write_all(b"GET /data/blob/3/100000/k HTTP/1.1\r\nHost: o\r\n\r\n")
-        .expect("write");
-    let head = read_head(&mut r).expect("head").expect("response");
+    let mut c = proxy.connect();
+    c.send(b"GET /data/blob/3/100000/k HTTP/1.1\r\nHost: o\r\n\r\n");
     let mut h = Sha256::new();
-    read_body(&mut r, &head, |b| h.update(b)).expect("body");
+    read(&mut c, |b| h.update(b)).1.expect("body");
     assert_eq!(<[u8; 32]>::from(h.finalize()), body_sha(3, 100_000));
 }
 
@@ -138,22 +122,23 @@ fn aborts_copy() {
 /// is forwarded as soon as it arrives, not after the upstream timeout.
 #[test]
 fn an_expect_100_body_sent_without_waiting_is_forwarded() {
-    let origin = StressOrigin::start();
-    let proxy = Harness::with_engine(Some(origin.addr), "", "", Some(MIB));
-    let (mut w, mut r) = open(&proxy, 5);
+    let origin = stress_origin();
+    let proxy = Harness::with_engine(Some(origin.addr()), "", "", Some(MIB));
+    let mut c = proxy.connect();
     let len = 100_000;
-    write!(
-        w,
-        "POST /data/upload HTTP/1.1\r\nHost: o\r\nExpect: 100-continue\r\nContent-Length: {len}\r\n\r\n"
-    )
-    .expect("write head");
+    c.send(
+        format!(
+            "POST /data/upload HTTP/1.1\r\nHost: o\r\nExpect: 100-continue\r\nContent-Length: {len}\r\n\r\n"
+        )
+        .as_bytes(),
+    );
     std::thread::sleep(Duration::from_millis(300));
-    w.write_all(&noise()[..len]).expect("write body");
+    c.send(&noise()[..len]);
     let started = Instant::now();
-    let head = read_head(&mut r).expect("head").expect("response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut digest = Vec::new();
-    read_body(&mut r, &head, |b| digest.extend_from_slice(b)).expect("digest");
+    let (head, body) = read(&mut c, |b| digest.extend_from_slice(b));
+    assert_eq!(head.status().ok(), Some(200), "{head}");
+    body.expect("digest");
     assert_eq!(
         String::from_utf8_lossy(&digest),
         hex(&Sha256::digest(&noise()[..len]))
@@ -168,15 +153,13 @@ fn an_expect_100_body_sent_without_waiting_is_forwarded() {
 /// After a 101 the connection is a tunnel: 4 MiB written in random splits
 /// come back intact, and each side's EOF is passed on.
 fn tunnel(engine: Option<usize>) {
-    let origin = StressOrigin::start();
-    let proxy = Harness::with_engine(Some(origin.addr), "", "", engine);
-    let (mut w, mut r) = open(&proxy, 10);
-    w.write_all(
-        b"GET /data/echo HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
-    )
-    .expect("write");
-    let head = read_head(&mut r).expect("head").expect("response");
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let origin = stress_origin();
+    let proxy = Harness::with_engine(Some(origin.addr()), "", "", engine);
+    let mut c = proxy.connect();
+    c.send(b"GET /data/echo HTTP/1.1\r\nHost: o\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n");
+    let head = c.read_response(true);
+    assert_eq!(head.status, 101, "{head}");
+    let (mut w, mut r) = (c.w, c.r);
     let data: Vec<u8> = (0..4 * MIB).map(|i| noise()[i % NOISE_LEN]).collect();
     let sent = data.clone();
     let writer = std::thread::spawn(move || {

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::cgroup::TestCgroup;
-use super::netns::{in_netns, Netns, Topology};
-use super::origin::{read_response, Origin, OriginConfig};
-use super::{command_in, patience, require_root, unique_tag};
+use crate::cgroup::TestCgroup;
+use crate::common::h1::{self, HeadWriter};
+use crate::common::origin::{Origin, OriginConfig};
+use crate::common::{metric_value, patience};
+use crate::netns::{in_netns, listener_in, Netns, Topology};
+use crate::support::{command_in, require_root, run_checked, unique_tag};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sockwarden");
 pub const ADMIN: &str = "127.0.0.1:9901";
@@ -116,12 +118,12 @@ impl Sockwarden {
             let mut s = TcpStream::connect_timeout(&addr, patience(Duration::from_secs(2))).ok()?;
             s.set_read_timeout(Some(patience(Duration::from_secs(5))))
                 .ok()?;
-            write!(
-                s,
-                "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-            )
-            .ok()?;
-            let r = read_response(&mut BufReader::new(s), false).ok()?;
+            let req = HeadWriter::request("GET", &path)
+                .field("Host", "admin")
+                .field("Connection", "close")
+                .finish();
+            s.write_all(&req).ok()?;
+            let r = h1::read_response(&mut BufReader::new(s), false).ok()?;
             Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
         })
     }
@@ -131,15 +133,16 @@ impl Sockwarden {
     pub fn metric(&self, series: &str) -> f64 {
         let (status, body) = self.admin_get("/metrics").expect("metrics reachable");
         assert_eq!(status, 200);
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix(series)?
-                    .strip_prefix(' ')?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0.0)
+        metric_value(&body, series)
+    }
+
+    /// Panics unless every series has its value.
+    pub fn assert_metrics(&self, want: &[(&str, f64)]) {
+        let (status, body) = self.admin_get("/metrics").expect("metrics reachable");
+        assert_eq!(status, 200);
+        for (series, value) in want {
+            assert_eq!(metric_value(&body, series), *value, "{series}");
+        }
     }
 
     /// A field of /proc/PID/status (`State`, `VmRSS`); empty if absent.
@@ -279,21 +282,20 @@ pub fn tcp_connect(netns: &Netns, cgroup: Option<&TestCgroup>, host: &str, port:
     }
 }
 
+/// `curl -sS --max-time 10 ARGS...` in `netns`, in `cgroup` if given.
+pub fn curl(netns: &Netns, cgroup: Option<&TestCgroup>, args: &[&str]) -> Output {
+    let mut all = vec!["-sS", "--max-time", "10"];
+    all.extend_from_slice(args);
+    match cgroup {
+        Some(cg) => workload(netns, cg, "curl", &all),
+        None => outsider(netns, "curl", &all),
+    }
+}
+
 /// The lowercased response head of a GET with the team header.
 pub fn curl_head(netns: &Netns, cgroup: &TestCgroup, url: &str) -> String {
-    let args = [
-        "-sS",
-        "-D",
-        "-",
-        "-o",
-        "/dev/null",
-        "--max-time",
-        "10",
-        "-H",
-        "x-team: analytics",
-        url,
-    ];
-    stdout(&workload(netns, cgroup, "curl", &args)).to_ascii_lowercase()
+    let args = ["-D", "-", "-o", "/dev/null", "-H", "x-team: analytics", url];
+    stdout(&curl(netns, Some(cgroup), &args)).to_ascii_lowercase()
 }
 
 /// curl printing the status code; extra args before the URL.
@@ -303,45 +305,51 @@ pub fn curl_status(
     extra: &[&str],
     url: &str,
 ) -> String {
-    let mut args = vec![
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "--max-time",
-        "10",
-    ];
+    curl_write_out(netns, cgroup, "%{http_code}", extra, url)
+}
+
+/// curl printing `write_out` (e.g. `%{http_code} %{local_port}`), the body
+/// dropped; extra args before the URL.
+pub fn curl_write_out(
+    netns: &Netns,
+    cgroup: Option<&TestCgroup>,
+    write_out: &str,
+    extra: &[&str],
+    url: &str,
+) -> String {
+    let mut args = vec!["-o", "/dev/null", "-w", write_out];
     args.extend_from_slice(extra);
     args.push(url);
-    let o = match cgroup {
-        Some(cg) => workload(netns, cg, "curl", &args),
-        None => outsider(netns, "curl", &args),
-    };
-    stdout(&o)
+    stdout(&curl(netns, cgroup, &args))
 }
 
-/// The usual kernel-test scene: a fresh topology, an origin on
+/// A download the workload gives up half a second into, at 1 MB/s: the
+/// client leaves mid-body. Returns curl's output (it fails).
+pub fn curl_cut_short(netns: &Netns, cgroup: &TestCgroup, url: &str) -> Output {
+    let args = [
+        "-sS",
+        "--limit-rate",
+        "1M",
+        "--max-time",
+        "0.5",
+        "-o",
+        "/dev/null",
+        url,
+    ];
+    workload(netns, cgroup, "curl", &args)
+}
+
+/// The usual kernel-test scene: (tag, a fresh topology, an origin on
 /// 10.77.1.10:80 in its namespace, and a workload cgroup
-/// `/sockwarden-test-<tag>/<leaf>`. Requires root.
-pub struct Scene {
-    pub tag: String,
-    pub topo: Topology,
-    pub origin: Origin,
-    pub cg: TestCgroup,
-}
-
-impl Scene {
-    pub fn new(test: &str, leaf: &str, origin: OriginConfig) -> Scene {
-        let (tag, topo, cg) = bare_scene(test, leaf);
-        let origin = origin_at(&topo, "10.77.1.10:80", origin);
-        Scene {
-            tag,
-            topo,
-            origin,
-            cg,
-        }
-    }
+/// `/sockwarden-test-<tag>/<leaf>`). Requires root.
+pub fn scene(
+    test: &str,
+    leaf: &str,
+    origin: OriginConfig,
+) -> (String, Topology, Origin, TestCgroup) {
+    let (tag, topo, cg) = bare_scene(test, leaf);
+    let origin = origin_at(&topo, "10.77.1.10:80", origin);
+    (tag, topo, origin, cg)
 }
 
 /// A scene without an origin: (tag, topology, workload cgroup). Requires root.
@@ -355,8 +363,7 @@ pub fn bare_scene(test: &str, leaf: &str) -> (String, Topology, TestCgroup) {
 
 /// Another origin in the scene's origin namespace.
 pub fn origin_at(topo: &Topology, addr: &str, cfg: OriginConfig) -> Origin {
-    let addr = addr.parse().expect("origin address");
-    Origin::start(addr, Some(&topo.origin.path()), cfg)
+    Origin::serve(listener_in(&topo.origin, addr), cfg)
 }
 
 /// Socket memory (receive + send queues) of `pid`'s TCP sockets in `ns`,
@@ -386,15 +393,55 @@ pub fn socket_memory(ns: &Netns, pid: u32) -> u64 {
     total
 }
 
-/// The number of entries in a pinned map, from `bpftool map dump` (as an
-/// operator would count them).
+/// `bpftool -j ARGS...`, its JSON output parsed; panics if it fails.
+pub fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = run_checked(std::process::Command::new("bpftool").arg("-j").args(args));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool {args:?} JSON: {e}: {}", stdout(&out)))
+}
+
+/// The entries of a pinned map, from `bpftool map dump` (as an operator
+/// would see them).
+pub fn map_dump(pin: &Path, map: &str) -> Vec<serde_json::Value> {
+    let path = pin.join(map);
+    let dump = bpftool(&[
+        "map",
+        "dump",
+        "pinned",
+        path.to_str().expect("utf-8 pin path"),
+    ]);
+    dump.as_array().cloned().unwrap_or_default()
+}
+
+/// The number of entries in a pinned map.
 pub fn map_entries(pin: &Path, map: &str) -> usize {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(pin.join(map))
+    map_dump(pin, map).len()
+}
+
+/// The `key` or `value` of a map entry of [`map_dump`], with field names
+/// where bpftool has the map's BTF.
+pub fn entry_part<'a>(entry: &'a serde_json::Value, part: &str) -> &'a serde_json::Value {
+    let formatted = &entry["formatted"][part];
+    if formatted.is_null() {
+        &entry[part]
+    } else {
+        formatted
+    }
+}
+
+/// Established TCP sockets in a namespace.
+pub fn established(ns: &Netns) -> usize {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+        ])
         .output()
-        .expect("bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("bpftool JSON for {map}: {e}: {}", stdout(&out)));
-    v.as_array().map_or(0, Vec::len)
+        .expect("ss");
+    String::from_utf8_lossy(&out.stdout).lines().count()
 }

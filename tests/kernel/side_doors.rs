@@ -12,8 +12,6 @@
 //! with its process group when the test ends, passed or failed. Root is
 //! required; without it these tests fail, they never skip.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
@@ -24,11 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::{Netns, Topology, POD_V4};
-use common::origin::lock;
-use common::sw::{bare_scene, outsider, stdout, tcp_connect, workload, Sockwarden, BIN};
-use common::{command_in, patience};
+use crate::cgroup::TestCgroup;
+use crate::common::lock;
+use crate::common::patience;
+use crate::netns::{Netns, Topology, POD_V4};
+use crate::support::{command_in, require_root, run_checked};
+use crate::sw::{bare_scene, outsider, stdout, tcp_connect, workload, Sockwarden, BIN};
 
 /// The test client. `python3 -c CLIENT OP ARGS... [-- OP ARGS...]...` runs
 /// the operations in turn (one process for many: under emulation a python
@@ -86,11 +85,15 @@ def reply(s):
         return "noreply"
     return "reply %s from %s" % (data.decode(errors="replace"), peer[0])
 
-def udp(host, port, payload):
+def connected(host, port):
     s = socket.socket(family(host), socket.SOCK_DGRAM)
     s.settimeout(WAIT)
+    s.connect((host, int(port)))
+    return s
+
+def udp(host, port, payload):
     try:
-        s.connect((host, int(port)))
+        s = connected(host, port)
     except OSError as e:
         return "connect " + name(e)
     try:
@@ -113,10 +116,8 @@ def sendto(payload, *dests):
     return "; ".join(out)
 
 def flow(host, port, count):
-    s = socket.socket(family(host), socket.SOCK_DGRAM)
-    s.settimeout(WAIT)
     try:
-        s.connect((host, int(port)))
+        s = connected(host, port)
     except OSError as e:
         return "connect " + name(e)
     good = 0
@@ -337,11 +338,12 @@ fn bounded(secs: u64) -> [String; 3] {
     ]
 }
 
-/// Runs [`CLIENT`] once for `ops` (each an operation and its arguments) in
-/// `ns`: in `cg` (a workload) or, with None, outside any policy cgroup.
-/// Returns a result line per operation; panics if the client did not exit
-/// 0 (a crash or the time bound, not an errno: those are results).
-fn clients(ns: &Netns, cg: Option<&TestCgroup>, ops: &[&[&str]]) -> Vec<String> {
+/// Runs [`CLIENT`] once for `ops` (each an operation and its arguments,
+/// separated by spaces) in `ns`: in `cg` (a workload) or, with None,
+/// outside any policy cgroup. Returns a result line per operation; panics
+/// if the client did not exit 0 (a crash or the time bound, not an errno:
+/// those are results).
+fn clients<S: AsRef<str>>(ns: &Netns, cg: Option<&TestCgroup>, ops: &[S]) -> Vec<String> {
     let limit = bounded(20 + 5 * ops.len() as u64);
     let mut full: Vec<&str> = limit.iter().map(String::as_str).collect();
     full.extend(["python3", "-c", CLIENT]);
@@ -349,8 +351,9 @@ fn clients(ns: &Netns, cg: Option<&TestCgroup>, ops: &[&[&str]]) -> Vec<String> 
         if i > 0 {
             full.push("--");
         }
-        full.extend_from_slice(op);
+        full.extend(op.as_ref().split_whitespace());
     }
+    let ops: Vec<&str> = ops.iter().map(AsRef::as_ref).collect();
     let o = match cg {
         Some(cg) => workload(ns, cg, "timeout", &full),
         None => outsider(ns, "timeout", &full),
@@ -368,20 +371,20 @@ fn clients(ns: &Netns, cg: Option<&TestCgroup>, ops: &[&[&str]]) -> Vec<String> 
 
 /// Runs `cases` (an operation and the result it must give) as one
 /// [`clients`] call and checks every result.
-fn expect(ns: &Netns, cg: Option<&TestCgroup>, cases: &[(&[&str], &str)]) {
-    let ops: Vec<&[&str]> = cases.iter().map(|&(op, _)| op).collect();
+fn expect(ns: &Netns, cg: Option<&TestCgroup>, cases: &[(&str, &str)]) {
+    let ops: Vec<&str> = cases.iter().map(|&(op, _)| op).collect();
     let results = clients(ns, cg, &ops);
     let who = match cg {
         Some(cg) => format!("in {}", cg.rel()),
         None => "outside policy cgroups".to_string(),
     };
     for ((op, want), got) in cases.iter().zip(&results) {
-        assert_eq!(got, want, "{op:?} {who}");
+        assert_eq!(got, want, "{op} {who}");
     }
 }
 
 /// [`clients`] with one operation: its result.
-fn client(ns: &Netns, cg: Option<&TestCgroup>, op: &[&str]) -> String {
+fn client(ns: &Netns, cg: Option<&TestCgroup>, op: &str) -> String {
     clients(ns, cg, &[op]).remove(0)
 }
 
@@ -485,7 +488,7 @@ impl Sniffer {
 /// outsider) to ORIGIN:port, watched by a [`Sniffer`] in the origin
 /// namespace: (the client's result, what the sniffer saw).
 fn forge_syn(
-    topo: &common::netns::Topology,
+    topo: &crate::netns::Topology,
     cg: Option<&TestCgroup>,
     port: u16,
     seq: u32,
@@ -494,13 +497,7 @@ fn forge_syn(
     let sent = client(
         &topo.pod,
         cg,
-        &[
-            "forge",
-            POD_V4,
-            "10.77.1.10",
-            &port.to_string(),
-            &seq.to_string(),
-        ],
+        &format!("forge {POD_V4} 10.77.1.10 {port} {seq}"),
     );
     (sent, sniffer.finish())
 }
@@ -576,6 +573,17 @@ struct Spec<'a> {
     /// Fields of the policy (e.g. `icmp: true`) and its rules, as in [`policy`].
     extra: &'a [&'a str],
     egress: &'a [&'a str],
+}
+
+impl<'a> Spec<'a> {
+    /// UDP echo servers at `echo` and a policy of the rules `egress`.
+    fn new(echo: &'a [&'a str], egress: &'a [&'a str]) -> Spec<'a> {
+        Spec {
+            echo,
+            egress,
+            ..Spec::default()
+        }
+    }
 }
 
 /// A scene: topology, a workload cgroup, UDP echo servers in the origin
@@ -702,53 +710,29 @@ fn udp_by_rule_connected_and_unconnected_ipv4_and_ipv6() {
         Some(cg),
         &[
             // Connected: connect() is judged...
-            (
-                &["udp", "10.77.1.10", "7", "c4"],
-                "reply c4 from 10.77.1.10",
-            ),
-            (
-                &["udp", "fd77:1::10", "7", "c6"],
-                "reply c6 from fd77:1::10",
-            ),
+            ("udp 10.77.1.10 7 c4", "reply c4 from 10.77.1.10"),
+            ("udp fd77:1::10 7 c6", "reply c6 from fd77:1::10"),
             // ... refused: a port no rule covers, an address, an IPv6 port,
             // and a TCP-only rule (the default protocol).
-            (&["udp", "10.77.1.10", "8", "denied-port"], "connect EPERM"),
-            (
-                &["udp", "10.77.1.12", "7", "denied-address"],
-                "connect EPERM",
-            ),
-            (
-                &["udp", "fd77:1::10", "8", "denied-v6-port"],
-                "connect EPERM",
-            ),
-            (
-                &["udp", "10.77.1.10", "9000", "denied-tcp-rule"],
-                "connect EPERM",
-            ),
+            ("udp 10.77.1.10 8 denied-port", "connect EPERM"),
+            ("udp 10.77.1.12 7 denied-address", "connect EPERM"),
+            ("udp fd77:1::10 8 denied-v6-port", "connect EPERM"),
+            ("udp 10.77.1.10 9000 denied-tcp-rule", "connect EPERM"),
             // Unconnected: every sendto() is judged, so one socket reaches
             // two allowed destinations, and is refused the others.
             (
-                &["sendto", "u4", "10.77.1.10", "7", "10.77.1.11", "7"],
+                "sendto u4 10.77.1.10 7 10.77.1.11 7",
                 "reply u4 from 10.77.1.10; reply u4 from 10.77.1.11",
             ),
             (
-                &["sendto", "u6", "fd77:1::10", "7", "fd77:1::11", "7"],
+                "sendto u6 fd77:1::10 7 fd77:1::11 7",
                 "reply u6 from fd77:1::10; reply u6 from fd77:1::11",
             ),
             (
-                &[
-                    "sendto",
-                    "mixed",
-                    "10.77.1.10",
-                    "7",
-                    "10.77.1.12",
-                    "7",
-                    "10.77.1.10",
-                    "8",
-                ],
+                "sendto mixed 10.77.1.10 7 10.77.1.12 7 10.77.1.10 8",
                 "reply mixed from 10.77.1.10; sendto EPERM; sendto EPERM",
             ),
-            (&["sendto", "denied-v6", "fd77:1::10", "8"], "sendto EPERM"),
+            ("sendto denied-v6 fd77:1::10 8", "sendto EPERM"),
         ],
     );
     // A UDP rule does not allow TCP.
@@ -762,22 +746,10 @@ fn udp_by_rule_connected_and_unconnected_ipv4_and_ipv6() {
         pod,
         None,
         &[
-            (
-                &["udp", "10.77.1.10", "8", "o1"],
-                "reply o1 from 10.77.1.10",
-            ),
-            (
-                &["udp", "10.77.1.12", "7", "o2"],
-                "reply o2 from 10.77.1.12",
-            ),
-            (
-                &["sendto", "o3", "fd77:1::10", "8"],
-                "reply o3 from fd77:1::10",
-            ),
-            (
-                &["udp", "10.77.1.10", "9000", "o4"],
-                "reply o4 from 10.77.1.10",
-            ),
+            ("udp 10.77.1.10 8 o1", "reply o1 from 10.77.1.10"),
+            ("udp 10.77.1.12 7 o2", "reply o2 from 10.77.1.12"),
+            ("sendto o3 fd77:1::10 8", "reply o3 from fd77:1::10"),
+            ("udp 10.77.1.10 9000 o4", "reply o4 from 10.77.1.10"),
         ],
     );
 
@@ -802,11 +774,10 @@ fn udp_by_rule_connected_and_unconnected_ipv4_and_ipv6() {
 fn udp_echo_replies_on_an_allowed_flow_come_back() {
     let d = Doors::start(
         "echo",
-        Spec {
-            echo: &["10.77.1.10:7", "[fd77:1::10]:7"],
-            egress: &[r#"{ to: ["10.77.1.10/32", "fd77:1::10/128"], ports: [7], protocol: udp }"#],
-            ..Spec::default()
-        },
+        Spec::new(
+            &["10.77.1.10:7", "[fd77:1::10]:7"],
+            &[r#"{ to: ["10.77.1.10/32", "fd77:1::10/128"], ports: [7], protocol: udp }"#],
+        ),
     );
     let (topo, cg, sw) = (&d.topo, &d.cg, &d.sw);
     // 100 datagrams of 8 to 8,000 bytes (larger ones leave as IP
@@ -816,12 +787,9 @@ fn udp_echo_replies_on_an_allowed_flow_come_back() {
         &topo.pod,
         Some(cg),
         &[
-            (&["flow", "10.77.1.10", "7", "100"], "echoed 100 of 100"),
-            (&["flow", "fd77:1::10", "7", "100"], "echoed 100 of 100"),
-            (
-                &["sendto", "once", "10.77.1.10", "7"],
-                "reply once from 10.77.1.10",
-            ),
+            ("flow 10.77.1.10 7 100", "echoed 100 of 100"),
+            ("flow fd77:1::10 7 100", "echoed 100 of 100"),
+            ("sendto once 10.77.1.10 7", "reply once from 10.77.1.10"),
         ],
     );
     assert_eq!(udp_decisions(sw, "echo", "allow"), 3.0);
@@ -838,19 +806,20 @@ fn dns_through_the_allowed_resolver_only() {
         "dns",
         Spec {
             origin_addrs: &["10.77.1.53/24", "10.77.1.54/24"],
-            egress: &[r#"{ to: ["10.77.1.53/32"], ports: [53], protocol: any }"#],
-            ..Spec::default()
+            ..Spec::new(
+                &[],
+                &[r#"{ to: ["10.77.1.53/32"], ports: [53], protocol: any }"#],
+            )
         },
     );
     let (topo, cg, sw) = (&d.topo, &d.cg, &d.sw);
     let _allowed = dnsmasq(&topo.origin, "10.77.1.53");
     let _other = dnsmasq(&topo.origin, "10.77.1.54");
     let lookups = |cg: Option<&TestCgroup>, queries: &[[&str; 2]]| {
-        let ops: Vec<[&str; 4]> = queries
+        let ops: Vec<String> = queries
             .iter()
-            .map(|[server, transport]| ["dns", server, "origin.test", transport])
+            .map(|[server, transport]| format!("dns {server} origin.test {transport}"))
             .collect();
-        let ops: Vec<&[&str]> = ops.iter().map(|op| &op[..]).collect();
         clients(&topo.pod, cg, &ops)
     };
     let both = [["10.77.1.53", "udp"], ["10.77.1.54", "udp"]];
@@ -916,14 +885,13 @@ fn dns_through_the_allowed_resolver_only() {
 fn quic_style_udp_to_an_http_port_is_refused() {
     let d = Doors::start(
         "quic",
-        Spec {
-            echo: &["10.77.1.10:443", "10.77.1.10:4433"],
-            egress: &[
+        Spec::new(
+            &["10.77.1.10:443", "10.77.1.10:4433"],
+            &[
                 r#"{ to: ["10.77.1.0/24"], ports: [443], http: [{ method: GET }] }"#,
                 r#"{ to: ["10.77.1.0/24"], protocol: udp }"#,
             ],
-            ..Spec::default()
-        },
+        ),
     );
     let (topo, cg, echo, sw) = (&d.topo, &d.cg, &d.echo, &d.sw);
     let pod = &topo.pod;
@@ -934,16 +902,10 @@ fn quic_style_udp_to_an_http_port_is_refused() {
         pod,
         Some(cg),
         &[
+            ("udp 10.77.1.10 443 quic-connect", "connect EPERM"),
+            ("sendto quic-sendto 10.77.1.10 443", "sendto EPERM"),
             (
-                &["udp", "10.77.1.10", "443", "quic-connect"],
-                "connect EPERM",
-            ),
-            (
-                &["sendto", "quic-sendto", "10.77.1.10", "443"],
-                "sendto EPERM",
-            ),
-            (
-                &["udp", "10.77.1.10", "4433", "other-port"],
+                "udp 10.77.1.10 4433 other-port",
                 "reply other-port from 10.77.1.10",
             ),
         ],
@@ -952,7 +914,7 @@ fn quic_style_udp_to_an_http_port_is_refused() {
     assert_eq!(tcp_connect(pod, Some(cg), "10.77.1.10", 443), "ok");
     // Control: outside the cgroup UDP 443 gets through.
     assert_eq!(
-        client(pod, None, &["udp", "10.77.1.10", "443", "outsider"]),
+        client(pod, None, "udp 10.77.1.10 443 outsider"),
         "reply outsider from 10.77.1.10"
     );
 
@@ -1007,14 +969,13 @@ fn raw_sockets_refused_and_icmp_only_with_icmp_true() {
         ["6", "dgram", "17"],
         ["4", "stream", "262"],
     ];
-    let mut ops: Vec<Vec<&str>> = echoes
+    let mut ops: Vec<String> = echoes
         .iter()
-        .map(|&(kind, host, request)| vec!["icmp", kind, host, request])
+        .map(|(kind, host, request)| format!("icmp {kind} {host} {request}"))
         .collect();
     for [family, kind, proto] in raw_tcp.iter().chain(&others).chain(&normal) {
-        ops.push(vec!["socket", family, kind, proto]);
+        ops.push(format!("socket {family} {kind} {proto}"));
     }
-    let ops: Vec<&[&str]> = ops.iter().map(Vec::as_slice).collect();
     let outside = clients(pod, None, &ops);
     let icmp = clients(pod, Some(&pinger), &ops);
     let no_icmp = clients(pod, Some(&plain), &ops);
@@ -1108,8 +1069,8 @@ fn a_forged_syn_from_a_raw_icmp_socket_is_dropped_by_the_wall() {
         &topo.pod,
         Some(cg),
         &[
-            (&["icmp", "raw", "10.77.1.10", "13"], "sendto EPERM"),
-            (&["icmp", "raw", "10.77.1.10", "8"], "reply from 10.77.1.10"),
+            ("icmp raw 10.77.1.10 13", "sendto EPERM"),
+            ("icmp raw 10.77.1.10 8", "reply from 10.77.1.10"),
         ],
     );
     assert!(egress_dropped(sw, "forger", "icmp") >= 1.0);
@@ -1137,11 +1098,7 @@ fn a_forged_syn_arrives_when_the_wall_is_not_attached() {
 fn processes_outside_policy_cgroups_are_untouched() {
     let d = Doors::start(
         "pods",
-        Spec {
-            echo: &["10.77.1.10:9999", "[fd77:1::10]:9999"],
-            egress: &[PORT_80],
-            ..Spec::default()
-        },
+        Spec::new(&["10.77.1.10:9999", "[fd77:1::10]:9999"], &[PORT_80]),
     );
     let (topo, cg, sw) = (&d.topo, &d.cg, &d.sw);
     let pod = &topo.pod;
@@ -1151,9 +1108,9 @@ fn processes_outside_policy_cgroups_are_untouched() {
         pod,
         Some(cg),
         &[
-            (&["udp", "10.77.1.10", "9999", "w"], "connect EPERM"),
-            (&["socket", "4", "raw", "6"], "EPERM"),
-            (&["icmp", "raw", "10.77.1.10", "8"], "socket EPERM"),
+            ("udp 10.77.1.10 9999 w", "connect EPERM"),
+            ("socket 4 raw 6", "EPERM"),
+            ("icmp raw 10.77.1.10 8", "socket EPERM"),
         ],
     );
     // ... and a process of the same namespace outside it goes anywhere.
@@ -1161,18 +1118,12 @@ fn processes_outside_policy_cgroups_are_untouched() {
         pod,
         None,
         &[
-            (
-                &["udp", "10.77.1.10", "9999", "o4"],
-                "reply o4 from 10.77.1.10",
-            ),
-            (
-                &["sendto", "o6", "fd77:1::10", "9999"],
-                "reply o6 from fd77:1::10",
-            ),
-            (&["socket", "4", "raw", "6"], "ok"),
-            (&["socket", "6", "raw", "6"], "ok"),
-            (&["icmp", "raw", "10.77.1.10", "8"], "reply from 10.77.1.10"),
-            (&["icmp", "raw", "10.77.1.10", "13"], "sent"),
+            ("udp 10.77.1.10 9999 o4", "reply o4 from 10.77.1.10"),
+            ("sendto o6 fd77:1::10 9999", "reply o6 from fd77:1::10"),
+            ("socket 4 raw 6", "ok"),
+            ("socket 6 raw 6", "ok"),
+            ("icmp raw 10.77.1.10 8", "reply from 10.77.1.10"),
+            ("icmp raw 10.77.1.10 13", "sent"),
         ],
     );
     let (sent, seen) = forge_syn(topo, None, 9, 0x5357_0004);
@@ -1197,15 +1148,10 @@ fn active_lsms() -> Vec<String> {
     let file = dir.join("lsm");
     let mounted_here = !file.exists();
     if mounted_here {
-        let o = Command::new("mount")
-            .args(["-t", "securityfs", "securityfs"])
-            .arg(dir)
-            .output()
-            .expect("run mount");
-        assert!(
-            o.status.success(),
-            "mount securityfs: {}",
-            String::from_utf8_lossy(&o.stderr)
+        run_checked(
+            Command::new("mount")
+                .args(["-t", "securityfs", "securityfs"])
+                .arg(dir),
         );
     }
     let text = std::fs::read_to_string(&file);
@@ -1231,23 +1177,18 @@ fn lsm_programs_load() -> bool {
 
 #[test]
 fn af_packet_sockets_from_policy_cgroups() {
+    require_root();
     let lsms = active_lsms();
     let lsm_refuses = lsms.iter().any(|m| m == "bpf") && lsm_programs_load();
-    let d = Doors::start(
-        "packet",
-        Spec {
-            egress: &[PORT_80],
-            ..Spec::default()
-        },
-    );
+    let d = Doors::start("packet", Spec::new(&[], &[PORT_80]));
     let (topo, cg, sw) = (&d.topo, &d.cg, &d.sw);
-    let packet = ["socket", "packet", "raw", "0"];
+    let packet = "socket packet raw 0";
     // Control: outside the cgroup AF_PACKET works.
-    assert_eq!(client(&topo.pod, None, &packet), "ok");
+    assert_eq!(client(&topo.pod, None, packet), "ok");
 
     if lsm_refuses {
         assert_eq!(
-            client(&topo.pod, Some(cg), &packet),
+            client(&topo.pod, Some(cg), packet),
             "EPERM",
             "the BPF LSM is active here (lsm: {}) and loads programs",
             lsms.join(",")
@@ -1256,7 +1197,7 @@ fn af_packet_sockets_from_policy_cgroups() {
         return;
     }
     // Nothing can refuse AF_PACKET here: the door is open...
-    assert_eq!(client(&topo.pod, Some(cg), &packet), "ok");
+    assert_eq!(client(&topo.pod, Some(cg), packet), "ok");
     assert_eq!(sockets_refused(sw, "packet", "packet"), 0.0);
     // ... and `sockwarden status` names the process in the policy cgroup
     // that could use it (root: it holds CAP_NET_RAW).

@@ -7,15 +7,14 @@
 //! (Debian's CONFIG_LSM lists bpf, and its programs load).
 //! Root is required; the test never skips.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::sw::{bare_scene, Sockwarden, BIN};
-use common::{command_in, patience};
+use crate::cgroup::TestCgroup;
+use crate::common::patience;
+use crate::support::command_in;
+use crate::sw::{bare_scene, Sockwarden, BIN};
 
 /// Children killed and reaped when dropped (before their cgroup goes).
 /// They sleep far longer than the test runs, even under emulation (the

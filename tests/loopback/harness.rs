@@ -1,13 +1,15 @@
 //! An in-process proxy on 127.0.0.1 for the loopback test tier: a private
 //! two-worker tokio runtime, a [`KernelState`] that sends every connection
 //! to one destination, a policy parsed from YAML, and the access log in a
-//! temporary file.
+//! temporary file. Also the tier's origins (bound on 127.0.0.1) and its
+//! blocking client.
 
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use sockwarden::accesslog::AccessLog;
@@ -17,7 +19,10 @@ use sockwarden::policy::PolicySet;
 use sockwarden::proxy::{KernelState, Proxy, ProxySettings};
 use tokio::sync::watch;
 
-use super::origin::{Origin, OriginConfig};
+use crate::common::h1::{self, Response};
+use crate::common::origin::{Origin, OriginConfig};
+use crate::common::stress::StressOrigin;
+use crate::common::{io_timeout, wait_for};
 
 /// The policy name the tests' configuration uses.
 pub const POLICY: &str = "loopback-test";
@@ -201,6 +206,11 @@ impl Harness {
         }
     }
 
+    /// A client connection to the proxy.
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
     /// Every access-log line written so far, parsed.
     pub fn log_lines(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
@@ -212,43 +222,33 @@ impl Harness {
 
     /// The access log once it has at least `n` lines, waiting up to [`LOG_WAIT`].
     pub fn wait_log_lines(&self, n: usize) -> Vec<Value> {
-        let deadline = Instant::now() + LOG_WAIT;
-        loop {
-            let lines = self.log_lines();
-            if lines.len() >= n || Instant::now() >= deadline {
-                return lines;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(LOG_WAIT, || self.log_lines(), |lines| lines.len() >= n)
     }
 
     /// The first access-log line with `status`, waiting up to [`LOG_WAIT`].
     pub fn log_line_with_status(&self, status: u16) -> Value {
-        let deadline = Instant::now() + LOG_WAIT;
-        loop {
-            if let Some(v) = self
-                .log_lines()
-                .into_iter()
-                .find(|v| v["status"] == u64::from(status))
-            {
-                return v;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "no access-log line with status {status} within {LOG_WAIT:?}; lines: {:?}",
-                    self.log_lines()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.log_line_where(&format!("status {status}"), |v| {
+            v["status"] == u64::from(status)
+        })
+    }
+
+    /// The first access-log line whose flags include `flag`, waiting up to
+    /// [`LOG_WAIT`].
+    pub fn log_line_with_flag(&self, flag: &str) -> Value {
+        self.log_line_where(&format!("flag {flag}"), |v| flags(v).contains(&flag))
+    }
+
+    fn log_line_where(&self, what: &str, found: impl Fn(&Value) -> bool) -> Value {
+        let lines = wait_for(
+            LOG_WAIT,
+            || self.log_lines(),
+            |lines| lines.iter().any(&found),
+        );
+        match lines.iter().find(|v| found(v)) {
+            Some(line) => line.clone(),
+            None => panic!("no access-log line with {what} within {LOG_WAIT:?}; lines: {lines:?}"),
         }
     }
-}
-
-/// A loopback origin with `cfg`, and a proxy whose every connection goes to it.
-pub fn origin_and_proxy(cfg: OriginConfig) -> (Origin, Harness) {
-    let origin = Origin::start("127.0.0.1:0".parse().unwrap(), None, cfg);
-    let proxy = Harness::start(Some(origin.addr()));
-    (origin, proxy)
 }
 
 impl Drop for Harness {
@@ -262,5 +262,195 @@ impl Drop for Harness {
             rt.shutdown_timeout(Duration::from_secs(2));
         }
         let _ = std::fs::remove_file(&self.log_path);
+    }
+}
+
+/// The flags of an access-log line.
+pub fn flags(line: &Value) -> Vec<&str> {
+    line["flags"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no flags array in {line}"))
+        .iter()
+        .map(|f| f.as_str().expect("flag is a string"))
+        .collect()
+}
+
+/// Asserts an access-log line's flags are exactly `want`.
+pub fn assert_flags(line: &Value, want: &[&str]) {
+    assert_eq!(flags(line), want, "flags of {line}");
+}
+
+/// A listener on an ephemeral port of 127.0.0.1.
+pub fn loopback_listener() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").expect("bind on 127.0.0.1")
+}
+
+/// A test origin with `cfg` on 127.0.0.1.
+pub fn origin(cfg: OriginConfig) -> Origin {
+    Origin::serve(loopback_listener(), cfg)
+}
+
+/// The stress origin on 127.0.0.1.
+pub fn stress_origin() -> StressOrigin {
+    StressOrigin::serve(loopback_listener())
+}
+
+/// A loopback origin with `cfg`, and a proxy whose every connection goes to it.
+pub fn origin_and_proxy(cfg: OriginConfig) -> (Origin, Harness) {
+    let origin = origin(cfg);
+    let proxy = Harness::start(Some(origin.addr()));
+    (origin, proxy)
+}
+
+/// A loopback address nothing listens on.
+pub fn closed_port() -> SocketAddr {
+    // The listener is dropped at once: nothing listens there any more.
+    loopback_listener().local_addr().expect("addr")
+}
+
+/// Asserts `resp` is a response of the proxy's own with `status`, and
+/// returns its `sockwarden-error` (the reason it names).
+pub fn proxy_error(resp: &Response, status: u16) -> &str {
+    assert_eq!(resp.status, status, "{resp}");
+    resp.head
+        .field("sockwarden-error")
+        .unwrap_or_else(|| panic!("no sockwarden-error header: {resp}"))
+}
+
+/// A blocking test client on one connection, with [`io_timeout`]s.
+pub struct Client {
+    pub w: TcpStream,
+    pub r: BufReader<TcpStream>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let w = TcpStream::connect_timeout(&addr, io_timeout())
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Client::over(w)
+    }
+
+    /// A client whose socket is bound to `ip` (any 127.0.0.0/8 address is
+    /// this host's) before it connects to `addr`.
+    pub fn connect_from(ip: std::net::Ipv4Addr, addr: SocketAddr) -> Client {
+        use nix::sys::socket::{
+            bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        use std::os::fd::AsRawFd;
+        let SocketAddr::V4(to) = addr else {
+            panic!("connect_from: {addr} is not IPv4");
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrIn::from(std::net::SocketAddrV4::new(ip, 0)),
+        )
+        .unwrap_or_else(|e| panic!("bind {ip}: {e}"));
+        connect(fd.as_raw_fd(), &SockaddrIn::from(to))
+            .unwrap_or_else(|e| panic!("connect {addr} from {ip}: {e}"));
+        Client::over(TcpStream::from(fd))
+    }
+
+    fn over(w: TcpStream) -> Client {
+        w.set_read_timeout(Some(io_timeout())).expect("timeout");
+        w.set_write_timeout(Some(io_timeout())).expect("timeout");
+        let r = BufReader::new(w.try_clone().expect("clone client socket"));
+        Client { w, r }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).expect("write to proxy");
+    }
+
+    /// The next response (the final one or an interim 1xx).
+    pub fn response(&mut self) -> Response {
+        self.read_response(false)
+    }
+
+    /// The next response; `head_request`: it answers a HEAD (or a 101).
+    pub fn read_response(&mut self, head_request: bool) -> Response {
+        h1::read_response(&mut self.r, head_request)
+            .unwrap_or_else(|e| panic!("reading a response: {e}"))
+    }
+
+    /// Sends `GET path` (keep-alive) and reads the response.
+    pub fn get(&mut self, path: &str) -> Response {
+        self.send(
+            &h1::HeadWriter::request("GET", path)
+                .field("Host", "origin.test")
+                .finish(),
+        );
+        self.response()
+    }
+
+    /// Everything until the peer closes (bounded by the read timeout).
+    pub fn rest(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.r.read_to_end(&mut out);
+        out
+    }
+
+    /// Asserts the proxy closed the connection: the next read is EOF.
+    pub fn expect_eof(&mut self) {
+        let mut byte = [0u8; 1];
+        match self.r.read(&mut byte) {
+            Ok(0) => {}
+            Ok(_) => panic!("expected EOF, got more bytes: {:?}", self.r.buffer()),
+            Err(e) => panic!("expected EOF, got error {e}"),
+        }
+    }
+}
+
+/// A buffered reader that keeps every byte consumed from it, so a test
+/// origin reading through [`h1`] knows the exact bytes a message came as.
+/// Bytes read ahead but not consumed are in [`Recording::unread`].
+pub struct Recording<R> {
+    inner: BufReader<R>,
+    consumed: Vec<u8>,
+}
+
+impl<R: Read> Recording<R> {
+    pub fn new(inner: R) -> Recording<R> {
+        Recording {
+            inner: BufReader::new(inner),
+            consumed: Vec::new(),
+        }
+    }
+
+    /// Every byte consumed so far.
+    pub fn consumed(&self) -> &[u8] {
+        &self.consumed
+    }
+
+    /// Bytes read from the source but not consumed yet.
+    pub fn unread(&self) -> &[u8] {
+        self.inner.buffer()
+    }
+}
+
+impl<R: Read> Read for Recording<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for Recording<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.consumed.extend_from_slice(&self.inner.buffer()[..n]);
+        self.inner.consume(n);
     }
 }

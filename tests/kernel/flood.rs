@@ -4,18 +4,17 @@
 //! fail, they never skip. Each test builds its own namespaces, cgroups and
 //! pin path and removes them even when it fails.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::Netns;
-use common::origin::OriginConfig;
-use common::sw::{curl_status, map_entries, tcp_connect, Scene, Sockwarden};
-use common::{command_in, patience};
+use crate::cgroup::TestCgroup;
+use crate::common::origin::OriginConfig;
+use crate::common::patience;
+use crate::netns::Netns;
+use crate::support::command_in;
+use crate::sw::{curl_status, map_entries, scene, tcp_connect, Sockwarden};
 
 /// A workload that opens connections to `HOST PORT` and holds them.
 ///
@@ -187,12 +186,7 @@ fn orig_dsts(pin: &Path) -> usize {
 fn a_flooding_tenant_is_refused_past_its_limit_and_the_other_is_served() {
     const LIMIT: u32 = 40;
     const VICTIM_REQUESTS: usize = 20;
-    let Scene {
-        tag,
-        topo,
-        origin,
-        cg: flood_cg,
-    } = Scene::new("flood", "flood", OriginConfig::default());
+    let (tag, topo, origin, flood_cg) = scene("flood", "flood", OriginConfig::default());
     let calm_cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/calm"));
     let body = format!(
         "policies:\n{}{}",
@@ -312,12 +306,7 @@ fn a_flooding_tenant_is_refused_past_its_limit_and_the_other_is_served() {
 fn connections_the_proxy_never_accepts_hold_their_slot_until_closed() {
     const LIMIT: u32 = 8;
     const EXTRA: u32 = 5;
-    let Scene {
-        tag,
-        topo,
-        origin: _origin,
-        cg,
-    } = Scene::new("pending", "pending", OriginConfig::default());
+    let (tag, topo, _origin, cg) = scene("pending", "pending", OriginConfig::default());
     let sw = Sockwarden::start(
         &topo.node,
         &tag,

@@ -1,86 +1,29 @@
 //! Loopback tests of the proxy core: no root, no namespaces, no eBPF.
 //!
-//! Each test starts its own [`Proxy`] on 127.0.0.1 (a private two-worker
-//! tokio runtime), with an [`KernelState`] that sends every connection to
-//! one test origin, a policy parsed from YAML, and the access log in a
-//! temporary file. Clients are blocking std sockets with 5 s timeouts.
+//! Each test starts its own [`sockwarden::proxy::Proxy`] on 127.0.0.1 (a
+//! private two-worker tokio runtime), with a [`sockwarden::proxy::KernelState`]
+//! that sends every connection to one test origin, a policy parsed from
+//! YAML, and the access log in a temporary file. Clients are blocking std
+//! sockets.
 
-mod common;
-
-use std::io::{BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::harness::{origin_and_proxy, Harness, Limits, POLICY};
-use common::origin::{self, pattern, read_response, Origin, OriginConfig, Response};
-use serde_json::Value;
-
-/// Opens client connections to a harness.
-trait Connect {
-    fn connect(&self) -> Client;
-}
-
-impl Connect for Harness {
-    fn connect(&self) -> Client {
-        Client::connect(self.addr)
-    }
-}
-
-/// Asserts an access-log line's flags are exactly `want`.
-fn assert_flags(line: &Value, want: &[&str]) {
-    let flags: Vec<&str> = line["flags"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no flags array in {line}"))
-        .iter()
-        .map(|f| f.as_str().expect("flag is a string"))
-        .collect();
-    assert_eq!(flags, want, "flags of {line}");
-}
-
-/// A blocking test client on one connection.
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let w = origin::connect(addr);
-        let r = BufReader::new(w.try_clone().expect("clone client socket"));
-        Client { w, r }
-    }
-
-    fn send(&mut self, bytes: &[u8]) {
-        self.w.write_all(bytes).expect("write to proxy");
-    }
-
-    fn response(&mut self) -> Response {
-        read_response(&mut self.r, false).unwrap_or_else(|e| panic!("reading a response: {e}"))
-    }
-
-    /// Sends `GET path` (keep-alive) and reads the response.
-    fn get(&mut self, path: &str) -> Response {
-        self.send(format!("GET {path} HTTP/1.1\r\nHost: origin.test\r\n\r\n").as_bytes());
-        self.response()
-    }
-
-    /// Asserts the proxy closed the connection: the next read is EOF.
-    fn expect_eof(&mut self) {
-        let mut byte = [0u8; 1];
-        match self.r.read(&mut byte) {
-            Ok(0) => {}
-            Ok(_) => panic!("expected EOF, got more bytes: {:?}", self.r.buffer()),
-            Err(e) => panic!("expected EOF, got error {e}"),
-        }
-    }
-}
+use crate::common::h1::{self, Response};
+use crate::common::origin::{pattern, OriginConfig};
+use crate::common::{lock, Patient};
+use crate::harness::{
+    assert_flags, closed_port, loopback_listener, origin, origin_and_proxy, proxy_error, Client,
+    Harness, Limits, POLICY,
+};
 
 /// Asserts a 200 whose body is `pattern(n)`.
 fn assert_data(resp: &Response, n: usize) {
-    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.status, 200, "{resp}");
     assert_eq!(resp.body.len(), n, "body length of /data/{n}");
     assert!(
         resp.body == pattern(n),
@@ -92,16 +35,10 @@ fn assert_data(resp: &Response, n: usize) {
 /// `connection: close`, and the connection closed after it.
 fn assert_error_and_closed(client: &mut Client, status: u16) -> Response {
     let resp = client.response();
-    assert_eq!(resp.status, status, "{}", resp.head);
+    proxy_error(&resp, status);
     assert!(
-        resp.header("sockwarden-error").is_some(),
-        "no sockwarden-error header: {}",
-        resp.head
-    );
-    assert!(
-        resp.connection_close(),
-        "no Connection: close: {}",
-        resp.head
+        resp.head.has_token("connection", "close"),
+        "no Connection: close: {resp}"
     );
     client.expect_eof();
     resp
@@ -119,11 +56,48 @@ struct RawOrigin {
     accept: Option<JoinHandle<()>>,
 }
 
-type Handler = fn(TcpStream, &AtomicBool);
+/// What a raw origin does with a connection: `Conn` reads through short
+/// timeouts until the origin stops.
+type Handler = fn(Conn<'_>);
+
+/// One raw-origin connection.
+struct Conn<'a> {
+    s: &'a TcpStream,
+    stop: &'a AtomicBool,
+}
+
+impl Conn<'_> {
+    /// The socket, read until the origin stops or 10 s passed.
+    fn reader(&self) -> BufReader<Patient<&TcpStream, impl Fn(Instant) -> bool + '_>> {
+        let _ = self.s.set_read_timeout(Some(Duration::from_millis(50)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stop = self.stop;
+        BufReader::new(Patient {
+            inner: self.s,
+            give_up: move |_| stop.load(Ordering::SeqCst) || Instant::now() >= deadline,
+        })
+    }
+
+    /// Reads one request head; false if the peer closed or the origin
+    /// stopped first.
+    fn read_head(&self) -> bool {
+        matches!(h1::read_head(&mut self.reader()), Ok(Some(_)))
+    }
+
+    /// Reads and drops everything until EOF or the origin stops.
+    fn drain(&self) {
+        let _ = std::io::copy(&mut self.reader(), &mut std::io::sink());
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut s = self.s;
+        let _ = s.write_all(bytes);
+    }
+}
 
 impl RawOrigin {
     fn start(handler: Handler) -> RawOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("raw origin bind");
+        let listener = loopback_listener();
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("raw origin addr");
         let stop = Arc::new(AtomicBool::new(false));
@@ -139,13 +113,13 @@ impl RawOrigin {
                         acc.fetch_add(1, Ordering::SeqCst);
                         let _ = s.set_nonblocking(false);
                         let st2 = st.clone();
-                        let h = std::thread::spawn(move || handler(s, &st2));
-                        conns.lock().unwrap().push(h);
+                        let h = std::thread::spawn(move || handler(Conn { s: &s, stop: &st2 }));
+                        lock(&conns).push(h);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
-            for h in conns.into_inner().unwrap() {
+            for h in conns.into_inner().unwrap_or_else(|e| e.into_inner()) {
                 let _ = h.join();
             }
         });
@@ -155,6 +129,13 @@ impl RawOrigin {
             accepted,
             accept: Some(accept),
         }
+    }
+
+    /// A raw origin with `handler` and a proxy in front of it.
+    fn behind_proxy(handler: Handler) -> (RawOrigin, Harness) {
+        let origin = RawOrigin::start(handler);
+        let proxy = Harness::start(Some(origin.addr));
+        (origin, proxy)
     }
 
     fn accepted(&self) -> u64 {
@@ -171,81 +152,35 @@ impl Drop for RawOrigin {
     }
 }
 
-/// Reads one request head (through the blank line; bounded in size and
-/// time); false if the peer closed or the stop flag was raised first.
-fn raw_read_head(s: &mut TcpStream, stop: &AtomicBool) -> bool {
-    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while head.len() < 64 << 10 && !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-        match s.read(&mut byte) {
-            Ok(0) => return false,
-            Ok(_) => {
-                head.push(byte[0]);
-                if head.ends_with(b"\r\n\r\n") {
-                    return true;
-                }
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return false,
-        }
-    }
-    false
-}
-
-/// Reads and drops everything until EOF, the stop flag or 10 s.
-fn raw_drain(s: &mut TcpStream, stop: &AtomicBool) {
-    let _ = s.set_read_timeout(Some(Duration::from_millis(50)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 4096];
-    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return,
-        }
-    }
-}
-
 /// Accepts and never answers.
-fn silent_handler(mut s: TcpStream, stop: &AtomicBool) {
-    raw_drain(&mut s, stop);
+fn silent_handler(c: Conn<'_>) {
+    c.drain();
 }
 
 /// Answers every request with bytes that are not HTTP.
-fn garbage_handler(mut s: TcpStream, stop: &AtomicBool) {
-    if raw_read_head(&mut s, stop) {
-        let _ = s.write_all(b"garbage\r\n\r\n");
-        let _ = s.shutdown(Shutdown::Write);
-        raw_drain(&mut s, stop);
+fn garbage_handler(c: Conn<'_>) {
+    if c.read_head() {
+        c.write(b"garbage\r\n\r\n");
+        let _ = c.s.shutdown(Shutdown::Write);
+        c.drain();
     }
 }
 
 /// Serves exactly one response per connection (Content-Length, no
 /// Connection header), then closes.
-fn one_shot_handler(mut s: TcpStream, stop: &AtomicBool) {
-    if raw_read_head(&mut s, stop) {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\none-shot");
+fn one_shot_handler(c: Conn<'_>) {
+    if c.read_head() {
+        c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\none-shot");
     }
-    // Dropping `s` closes the socket (nothing unread: a FIN, not a RST).
+    // Returning closes the socket (nothing unread: a FIN, not a RST).
 }
 
 /// Sends a response head promising 100 bytes, 10 of them, then stalls.
-fn stalled_body_handler(mut s: TcpStream, stop: &AtomicBool) {
-    if raw_read_head(&mut s, stop) {
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
-        raw_drain(&mut s, stop);
+fn stalled_body_handler(c: Conn<'_>) {
+    if c.read_head() {
+        c.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789");
+        c.drain();
     }
-}
-
-/// A loopback address nothing listens on.
-fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
 }
 
 // ---------------------------------------------------------------------------
@@ -258,8 +193,11 @@ fn allowed_get_returns_the_body_byte_exact() {
     for n in [0usize, 1, 65535, 65536, 1 << 20] {
         let resp = c.get(&format!("/data/{n}"));
         assert_data(&resp, n);
-        assert_eq!(resp.header("content-length"), Some(n.to_string().as_str()));
-        assert!(!resp.connection_close(), "{}", resp.head);
+        assert_eq!(
+            resp.head.field("content-length"),
+            Some(n.to_string().as_str())
+        );
+        assert!(!resp.head.has_token("connection", "close"), "{resp}");
     }
     let line = proxy.log_line_with_status(200);
     assert_eq!(line["verdict"], "allowed", "{line}");
@@ -276,7 +214,7 @@ fn keep_alive_reuses_one_upstream_connection() {
         let resp = c.get(&format!("/data/{}", i * 100));
         assert_data(&resp, i * 100);
         assert_eq!(
-            resp.header("x-origin-request-count"),
+            resp.head.field("x-origin-request-count"),
             Some(i.to_string().as_str()),
             "request {i} should be the {i}th on the upstream connection"
         );
@@ -299,7 +237,7 @@ fn pipelined_requests_are_answered_in_order() {
         let resp = c.response();
         assert_data(&resp, *n);
         assert_eq!(
-            resp.header("x-origin-request-count"),
+            resp.head.field("x-origin-request-count"),
             Some((i + 1).to_string().as_str())
         );
     }
@@ -316,7 +254,7 @@ fn http10_client_closes_unless_keep_alive() {
     c.send(b"GET /data/300 HTTP/1.0\r\nHost: origin.test\r\n\r\n");
     let resp = c.response();
     assert_data(&resp, 300);
-    assert!(resp.connection_close(), "{}", resp.head);
+    assert!(resp.head.has_token("connection", "close"), "{resp}");
     c.expect_eof();
 
     // With keep-alive: the connection stays and serves a second request.
@@ -329,7 +267,7 @@ fn http10_client_closes_unless_keep_alive() {
         let resp = c.response();
         assert_data(&resp, n);
         assert_eq!(
-            resp.header("connection"),
+            resp.head.field("connection"),
             Some("keep-alive"),
             "{}",
             resp.head
@@ -373,14 +311,9 @@ fn framing_errors_get_their_status_and_close() {
         let mut c = proxy.connect();
         c.send(&request);
         let resp = c.response();
-        assert_eq!(resp.status, status, "{name}: {}", resp.head);
-        assert!(
-            resp.header("sockwarden-error")
-                .is_some_and(|v| !v.is_empty()),
-            "{name}: no sockwarden-error header: {}",
-            resp.head
-        );
-        assert!(resp.connection_close(), "{name}: {}", resp.head);
+        assert_eq!(resp.status, status, "{name}: {resp}");
+        assert!(!proxy_error(&resp, status).is_empty(), "{name}: {resp}");
+        assert!(resp.head.has_token("connection", "close"), "{name}: {resp}");
         c.expect_eof();
     }
     // Nothing of these reached the origin.
@@ -396,23 +329,23 @@ fn denied_request_gets_403_and_keeps_the_connection() {
     let mut c = proxy.connect();
 
     let resp = c.get("/private");
-    assert_eq!(resp.status, 403, "{}", resp.head);
-    assert_eq!(resp.header("sockwarden-denied"), Some(POLICY));
+    assert_eq!(resp.status, 403, "{resp}");
+    assert_eq!(resp.head.field("sockwarden-denied"), Some(POLICY));
     let body = String::from_utf8_lossy(&resp.body);
     assert!(
         body.contains(&format!("{POLICY:?}")),
         "body {body:?} does not name the policy"
     );
-    assert!(!resp.connection_close(), "{}", resp.head);
+    assert!(!resp.head.has_token("connection", "close"), "{resp}");
     assert_data(&c.get("/data/123"), 123);
 
     // A denied request with a small body: the body is drained, the
     // connection stays in sync.
     c.send(b"POST /private HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 11\r\n\r\nhello world");
     let resp = c.response();
-    assert_eq!(resp.status, 403, "{}", resp.head);
-    assert_eq!(resp.header("sockwarden-denied"), Some(POLICY));
-    assert!(!resp.connection_close(), "{}", resp.head);
+    assert_eq!(resp.status, 403, "{resp}");
+    assert_eq!(resp.head.field("sockwarden-denied"), Some(POLICY));
+    assert!(!resp.head.has_token("connection", "close"), "{resp}");
     assert_data(&c.get("/data/456"), 456);
 
     assert_eq!(
@@ -438,15 +371,11 @@ fn expect_100_continue_is_relayed() {
         .as_bytes(),
     );
     let interim = c.response();
-    assert_eq!(interim.status, 100, "{}", interim.head);
-    assert!(
-        interim.head.starts_with("HTTP/1.1 100 Continue\r\n"),
-        "{:?}",
-        interim.head
-    );
+    assert_eq!(interim.status, 100, "{interim}");
+    assert_eq!(interim.head.start, "HTTP/1.1 100 Continue", "{interim}");
     c.send(body);
     let resp = c.response();
-    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.status, 200, "{resp}");
     assert_eq!(resp.body, body);
     // Still usable.
     assert_data(&c.get("/data/10"), 10);
@@ -455,7 +384,7 @@ fn expect_100_continue_is_relayed() {
 #[test]
 fn chunked_and_close_delimited_bodies() {
     // A chunked request body, written in small pieces.
-    let (origin, proxy) = origin_and_proxy(OriginConfig::default());
+    let (first, proxy) = origin_and_proxy(OriginConfig::default());
     let mut c = proxy.connect();
     let chunks: [&[u8]; 4] = [b"hello", b", ", b"chunked ", b"world!"];
     let mut wire =
@@ -471,50 +400,42 @@ fn chunked_and_close_delimited_bodies() {
         std::thread::sleep(Duration::from_millis(3));
     }
     let resp = c.response();
-    assert_eq!(resp.status, 200, "{}", resp.head);
+    assert_eq!(resp.status, 200, "{resp}");
     assert_eq!(resp.body, b"hello, chunked world!");
     assert_data(&c.get("/data/33"), 33);
-    drop(origin);
+    drop(first);
 
     // A chunked response.
-    let chunked = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig {
-            chunked: true,
-            ..OriginConfig::default()
-        },
-    );
+    let chunked = origin(OriginConfig {
+        chunked: true,
+        ..OriginConfig::default()
+    });
     let proxy = Harness::start(Some(chunked.addr()));
     let mut c = proxy.connect();
     for n in [100_001usize, 3] {
         let resp = c.get(&format!("/data/{n}"));
         assert_eq!(
-            resp.header("transfer-encoding"),
+            resp.head.field("transfer-encoding"),
             Some("chunked"),
             "{}",
             resp.head
         );
-        assert_eq!(resp.header("content-length"), None, "{}", resp.head);
+        assert_eq!(resp.head.field("content-length"), None, "{resp}");
         assert_data(&resp, n);
     }
     assert_eq!(chunked.connections(), 1);
 
     // A close-delimited response: the proxy closes the client after it.
-    let until_close = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig {
-            close_delimited: true,
-            ..OriginConfig::default()
-        },
-    );
+    let until_close = origin(OriginConfig {
+        close_delimited: true,
+        ..OriginConfig::default()
+    });
     let proxy = Harness::start(Some(until_close.addr()));
     let mut c = proxy.connect();
     let resp = c.get("/data/200000");
-    assert_eq!(resp.header("content-length"), None, "{}", resp.head);
-    assert_eq!(resp.header("transfer-encoding"), None, "{}", resp.head);
-    assert!(resp.connection_close(), "{}", resp.head);
+    assert_eq!(resp.head.field("content-length"), None, "{resp}");
+    assert_eq!(resp.head.field("transfer-encoding"), None, "{resp}");
+    assert!(resp.head.has_token("connection", "close"), "{resp}");
     assert_data(&resp, 200_000);
     c.expect_eof();
 }
@@ -573,13 +494,12 @@ fn connect_failure_is_503_with_uf() {
     let proxy = Harness::start(Some(closed_port()));
     let mut c = proxy.connect();
     let resp = c.get("/data/1");
-    assert_eq!(resp.status, 503, "{}", resp.head);
     assert_eq!(
-        resp.header("sockwarden-error"),
-        Some("upstream connect failed: ECONNREFUSED")
+        proxy_error(&resp, 503),
+        "upstream connect failed: ECONNREFUSED"
     );
     // A failed connect without a request body keeps the client connection.
-    assert!(!resp.connection_close(), "{}", resp.head);
+    assert!(!resp.head.has_token("connection", "close"), "{resp}");
     assert_eq!(c.get("/data/2").status, 503);
     let line = proxy.log_line_with_status(503);
     assert_flags(&line, &["UF"]);
@@ -595,10 +515,7 @@ fn upstream_timeout_is_504_with_ut() {
     let started = Instant::now();
     let resp = c.get("/data/1");
     let waited = started.elapsed();
-    assert_eq!(resp.status, 504, "{}", resp.head);
-    let err = resp
-        .header("sockwarden-error")
-        .expect("sockwarden-error header");
+    let err = proxy_error(&resp, 504);
     assert!(err.contains("timeout"), "{err:?}");
     assert!(
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
@@ -610,29 +527,23 @@ fn upstream_timeout_is_504_with_ut() {
 
 #[test]
 fn bad_upstream_response_is_502_with_upe() {
-    let origin = RawOrigin::start(garbage_handler);
-    let proxy = Harness::start(Some(origin.addr));
-    let mut c = proxy.connect();
-    let resp = c.get("/data/1");
-    assert_eq!(resp.status, 502, "{}", resp.head);
-    let err = resp
-        .header("sockwarden-error")
-        .expect("sockwarden-error header");
+    let (_origin, proxy) = RawOrigin::behind_proxy(garbage_handler);
+    let resp = proxy.connect().get("/data/1");
+    let err = proxy_error(&resp, 502);
     assert!(err.starts_with("bad upstream response"), "{err:?}");
     assert_flags(&proxy.log_line_with_status(502), &["UPE"]);
 }
 
 #[test]
 fn idle_upstream_closed_by_server_is_not_reused() {
-    let origin = RawOrigin::start(one_shot_handler);
-    let proxy = Harness::start(Some(origin.addr));
+    let (origin, proxy) = RawOrigin::behind_proxy(one_shot_handler);
     let mut c = proxy.connect();
     let first = c.get("/data/1");
-    assert_eq!(first.status, 200, "{}", first.head);
+    assert_eq!(first.status, 200, "{first}");
     assert_eq!(first.body, b"one-shot");
     std::thread::sleep(Duration::from_millis(200));
     let second = c.get("/data/1");
-    assert_eq!(second.status, 200, "{}", second.head);
+    assert_eq!(second.status, 200, "{second}");
     assert_eq!(second.body, b"one-shot");
     assert_eq!(
         origin.accepted(),
@@ -643,11 +554,7 @@ fn idle_upstream_closed_by_server_is_not_reused() {
 
 #[test]
 fn max_requests_per_connection_retires_upstreams() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
+    let origin = origin(OriginConfig::default());
     let proxy = Harness::with_config(
         Some(origin.addr()),
         "",
@@ -658,7 +565,7 @@ fn max_requests_per_connection_retires_upstreams() {
         let resp = c.get(&format!("/data/{}", i + 1));
         assert_data(&resp, i + 1);
         assert_eq!(
-            resp.header("x-origin-request-count"),
+            resp.head.field("x-origin-request-count"),
             Some((i % 3 + 1).to_string().as_str())
         );
     }
@@ -671,12 +578,8 @@ fn no_original_destination_is_421() {
     let mut c = proxy.connect();
     c.send(b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
     let resp = assert_error_and_closed(&mut c, 421);
-    assert!(
-        resp.header("sockwarden-error")
-            .is_some_and(|v| v.contains("no original destination")),
-        "{}",
-        resp.head
-    );
+    let err = proxy_error(&resp, 421);
+    assert!(err.contains("no original destination"), "{resp}");
     assert_flags(&proxy.log_line_with_status(421), &["NR"]);
 }
 
@@ -698,33 +601,9 @@ fn harness_stops_the_proxy_on_drop() {
 // ---------------------------------------------------------------------------
 // Limits: slow clients and the connection limit.
 
-/// The access-log line whose flags include `flag`, waiting up to 5 s.
-fn log_line_with_flag(proxy: &Harness, flag: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let lines = proxy.log_lines();
-        if let Some(v) = lines.iter().find(|v| {
-            v["flags"]
-                .as_array()
-                .is_some_and(|f| f.iter().any(|x| x == flag))
-        }) {
-            return v.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no access-log line with flag {flag} within 5 s: {lines:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_started_head_must_finish_within_the_head_timeout() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
+    let origin = origin(OriginConfig::default());
     let limits = Limits {
         request_head_timeout: Duration::from_millis(500),
         ..Limits::default()
@@ -745,7 +624,7 @@ fn a_started_head_must_finish_within_the_head_timeout() {
         waited >= Duration::from_millis(450) && waited < Duration::from_secs(3),
         "408 after {waited:?}, expected about 500ms"
     );
-    let err = resp.header("sockwarden-error").unwrap_or_default();
+    let err = proxy_error(&resp, resp.status);
     assert!(err.starts_with("request head timeout"), "{err:?}");
     assert_flags(&proxy.log_line_with_status(408), &["HT"]);
     // Trickling bytes does not extend it: one byte every 100 ms.
@@ -768,13 +647,22 @@ fn a_started_head_must_finish_within_the_head_timeout() {
     );
 }
 
-#[test]
-fn a_stalled_request_body_is_cut_with_si_and_dc() {
-    let origin = RawOrigin::start(silent_handler);
+/// A raw origin with `handler` behind a proxy whose body timeout is
+/// 400 ms, a client that has sent `request` through it, and when it did.
+fn with_400ms_timeout(handler: Handler, request: &[u8]) -> (RawOrigin, Harness, Client, Instant) {
+    let origin = RawOrigin::start(handler);
     let proxy = Harness::with_config(Some(origin.addr), "", "{ request_timeout: 400ms }");
     let mut c = proxy.connect();
-    c.send(b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n0123456789");
-    let started = Instant::now();
+    c.send(request);
+    (origin, proxy, c, Instant::now())
+}
+
+const STALLED_UPLOAD: &[u8] =
+    b"POST /echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\n0123456789";
+
+#[test]
+fn a_stalled_request_body_is_cut_with_si_and_dc() {
+    let (_origin, proxy, mut c, started) = with_400ms_timeout(silent_handler, STALLED_UPLOAD);
     // The proxy gives up on the body and closes; nothing is answered.
     c.expect_eof();
     let waited = started.elapsed();
@@ -782,7 +670,7 @@ fn a_stalled_request_body_is_cut_with_si_and_dc() {
         waited >= Duration::from_millis(350) && waited < Duration::from_secs(3),
         "closed after {waited:?}, expected about 400ms"
     );
-    let line = log_line_with_flag(&proxy, "SI");
+    let line = proxy.log_line_with_flag("SI");
     assert_flags(&line, &["SI", "DC"]);
     let reason = line["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("no body bytes"), "{line}");
@@ -790,11 +678,8 @@ fn a_stalled_request_body_is_cut_with_si_and_dc() {
 
 #[test]
 fn a_stalled_response_body_is_cut_with_si_and_uc() {
-    let origin = RawOrigin::start(stalled_body_handler);
-    let proxy = Harness::with_config(Some(origin.addr), "", "{ request_timeout: 400ms }");
-    let mut c = proxy.connect();
-    c.send(b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
-    let started = Instant::now();
+    let get = b"GET /data/1 HTTP/1.1\r\nHost: origin.test\r\n\r\n";
+    let (_origin, proxy, mut c, started) = with_400ms_timeout(stalled_body_handler, get);
     let mut got = Vec::new();
     // The head and the 10 bytes arrive, then the connection ends early.
     let _ = c.r.read_to_end(&mut got);
@@ -803,27 +688,39 @@ fn a_stalled_response_body_is_cut_with_si_and_uc() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
     assert!(text.ends_with("0123456789"), "{text:?}");
     assert!(waited < Duration::from_secs(3), "closed after {waited:?}");
-    let line = log_line_with_flag(&proxy, "SI");
+    let line = proxy.log_line_with_flag("SI");
     assert_flags(&line, &["SI", "UC"]);
+}
+
+/// The largest value of this host's `net.ipv4.tcp_rmem` or `tcp_wmem`.
+fn tcp_mem_max(name: &str) -> u64 {
+    let path = format!("/proc/sys/net/ipv4/{name}");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{path} has no maximum: {text:?}"))
 }
 
 /// A client that stops reading a large response cannot hold the proxy: the
 /// write side stalls for the body timeout and the exchange is cut, SI with
-/// DC (the client's side), under both engines.
+/// DC (the client's side), under both engines. Nor does the proxy read
+/// ahead of it: the origin got no further than the buffers on the path.
 #[test]
 fn a_client_that_stops_reading_is_cut_with_si_and_dc() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
+    const BODY: u64 = 256 << 20;
+    // Two send and two receive buffers (origin and proxy upstream, proxy
+    // downstream and client), and the proxy's pipe or copy buffer.
+    let path_buffers = 2 * (tcp_mem_max("tcp_rmem") + tcp_mem_max("tcp_wmem")) + (1 << 20);
+    let origin = origin(OriginConfig::default());
     for pipe in [None, Some(1 << 20)] {
         let proxy =
             Harness::with_engine(Some(origin.addr()), "", "{ request_timeout: 400ms }", pipe);
+        let before = origin.body_bytes_sent();
         let mut c = proxy.connect();
-        c.send(b"GET /data/67108864 HTTP/1.1\r\nHost: origin.test\r\n\r\n");
+        c.send(format!("GET /data/{BODY} HTTP/1.1\r\nHost: origin.test\r\n\r\n").as_bytes());
         // Never read: the proxy fills the sockets' buffers and stalls.
-        let line = log_line_with_flag(&proxy, "SI");
+        let line = proxy.log_line_with_flag("SI");
         assert_flags(&line, &["SI", "DC"]);
         let reason = line["reason"].as_str().unwrap_or_default();
         assert!(
@@ -832,19 +729,43 @@ fn a_client_that_stops_reading_is_cut_with_si_and_dc() {
         );
         let sent = line["bytes_sent"].as_u64().unwrap_or_default();
         assert!(
-            sent < 67_108_864,
+            sent < BODY,
             "engine {pipe:?}: the whole body was sent: {line}"
         );
+        let from_origin = origin.body_bytes_sent() - before;
+        assert!(
+            from_origin <= path_buffers.min(BODY - 1),
+            "engine {pipe:?}: the origin sent {from_origin} bytes, more than the path's \
+             {path_buffers} bytes of buffers"
+        );
+    }
+}
+
+/// With the default source (node) an upstream connection leaves from the
+/// proxy's own address, whatever the workload's: clients on two other
+/// loopback addresses share one pooled upstream connection, the origin
+/// sees only 127.0.0.1, and the access log names each client.
+#[test]
+fn the_node_source_leaves_from_the_proxy_address_and_is_shared() {
+    let (origin, proxy) = origin_and_proxy(OriginConfig::default());
+    let clients = ["127.0.0.2", "127.0.0.3"];
+    for ip in clients {
+        let mut c = Client::connect_from(ip.parse().expect("address"), proxy.addr);
+        assert_data(&c.get("/data/3"), 3);
+    }
+    let peers: Vec<String> = origin.peers().iter().map(|p| p.ip().to_string()).collect();
+    assert_eq!(peers, ["127.0.0.1"]);
+    assert_eq!(origin.connections(), 1, "one pooled upstream connection");
+    let log = proxy.wait_log_lines(2);
+    for (line, ip) in log.iter().zip(clients) {
+        let client = line["client"].as_str().unwrap_or_default();
+        assert!(client.starts_with(&format!("{ip}:")), "{line}");
     }
 }
 
 #[test]
 fn past_max_connections_new_connections_get_503_and_the_others_are_served() {
-    let origin = Origin::start(
-        "127.0.0.1:0".parse().unwrap(),
-        None,
-        OriginConfig::default(),
-    );
+    let origin = origin(OriginConfig::default());
     let limits = Limits {
         max_connections: 2,
         ..Limits::default()
@@ -857,7 +778,7 @@ fn past_max_connections_new_connections_get_503_and_the_others_are_served() {
     // The third is refused at once, with a 503 naming the limit.
     let mut c = proxy.connect();
     let resp = assert_error_and_closed(&mut c, 503);
-    let err = resp.header("sockwarden-error").unwrap_or_default();
+    let err = proxy_error(&resp, resp.status);
     assert!(err.contains("max_connections = 2"), "{err:?}");
     // The others keep being served.
     assert_data(&a.get("/data/3"), 3);
@@ -872,7 +793,7 @@ fn past_max_connections_new_connections_get_503_and_the_others_are_served() {
         if resp.status == 200 {
             break;
         }
-        assert_eq!(resp.status, 503, "{}", resp.head);
+        assert_eq!(resp.status, 503, "{resp}");
         assert!(
             Instant::now() < deadline,
             "the freed slot was not reused within 5 s"

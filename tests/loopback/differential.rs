@@ -1,5 +1,5 @@
 //! Differential test: every request vector through sockwarden (the real
-//! proxy on loopback, as in tests/smuggling.rs) and through h11, an
+//! proxy on loopback, as in smuggling.rs) and through h11, an
 //! independent HTTP/1 parser (tests/tools/h11_read.py, Debian's
 //! python3-h11). They are compared on meaning: method, the effective host
 //! and target (absolute-form split into authority and origin-form),
@@ -12,13 +12,13 @@
 //! summary table (agree / sockwarden-stricter / documented / disagree) is
 //! printed.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use common::corpus::{self, run_request, Forwarded};
 use serde::Deserialize;
+
+use crate::common::h1::{self, Framing};
+use crate::corpus::{self, run_request, Forwarded};
 
 const H11: &str = "tests/tools/h11_read.py";
 /// Debian's interpreter, where python3-h11 is installed.
@@ -54,24 +54,14 @@ const NOT_COMPARED: [&str; 9] = [
 ];
 
 /// Decodes a chunked body's wire bytes (None if it is not valid chunked).
-fn dechunk(mut wire: &[u8]) -> Option<Vec<u8>> {
+fn dechunk(wire: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    loop {
-        let end = wire.windows(2).position(|w| w == b"\r\n")?;
-        let line = &wire[..end];
-        let digits: Vec<u8> = line
-            .iter()
-            .copied()
-            .take_while(u8::is_ascii_hexdigit)
-            .collect();
-        let size = usize::from_str_radix(std::str::from_utf8(&digits).ok()?, 16).ok()?;
-        wire = &wire[end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(wire.get(..size)?);
-        wire = wire.get(size + 2..)?;
-    }
+    let mut r = std::io::Cursor::new(wire);
+    h1::read_body(&mut r, Framing::Chunked, u64::MAX, |d| {
+        out.extend_from_slice(d)
+    })
+    .ok()?;
+    Some(out)
 }
 
 /// `f`'s meaning; `decoded`: its body has no chunked framing any more (h11's reading).
@@ -123,7 +113,7 @@ fn meaning(f: &Forwarded, decoded: bool) -> Meaning {
     }
 }
 
-/// Whether the test policy allows the request (tests/common/corpus.rs).
+/// Whether the test policy allows the request (tests/loopback/corpus.rs).
 fn allowed(m: &Meaning) -> bool {
     let host_ok = m
         .host

@@ -3,14 +3,16 @@
 //! slow reader holds the origin back without the proxy growing; an aborted
 //! transfer leaves no connection and no map entry behind.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::netns::Netns;
-use common::origin::{pattern, OriginConfig};
-use common::sw::{socket_memory, stdout, workload, Scene, Sockwarden};
+use crate::common::origin::{pattern, OriginConfig};
+use crate::common::wait_for;
+use crate::netns::Netns;
+use crate::sw::{
+    curl_cut_short, entry_part, established, map_dump, scene, socket_memory, stdout, workload,
+    Sockwarden,
+};
 use sha2::{Digest, Sha256};
 
 const BIG: usize = 64 << 20;
@@ -54,12 +56,7 @@ fn tcp_mem_max(ns: &Netns, name: &str) -> u64 {
 
 #[test]
 fn a_64_mib_response_moves_kernel_side_and_arrives_intact() {
-    let Scene {
-        tag,
-        topo,
-        origin: _origin,
-        cg,
-    } = Scene::new("big", "pod", OriginConfig::default());
+    let (tag, topo, _origin, cg) = scene("big", "pod", OriginConfig::default());
     let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
     let o = workload(
         &topo.pod,
@@ -100,12 +97,7 @@ fn a_slow_reader_holds_the_origin_back_under_sockmap() {
 }
 
 fn slow_reader(forwarding: &str) {
-    let Scene {
-        tag,
-        topo,
-        origin,
-        cg,
-    } = Scene::new("slow", "pod", OriginConfig::default());
+    let (tag, topo, origin, cg) = scene("slow", "pod", OriginConfig::default());
     // Linux's default buffer maxima (this machine raises tcp_rmem to 32 MiB,
     // which lets the three hops buffer more than the whole 64 MiB body).
     for ns in [&topo.origin, &topo.node, &topo.pod] {
@@ -119,7 +111,7 @@ fn slow_reader(forwarding: &str) {
     );
     let pid = sw.pid();
     let rss_before = rss(pid);
-    let mut client = common::command_in(Some(&topo.pod.path()), Some(cg.path()), "curl")
+    let mut client = crate::support::command_in(Some(&topo.pod.path()), Some(cg.path()), "curl")
         .args(["-sS", "--limit-rate", "10M", "-o", "/dev/null"])
         .arg(format!("http://10.77.1.10/data/{SLOW}"))
         .stdout(Stdio::null())
@@ -128,7 +120,7 @@ fn slow_reader(forwarding: &str) {
     // Timed from the origin's first body byte: a slow (emulated) machine
     // may take a while to start curl.
     let started = Instant::now();
-    let deadline = started + common::patience(Duration::from_secs(10));
+    let deadline = started + crate::common::patience(Duration::from_secs(10));
     let (mut peak_rss, mut peak_sockets) = (0u64, 0u64);
     let mut sent_at = Vec::new();
     let mut first: Option<f64> = None;
@@ -213,50 +205,17 @@ fn slow_reader(forwarding: &str) {
 
 #[test]
 fn an_aborted_download_leaves_nothing_behind() {
-    let Scene {
-        tag,
-        topo,
-        origin: _origin,
-        cg,
-    } = Scene::new("abort", "pod", OriginConfig::default());
+    let (tag, topo, _origin, cg) = scene("abort", "pod", OriginConfig::default());
     let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
     // The client gives up half a second into a slow 64 MiB download.
-    let o = workload(
-        &topo.pod,
-        &cg,
-        "curl",
-        &[
-            "-sS",
-            "--limit-rate",
-            "1M",
-            "--max-time",
-            "0.5",
-            "-o",
-            "/dev/null",
-            "http://10.77.1.10/data/67108864",
-        ],
-    );
+    let o = curl_cut_short(&topo.pod, &cg, "http://10.77.1.10/data/67108864");
     assert!(!o.status.success(), "curl should have timed out");
-    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
-    let established = || {
-        let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                topo.node.name(),
-                "ss",
-                "-Htn",
-                "state",
-                "established",
-            ])
-            .output()
-            .expect("ss");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
-    while established() > 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(established(), 0, "both proxy sockets closed");
+    let left = wait_for(
+        Duration::from_secs(5),
+        || established(&topo.node),
+        |n| *n == 0,
+    );
+    assert_eq!(left, 0, "both proxy sockets closed");
     let log = sw.access_log();
     assert_eq!(log.len(), 1, "{log:?}");
     assert!(
@@ -266,28 +225,13 @@ fn an_aborted_download_leaves_nothing_behind() {
         "{log:?}"
     );
     // No map entry left: orig_dsts is empty, and no tracked tuple is open.
-    let dump = |map: &str| -> serde_json::Value {
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(sw.pin.join(map))
-            .output()
-            .expect("bpftool");
-        serde_json::from_slice(&out.stdout).expect("bpftool JSON")
-    };
-    assert_eq!(dump("orig_dsts"), serde_json::json!([]));
-    let open: Vec<_> = dump("tuples")
-        .as_array()
-        .expect("array")
-        .iter()
-        .filter(|e| {
-            let v = if e["formatted"].is_null() {
-                &e["value"]
-            } else {
-                &e["formatted"]["value"]
-            };
-            v["state"] != "SW_TCP_TIME_WAIT"
-        })
-        .cloned()
+    assert_eq!(
+        map_dump(&sw.pin, "orig_dsts"),
+        Vec::<serde_json::Value>::new()
+    );
+    let open: Vec<_> = map_dump(&sw.pin, "tuples")
+        .into_iter()
+        .filter(|e| entry_part(e, "value")["state"] != "SW_TCP_TIME_WAIT")
         .collect();
     assert!(open.is_empty(), "tuples still open: {open:?}");
 }

@@ -2,16 +2,18 @@
 //! (pod), the node (proxy) and the origin each live in their own network
 //! namespace; see ../shared/DESIGN.md for the story.
 
-mod common;
-
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::Topology;
-use common::origin::{Origin, OriginConfig};
-use common::sw::{bare_scene, stdout, workload, Scene, Sockwarden, BIN};
-use common::{require_root, unique_tag};
+use crate::cgroup::TestCgroup;
+use crate::common::origin::OriginConfig;
+use crate::common::wait_for;
+use crate::netns::Topology;
+use crate::support::{require_root, unique_tag};
+use crate::sw::{
+    bare_scene, curl_status, curl_write_out, entry_part, map_dump, origin_at, scene, stdout,
+    workload, Sockwarden, BIN,
+};
 
 fn policy(cgroup: &str, extra_rule: &str) -> String {
     format!(
@@ -43,7 +45,7 @@ fn curl_many(
     let ns = topo.pod.path();
     let cg = cg.path().to_path_buf();
     std::thread::spawn(move || {
-        common::command_in(Some(&ns), Some(&cg), "curl")
+        crate::support::command_in(Some(&ns), Some(&cg), "curl")
             .args(["--config", file.to_str().expect("utf-8 path")])
             .output()
             .expect("curl")
@@ -62,15 +64,17 @@ struct IncidentRun {
 /// one half-open for a while (so the proxy closes first and its side of the
 /// tuple sits in FIN_WAIT/TIME_WAIT when the next connection wants it).
 fn incident(skip_tuple_check: bool) -> IncidentRun {
+    const CONNS: usize = 4;
+    const PER_CONN: usize = 2_500;
     let tag = unique_tag(if skip_tuple_check {
         "inc-skip"
     } else {
         "incident"
     });
     let topo = Topology::new(&tag);
-    let origin = Origin::start(
-        "10.77.1.10:80".parse().unwrap(),
-        Some(&topo.origin.path()),
+    let origin = origin_at(
+        &topo,
+        "10.77.1.10:80",
         OriginConfig {
             close_after: Some(100),
             linger_after_close: Some(Duration::from_millis(300)),
@@ -84,8 +88,6 @@ fn incident(skip_tuple_check: bool) -> IncidentRun {
     );
     let sw = Sockwarden::start(&topo.node, &tag, &body);
 
-    const CONNS: usize = 4;
-    const PER_CONN: usize = 2_500;
     let clients: Vec<_> = (0..CONNS)
         .map(|i| {
             curl_many(
@@ -157,12 +159,7 @@ fn incident_scenario_without_the_tuple_check_hits_eaddrnotavail() {
 
 #[test]
 fn idle_race_costs_the_client_nothing() {
-    let Scene {
-        tag,
-        topo,
-        origin,
-        cg,
-    } = Scene::new(
+    let (tag, topo, origin, cg) = scene(
         "idlerace",
         "pod",
         OriginConfig {
@@ -195,6 +192,8 @@ fn idle_race_costs_the_client_nothing() {
 
 #[test]
 fn down_origin_stays_within_the_retry_budget() {
+    const CLIENTS: usize = 8;
+    const PER_CLIENT: usize = 25;
     let (tag, topo, cg) = bare_scene("down", "pod");
     // Nothing listens on 10.77.1.10:80: every connect is refused.
     let body = format!(
@@ -203,8 +202,6 @@ fn down_origin_stays_within_the_retry_budget() {
     );
     let sw = Sockwarden::start(&topo.node, &tag, &body);
 
-    const CLIENTS: usize = 8;
-    const PER_CLIENT: usize = 25;
     let started = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -278,54 +275,20 @@ fn down_origin_stays_within_the_retry_budget() {
 
 #[test]
 fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
-    let Scene {
-        tag,
-        topo,
-        origin: _origin,
-        cg,
-    } = Scene::new("bpftool", "pod", OriginConfig::default());
+    let (tag, topo, _origin, cg) = scene("bpftool", "pod", OriginConfig::default());
     let body = policy(
         cg.rel(),
         "        upstream:\n          max_requests_per_connection: 2\n",
     );
     let sw = Sockwarden::start(&topo.node, &tag, &body);
     let get = || {
-        let o = workload(
-            &topo.pod,
-            &cg,
-            "curl",
-            &[
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "http://10.77.1.10/data/8",
-            ],
-        );
-        assert_eq!(stdout(&o), "200");
+        let status = curl_status(&topo.pod, Some(&cg), &[], "http://10.77.1.10/data/8");
+        assert_eq!(status, "200");
     };
+    let origin: Vec<u64> = vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 10, 77, 1, 10];
     let upstream_state = || -> Option<String> {
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(sw.pin.join("tuples"))
-            .output()
-            .expect("bpftool");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let entries: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-        let origin: Vec<u64> = vec![0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 10, 77, 1, 10];
-        entries.as_array()?.iter().find_map(|e| {
-            let key = &e["formatted"]["key"];
-            let key = if key.is_null() { &e["key"] } else { key };
-            let value = if e["formatted"]["value"].is_null() {
-                &e["value"]
-            } else {
-                &e["formatted"]["value"]
-            };
+        map_dump(&sw.pin, "tuples").iter().find_map(|e| {
+            let (key, value) = (entry_part(e, "key"), entry_part(e, "value"));
             let daddr: Vec<u64> = serde_json::from_value(key["daddr"].clone()).ok()?;
             (daddr == origin && key["dport"] == 80 && value["role"] == "SW_ROLE_UPSTREAM")
                 .then(|| value["state"].as_str().unwrap_or_default().to_string())
@@ -334,12 +297,9 @@ fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
     get(); // the upstream connection stays pooled: ESTABLISHED
     assert_eq!(upstream_state().as_deref(), Some("SW_TCP_ESTABLISHED"));
     get(); // second request: max_requests reached, the proxy closes first
-    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
-    let mut state = upstream_state();
-    while state.as_deref() != Some("SW_TCP_TIME_WAIT") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-        state = upstream_state();
-    }
+    let state = wait_for(Duration::from_secs(5), upstream_state, |s| {
+        s.as_deref() == Some("SW_TCP_TIME_WAIT")
+    });
     assert_eq!(state.as_deref(), Some("SW_TCP_TIME_WAIT"));
     // The same map, for operators without bpftool.
     let out = std::process::Command::new(BIN)
@@ -358,28 +318,16 @@ fn bpftool_shows_the_upstream_tuple_open_and_in_time_wait() {
 
 #[test]
 fn preserve_ip_leaves_from_the_workload_ip_with_a_kernel_port() {
-    let Scene {
-        tag,
-        topo,
-        origin,
-        cg,
-    } = Scene::new("pip", "pod", OriginConfig::default());
+    let (tag, topo, origin, cg) = scene("pip", "pod", OriginConfig::default());
     let body = format!("upstream:\n  source: preserve-ip\n{}", policy(cg.rel(), ""));
     let sw = Sockwarden::start(&topo.node, &tag, &body);
-    let o = workload(
+    let out = curl_write_out(
         &topo.pod,
-        &cg,
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{local_port}",
-            "http://10.77.1.10/data/8",
-        ],
+        Some(&cg),
+        "%{http_code} %{local_port}",
+        &[],
+        "http://10.77.1.10/data/8",
     );
-    let out = stdout(&o);
     let (status, client_port) = out.split_once(' ').expect("status and port");
     assert_eq!(status, "200");
     let peers = origin.peers();

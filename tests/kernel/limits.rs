@@ -3,20 +3,20 @@
 //! 10,000 concurrent workload connections.
 //!
 //! The soak's clients run in one workload process: this test binary
-//! re-executed as `soak_client` (an ignored test) in the pod namespace and
+//! re-executed as `limits::soak_client` (an ignored test) in the pod namespace and
 //! the policy cgroup, so that its connects are redirected like any
 //! workload's. Its 10,000 sockets and the proxy's are in different
 //! processes, each under the 20,000-fd limit.
-
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::origin::OriginConfig;
-use common::sw::{curl_status, Scene, Sockwarden};
-use common::{command_in, patience};
+use crate::common::origin::OriginConfig;
+use crate::common::patience;
+use crate::netns::Netns;
+use crate::support::command_in;
+use crate::sw::{curl_status, scene, Sockwarden};
 
 fn policy(cgroup: &str) -> String {
     format!(
@@ -48,13 +48,10 @@ fn set_soft_nofile(pid: u32, soft: usize) {
 
 #[test]
 fn accept_survives_emfile_and_recovers_by_itself() {
-    let scene = Scene::new("emfile", "pod", OriginConfig::default());
-    let sw = Sockwarden::start(&scene.topo.node, &scene.tag, &policy(scene.cg.rel()));
+    let (tag, topo, _origin, cg) = scene("emfile", "pod", OriginConfig::default());
+    let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
     let url = "http://10.77.1.10/data/10";
-    assert_eq!(
-        curl_status(&scene.topo.pod, Some(&scene.cg), &[], url),
-        "200"
-    );
+    assert_eq!(curl_status(&topo.pod, Some(&cg), &[], url), "200");
 
     // Room for 8 more fds: 8 idle connections fill it, the rest wait in
     // the listener's backlog while accept() fails with EMFILE.
@@ -64,7 +61,7 @@ fn accept_survives_emfile_and_recovers_by_itself() {
         "for i in $(seq 10 39); do eval \"exec $i<>/dev/tcp/10.77.1.10/80\" || exit 1; done; \
                   echo held; sleep 30";
     let mut holder = Reaped(
-        command_in(Some(&scene.topo.pod.path()), Some(scene.cg.path()), "bash")
+        command_in(Some(&topo.pod.path()), Some(cg.path()), "bash")
             .args(["-c", script])
             .stdout(Stdio::piped())
             .spawn()
@@ -105,7 +102,7 @@ fn accept_survives_emfile_and_recovers_by_itself() {
     drop(holder);
     let deadline = Instant::now() + patience(Duration::from_secs(10));
     loop {
-        let status = curl_status(&scene.topo.pod, Some(&scene.cg), &[], url);
+        let status = curl_status(&topo.pod, Some(&cg), &[], url);
         if status == "200" {
             break;
         }
@@ -142,21 +139,21 @@ const SOAK_SIZES: [usize; 3] = [100, 4096, 65536];
 
 #[test]
 fn soak_10000_connections_idle_and_active() {
-    let scene = Scene::new("soak", "pod", OriginConfig::default());
+    let (tag, topo, _origin, cg) = scene("soak", "pod", OriginConfig::default());
     let body = format!(
         "  max_connections: 12000\nupstream:\n  idle_timeout: 2s\n{}",
-        policy(scene.cg.rel())
+        policy(cg.rel())
     );
-    let sw = Sockwarden::start(&scene.topo.node, &scene.tag, &body);
+    let sw = Sockwarden::start(&topo.node, &tag, &body);
     let pid = sw.pid();
-    let before = Snapshot::take(&sw, &scene);
+    let before = Snapshot::take(&sw, &topo.node);
     eprintln!("soak: before {before:?}");
 
     let exe = std::env::current_exe().expect("test executable");
     let exe = exe.to_str().expect("utf-8 path");
     let mut client = Reaped(
-        command_in(Some(&scene.topo.pod.path()), Some(scene.cg.path()), exe)
-            .args(["soak_client", "--exact", "--ignored", "--nocapture"])
+        command_in(Some(&topo.pod.path()), Some(cg.path()), exe)
+            .args(["limits::soak_client", "--exact", "--ignored", "--nocapture"])
             .env("SW_SOAK_CLIENT", "1")
             .stdout(Stdio::piped())
             .spawn()
@@ -171,7 +168,7 @@ fn soak_10000_connections_idle_and_active() {
         if line.starts_with("SOAK held") {
             eprintln!("soak: {line} after {:?}", started.elapsed());
             std::thread::sleep(SOAK_HOLD / 2);
-            let p = Snapshot::take(&sw, &scene);
+            let p = Snapshot::take(&sw, &topo.node);
             eprintln!("soak: peak {p:?}");
             peak = Some(p);
         } else if let Some(rest) = line.strip_prefix("SOAK done ") {
@@ -188,7 +185,7 @@ fn soak_10000_connections_idle_and_active() {
     // idle upstreams close after 2 s), and no kernel map entry left.
     let deadline = Instant::now() + patience(Duration::from_secs(20));
     let after = loop {
-        let a = Snapshot::take(&sw, &scene);
+        let a = Snapshot::take(&sw, &topo.node);
         if a.sockets <= before.sockets || Instant::now() > deadline {
             break a;
         }
@@ -250,11 +247,11 @@ struct Snapshot {
 }
 
 impl Snapshot {
-    fn take(sw: &Sockwarden, scene: &Scene) -> Snapshot {
+    fn take(sw: &Sockwarden, node: &Netns) -> Snapshot {
         let (fds, sockets) = sw.fds();
         Snapshot {
             rss_kib: sw.status_kib("VmRSS"),
-            socket_mem: common::sw::socket_memory(&scene.topo.node, sw.pid()),
+            socket_mem: crate::sw::socket_memory(node, sw.pid()),
             fds,
             sockets,
             active: sw.metric("sockwarden_downstream_connections_active"),
@@ -305,6 +302,8 @@ mod soak {
     use tokio::time::timeout;
 
     use super::{SOAK_ACTIVE, SOAK_HOLD, SOAK_IDLE, SOAK_SIZES};
+    use crate::common::h1::{self, Head, HeadWriter};
+    use crate::common::origin::pattern;
 
     /// Longest wait for any one step (connect, response) of a client.
     const STEP: Duration = Duration::from_secs(30);
@@ -382,37 +381,19 @@ mod soak {
     /// One `GET /data/<size>` on a keep-alive connection, checked byte for
     /// byte.
     async fn exchange(s: &mut BufReader<TcpStream>, size: usize) -> Result<(), String> {
-        let req = format!("GET /data/{size} HTTP/1.1\r\nHost: 10.77.1.10\r\n\r\n");
+        let req = HeadWriter::request("GET", &format!("/data/{size}"))
+            .field("Host", "10.77.1.10")
+            .finish();
         timeout(STEP, async {
             s.get_mut()
-                .write_all(req.as_bytes())
+                .write_all(&req)
                 .await
                 .map_err(|e| format!("write: {e}"))?;
-            let mut status = String::new();
-            s.read_line(&mut status)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if !status.starts_with("HTTP/1.1 200 ") {
-                return Err(format!("status line {status:?}"));
+            let head = read_head(s).await?;
+            if head.status().ok() != Some(200) {
+                return Err(format!("status line {:?}", head.start));
             }
-            let mut length = None;
-            loop {
-                let mut line = String::new();
-                if s.read_line(&mut line)
-                    .await
-                    .map_err(|e| format!("read: {e}"))?
-                    == 0
-                {
-                    return Err("closed inside the head".into());
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                let lower = line.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    length = v.trim().parse::<usize>().ok();
-                }
-            }
+            let length = head.field("content-length").and_then(|v| v.parse().ok());
             if length != Some(size) {
                 return Err(format!("content-length {length:?}, expected {size}"));
             }
@@ -420,12 +401,33 @@ mod soak {
             s.read_exact(&mut body)
                 .await
                 .map_err(|e| format!("body: {e}"))?;
-            if body.iter().enumerate().any(|(i, &b)| b != (i % 251) as u8) {
+            if body != pattern(size) {
                 return Err("body differs from the pattern".into());
             }
             Ok(())
         })
         .await
         .map_err(|_| "timed out".to_string())?
+    }
+
+    /// Reads a response head through [`h1::parse_head`], consuming no byte
+    /// past it.
+    async fn read_head(s: &mut BufReader<TcpStream>) -> Result<Head, String> {
+        let mut buf = Vec::new();
+        loop {
+            let got = s.fill_buf().await.map_err(|e| format!("read: {e}"))?;
+            if got.is_empty() {
+                return Err("closed inside the head".into());
+            }
+            let (before, n) = (buf.len(), got.len());
+            buf.extend_from_slice(got);
+            match h1::parse_head(&buf).map_err(|e| format!("head: {e}"))? {
+                Some((head, used)) => {
+                    s.consume(used - before);
+                    return Ok(head);
+                }
+                None => s.consume(n),
+            }
+        }
     }
 }

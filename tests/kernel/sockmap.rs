@@ -5,19 +5,19 @@
 //! moving their bytes into the proxy's sockets; then aborts mid-body leave
 //! no socket and no map entry behind.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::command_in;
-use common::netns::Netns;
-use common::origin::OriginConfig;
-use common::stress::{self, StressOrigin};
-use common::sw::{
-    bare_scene, map_entries, origin_at, socket_memory, stdout, workload, Scene, Sockwarden,
+use crate::common::origin::OriginConfig;
+use crate::common::stress::{self, StressOrigin};
+use crate::common::wait_for;
+use crate::netns::{listener_in, Netns};
+use crate::support::command_in;
+use crate::sw::{
+    bare_scene, curl, curl_cut_short, established, map_entries, origin_at, scene, socket_memory,
+    stdout, workload, Sockwarden,
 };
 
 /// The stress origin, as the workloads address it (in the origin namespace).
@@ -44,7 +44,12 @@ fn stress_child(netns: &Netns, cgroup: &Path, clients: u64, seed: u64) -> std::p
         Some(cgroup),
         exe.to_str().expect("utf-8"),
     )
-    .args(["--exact", "stress_client_child", "--ignored", "--nocapture"])
+    .args([
+        "--exact",
+        "sockmap::stress_client_child",
+        "--ignored",
+        "--nocapture",
+    ])
     .env(CHILD_ENV, format!("{ORIGIN} {clients} {seed}"))
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
@@ -81,31 +86,14 @@ fn verified(out: &Output) -> usize {
         .unwrap_or_else(|| panic!("no count in {}", stdout(out)))
 }
 
-/// Established TCP sockets in a namespace.
-fn established(ns: &Netns) -> usize {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "ss",
-            "-Htn",
-            "state",
-            "established",
-        ])
-        .output()
-        .expect("ss");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 /// 2,000 SHA-256-verified exchanges (sizes 0 B to 64 MiB, uploads and
 /// downloads, random splits, pipelining, keep-alive) from a node-local and
 /// a pod workload at once, with sk_msg carrying the workloads' bytes.
 #[test]
 fn sockmap_stress_is_byte_exact() {
     let (tag, topo, cg) = bare_scene("smstress", "pod");
-    let origin = StressOrigin::start_in(&topo.origin.path(), ORIGIN.parse().expect("addr"));
-    assert_eq!(origin.addr.to_string(), ORIGIN);
+    let origin = StressOrigin::serve(listener_in(&topo.origin, ORIGIN));
+    assert_eq!(origin.addr().to_string(), ORIGIN);
     let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
     let started = Instant::now();
     let local = stress_child(&topo.node, cg.path(), 2, 1);
@@ -145,12 +133,7 @@ fn sockmap_stress_is_byte_exact() {
 /// requests on it keep the redirect.
 #[test]
 fn sockmap_links_ipv4_and_ipv6_workloads() {
-    let Scene {
-        tag,
-        topo,
-        origin: origin4,
-        cg,
-    } = Scene::new("smv6", "pod", OriginConfig::default());
+    let (tag, topo, origin4, cg) = scene("smv6", "pod", OriginConfig::default());
     let origin6 = origin_at(&topo, "[fd77:1::10]:80", OriginConfig::default());
     let policy = format!(
         "forwarding:\n  engine: sockmap\n\
@@ -167,11 +150,11 @@ fn sockmap_links_ipv4_and_ipv6_workloads() {
             let urls: Vec<String> = (1..=3)
                 .map(|i| format!("{base}/data/{}", i * 1000))
                 .collect();
-            let mut args = vec!["-sS", "--max-time", "10", "-w", "%{http_code} "];
+            let mut args = vec!["-w", "%{http_code} "];
             for u in &urls {
                 args.extend_from_slice(&["-o", "/dev/null", u.as_str()]);
             }
-            let out = workload(ns, &cg, "curl", &args);
+            let out = curl(ns, Some(&cg), &args);
             assert_eq!(stdout(&out), "200 200 200 ", "{base} from {}", ns.name());
             connections += 1.0;
         }
@@ -205,7 +188,7 @@ fn sockmap_upload_to_a_stalled_origin_stays_bounded() {
     }
     // Accepts, then never reads.
     let listener =
-        common::netns::in_netns(&topo.origin.path(), || std::net::TcpListener::bind(ORIGIN))
+        crate::netns::in_netns(&topo.origin.path(), || std::net::TcpListener::bind(ORIGIN))
             .expect("bind the stalled origin");
     let held = std::thread::spawn(move || {
         let accepted = listener.accept();
@@ -249,7 +232,7 @@ fn sockmap_upload_to_a_stalled_origin_stays_bounded() {
 #[test]
 fn sockmap_tunnel_after_101_is_byte_exact() {
     let (tag, topo, cg) = bare_scene("smtunnel", "pod");
-    let _origin = StressOrigin::start_in(&topo.origin.path(), ORIGIN.parse().expect("addr"));
+    let _origin = StressOrigin::serve(listener_in(&topo.origin, ORIGIN));
     let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
     let (host, port) = ORIGIN.split_once(':').expect("host:port");
     let script = format!(
@@ -306,7 +289,7 @@ print(len(got), hashlib.sha256(got).digest() == hashlib.sha256(data).digest())
 #[test]
 fn sockmap_aborts_leave_nothing_behind() {
     let (tag, topo, cg) = bare_scene("smabort", "pod");
-    let _origin = StressOrigin::start_in(&topo.origin.path(), ORIGIN.parse().expect("addr"));
+    let _origin = StressOrigin::serve(listener_in(&topo.origin, ORIGIN));
     let sw = Sockwarden::start(&topo.node, &tag, &config(cg.rel()));
     let url_up = format!("http://{ORIGIN}/data/upload");
     let url_down = format!("http://{ORIGIN}/data/blob/3/67108864/c");
@@ -325,23 +308,8 @@ fn sockmap_aborts_leave_nothing_behind() {
     );
     assert!(!up.status.success(), "the upload should have been cut");
     // Leaves mid-download, from the node-local workload.
-    let down = workload(
-        &topo.node,
-        &cg,
-        "curl",
-        &[
-            "-sS",
-            "--limit-rate",
-            "1M",
-            "--max-time",
-            "0.5",
-            "-o",
-            "/dev/null",
-            &url_down,
-        ],
-    );
+    let down = curl_cut_short(&topo.node, &cg, &url_down);
     assert!(!down.status.success(), "the download should have been cut");
-    let deadline = Instant::now() + common::patience(Duration::from_secs(5));
     let leftovers = || {
         (
             established(&topo.node),
@@ -351,11 +319,8 @@ fn sockmap_aborts_leave_nothing_behind() {
             map_entries(&sw.pin, "orig_dsts"),
         )
     };
-    while leftovers() != (0, 0, 0, 0, 0) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
     assert_eq!(
-        leftovers(),
+        wait_for(Duration::from_secs(5), leftovers, |l| *l == (0, 0, 0, 0, 0)),
         (0, 0, 0, 0, 0),
         "(established sockets, sk_workloads, sk_proxy, sk_consumed, orig_dsts)"
     );

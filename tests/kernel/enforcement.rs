@@ -4,17 +4,16 @@
 //! and its own pin path, and removes them even when it fails. Root is
 //! required; without it these tests fail, they never skip.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::cgroup::TestCgroup;
-use common::netns::{Netns, Topology};
-use common::origin::OriginConfig;
-use common::sw::{
-    curl_head, curl_status, origin_at, outsider, stdout, tcp_connect, workload, Scene, Sockwarden,
+use crate::cgroup::TestCgroup;
+use crate::common::origin::OriginConfig;
+use crate::netns::{Netns, Topology};
+use crate::support::{require_root, unique_tag};
+use crate::sw::{
+    bare_scene, curl, curl_head, curl_status, origin_at, outsider, scene, stdout, tcp_connect,
+    workload, Sockwarden,
 };
-use common::{require_root, unique_tag};
 
 fn policy(name: &str, cgroup: &str) -> String {
     format!(
@@ -27,33 +26,20 @@ fn policy(name: &str, cgroup: &str) -> String {
 
 #[test]
 fn allowed_denied_refused_and_untouched() {
-    let Scene {
-        tag,
-        topo,
-        origin,
-        cg,
-    } = Scene::new("basic", "analytics", OriginConfig::default());
+    let (tag, topo, origin, cg) = scene("basic", "analytics", OriginConfig::default());
     let l4_origin = origin_at(&topo, "10.77.1.10:9000", OriginConfig::default());
     let mut sw = Sockwarden::start(&topo.node, &tag, &policy("analytics", cg.rel()));
     let team = ["-H", "x-team: analytics"];
 
     // Allowed at L7.
-    let o = workload(
+    let o = curl(
         &topo.node,
-        &cg,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "10",
-            "-H",
-            "x-team: analytics",
-            "http://10.77.1.10/data/1000",
-        ],
+        Some(&cg),
+        &[team[0], team[1], "http://10.77.1.10/data/1000"],
     );
     assert_eq!(
         o.stdout,
-        common::origin::pattern(1000),
+        crate::common::origin::pattern(1000),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -66,16 +52,12 @@ fn allowed_denied_refused_and_untouched() {
         "403"
     );
     // The keep-alive connection stays usable after a 403: two URLs, one connection.
-    let o = workload(
+    let o = curl(
         &topo.node,
-        &cg,
-        "curl",
+        Some(&cg),
         &[
-            "-sS",
-            "--max-time",
-            "10",
-            "-H",
-            "x-team: analytics",
+            team[0],
+            team[1],
             "-w",
             "%{http_code} %{num_connects}\n",
             "-o",
@@ -103,7 +85,7 @@ fn allowed_denied_refused_and_untouched() {
             &topo.node,
             Some(&cg),
             &[],
-            "http://10.77.1.10:9000/anything"
+            &format!("http://{}/anything", l4_origin.addr())
         ),
         "200"
     );
@@ -134,44 +116,42 @@ fn allowed_denied_refused_and_untouched() {
     assert!(tcp_connect(&topo.node, None, "10.77.1.10", 81).contains("Connection refused"));
 
     // Metrics equal what this test did.
-    let m = |s: &str| sw.metric(s);
-    assert_eq!(
-        m(r#"sockwarden_http_requests_total{policy="analytics",verdict="allowed",status="200"}"#),
-        2.0
-    );
-    assert_eq!(
-        m(r#"sockwarden_http_requests_total{policy="analytics",verdict="denied",status="403"}"#),
-        3.0
-    );
-    assert_eq!(
-        m(r#"sockwarden_connect_denied_total{policy="analytics"}"#),
-        2.0
-    );
-    assert_eq!(
-        m(r#"sockwarden_udp_decisions_total{policy="analytics",verdict="deny"}"#),
-        1.0
-    );
-    assert_eq!(
-        m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="allowed"}"#),
-        1.0
-    );
-    assert_eq!(
-        m(r#"sockwarden_connect_decisions_total{policy="analytics",verdict="redirected"}"#),
-        5.0
-    );
-    assert_eq!(
-        m(r#"sockwarden_http_requests_total{policy="analytics",verdict="error",status="503"}"#),
-        1.0
-    );
-    assert_eq!(
-        m(r#"sockwarden_upstream_connect_failures_total{errno="ECONNREFUSED"}"#),
-        1.0
-    );
-    assert_eq!(
-        m("sockwarden_upstream_connections_opened_total"),
-        1.0,
-        "the second allowed request reused the pooled connection"
-    );
+    sw.assert_metrics(&[
+        (
+            r#"sockwarden_http_requests_total{policy="analytics",verdict="allowed",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"sockwarden_http_requests_total{policy="analytics",verdict="denied",status="403"}"#,
+            3.0,
+        ),
+        (
+            r#"sockwarden_connect_denied_total{policy="analytics"}"#,
+            2.0,
+        ),
+        (
+            r#"sockwarden_udp_decisions_total{policy="analytics",verdict="deny"}"#,
+            1.0,
+        ),
+        (
+            r#"sockwarden_connect_decisions_total{policy="analytics",verdict="allowed"}"#,
+            1.0,
+        ),
+        (
+            r#"sockwarden_connect_decisions_total{policy="analytics",verdict="redirected"}"#,
+            5.0,
+        ),
+        (
+            r#"sockwarden_http_requests_total{policy="analytics",verdict="error",status="503"}"#,
+            1.0,
+        ),
+        (
+            r#"sockwarden_upstream_connect_failures_total{errno="ECONNREFUSED"}"#,
+            1.0,
+        ),
+        // The second allowed request reused the pooled connection.
+        ("sockwarden_upstream_connections_opened_total", 1.0),
+    ]);
     assert_eq!(
         origin.requests(),
         3,
@@ -224,12 +204,7 @@ fn allowed_denied_refused_and_untouched() {
 
 #[test]
 fn workload_in_its_own_namespace_ipv4_and_ipv6() {
-    let Scene {
-        tag,
-        topo,
-        origin: origin4,
-        cg,
-    } = Scene::new("pod", "pod", OriginConfig::default());
+    let (tag, topo, origin4, cg) = scene("pod", "pod", OriginConfig::default());
     let origin6 = origin_at(&topo, "[fd77:1::10]:80", OriginConfig::default());
     let sw = Sockwarden::start(&topo.node, &tag, &policy("pod", cg.rel()));
     let team = ["-H", "x-team: analytics"];
@@ -266,12 +241,7 @@ fn workload_in_its_own_namespace_ipv4_and_ipv6() {
 
 #[test]
 fn origin_closing_every_100_requests_causes_no_errors() {
-    let Scene {
-        tag,
-        topo,
-        origin,
-        cg,
-    } = Scene::new(
+    let (tag, topo, origin, cg) = scene(
         "s3",
         "s3",
         OriginConfig {
@@ -384,10 +354,7 @@ fn refuses_to_run_inside_an_enforced_cgroup() {
 
 #[test]
 fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
-    require_root();
-    let tag = unique_tag("kill");
-    let topo = Topology::new(&tag);
-    let cg = TestCgroup::new(&format!("/sockwarden-test-{tag}/app"));
+    let (tag, topo, cg) = bare_scene("kill", "app");
     let mut first = Sockwarden::start(&topo.node, &tag, &policy("app", cg.rel()));
     first.kill();
     assert!(first.child.is_none());
@@ -433,7 +400,7 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
 #[test]
 fn the_feature_probe_finds_everything_on_this_kernel() {
     require_root();
-    let out = std::process::Command::new(common::sw::BIN)
+    let out = std::process::Command::new(crate::sw::BIN)
         .arg("features")
         .output()
         .expect("sockwarden features");
