@@ -109,7 +109,12 @@ impl Origin {
 
     /// Connections served so far.
     pub fn connections(&self) -> u64 {
-        lock(&self.shared.accepted).len() as u64
+        self.peer_list().len() as u64
+    }
+
+    /// The peer of every connection served, in order.
+    pub fn peer_list(&self) -> Vec<SocketAddr> {
+        lock(&self.shared.accepted).clone()
     }
 
     /// Distinct peers seen, in order, deduplicated by IP (the first

@@ -57,6 +57,10 @@ struct IncidentRun {
     eaddrnotavail: f64,
     fallbacks: f64,
     origin_peers: Vec<std::net::SocketAddr>,
+    /// Origin connections that came from another port than any of the
+    /// workload's connections.
+    other_ports: usize,
+    upstream_opened: f64,
 }
 
 /// 4 keep-alive connections × 2,500 requests, preserve-ip-port, against an
@@ -97,7 +101,7 @@ fn incident(skip_tuple_check: bool) -> IncidentRun {
                 &format!("c{i}"),
                 PER_CONN,
                 "/data/64",
-                "%{http_code}",
+                "%{http_code} %{local_port}",
             )
         })
         .collect();
@@ -107,7 +111,21 @@ fn incident(skip_tuple_check: bool) -> IncidentRun {
         statuses.extend(stdout(&out).lines().map(str::to_string).collect::<Vec<_>>());
     }
     assert_eq!(statuses.len(), CONNS * PER_CONN, "every request answered");
-    let client_errors = statuses.iter().filter(|s| *s != "200").count();
+    let client_errors = statuses.iter().filter(|s| !s.starts_with("200 ")).count();
+    let client_ports: std::collections::HashSet<u16> = statuses
+        .iter()
+        .filter_map(|s| s.split(' ').nth(1)?.parse().ok())
+        .collect();
+    assert_eq!(
+        client_ports.len(),
+        CONNS,
+        "one connection per curl: {client_ports:?}"
+    );
+    let other_ports = origin
+        .peer_list()
+        .iter()
+        .filter(|p| !client_ports.contains(&p.port()))
+        .count();
     assert_eq!(origin.requests(), (CONNS * PER_CONN) as u64);
     IncidentRun {
         client_errors,
@@ -115,6 +133,8 @@ fn incident(skip_tuple_check: bool) -> IncidentRun {
             .metric(r#"sockwarden_upstream_connect_failures_total{errno="EADDRNOTAVAIL"}"#),
         fallbacks: sw.metric("sockwarden_source_port_fallbacks_total"),
         origin_peers: origin.peers(),
+        other_ports,
+        upstream_opened: sw.metric("sockwarden_upstream_connections_opened_total"),
     }
 }
 
@@ -128,8 +148,24 @@ fn incident_scenario_preserve_ip_port_has_no_errors() {
         "the tuple check avoids EADDRNOTAVAIL"
     );
     // Each client connection reconnects 24 times after its first 100; most
-    // of those find the old tuple still held.
+    // of those find the old tuple still held. A fallback is counted once
+    // per upstream connection bound to another port, never per request:
+    // exactly the origin's connections from a port no workload used.
+    eprintln!(
+        "incident: {} upstream connections, {} fallbacks",
+        run.upstream_opened, run.fallbacks
+    );
     assert!(run.fallbacks > 0.0, "fallbacks: {}", run.fallbacks);
+    assert_eq!(
+        run.fallbacks, run.other_ports as f64,
+        "fallbacks against the origin's view"
+    );
+    assert!(
+        run.fallbacks < run.upstream_opened,
+        "{} of {}",
+        run.fallbacks,
+        run.upstream_opened
+    );
     let ips: Vec<_> = run
         .origin_peers
         .iter()
@@ -153,6 +189,10 @@ fn incident_scenario_without_the_tuple_check_hits_eaddrnotavail() {
         run.eaddrnotavail
     );
     assert_eq!(run.fallbacks, 0.0);
+    assert!(
+        run.other_ports > 0,
+        "the EADDRNOTAVAIL retries left from other ports"
+    );
     // ...and the one retry on a fresh port still hides it from the client.
     assert_eq!(run.client_errors, 0);
 }

@@ -19,6 +19,7 @@ mod support;
 mod sw;
 
 mod bodies;
+mod drain;
 mod enforcement;
 mod flood;
 mod incident;

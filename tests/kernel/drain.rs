@@ -1,0 +1,84 @@
+//! Kernel tier: SIGTERM drains the proxy. A response in flight when
+//! sockwarden is told to stop is delivered whole if it ends within the
+//! drain deadline (5 s); one that would outlive it is cut then. Either way
+//! the process exits 0, and says how many connections finished and how
+//! many were cut.
+
+use std::time::{Duration, Instant};
+
+use crate::common::origin::OriginConfig;
+use crate::support::command_in;
+use crate::sw::{scene, stdout, Sockwarden};
+
+/// The binary's fixed drain deadline.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Downloads `bytes` from the origin at `rate` (curl's --limit-rate) in
+/// the pod while sockwarden is stopped 1 s in; returns curl's
+/// "status size" line, how long the stop took, and sockwarden's log.
+fn stop_during_download(test: &str, bytes: u64, rate: &str) -> (String, Duration, String) {
+    let (tag, topo, _origin, cg) = scene(test, "pod", OriginConfig::default());
+    let policy = format!(
+        "policies:\n  - {{ name: drain, cgroup: {}, egress: [{{ to: [\"10.77.1.0/24\"], ports: [80], http: [{{ method: GET }}] }}] }}\n",
+        cg.rel()
+    );
+    let mut sw = Sockwarden::start(&topo.node, &tag, &policy);
+    let url = format!("http://10.77.1.10/data/{bytes}");
+    let (ns, cgroup) = (topo.pod.path(), cg.path().to_path_buf());
+    let rate = rate.to_string();
+    let curl = std::thread::spawn(move || {
+        command_in(Some(&ns), Some(&cgroup), "curl")
+            .args(["-s", "-o", "/dev/null", "--max-time", "30", "--limit-rate"])
+            .args([rate.as_str(), "-w", "%{http_code} %{size_download}", &url])
+            .output()
+            .expect("curl")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let status = sw.stop();
+    let took = started.elapsed();
+    let log = plain(&sw.stderr());
+    assert!(status.success(), "sockwarden exit: {status}\n{log}");
+    let out = curl.join().expect("curl thread");
+    (stdout(&out), took, log)
+}
+
+/// `log` without its ANSI colour codes (ESC [ ... m).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_lets_a_response_in_flight_finish() {
+    // 24 MiB at 8 MiB/s: 2 s left when the stop begins.
+    let (curl, took, log) = stop_during_download("drain-ok", 24 << 20, "8M");
+    assert_eq!(curl, format!("200 {}", 24 << 20), "the whole body arrived");
+    assert!(log.contains("finished=1 cut=0"), "drain outcome:\n{log}");
+    assert!(
+        took < DRAIN_DEADLINE + Duration::from_secs(4),
+        "stop took {took:?}"
+    );
+}
+
+#[test]
+fn sigterm_cuts_a_response_that_outlives_the_drain_deadline() {
+    // 64 MiB at 1 MiB/s: a minute left when the stop begins.
+    let (curl, took, log) = stop_during_download("drain-cut", 64 << 20, "1M");
+    let size: u64 = curl
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("curl output {curl:?}"));
+    assert!(size < 64 << 20, "cut short: {curl}");
+    assert!(log.contains("finished=0 cut=1"), "drain outcome:\n{log}");
+    assert!(took >= DRAIN_DEADLINE, "waited the deadline out: {took:?}");
+}
