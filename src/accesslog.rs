@@ -44,6 +44,8 @@ pub enum Flag {
     SI,
 }
 
+/// One access-log line: the connection's fields, then what the request
+/// came to.
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     /// When the request head was read; formatted (RFC 3339, UTC) by the
@@ -51,12 +53,20 @@ pub struct Record {
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
     pub downstream_id: u64,
-    pub upstream_id: Option<u64>,
     pub policy: Option<String>,
     pub cgroup: Option<String>,
     pub cgroup_id: Option<u64>,
     pub client: String,
     pub original_dst: Option<String>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    pub duration_ms: f64,
+}
+
+/// What one request came to: the access-log line's own fields, filled in
+/// as the exchange goes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
     pub method: Option<String>,
     pub host: Option<String>,
     pub path: Option<String>,
@@ -65,12 +75,31 @@ pub struct Record {
     pub flags: Vec<Flag>,
     /// Why the proxy answered for itself, when it did.
     pub reason: Option<String>,
+    pub upstream_id: Option<u64>,
     pub upstream_attempts: u32,
     /// Bytes received from the client for this request (head and body).
     pub bytes_received: u64,
     /// Bytes sent to the client for this request (head and body).
     pub bytes_sent: u64,
-    pub duration_ms: f64,
+}
+
+impl Outcome {
+    /// A request whose head was `head_len` bytes, before anything else.
+    pub fn new(head_len: u64) -> Outcome {
+        Outcome {
+            method: None,
+            host: None,
+            path: None,
+            status: 0,
+            verdict: Verdict::Error,
+            flags: Vec::new(),
+            reason: None,
+            upstream_id: None,
+            upstream_attempts: 0,
+            bytes_received: head_len,
+            bytes_sent: 0,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -125,22 +154,12 @@ impl Default for Record {
         Record {
             time: SystemTime::now(),
             downstream_id: 0,
-            upstream_id: None,
             policy: None,
             cgroup: None,
             cgroup_id: None,
             client: String::new(),
             original_dst: None,
-            method: None,
-            host: None,
-            path: None,
-            status: 0,
-            verdict: Verdict::Error,
-            flags: Vec::new(),
-            reason: None,
-            upstream_attempts: 0,
-            bytes_received: 0,
-            bytes_sent: 0,
+            outcome: Outcome::new(0),
             duration_ms: 0.0,
         }
     }
@@ -167,11 +186,9 @@ mod tests {
 
     #[test]
     fn flags_and_verdicts_are_written_by_name() {
-        let rec = Record {
-            verdict: Verdict::Denied,
-            flags: vec![Flag::RBAC, Flag::URX],
-            ..Record::default()
-        };
+        let mut rec = Record::default();
+        rec.outcome.verdict = Verdict::Denied;
+        rec.outcome.flags = vec![Flag::RBAC, Flag::URX];
         let v = serde_json::to_value(&rec).expect("serializes");
         assert_eq!(v["verdict"], "denied");
         assert_eq!(v["flags"], serde_json::json!(["RBAC", "URX"]));

@@ -11,12 +11,12 @@ use super::http::{
     parse_response_head, prepare_response, write_request, write_response, BodyFraming,
     ChunkedScanner, ConnectionHeader, Request, Response, ResponseHead,
 };
-use super::outcome::{LocalReply, Next, Outcome};
+use super::outcome::{LocalReply, Next};
 use super::retry::Failure;
 use super::stream::{BodyError, BufStream, Dest, HeadReadError};
 use super::transport::Transport;
 use super::upstream::UpConn;
-use crate::accesslog::Flag;
+use crate::accesslog::{Flag, Outcome};
 use crate::config::UpstreamConfig;
 use crate::metrics::{self, CloseReason, Errno};
 

@@ -18,13 +18,13 @@ use super::exchange::{denied_body, plan_request, DeniedBody};
 use super::http::{
     parse_request_head, prepare_request, raw_host, BodyFraming, Request, RequestHead,
 };
-use super::outcome::{write_reply, LocalReply, Next, Outcome, ReplyKind};
+use super::outcome::{record, write_reply, LocalReply, Next, ReplyKind};
 use super::retry::{self, Failure, RequestFacts, RetryReason};
 use super::stream::{tunnel, BufStream, Dest, HeadReadError, HeadWait};
 use super::transport::Transport;
 use super::upstream::{self, bind_for, retire, Bind, ConnectError, PoolKey, SourceKey};
 use super::Proxy;
-use crate::accesslog::{Flag, Record};
+use crate::accesslog::{Flag, Outcome, Record};
 use crate::bpf::OrigDst;
 use crate::config::SourceMode;
 use crate::metrics::{self, CloseReason, Errno, Verdict};
@@ -163,7 +163,7 @@ impl Proxy {
         );
         let mut out = Outcome::new(0);
         write_reply::<_, TcpStream>(down, &mut out, reply).await;
-        self.log.write(out.record(base, time, started.elapsed()));
+        self.log.write(record(base, out, time, started.elapsed()));
     }
 
     /// Serves requests until the connection ends; returns the upstream side
@@ -218,7 +218,7 @@ impl Proxy {
                 }
             };
             requests.record(out.verdict, out.status);
-            self.log.write(out.record(&base, time, started.elapsed()));
+            self.log.write(record(&base, out, time, started.elapsed()));
             match next {
                 Next::Keep if !self.tasks.is_draining() => {}
                 Next::Keep | Next::Close => return None,

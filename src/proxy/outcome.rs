@@ -1,11 +1,11 @@
-//! What a request came to, and the replies the proxy makes itself.
+//! A request's access-log line, and the replies the proxy makes itself.
 
 use std::time::{Duration, SystemTime};
 
 use super::http::local_response;
 use super::stream::BufStream;
 use super::transport::Transport;
-use crate::accesslog::{Flag, Record};
+use crate::accesslog::{Flag, Outcome, Record};
 use crate::metrics::Verdict;
 
 /// What happens to the downstream connection after a request.
@@ -16,57 +16,14 @@ pub(super) enum Next<U: Transport> {
     Tunnel(BufStream<U>),
 }
 
-/// What one request came to: the access-log line's own fields.
-pub(super) struct Outcome {
-    pub method: Option<String>,
-    pub host: Option<String>,
-    pub path: Option<String>,
-    pub status: u16,
-    pub verdict: Verdict,
-    pub flags: Vec<Flag>,
-    pub reason: Option<String>,
-    pub upstream_id: Option<u64>,
-    pub upstream_attempts: u32,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-}
-
-impl Outcome {
-    pub fn new(head_len: u64) -> Outcome {
-        Outcome {
-            method: None,
-            host: None,
-            path: None,
-            status: 0,
-            verdict: Verdict::Error,
-            flags: Vec::new(),
-            reason: None,
-            upstream_id: None,
-            upstream_attempts: 0,
-            bytes_received: head_len,
-            bytes_sent: 0,
-        }
-    }
-
-    /// The access-log line: the connection's fields from `base`, this
-    /// request's from the outcome.
-    pub fn record(self, base: &Record, time: SystemTime, took: Duration) -> Record {
-        Record {
-            time,
-            method: self.method,
-            host: self.host,
-            path: self.path,
-            status: self.status,
-            verdict: self.verdict,
-            flags: self.flags,
-            reason: self.reason,
-            upstream_id: self.upstream_id,
-            upstream_attempts: self.upstream_attempts,
-            bytes_received: self.bytes_received,
-            bytes_sent: self.bytes_sent,
-            duration_ms: took.as_secs_f64() * 1e3,
-            ..base.clone()
-        }
+/// The access-log line of a request: the connection's fields from `base`,
+/// the request's from `outcome`.
+pub(super) fn record(base: &Record, outcome: Outcome, time: SystemTime, took: Duration) -> Record {
+    Record {
+        time,
+        outcome,
+        duration_ms: took.as_secs_f64() * 1e3,
+        ..base.clone()
     }
 }
 
