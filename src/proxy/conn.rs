@@ -1,11 +1,12 @@
 //! One downstream connection: requests in order (keep-alive and pipelining),
 //! each judged by policy and forwarded, every outcome logged.
 //!
-//! Only I/O lives here: what a head means is decided in
-//! [`exchange`](super::exchange). An allowed request's attempt runs through
-//! explicit [`Phase`]s: send head, (await continue,) send body, await head,
-//! then deliver, or tunnel after a 101. Each request's outcome is an
-//! [`Outcome`], turned into its access-log line in one place.
+//! What a head means is decided in [`exchange`](super::exchange); an
+//! allowed request's upstream attempt runs phase by phase in
+//! [`attempt`](super::attempt), over whatever transport each side has.
+//! Here: the policy's verdict, retries, and the upstream connection taken
+//! from the pool or opened (its source chosen), then pooled or closed. Each
+//! request's [`Outcome`] becomes its access-log line in one place.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::origin::OriginConfig;
+use crate::common::patience;
 use crate::support::command_in;
 use crate::sw::{scene, stdout, Sockwarden};
 
@@ -18,6 +19,13 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 /// "status size" line, how long the stop took, and sockwarden's log.
 fn stop_during_download(test: &str, bytes: u64, rate: &str) -> (String, Duration, String) {
     let (tag, topo, _origin, cg) = scene(test, "pod", OriginConfig::default());
+    // Linux's default buffer maxima (this machine raises tcp_rmem to 32 MiB):
+    // the path then buffers about 22 MiB, so a larger body can only arrive
+    // whole if the proxy keeps forwarding after SIGTERM.
+    for ns in [&topo.origin, &topo.node, &topo.pod] {
+        ns.sysctl("net.ipv4.tcp_rmem", "4096 131072 6291456");
+        ns.sysctl("net.ipv4.tcp_wmem", "4096 16384 4194304");
+    }
     let policy = format!(
         "policies:\n  - {{ name: drain, cgroup: {}, egress: [{{ to: [\"10.77.1.0/24\"], ports: [80], http: [{{ method: GET }}] }}] }}\n",
         cg.rel()
@@ -81,4 +89,6 @@ fn sigterm_cuts_a_response_that_outlives_the_drain_deadline() {
     assert!(size < 64 << 20, "cut short: {curl}");
     assert!(log.contains("finished=0 cut=1"), "drain outcome:\n{log}");
     assert!(took >= DRAIN_DEADLINE, "waited the deadline out: {took:?}");
+    let bound = patience(DRAIN_DEADLINE + Duration::from_secs(2));
+    assert!(took < bound, "no longer than the deadline: {took:?}");
 }
