@@ -176,8 +176,12 @@ fn slow_reader(forwarding: &str) {
     // client, and then the origin goes at the client's 10 MiB/s.
     let path_buffers = 2 * (rmem + wmem) + pipes;
     eprintln!("path buffers: {:.1} MiB", path_buffers as f64 / 1048576.0);
+    // The first second's burst: those buffers plus the client's first
+    // second, and on an emulated guest more (44.5 and 54.4 MiB measured on
+    // 6.1 under TCG). Without backpressure the whole 256 MiB leaves in a
+    // fraction of a second; the rate check below is the sharp one.
     assert!(
-        one < (BIG as u64) * 3 / 4,
+        one < (SLOW as u64) / 2,
         "origin ran ahead: {one} bytes by 1 s"
     );
     assert!(

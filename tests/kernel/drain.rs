@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::origin::OriginConfig;
-use crate::common::patience;
+use crate::common::{patience, wait_for};
 use crate::support::command_in;
 use crate::sw::{scene, stdout, Sockwarden};
 
@@ -15,10 +15,10 @@ use crate::sw::{scene, stdout, Sockwarden};
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Downloads `bytes` from the origin at `rate` (curl's --limit-rate) in
-/// the pod while sockwarden is stopped 1 s in; returns curl's
+/// the pod while sockwarden is stopped 1 s into the body; returns curl's
 /// "status size" line, how long the stop took, and sockwarden's log.
 fn stop_during_download(test: &str, bytes: u64, rate: &str) -> (String, Duration, String) {
-    let (tag, topo, _origin, cg) = scene(test, "pod", OriginConfig::default());
+    let (tag, topo, origin, cg) = scene(test, "pod", OriginConfig::default());
     // Linux's default buffer maxima (this machine raises tcp_rmem to 32 MiB):
     // the path then buffers about 22 MiB, so a larger body can only arrive
     // whole if the proxy keeps forwarding after SIGTERM.
@@ -41,6 +41,13 @@ fn stop_during_download(test: &str, bytes: u64, rate: &str) -> (String, Duration
             .output()
             .expect("curl")
     });
+    // 1 s into the body (an emulated guest may take a while to start curl).
+    let sending = wait_for(
+        Duration::from_secs(10),
+        || origin.body_bytes_sent(),
+        |&n| n > 0,
+    );
+    assert!(sending > 0, "the download never started");
     std::thread::sleep(Duration::from_secs(1));
     let started = Instant::now();
     let status = sw.stop();
