@@ -43,6 +43,8 @@ pub(super) struct Target {
     pub client: SocketAddr,
     /// The proxy address it reached.
     pub local: SocketAddr,
+    /// The name of the policy that governs it, looked up once.
+    pub policy: String,
 }
 
 /// Settings of one upstream attempt.
@@ -128,10 +130,15 @@ impl Proxy {
             metrics::downstream_closed();
             return;
         };
+        let policy = self
+            .policies
+            .get(orig.policy_id)
+            .map_or_else(|| "(unknown)".to_string(), |p| p.name.clone());
         let target = Target {
             orig,
             client: peer,
             local,
+            policy,
         };
         let upgraded = self.serve_requests(&mut down, &target, base).await;
         if self.settings.sockmap {
@@ -177,10 +184,9 @@ impl Proxy {
     ) -> Option<BufStream> {
         let orig = &target.orig;
         let policy = self.policies.get(orig.policy_id);
-        let policy_name = policy.map_or_else(|| "(unknown)".to_string(), |p| p.name.clone());
-        let mut requests = metrics::RequestCounter::new(&policy_name);
+        let mut requests = metrics::RequestCounter::new(&target.policy);
         let base = Record {
-            policy: Some(policy_name),
+            policy: Some(target.policy.clone()),
             cgroup: policy.map(|p| p.cgroup.to_string()),
             cgroup_id: Some(orig.cgroup_id),
             original_dst: Some(orig.dst.to_string()),
@@ -263,7 +269,7 @@ impl Proxy {
                 let reply = LocalReply {
                     status: 403,
                     kind: ReplyKind::Denied {
-                        policy: self.policy_name(target),
+                        policy: target.policy.clone(),
                         reason: reason.describe().to_string(),
                     },
                     close: req.close || !drained,
@@ -276,7 +282,7 @@ impl Proxy {
                     .policies
                     .allowed_upgrades(policy_id, rule, entry, &req.upgrade);
                 if upgrades.len() < req.upgrade.len() {
-                    metrics::upgrade_removed(&self.policy_name(target));
+                    metrics::upgrade_removed(&target.policy);
                     out.flags.push(Flag::UPR);
                 }
                 let settings = self
@@ -296,12 +302,6 @@ impl Proxy {
                 self.forward(&mut fw, target).await
             }
         }
-    }
-
-    fn policy_name(&self, target: &Target) -> String {
-        self.policies
-            .get(target.orig.policy_id)
-            .map_or_else(|| "(unknown)".to_string(), |p| p.name.clone())
     }
 
     /// Reads and drops a denied request's body when that is cheap; returns
