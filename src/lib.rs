@@ -17,4 +17,5 @@ pub mod policy;
 pub mod proxy;
 pub mod run;
 pub mod status;
+pub mod tls;
 pub mod transparent;

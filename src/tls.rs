@@ -1,0 +1,2 @@
+//! TLS for HTTPS egress: reading the workload's ClientHello, the node CA
+//! and the leaves it signs for interception, and the upstream TLS client.
