@@ -173,9 +173,9 @@ fn summary(path: &std::path::Path, c: &Config, set: &PolicySet) -> String {
         c.bpf.pin_path.display()
     );
     for p in &set.policies {
-        let l7 = p.rules.iter().filter(|r| r.http.is_some()).count();
+        let l7 = p.rules.iter().filter(|r| r.l7()).count();
         out.push_str(&format!(
-            "  policy {:?} on cgroup {}: {} egress rules ({} with http, {} L4 only), at most {} redirected connections\n",
+            "  policy {:?} on cgroup {}: {} egress rules ({} with http or tls, {} L4 only), at most {} redirected connections\n",
             p.name,
             p.cgroup,
             p.rules.len(),

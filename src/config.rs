@@ -18,6 +18,7 @@ use serde_saphyr::{Location, Spanned};
 
 use crate::bpf::limits::{MAX_POLICIES, MAX_RULE_PREFIXES};
 use crate::proxy::http::is_token;
+use crate::tls::names::NamePattern;
 
 /// A configuration file that could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,66 @@ pub struct Config {
     pub transparent: TransparentConfig,
     #[serde(default)]
     pub testing: TestingConfig,
+    /// The node CA and upstream TLS settings (interception, origination).
+    #[serde(default)]
+    pub tls: TlsConfig,
     pub policies: Vec<Policy>,
+}
+
+/// TLS settings shared by every rule that terminates or originates TLS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The node CA that signs interception leaves (`sockwarden ca init`).
+    /// Required when a rule has `tls.intercept`.
+    #[serde(default)]
+    pub ca: Option<CaFiles>,
+    /// A PEM bundle of the roots upstream certificates must chain to;
+    /// absent: the system's roots.
+    #[serde(default)]
+    pub upstream_roots: Option<PathBuf>,
+    /// Most leaf certificates kept at once (least recently used go first).
+    #[serde(default = "default_leaf_cache")]
+    pub leaf_cache: usize,
+    /// How long a leaf certificate is valid; renewed a day before it ends.
+    #[serde(default = "default_leaf_lifetime", with = "humantime_serde")]
+    pub leaf_lifetime: Duration,
+    /// Longest TLS handshake, with the workload or the origin; past it the
+    /// workload's connection is closed, or the request answered 504.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca: None,
+            upstream_roots: None,
+            leaf_cache: default_leaf_cache(),
+            leaf_lifetime: default_leaf_lifetime(),
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+fn default_leaf_cache() -> usize {
+    10_000
+}
+
+fn default_leaf_lifetime() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The node CA's certificate and key files (PEM).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// How body bytes move between the two sockets of an exchange.
@@ -428,6 +488,13 @@ pub struct UpstreamOverride {
     pub source: Option<SourceMode>,
     #[serde(default)]
     pub retries: Option<RetryPolicy>,
+    /// Originate TLS: the workload speaks plain HTTP, sockwarden speaks
+    /// HTTPS to the origin, with SNI from the request's Host.
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// The origin's port for TLS origination (default 443).
+    #[serde(default)]
+    pub port: Option<Port>,
 }
 
 impl UpstreamOverride {
@@ -495,8 +562,54 @@ pub struct EgressRule {
     /// Present: the rule is enforced at L7 through the proxy.
     #[serde(default)]
     pub http: Option<Vec<HttpRule>>,
+    /// Present: the rule judges TLS by its ClientHello (pass-through by
+    /// server name, or interception for its `http` entries).
+    #[serde(default)]
+    pub tls: Option<TlsRule>,
     #[serde(default)]
     pub upstream: Option<UpstreamOverride>,
+}
+
+impl EgressRule {
+    /// The port TLS origination connects to (`upstream.tls: true`), if any.
+    pub fn originate(&self) -> Option<u16> {
+        let u = self.upstream.as_ref()?;
+        u.tls
+            .unwrap_or(false)
+            .then(|| u.port.map_or(DEFAULT_TLS_PORT, |p| p.0))
+    }
+}
+
+/// The port TLS origination connects to when `upstream.port` is absent.
+pub const DEFAULT_TLS_PORT: u16 = 443;
+
+/// What a rule allows of TLS.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsRule {
+    /// SNI patterns (crate::tls::names). Without `intercept`: the names
+    /// whose connections are spliced untouched. With it: the names
+    /// intercepted (absent: every name).
+    #[serde(default)]
+    pub server_names: Vec<NamePattern>,
+    /// Terminate TLS with a leaf from the node CA and judge the requests
+    /// inside by `http`.
+    #[serde(default)]
+    pub intercept: bool,
+    /// What an encrypted ClientHello (ECH) gets.
+    #[serde(default)]
+    pub ech: EchPolicy,
+}
+
+/// What a ClientHello with an `encrypted_client_hello` extension gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EchPolicy {
+    /// Refused with `access_denied`: the real name is hidden.
+    #[default]
+    Refuse,
+    /// Judged by the outer (public) name, the one the network sees.
+    Outer,
 }
 
 /// The transport an egress rule covers.
@@ -891,11 +1004,11 @@ impl Config {
                         "at least one destination CIDR is required".into(),
                     ));
                 }
-                if rule.http.is_some() && rule.protocol != Protocol::Tcp {
+                if let Some((field, message)) = rule_problem(rule, &self.tls) {
                     return Err(at(
                         &p.name,
-                        format!("policies[{i}].egress[{k}].protocol"),
-                        "http rules judge TCP only: allow UDP in a separate rule (protocol: udp, without http)".into(),
+                        format!("policies[{i}].egress[{k}].{field}"),
+                        message.into(),
                     ));
                 }
             }
@@ -963,6 +1076,49 @@ impl Config {
             }
         }
     }
+}
+
+/// What is wrong with an egress rule's L7 parts, if anything: the field
+/// (under the rule) and the sentence.
+fn rule_problem(rule: &EgressRule, tls: &TlsConfig) -> Option<(&'static str, &'static str)> {
+    let originate = rule.upstream.as_ref().and_then(|u| u.tls).unwrap_or(false);
+    let upstream_port = rule.upstream.as_ref().is_some_and(|u| u.port.is_some());
+    let problem = match (&rule.tls, &rule.http) {
+        _ if (rule.http.is_some() || rule.tls.is_some()) && rule.protocol != Protocol::Tcp => (
+            "protocol",
+            "http and tls rules judge TCP only: allow UDP in a separate rule (protocol: udp, without http or tls)",
+        ),
+        (Some(t), Some(_)) if !t.intercept => (
+            "tls.intercept",
+            "http rules on TLS need `intercept: true`: without it the connection is spliced untouched and its requests cannot be judged",
+        ),
+        (Some(t), None) if t.intercept => (
+            "http",
+            "interception judges the requests inside TLS by `http` entries: add them, or drop `intercept` to pass connections through by server name",
+        ),
+        (Some(t), None) if t.server_names.is_empty() => (
+            "tls.server_names",
+            "a pass-through rule needs at least one server name (or `intercept: true` and http rules)",
+        ),
+        (Some(t), _) if t.intercept && tls.ca.is_none() => (
+            "tls.intercept",
+            "interception needs the node CA: set tls.ca.cert and tls.ca.key (`sockwarden ca init` writes them)",
+        ),
+        (Some(_), _) if originate => (
+            "upstream.tls",
+            "an intercepted connection goes to the origin over TLS already; upstream.tls is for workloads that speak plain HTTP",
+        ),
+        (None, None) if originate => (
+            "upstream.tls",
+            "TLS origination needs http rules: without them the connection is not redirected to the proxy",
+        ),
+        _ if upstream_port && !originate => (
+            "upstream.port",
+            "upstream.port is the port of TLS origination: set upstream.tls: true",
+        ),
+        _ => return None,
+    };
+    Some(problem)
 }
 
 /// The parser's message without its own "error: line L column C: " prefix
@@ -1149,7 +1305,7 @@ policies:
                 "ports: [80, 8080]\n        protocol: any",
                 14,
                 "policies[0].egress[0].protocol",
-                "http rules judge TCP only",
+                "judge TCP only",
             ),
         ];
         for (from, to, line, field, fragment) in cases {
@@ -1171,6 +1327,46 @@ policies:
                     );
                 }
                 other => panic!("{to}: expected an error, got {other:?}"),
+            }
+        }
+    }
+
+    /// (top-level tls section, the rule's L7 parts, field under the rule or
+    /// "" for valid, message fragment)
+    #[test]
+    fn tls_rules_are_checked_with_their_field() {
+        let ca = "tls: { ca: { cert: /x/ca.crt, key: /x/ca.key } }\n";
+        let cases: &[(&str, &str, &str, &str)] = &[
+            ("", "tls: { server_names: [origin.test] }", "", ""),
+            (ca, "tls: { intercept: true }\n        http: [{ method: GET }]", "", ""),
+            ("", "upstream: { tls: true, port: 8443 }\n        http: [{ method: GET }]", "", ""),
+            ("", "tls: { server_names: [\"a*.test\"] }", "tls.server_names[0]", "`*` must be a whole label"),
+            ("", "tls: { server_names: [origin.test] }\n        protocol: any", "protocol", "TCP only"),
+            ("", "tls: { server_names: [origin.test] }\n        http: [{ method: GET }]", "tls.intercept", "need `intercept: true`"),
+            (ca, "tls: { intercept: true }", "http", "by `http` entries"),
+            ("", "tls: {}", "tls.server_names", "at least one server name"),
+            ("", "tls: { intercept: true }\n        http: [{ method: GET }]", "tls.intercept", "needs the node CA"),
+            (ca, "tls: { intercept: true }\n        http: [{ method: GET }]\n        upstream: { tls: true }", "upstream.tls", "over TLS already"),
+            ("", "upstream: { tls: true }", "upstream.tls", "needs http rules"),
+            ("", "upstream: { port: 8443 }\n        http: [{ method: GET }]", "upstream.port", "set upstream.tls: true"),
+            ("", "tls: { server_names: [origin.test], ech: maybe }", "tls.ech", "unknown variant"),
+        ];
+        for (top, l7, field, fragment) in cases {
+            let text = format!(
+                "proxy: {{ listen: \"10.77.0.1:15001\" }}\n{top}policies:\n  - name: p\n    cgroup: /t/p\n    egress:\n      - to: [\"10.0.0.0/8\"]\n        ports: [443]\n        {l7}\n"
+            );
+            match (parse(&text), *field) {
+                (Ok(_), "") => {}
+                (
+                    Err(ConfigError::Invalid {
+                        field: f, message, ..
+                    }),
+                    want,
+                ) => assert!(
+                    f == format!("policies[0].egress[0].{want}") && message.contains(fragment),
+                    "{l7}: {f}: {message}"
+                ),
+                (other, _) => panic!("{l7}: got {other:?}"),
             }
         }
     }

@@ -17,7 +17,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-use crate::config::{protocol_name, Config, HttpRule, Protocol, UpstreamConfig};
+use crate::config::{
+    protocol_name, Config, EchPolicy, HttpRule, Protocol, TlsRule, UpstreamConfig,
+};
 
 pub mod kernel;
 
@@ -45,10 +47,30 @@ pub struct CompiledRule {
     pub ports: Vec<u16>,
     pub protocol: Protocol,
     pub http: Option<Vec<HttpRule>>,
+    pub tls: Option<TlsRule>,
+    /// TLS origination: the origin's port (`upstream.tls: true`).
+    pub originate: Option<u16>,
     pub upstream: UpstreamConfig,
 }
 
 impl CompiledRule {
+    /// Whether the rule is judged in the proxy (connect() is redirected).
+    pub fn l7(&self) -> bool {
+        self.http.is_some() || self.tls.is_some()
+    }
+
+    /// Whether the rule judges the requests of `channel`: plain-HTTP rules
+    /// those in the clear, interception rules (whose names admit the SNI)
+    /// those inside TLS; L4-only rules judge both.
+    fn judges(&self, channel: Channel<'_>) -> bool {
+        match (&self.tls, channel) {
+            (None, Channel::Plain) => true,
+            (None, Channel::Intercepted { .. }) => self.http.is_none(),
+            (Some(_), Channel::Plain) => false,
+            (Some(t), Channel::Intercepted { sni }) => t.intercept && admits(t, sni),
+        }
+    }
+
     /// Whether a TCP connection to `dst` is covered.
     pub fn covers(&self, dst: SocketAddr) -> bool {
         self.protocol.tcp() && self.covers_address(dst)
@@ -62,6 +84,92 @@ impl CompiledRule {
     fn covers_port(&self, port: u16) -> bool {
         self.ports.is_empty() || self.ports.contains(&port)
     }
+}
+
+/// Whether an interception rule's names admit `sni`: every name when it
+/// lists none; a client without SNI always (it gets a leaf for the
+/// destination IP, and its Host must name that IP).
+fn admits(t: &TlsRule, sni: Option<&str>) -> bool {
+    match sni {
+        Some(name) => t.server_names.is_empty() || t.server_names.iter().any(|p| p.matches(name)),
+        None => true,
+    }
+}
+
+/// Where a request was read: in the clear, or inside TLS the proxy
+/// terminated (with the client's SNI, if it sent one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel<'a> {
+    Plain,
+    Intercepted { sni: Option<&'a str> },
+}
+
+/// What the proxy does with a connection that opens with a ClientHello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVerdict {
+    /// Splice it untouched to the original destination, for its whole life
+    /// (allowed by rule `rule`: by name, or at L4).
+    PassThrough {
+        rule: usize,
+    },
+    /// Terminate it and judge its requests ([`Channel::Intercepted`]).
+    Intercept,
+    Refuse(TlsDenial),
+}
+
+/// Why a ClientHello is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsDenial {
+    /// No rule covering the destination judges TLS (its rules are plain http).
+    NoTlsRule,
+    /// Pass-through rules need a name, and the client sent no SNI.
+    NoServerName,
+    /// The SNI matches no rule.
+    NameNotAllowed,
+    /// An encrypted ClientHello, and no rule admitting its outer name
+    /// accepts ECH (`ech: outer`).
+    Encrypted,
+}
+
+impl TlsDenial {
+    pub fn describe(self) -> &'static str {
+        match self {
+            TlsDenial::NoTlsRule => {
+                "no tls rule covers this destination (its http rules judge plain HTTP only)"
+            }
+            TlsDenial::NoServerName => {
+                "the ClientHello names no server (SNI) and pass-through rules need one"
+            }
+            TlsDenial::NameNotAllowed => "no tls rule allows this server name",
+            TlsDenial::Encrypted => {
+                "encrypted ClientHello (ECH) and no rule takes its outer name (ech: outer)"
+            }
+        }
+    }
+
+    /// The label value of `sockwarden_tls_denied_total{reason}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsDenial::NoTlsRule => "no_tls_rule",
+            TlsDenial::NoServerName => "no_sni",
+            TlsDenial::NameNotAllowed => "name_not_allowed",
+            TlsDenial::Encrypted => "ech",
+        }
+    }
+
+    pub const ALL: [TlsDenial; 4] = [
+        TlsDenial::NoTlsRule,
+        TlsDenial::NoServerName,
+        TlsDenial::NameNotAllowed,
+        TlsDenial::Encrypted,
+    ];
+}
+
+/// What a ClientHello shows that policy judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloView<'a> {
+    pub sni: Option<&'a str>,
+    pub ech: bool,
 }
 
 /// What happens to a UDP datagram (connect() or sendmsg()) from a policy cgroup.
@@ -147,6 +255,8 @@ impl PolicySet {
                         ports: r.ports.iter().map(|p| p.0).collect(),
                         protocol: r.protocol,
                         http: r.http.clone(),
+                        tls: r.tls.clone(),
+                        originate: r.originate(),
                         upstream: r
                             .upstream
                             .map_or(config.upstream, |o| o.apply(&config.upstream)),
@@ -194,11 +304,7 @@ impl PolicySet {
         let Some(policy) = self.get(id) else {
             return UdpVerdict::Deny;
         };
-        if policy
-            .rules
-            .iter()
-            .any(|r| r.http.is_some() && r.covers(dst))
-        {
+        if policy.rules.iter().any(|r| r.l7() && r.covers(dst)) {
             UdpVerdict::Quic
         } else if policy
             .rules
@@ -212,7 +318,13 @@ impl PolicySet {
     }
 
     /// Evaluates a request to `dst` made by a workload under policy `id`.
-    pub fn evaluate(&self, id: PolicyId, dst: SocketAddr, req: &RequestView<'_>) -> Decision {
+    pub fn evaluate(
+        &self,
+        id: PolicyId,
+        dst: SocketAddr,
+        channel: Channel<'_>,
+        req: &RequestView<'_>,
+    ) -> Decision {
         let Some(policy) = self.get(id) else {
             return Decision::Deny {
                 reason: DenyReason::NoRuleForDestination,
@@ -224,6 +336,9 @@ impl PolicySet {
                 continue;
             }
             covered = true;
+            if !rule.judges(channel) {
+                continue;
+            }
             match &rule.http {
                 None => {
                     return Decision::Allow {
@@ -252,6 +367,50 @@ impl PolicySet {
 }
 
 impl PolicySet {
+    /// What policy `id` does with a ClientHello to `dst`: an L4 rule or a
+    /// pass-through name passes it through (allowing everything, they win
+    /// over interception), else an interception rule intercepts it, else
+    /// it is refused with the most specific reason.
+    pub fn tls_verdict(&self, id: PolicyId, dst: SocketAddr, hello: HelloView<'_>) -> TlsVerdict {
+        let Some(policy) = self.get(id) else {
+            return TlsVerdict::Refuse(TlsDenial::NoTlsRule);
+        };
+        let covering = || {
+            policy
+                .rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.covers(dst))
+        };
+        if let Some((rule, _)) = covering().find(|(_, r)| !r.l7()) {
+            return TlsVerdict::PassThrough { rule };
+        }
+        let tls_rules = || covering().filter_map(|(i, r)| r.tls.as_ref().map(|t| (i, t)));
+        let takes = |t: &TlsRule| !hello.ech || t.ech == EchPolicy::Outer;
+        let named = |t: &TlsRule| {
+            hello
+                .sni
+                .is_some_and(|n| t.server_names.iter().any(|p| p.matches(n)))
+        };
+        let pass = tls_rules().find(|(_, t)| !t.intercept && takes(t) && named(t));
+        if let Some((rule, _)) = pass {
+            return TlsVerdict::PassThrough { rule };
+        }
+        if tls_rules().any(|(_, t)| t.intercept && takes(t) && admits(t, hello.sni)) {
+            return TlsVerdict::Intercept;
+        }
+        let admitting = |t: &TlsRule| named(t) || (t.intercept && admits(t, hello.sni));
+        TlsVerdict::Refuse(if tls_rules().next().is_none() {
+            TlsDenial::NoTlsRule
+        } else if hello.ech && tls_rules().any(|(_, t)| admitting(t)) {
+            TlsDenial::Encrypted
+        } else if hello.sni.is_none() {
+            TlsDenial::NoServerName
+        } else {
+            TlsDenial::NameNotAllowed
+        })
+    }
+
     /// The protocols of `offered` that the allowing rule lets a request
     /// upgrade to, in the order offered: those its http entry lists; for a
     /// rule without http (everything allowed), all of them. Never h2c.
@@ -525,13 +684,14 @@ policies:
             ),
         ];
         for (dst, r, want) in cases {
-            let got = s.evaluate(0, dst.parse().unwrap(), &r);
+            let got = s.evaluate(0, dst.parse().unwrap(), Channel::Plain, &r);
             assert_eq!(got, want, "{dst} {r:?}");
         }
         assert_eq!(
             s.evaluate(
                 1,
                 "10.77.1.10:80".parse().unwrap(),
+                Channel::Plain,
                 &req("GET", "/", None, &[])
             ),
             no_rule
@@ -540,9 +700,218 @@ policies:
             s.evaluate(
                 7,
                 "10.77.1.10:80".parse().unwrap(),
+                Channel::Plain,
                 &req("GET", "/", None, &[])
             ),
             no_rule
+        );
+    }
+
+    const TLS_CONFIG: &str = r#"
+proxy: { listen: "10.77.0.1:15001" }
+tls: { ca: { cert: /x/ca.crt, key: /x/ca.key } }
+policies:
+  - name: s3
+    cgroup: /t/s3
+    egress:
+      - to: ["10.77.5.0/24"]
+        ports: [443]
+        tls: { server_names: ["*.s3.amazonaws.com", "origin.test"] }
+      - to: ["10.77.5.0/24"]
+        ports: [443]
+        tls: { intercept: true, server_names: ["api.test", "**.inspect.test"] }
+        http: [{ method: GET, path: "/ok/.*" }]
+      - to: ["10.77.6.0/24"]
+        ports: [443]
+        tls: { intercept: true, ech: outer }
+        http: [{ path: "/6/.*" }]
+      - to: ["10.77.7.0/24"]
+        ports: [443]
+        http: [{ method: GET }]
+      - to: ["10.77.8.0/24"]
+        ports: [443]
+      - to: ["10.77.8.0/24"]
+        ports: [443]
+        tls: { server_names: ["x.test"], ech: outer }
+      - to: ["10.77.9.0/24"]
+        ports: [80]
+        upstream: { tls: true }
+        http: [{ method: GET }]
+"#;
+
+    fn tls_set() -> PolicySet {
+        PolicySet::compile(&Config::parse(TLS_CONFIG, Path::new("t.yaml")).unwrap())
+    }
+
+    #[test]
+    fn tls_verdict_table() {
+        let s = tls_set();
+        use TlsDenial::*;
+        let pass = |rule| TlsVerdict::PassThrough { rule };
+        let cases: &[(&str, Option<&str>, bool, TlsVerdict)] = &[
+            (
+                "10.77.5.1:443",
+                Some("bucket.s3.amazonaws.com"),
+                false,
+                pass(0),
+            ),
+            ("10.77.5.1:443", Some("origin.test"), false, pass(0)),
+            (
+                "10.77.5.1:443",
+                Some("a.b.s3.amazonaws.com"),
+                false,
+                TlsVerdict::Refuse(NameNotAllowed),
+            ),
+            (
+                "10.77.5.1:443",
+                Some("api.test"),
+                false,
+                TlsVerdict::Intercept,
+            ),
+            (
+                "10.77.5.1:443",
+                Some("a.b.inspect.test"),
+                false,
+                TlsVerdict::Intercept,
+            ),
+            (
+                "10.77.5.1:443",
+                Some("inspect.test"),
+                false,
+                TlsVerdict::Refuse(NameNotAllowed),
+            ),
+            // No SNI: pass-through refuses it, interception takes it (IP leaf).
+            ("10.77.5.1:443", None, false, TlsVerdict::Intercept),
+            (
+                "10.77.5.1:443",
+                Some("bucket.s3.amazonaws.com"),
+                true,
+                TlsVerdict::Refuse(Encrypted),
+            ),
+            (
+                "10.77.5.1:443",
+                Some("nobody.test"),
+                true,
+                TlsVerdict::Refuse(NameNotAllowed),
+            ),
+            (
+                "10.77.5.1:8443",
+                Some("origin.test"),
+                false,
+                TlsVerdict::Refuse(NoTlsRule),
+            ),
+            (
+                "10.77.6.1:443",
+                Some("any.test"),
+                true,
+                TlsVerdict::Intercept,
+            ),
+            ("10.77.6.1:443", None, false, TlsVerdict::Intercept),
+            (
+                "10.77.7.1:443",
+                Some("x.test"),
+                false,
+                TlsVerdict::Refuse(NoTlsRule),
+            ),
+            // An L4 rule allows everything: it wins, SNI or not.
+            ("10.77.8.1:443", None, false, pass(4)),
+            ("10.77.8.1:443", Some("y.test"), true, pass(4)),
+            (
+                "10.77.9.1:80",
+                Some("x.test"),
+                false,
+                TlsVerdict::Refuse(NoTlsRule),
+            ),
+            (
+                "10.99.0.1:443",
+                Some("x.test"),
+                false,
+                TlsVerdict::Refuse(NoTlsRule),
+            ),
+        ];
+        for (dst, sni, ech, want) in cases {
+            let hello = HelloView {
+                sni: *sni,
+                ech: *ech,
+            };
+            let got = s.tls_verdict(0, dst.parse().unwrap(), hello);
+            assert_eq!(got, *want, "{dst} {sni:?} ech={ech}");
+        }
+        let hello = HelloView {
+            sni: None,
+            ech: false,
+        };
+        assert_eq!(
+            s.tls_verdict(0, "10.77.9.1:443".parse().unwrap(), hello),
+            TlsVerdict::Refuse(NoTlsRule)
+        );
+        assert_eq!(
+            tls_set().tls_verdict(5, "10.77.8.1:443".parse().unwrap(), hello),
+            TlsVerdict::Refuse(NoTlsRule)
+        );
+    }
+
+    /// A pass-through name without SNI: the reason names the missing SNI.
+    #[test]
+    fn a_missing_sni_is_named_where_only_names_pass() {
+        let s = tls_set();
+        let hello = HelloView {
+            sni: None,
+            ech: false,
+        };
+        let mut only_names = s.clone();
+        only_names.policies[0]
+            .rules
+            .retain(|r| r.tls.as_ref().is_some_and(|t| !t.intercept));
+        assert_eq!(
+            only_names.tls_verdict(0, "10.77.5.1:443".parse().unwrap(), hello),
+            TlsVerdict::Refuse(TlsDenial::NoServerName)
+        );
+    }
+
+    #[test]
+    fn requests_are_judged_by_the_rules_of_their_channel() {
+        let s = tls_set();
+        let api = Channel::Intercepted {
+            sni: Some("api.test"),
+        };
+        let no_sni = Channel::Intercepted { sni: None };
+        let unmatched = Decision::Deny {
+            reason: DenyReason::NoHttpRuleMatched,
+        };
+        let allow = |rule, entry| Decision::Allow { rule, entry };
+        let cases: &[(&str, Channel<'_>, &str, Decision)] = &[
+            ("10.77.5.1:443", api, "/ok/a", allow(1, Some(0))),
+            ("10.77.5.1:443", api, "/no", unmatched.clone()),
+            // Names the rule does not intercept: its entries do not apply.
+            (
+                "10.77.5.1:443",
+                Channel::Intercepted {
+                    sni: Some("other.test"),
+                },
+                "/ok/a",
+                unmatched.clone(),
+            ),
+            // Plain HTTP to a port of tls rules: none judges it.
+            ("10.77.5.1:443", Channel::Plain, "/ok/a", unmatched.clone()),
+            ("10.77.6.1:443", no_sni, "/6/x", allow(2, Some(0))),
+            // Plain http rules do not judge requests inside TLS.
+            ("10.77.7.1:443", api, "/", unmatched.clone()),
+            ("10.77.7.1:443", Channel::Plain, "/", allow(3, Some(0))),
+            ("10.77.8.1:443", Channel::Plain, "/", allow(4, None)),
+            ("10.77.9.1:80", Channel::Plain, "/", allow(6, Some(0))),
+        ];
+        for (dst, channel, path, want) in cases {
+            let r = req("GET", path, None, &[]);
+            let got = s.evaluate(0, dst.parse().unwrap(), *channel, &r);
+            assert_eq!(got, *want, "{dst} {channel:?} {path}");
+        }
+        let rule = |i: usize| &s.policies[0].rules[i];
+        assert_eq!((rule(6).originate, rule(0).originate), (Some(443), None));
+        assert_eq!(
+            s.udp_verdict(0, "10.77.5.1:443".parse().unwrap()),
+            UdpVerdict::Quic,
+            "QUIC would bypass the SNI rules"
         );
     }
 

@@ -107,7 +107,7 @@ fn rule_prefixes(
     set.policies.iter().enumerate().flat_map(|(p, policy)| {
         policy.rules.iter().enumerate().flat_map(move |(r, rule)| {
             // Config validation keeps http rules TCP-only.
-            let verdict = if rule.http.is_some() {
+            let verdict = if rule.l7() {
                 ConnectVerdict::Redirect
             } else {
                 ConnectVerdict::Allow
@@ -326,7 +326,7 @@ policies:
             .iter()
             .filter(|r| r.covers(dst))
             .map(|r| {
-                if r.http.is_some() {
+                if r.l7() {
                     ConnectVerdict::Redirect
                 } else {
                     ConnectVerdict::Allow

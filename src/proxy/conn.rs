@@ -29,7 +29,7 @@ use crate::accesslog::{Flag, Outcome, Record};
 use crate::bpf::OrigDst;
 use crate::config::SourceMode;
 use crate::metrics::{self, CloseReason, Errno, Verdict};
-use crate::policy::{Decision, RequestView};
+use crate::policy::{Channel, Decision, RequestView};
 
 /// How far the bytes read from a workload may run ahead of what the kernel
 /// was told (sockmap engine): a quarter of the kernel's unread limit, so
@@ -263,7 +263,10 @@ impl Proxy {
             headers: &fields,
         };
         let policy_id = target.orig.policy_id;
-        match self.policies.evaluate(policy_id, target.orig.dst, &view) {
+        match self
+            .policies
+            .evaluate(policy_id, target.orig.dst, Channel::Plain, &view)
+        {
             Decision::Deny { reason } => {
                 let drained = self.drain_denied_body(down, &req, out).await;
                 let reply = LocalReply {
