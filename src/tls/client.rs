@@ -195,8 +195,11 @@ pub fn cause(e: &rustls::Error) -> String {
         rustls::Error::InvalidCertificate(cert) => certificate_cause(cert),
         rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol)
         | rustls::Error::NoApplicationProtocol => "no application protocol".to_owned(),
-        rustls::Error::AlertReceived(alert) => format!("alert {} from origin", alert_name(*alert)),
-        rustls::Error::PeerIncompatible(
+        rustls::Error::AlertReceived(alert) if *alert != AlertDescription::ProtocolVersion => {
+            format!("alert {} from origin", alert_name(*alert))
+        }
+        rustls::Error::AlertReceived(_)
+        | rustls::Error::PeerIncompatible(
             PeerIncompatible::ServerDoesNotSupportTls12Or13
             | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
             | PeerIncompatible::SupportedVersionsExtensionRequired

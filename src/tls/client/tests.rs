@@ -292,7 +292,7 @@ fn causes_table() {
         ),
         (
             rustls::Error::AlertReceived(AlertDescription::ProtocolVersion),
-            "alert protocol_version from origin",
+            "protocol version",
         ),
         (
             rustls::Error::AlertReceived(AlertDescription::Unknown(250)),
