@@ -1,5 +1,5 @@
-//! Command-line interface: `sockwarden run`, `check`, `features`, `status`
-//! and `tuples`.
+//! Command-line interface: `sockwarden run`, `check`, `features`, `status`,
+//! `tuples` and `ca init`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +52,32 @@ enum Command {
         /// The pin path directly (default /sys/fs/bpf/sockwarden).
         #[arg(long)]
         pin_path: Option<PathBuf>,
+    },
+    /// The node CA that signs the leaf certificates of intercepted TLS.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Generate the node CA (ECDSA P-256): the certificate (PEM, mode 0644)
+    /// and its key (PEM, mode 0600); refuses to replace files without --force.
+    Init {
+        #[arg(long, default_value = "/etc/sockwarden/ca.crt")]
+        cert: PathBuf,
+        #[arg(long, default_value = "/etc/sockwarden/ca.key")]
+        key: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+        /// The certificate's common name (default: sockwarden CA <host name>).
+        #[arg(long)]
+        name: Option<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = crate::tls::ca::DEFAULT_DAYS, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
     },
 }
 
@@ -108,6 +134,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ca { action } => ca_command(action),
         Command::Run { config } => {
             init_tracing();
             let loaded = match Config::load(&config) {
@@ -148,6 +175,34 @@ fn with_config(path: &std::path::Path, what: impl FnOnce(&std::path::Path, &Conf
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn ca_command(action: CaAction) -> ExitCode {
+    let CaAction::Init {
+        cert,
+        key,
+        force,
+        name,
+        days,
+    } = action;
+    let name = name.unwrap_or_else(|| crate::tls::ca::default_name(&crate::tls::ca::host_name()));
+    let opts = crate::tls::ca::CaInit {
+        cert,
+        key,
+        force,
+        name,
+        days,
+    };
+    match crate::tls::ca::init(&opts, std::time::SystemTime::now()) {
+        Ok(written) => {
+            print!("{}", crate::tls::ca::init_report(&opts, &written));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("sockwarden: ca init: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,3 +1,7 @@
 //! TLS for HTTPS egress: reading the workload's ClientHello, the node CA
 //! and the leaves it signs for interception, and the upstream TLS client.
+pub mod ca;
+pub mod client;
+pub mod leaf;
 pub mod names;
+pub mod server;
