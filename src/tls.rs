@@ -1,2 +1,4 @@
 //! TLS for HTTPS egress: reading the workload's ClientHello, the node CA
 //! and the leaves it signs for interception, and the upstream TLS client.
+
+pub mod hello;
