@@ -1,4 +1,5 @@
 //! TLS for HTTPS egress: reading the workload's ClientHello, the node CA
 //! and the leaves it signs for interception, and the upstream TLS client.
 
+pub mod alert;
 pub mod hello;
