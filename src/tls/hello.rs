@@ -105,8 +105,10 @@ pub enum Malformed {
     EmptyRecord(usize),
     #[error("record length {len} over 16384 (record {record}, RFC 8446 5.1)")]
     RecordTooLong { record: usize, len: usize },
-    #[error("record version 0x{version:04x} is not 0x03xx (record {record})")]
-    RecordVersion { record: usize, version: u16 },
+    /// Only the major byte is named: it decides, and the answer must not
+    /// change when the minor byte arrives.
+    #[error("record version 0x{major:02x}xx is not 0x03xx (record {record})")]
+    RecordVersion { record: usize, major: u8 },
     #[error("a non-handshake record (content type {content_type}, record {record}) before the ClientHello ended")]
     NotHandshake { record: usize, content_type: u8 },
     #[error("handshake type {0} is not a ClientHello")]
@@ -277,8 +279,7 @@ impl Walk {
         }
         if let Some(&major) = rest.get(1) {
             if major != 3 {
-                let version = u16::from_be_bytes([major, rest.get(2).copied().unwrap_or(0)]);
-                return Err(bad(Malformed::RecordVersion { record, version }));
+                return Err(bad(Malformed::RecordVersion { record, major }));
             }
         }
         // The rest of the hello needs at least this record's header and
@@ -945,7 +946,7 @@ pub(crate) mod tests {
                 with(second, &[0x16, 0x02, 0x00]),
                 Malformed::RecordVersion {
                     record: 2,
-                    version: 0x0200,
+                    major: 2,
                 },
             ),
             (
@@ -969,10 +970,17 @@ pub(crate) mod tests {
             ),
         ];
         for (bytes, want) in cases {
-            // Judged as soon as the offending bytes are there, and then
-            // whatever follows.
             assert_eq!(malformed(&bytes), want, "{bytes:?}");
             assert!(!want.to_string().is_empty());
+            // A prefix is undecided or decided the same way (the minor
+            // version byte arriving must not change the reason).
+            for cut in 0..bytes.len() {
+                let p = parse(&bytes[..cut]);
+                assert!(
+                    p == Parse::Incomplete || p == Parse::Malformed(want.clone()),
+                    "{cut}"
+                );
+            }
         }
         // Trailing bytes are known from the last record's header.
         let t = records(&trailing, MAX_RECORD);
