@@ -58,9 +58,39 @@ pub struct Record {
     pub cgroup_id: Option<u64>,
     pub client: String,
     pub original_dst: Option<String>,
+    /// Connections that opened with a ClientHello.
+    #[serde(flatten)]
+    pub tls: Option<TlsFields>,
     #[serde(flatten)]
     pub outcome: Outcome,
     pub duration_ms: f64,
+}
+
+/// What the access log says of a connection that opened with TLS.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsFields {
+    pub tls: TlsMode,
+    /// The ClientHello's server name.
+    pub sni: Option<String>,
+    /// The version negotiated with the workload (`TLSv1_3`); absent where
+    /// the proxy did not terminate it.
+    pub tls_version: Option<String>,
+    /// The protocol negotiated with the workload (ALPN).
+    pub alpn: Option<String>,
+    /// Whether the kernel did the TLS record layer (kTLS).
+    pub ktls: bool,
+}
+
+/// What the proxy did with a TLS connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Spliced whole to the origin: the proxy read only the ClientHello.
+    Passthrough,
+    /// Terminated with a leaf of the node CA; requests judged inside.
+    Intercept,
+    /// Answered with a TLS alert and closed.
+    Refused,
 }
 
 /// What one request came to: the access-log line's own fields, filled in
@@ -77,6 +107,10 @@ pub struct Outcome {
     pub reason: Option<String>,
     pub upstream_id: Option<u64>,
     pub upstream_attempts: u32,
+    /// The name the proxy's TLS to the origin was for (interception and
+    /// origination); absent for plain upstreams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_sni: Option<String>,
     /// Bytes received from the client for this request (head and body).
     pub bytes_received: u64,
     /// Bytes sent to the client for this request (head and body).
@@ -96,6 +130,7 @@ impl Outcome {
             reason: None,
             upstream_id: None,
             upstream_attempts: 0,
+            upstream_sni: None,
             bytes_received: head_len,
             bytes_sent: 0,
         }
@@ -159,6 +194,7 @@ impl Default for Record {
             cgroup_id: None,
             client: String::new(),
             original_dst: None,
+            tls: None,
             outcome: Outcome::new(0),
             duration_ms: 0.0,
         }

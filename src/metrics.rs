@@ -8,6 +8,7 @@ use metrics::{counter, describe_counter, describe_gauge, gauge};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::bpf::{limits::MSG_UNREAD_LIMIT, DoorEvent};
+use crate::policy::TlsDenial;
 use crate::proxy::retry::RetryReason;
 
 pub const HTTP_REQUESTS: &str = "sockwarden_http_requests_total";
@@ -46,6 +47,11 @@ pub const SOCKETS_REFUSED: &str = "sockwarden_sockets_refused_total";
 pub const EGRESS_DROPPED: &str = "sockwarden_egress_dropped_packets_total";
 pub const NET_RAW_PROCESSES: &str = "sockwarden_net_raw_processes";
 pub const BPF_LSM_ACTIVE: &str = "sockwarden_bpf_lsm_active";
+pub const TLS_DENIED: &str = "sockwarden_tls_denied_total";
+pub const TLS_PASSTHROUGH: &str = "sockwarden_tls_passthrough_connections_total";
+pub const TLS_HANDSHAKES: &str = "sockwarden_tls_handshakes_total";
+pub const TLS_LEAVES: &str = "sockwarden_tls_leaf_certificates";
+pub const TLS_LEAVES_ISSUED: &str = "sockwarden_tls_leaf_certificates_issued_total";
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
@@ -115,7 +121,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_counter!(
         TIMEOUTS,
-        "Exchanges cut by a timeout, by timeout (request_head: 408; request_body, response_body: no body progress within the body timeout)"
+        "Exchanges cut by a timeout, by timeout (request_head: 408; client_hello: a TLS ClientHello not complete within tls.handshake_timeout, closed; request_body, response_body: no body progress within the body timeout)"
     );
     describe_counter!(
         ORIG_DST_MISSING,
@@ -147,7 +153,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     );
     describe_counter!(
         FORWARDED_BYTES,
-        "Body bytes forwarded, by direction (upstream: request bodies, downstream: response bodies) and engine (splice: kernel-side, copy: through the proxy's buffer)"
+        "Bytes forwarded past the heads, by direction (upstream: request bodies and tunnels' workload-to-origin bytes; downstream: response bodies and tunnels' origin-to-workload bytes; tunnels are upgraded connections and TLS passed through) and engine (splice: kernel-side, copy: through the proxy's buffer)"
     );
     describe_counter!(
         SOCKMAP_BYTES,
@@ -185,7 +191,102 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         BPF_LSM_ACTIVE,
         "1 when the BPF LSM is active (bpf in /sys/kernel/security/lsm) and the kernel loads BPF LSM programs, so AF_PACKET sockets from policy cgroups can be refused; else 0"
     );
+    describe_counter!(
+        TLS_DENIED,
+        "Connections that opened with a TLS ClientHello answered with an alert and closed, by policy and reason (no_tls_rule, no_sni, name_not_allowed, ech: access_denied or unrecognized_name by policy; decode_error: the ClientHello does not parse; no_application_protocol: an intercepted client offers only protocols other than http/1.1, such as h2; unavailable: no leaf certificate could be made)"
+    );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes the proxy made, by side (downstream: with a workload whose TLS it intercepts; upstream: with an origin, for interception and origination) and result (ok; failed; timeout: not done within tls.handshake_timeout)"
+    );
+    describe_gauge!(
+        TLS_LEAVES,
+        "Leaf certificates in the interception cache now (bounded by tls.leaf_cache)"
+    );
+    describe_counter!(
+        TLS_LEAVES_ISSUED,
+        "Leaf certificates signed by the node CA for interception (first issues and renewals)"
+    );
+    describe_counter!(
+        TLS_PASSTHROUGH,
+        "TLS connections passed through by their server name (or an L4 rule), spliced whole to the origin, by policy"
+    );
     Ok(handle)
+}
+
+/// Why a ClientHello was answered with an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsRefusal {
+    Denied(TlsDenial),
+    DecodeError,
+    /// The client offers only protocols other than http/1.1 (ALPN).
+    NoApplicationProtocol,
+    /// Interception is not set up, or its leaf could not be made.
+    Unavailable,
+}
+
+impl TlsRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsRefusal::Denied(d) => d.label(),
+            TlsRefusal::DecodeError => "decode_error",
+            TlsRefusal::NoApplicationProtocol => "no_application_protocol",
+            TlsRefusal::Unavailable => "unavailable",
+        }
+    }
+}
+
+pub fn tls_refused(policy: &str, why: TlsRefusal) {
+    counter!(TLS_DENIED, "policy" => policy.to_string(), "reason" => why.as_str()).increment(1);
+}
+
+/// Which side of the proxy a TLS handshake was with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsSide {
+    Downstream,
+    Upstream,
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    Failed,
+    Timeout,
+}
+
+impl Handshake {
+    /// The result of an upstream handshake.
+    pub fn of<T>(r: &Result<T, crate::tls::client::HandshakeError>) -> Handshake {
+        match r {
+            Ok(_) => Handshake::Ok,
+            Err(crate::tls::client::HandshakeError::Timeout(_)) => Handshake::Timeout,
+            Err(_) => Handshake::Failed,
+        }
+    }
+}
+
+pub fn tls_handshake(side: TlsSide, result: Handshake) {
+    let side = match side {
+        TlsSide::Downstream => "downstream",
+        TlsSide::Upstream => "upstream",
+    };
+    let result = match result {
+        Handshake::Ok => "ok",
+        Handshake::Failed => "failed",
+        Handshake::Timeout => "timeout",
+    };
+    counter!(TLS_HANDSHAKES, "side" => side, "result" => result).increment(1);
+}
+
+/// The interception cache's size, and leaves issued ever.
+pub fn tls_leaves(cached: usize, issued: u64) {
+    gauge!(TLS_LEAVES).set(cached as f64);
+    counter!(TLS_LEAVES_ISSUED).absolute(issued);
+}
+
+pub fn tls_passthrough(policy: &str) {
+    counter!(TLS_PASSTHROUGH, "policy" => policy.to_string()).increment(1);
 }
 
 pub fn net_raw_processes(policy: &str, n: usize) {
@@ -383,6 +484,7 @@ pub fn accept_error(errno: Errno) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Timeout {
     RequestHead,
+    ClientHello,
     RequestBody,
     ResponseBody,
 }
@@ -390,6 +492,7 @@ pub enum Timeout {
 pub fn timeout(which: Timeout) {
     let label = match which {
         Timeout::RequestHead => "request_head",
+        Timeout::ClientHello => "client_hello",
         Timeout::RequestBody => "request_body",
         Timeout::ResponseBody => "response_body",
     };

@@ -472,6 +472,31 @@ fn http_rule_matches(rule: &HttpRule, req: &RequestView<'_>) -> bool {
     })
 }
 
+/// The host of a validated `uri-host [":" port]` authority: without its
+/// port, an IPv6 literal without brackets.
+pub fn authority_host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(h, _)| h);
+    }
+    authority.split_once(':').map_or(authority, |(h, _)| h)
+}
+
+/// Whether a request inside intercepted TLS names the server its
+/// connection was made for: the SNI, or (a client that sent none) the
+/// original destination's IP. Otherwise the request is misdirected (421,
+/// RFC 9110 15.5.20), or a Host/SNI pair could front one name with another.
+pub fn host_fits_tls(host: Option<&str>, sni: Option<&str>, dst: IpAddr) -> bool {
+    let Some(host) = host.map(authority_host) else {
+        return false;
+    };
+    match sni {
+        Some(name) => host.trim_end_matches('.').eq_ignore_ascii_case(name),
+        None => host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| canonical_ip(ip) == canonical_ip(dst)),
+    }
+}
+
 /// IPv4-mapped IPv6 addresses are IPv4 addresses.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -913,6 +938,34 @@ policies:
             UdpVerdict::Quic,
             "QUIC would bypass the SNI rules"
         );
+    }
+
+    #[test]
+    fn host_must_name_the_tls_server() {
+        let v4: IpAddr = "10.77.5.1".parse().unwrap();
+        let v6: IpAddr = "fd77::1".parse().unwrap();
+        let cases: &[(Option<&str>, Option<&str>, IpAddr, bool)] = &[
+            (Some("origin.test"), Some("origin.test"), v4, true),
+            (Some("ORIGIN.test:443"), Some("origin.test"), v4, true),
+            (Some("origin.test."), Some("origin.test"), v4, true),
+            (Some("other.test"), Some("origin.test"), v4, false),
+            (Some("a.origin.test"), Some("origin.test"), v4, false),
+            (None, Some("origin.test"), v4, false),
+            (Some("10.77.5.1"), None, v4, true),
+            (Some("10.77.5.1:443"), None, v4, true),
+            (Some("10.77.5.2"), None, v4, false),
+            (Some("origin.test"), None, v4, false),
+            (Some("[fd77::1]:443"), None, v6, true),
+            (Some("[fd77::2]"), None, v6, false),
+            (Some("10.77.5.1"), Some("origin.test"), v4, false),
+        ];
+        for (host, sni, dst, want) in cases {
+            assert_eq!(
+                host_fits_tls(*host, *sni, *dst),
+                *want,
+                "{host:?} {sni:?} {dst}"
+            );
+        }
     }
 
     /// RFC 9110 7.8: only listed protocols pass; h2c never (RFC 9113 3.1).

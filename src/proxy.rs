@@ -27,6 +27,7 @@ use crate::bpf::{Maps, OrigDst};
 use crate::config::PipeSizes;
 use crate::metrics;
 use crate::policy::PolicySet;
+use crate::tls::TlsContext;
 
 mod attempt;
 mod body;
@@ -37,6 +38,7 @@ mod outcome;
 pub mod retry;
 mod splice;
 mod stream;
+mod tls;
 mod transport;
 pub mod upstream;
 
@@ -102,6 +104,8 @@ pub struct ProxySettings {
     pub client_idle_timeout: Duration,
     /// From a request head's first byte to its end.
     pub request_head_timeout: Duration,
+    /// From a ClientHello's first byte to the end of the TLS handshake.
+    pub handshake_timeout: Duration,
     /// Most workload connections served at once; past it, new ones are
     /// answered 503 and closed at accept.
     pub max_connections: usize,
@@ -129,6 +133,8 @@ pub struct Proxy {
     refusal: Vec<u8>,
     /// Every downstream connection's task.
     tasks: Connections,
+    /// Interception and origination.
+    tls: TlsContext,
 }
 
 /// The downstream connection tasks, tracked so that shutdown can wait for
@@ -181,6 +187,7 @@ impl Proxy {
         kernel: Arc<dyn KernelState>,
         log: AccessLog,
         settings: ProxySettings,
+        tls: TlsContext,
     ) -> Arc<Proxy> {
         Arc::new(Proxy {
             policies,
@@ -194,6 +201,7 @@ impl Proxy {
             slots: Arc::new(Semaphore::new(settings.max_connections)),
             refusal: refusal(settings.max_connections),
             tasks: Connections::default(),
+            tls,
         })
     }
 
@@ -472,6 +480,7 @@ mod tests {
             ProxySettings {
                 client_idle_timeout: Duration::from_secs(10),
                 request_head_timeout: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(10),
                 max_connections: 16,
                 skip_tuple_check: true,
                 pipes: PipeSizes {
@@ -480,6 +489,7 @@ mod tests {
                 },
                 sockmap: false,
             },
+            TlsContext::default(),
         );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");

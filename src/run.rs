@@ -49,6 +49,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let prometheus = crate::metrics::install().context("installing the metrics recorder")?;
     let log =
         AccessLog::open(config.access_log.path.as_deref()).context("opening the access log")?;
+    let tls = crate::tls::TlsContext::from_config(&config)?;
+    if let Some(up) = &tls.upstream {
+        let r = up.roots();
+        tracing::info!(
+            roots = r.loaded,
+            skipped = r.skipped,
+            errors = ?r.errors,
+            "upstream TLS roots loaded"
+        );
+    }
 
     // Listeners first: a taken address fails before the kernel is touched.
     let listener = bind(config.proxy.listen, "proxy.listen").await?;
@@ -125,7 +135,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         &kernel,
         policies,
         prometheus,
-        log,
+        (log, tls),
         listener,
         listener_v6,
         admin_listener,
@@ -151,7 +161,7 @@ async fn serve(
     kernel: &Kernel,
     policies: Arc<PolicySet>,
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
-    log: AccessLog,
+    (log, tls): (AccessLog, crate::tls::TlsContext),
     listener: TcpListener,
     listener_v6: Option<TcpListener>,
     admin_listener: TcpListener,
@@ -192,11 +202,13 @@ async fn serve(
         ProxySettings {
             client_idle_timeout: config.proxy.client_idle_timeout,
             request_head_timeout: config.proxy.request_head_timeout,
+            handshake_timeout: config.tls.handshake_timeout,
             max_connections,
             skip_tuple_check: config.testing.skip_tuple_check,
             pipes: config.forwarding.pipe_sizes(),
             sockmap: config.forwarding.sockmap(),
         },
+        tls,
     );
     let mut tasks = vec![tokio::spawn(
         Arc::clone(&proxy).serve(listener, shutdown_rx.clone()),

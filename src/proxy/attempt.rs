@@ -584,7 +584,7 @@ mod tests {
             match ended {
                 AttemptEnd::Delivered { conn: c, .. } => conn = c,
                 AttemptEnd::Tunnel(up) => {
-                    tunnel(down, up, WAIT).await.expect("tunnel");
+                    tunnel(down, up, WAIT).await.end.expect("tunnel");
                     break;
                 }
                 AttemptEnd::Stopped(..) => break,

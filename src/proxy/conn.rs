@@ -15,21 +15,24 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpStream;
 
 use super::attempt::{AttemptEnd, AttemptFailure, Forwarding, Stop};
-use super::exchange::{denied_body, plan_request, DeniedBody};
+use super::exchange::{denied_body, plan_request, route, Arrival, DeniedBody, Route};
 use super::http::{
     parse_request_head, prepare_request, raw_host, BodyFraming, Request, RequestHead,
 };
 use super::outcome::{record, write_reply, LocalReply, Next, ReplyKind};
 use super::retry::{self, Failure, RequestFacts, RetryReason};
-use super::stream::{tunnel, BufStream, Dest, HeadReadError, HeadWait};
-use super::transport::Transport;
+use super::stream::{tunnel, BufStream, Dest, HeadReadError, HeadWait, Tunneled};
+use super::tls::Opening;
+use super::transport::{Transport, UpStream};
 use super::upstream::{self, bind_for, retire, Bind, ConnectError, PoolKey, SourceKey};
 use super::Proxy;
 use crate::accesslog::{Flag, Outcome, Record};
 use crate::bpf::OrigDst;
 use crate::config::SourceMode;
 use crate::metrics::{self, CloseReason, Errno, Verdict};
-use crate::policy::{Channel, Decision, RequestView};
+use crate::policy::{host_fits_tls, Channel, Decision, RequestView};
+use crate::tls::client::HandshakeError;
+use rustls::pki_types::ServerName;
 
 /// How far the bytes read from a workload may run ahead of what the kernel
 /// was told (sockmap engine): a quarter of the kernel's unread limit, so
@@ -45,14 +48,46 @@ pub(super) struct Target {
     pub local: SocketAddr,
     /// The name of the policy that governs it, looked up once.
     pub policy: String,
+    /// Set when the proxy terminated the workload's TLS.
+    pub tls: Option<Terminated>,
+}
+
+/// A workload TLS connection the proxy terminated.
+pub(super) struct Terminated {
+    /// The ClientHello's server name (None: the client sent none).
+    pub sni: Option<String>,
+}
+
+impl Target {
+    /// The rules its requests are judged by.
+    fn channel(&self) -> Channel<'_> {
+        match &self.tls {
+            None => Channel::Plain,
+            Some(t) => Channel::Intercepted {
+                sni: t.sni.as_deref(),
+            },
+        }
+    }
+
+    /// How its requests arrived, under a rule originating TLS to
+    /// `originate`.
+    fn arrival(&self, originate: Option<u16>) -> Arrival<'_> {
+        match &self.tls {
+            None => Arrival::Plain { originate },
+            Some(t) => Arrival::Intercepted {
+                sni: t.sni.as_deref(),
+            },
+        }
+    }
 }
 
 /// Settings of one upstream attempt.
-struct AttemptCtx {
+struct AttemptCtx<'a> {
     /// A retry: fresh connection and fresh source tuple, never the pool.
     fresh: bool,
     /// Treat a 503 as a retryable failure instead of forwarding it.
     intercept_503: bool,
+    route: &'a Route,
 }
 
 /// An upstream connection and the pool it returns to.
@@ -83,10 +118,18 @@ fn request_head_reply(e: HeadReadError, head_timeout: Duration) -> Option<LocalR
     }
 }
 
-/// The pool key of an upstream connection for `target` under `mode`.
-fn pool_key(target: &Target, mode: SourceMode) -> PoolKey {
+/// Counts what a tunnel from the workload to its origin forwarded.
+pub(super) fn count_tunneled(t: &Tunneled) {
+    use metrics::Direction::{Downstream, Upstream};
+    metrics::forwarded(Upstream, t.forth.copied, t.forth.spliced);
+    metrics::forwarded(Downstream, t.back.copied, t.back.spliced);
+}
+
+/// The pool key of an upstream connection for `target` on `route` under
+/// `mode`.
+pub(super) fn pool_key(target: &Target, mode: SourceMode, route: &Route) -> PoolKey {
     let client = target.client;
-    let dst = target.orig.dst;
+    let dst = route.dst;
     // A workload address of the other family cannot be preserved.
     let mode = if client.is_ipv4() == dst.is_ipv4() {
         mode
@@ -102,6 +145,7 @@ fn pool_key(target: &Target, mode: SourceMode) -> PoolKey {
         dst,
         policy: target.orig.policy_id,
         source,
+        tls: route.tls.clone(),
     }
 }
 
@@ -114,10 +158,6 @@ impl Proxy {
         local: SocketAddr,
     ) {
         metrics::downstream_accepted();
-        let mut down = BufStream::new(stream, self.settings.pipes.requests);
-        if self.settings.sockmap {
-            down = down.linked();
-        }
         let base = Record {
             downstream_id: id,
             client: peer.to_string(),
@@ -125,38 +165,69 @@ impl Proxy {
         };
         let Some(orig) = self.kernel.take_orig_dst(peer, local) else {
             metrics::orig_dst_missing();
+            let mut down = BufStream::new(stream, self.settings.pipes.requests);
             self.refuse_unredirected(&mut down, &base).await;
             down.shutdown().await;
             metrics::downstream_closed();
             return;
         };
-        let policy = self
-            .policies
-            .get(orig.policy_id)
-            .map_or_else(|| "(unknown)".to_string(), |p| p.name.clone());
+        let policy = self.policies.get(orig.policy_id);
+        let base = Record {
+            policy: Some(policy.map_or_else(|| "(unknown)".to_string(), |p| p.name.clone())),
+            cgroup: policy.map(|p| p.cgroup.to_string()),
+            cgroup_id: Some(orig.cgroup_id),
+            original_dst: Some(orig.dst.to_string()),
+            ..base
+        };
         let target = Target {
             orig,
             client: peer,
             local,
-            policy,
+            policy: base.policy.clone().unwrap_or_default(),
+            tls: None,
         };
-        let upgraded = self.serve_requests(&mut down, &target, base).await;
-        if self.settings.sockmap {
-            self.kernel.forget_consumed(peer, local);
+        match self.opening(&stream).await {
+            Opening::Nothing => {}
+            Opening::Plain => self.serve_plain(stream, &target, base).await,
+            tls => self.serve_tls(stream, &target, base, tls).await,
         }
+        metrics::downstream_closed();
+    }
+
+    /// Serves a connection of plain HTTP.
+    async fn serve_plain(&self, stream: TcpStream, target: &Target, base: Record) {
+        let mut down = BufStream::new(stream, self.settings.pipes.requests);
+        if self.settings.sockmap {
+            down = down.linked();
+        }
+        self.serve_stream(down, target, base).await;
+        if self.settings.sockmap {
+            self.kernel.forget_consumed(target.client, target.local);
+        }
+    }
+
+    /// Serves the requests of a connection, then the tunnel of an upgrade.
+    pub(super) async fn serve_stream<D: Transport>(
+        &self,
+        mut down: BufStream<D>,
+        target: &Target,
+        base: Record,
+    ) {
+        let id = base.downstream_id;
+        let upgraded = self.serve_requests(&mut down, target, base).await;
         match upgraded {
             Some(up) => {
-                match tunnel(down, up, self.settings.client_idle_timeout).await {
-                    Ok((sent, received)) => {
-                        tracing::debug!(id, sent, received, "upgraded connection closed")
-                    }
+                let t = tunnel(down, up, self.settings.client_idle_timeout).await;
+                count_tunneled(&t);
+                let (sent, received) = (t.forth.total(), t.back.total());
+                match t.end {
+                    Ok(()) => tracing::debug!(id, sent, received, "upgraded connection closed"),
                     Err(e) => tracing::debug!(id, error = %e, "upgraded connection failed"),
                 }
                 metrics::upstream_closed(CloseReason::ServerClose);
             }
             None => down.shutdown().await,
         }
-        metrics::downstream_closed();
     }
 
     /// Answers a connection the kernel did not redirect (no original
@@ -170,7 +241,7 @@ impl Proxy {
             true,
         );
         let mut out = Outcome::new(0);
-        write_reply::<_, TcpStream>(down, &mut out, reply).await;
+        write_reply::<_, UpStream>(down, &mut out, reply).await;
         self.log.write(record(base, out, time, started.elapsed()));
     }
 
@@ -181,17 +252,8 @@ impl Proxy {
         down: &mut BufStream<D>,
         target: &Target,
         base: Record,
-    ) -> Option<BufStream> {
-        let orig = &target.orig;
-        let policy = self.policies.get(orig.policy_id);
+    ) -> Option<BufStream<UpStream>> {
         let mut requests = metrics::RequestCounter::new(&target.policy);
-        let base = Record {
-            policy: Some(target.policy.clone()),
-            cgroup: policy.map(|p| p.cgroup.to_string()),
-            cgroup_id: Some(orig.cgroup_id),
-            original_dst: Some(orig.dst.to_string()),
-            ..base
-        };
         let mut reported = 0;
         loop {
             if self.settings.sockmap && down.read_total() - reported >= CONSUMED_REPORT_STEP {
@@ -220,7 +282,7 @@ impl Proxy {
                 Err(e) => {
                     let reply = request_head_reply(e, self.settings.request_head_timeout)?;
                     let mut out = Outcome::new(0);
-                    let next = write_reply::<_, TcpStream>(down, &mut out, reply).await;
+                    let next = write_reply::<_, UpStream>(down, &mut out, reply).await;
                     (next, out)
                 }
             };
@@ -241,7 +303,7 @@ impl Proxy {
         head: RequestHead,
         target: &Target,
         out: &mut Outcome,
-    ) -> Next<TcpStream> {
+    ) -> Next<UpStream> {
         out.method = Some(head.method.clone());
         out.host = raw_host(&head);
         out.path = head.target.split('?').next().map(str::to_string);
@@ -262,49 +324,92 @@ impl Proxy {
             host: req.host.as_deref(),
             headers: &fields,
         };
+        if let Some(tls) = &target.tls {
+            let sni = tls.sni.as_deref();
+            if !host_fits_tls(req.host.as_deref(), sni, target.orig.dst.ip()) {
+                let reason = format!(
+                    "Host {:?} is not this TLS connection's server ({}): a request for another name needs its own connection (SNI/Host fronting is refused)",
+                    req.host.as_deref().unwrap_or(""),
+                    sni.map_or_else(|| target.orig.dst.ip().to_string(), str::to_string),
+                );
+                return self.deny(down, &req, target, out, (421, reason)).await;
+            }
+        }
         let policy_id = target.orig.policy_id;
         match self
             .policies
-            .evaluate(policy_id, target.orig.dst, Channel::Plain, &view)
+            .evaluate(policy_id, target.orig.dst, target.channel(), &view)
         {
             Decision::Deny { reason } => {
-                let drained = self.drain_denied_body(down, &req, out).await;
-                let reply = LocalReply {
-                    status: 403,
-                    kind: ReplyKind::Denied {
-                        policy: target.policy.clone(),
-                        reason: reason.describe().to_string(),
-                    },
-                    close: req.close || !drained,
-                };
-                write_reply(down, out, reply).await
+                let why = (403, reason.describe().to_string());
+                self.deny(down, &req, target, out, why).await
             }
             Decision::Allow { rule, entry } => {
-                out.verdict = Verdict::Allowed;
-                let upgrades = self
-                    .policies
-                    .allowed_upgrades(policy_id, rule, entry, &req.upgrade);
-                if upgrades.len() < req.upgrade.len() {
-                    metrics::upgrade_removed(&target.policy);
-                    out.flags.push(Flag::UPR);
-                }
-                let settings = self
-                    .policies
-                    .get(policy_id)
-                    .and_then(|p| p.rules.get(rule))
-                    .map(|r| r.upstream)
-                    .unwrap_or_default();
-                let plan = plan_request(&req, upgrades);
-                let mut fw = Forwarding {
-                    down,
-                    req: &req,
-                    plan: &plan,
-                    settings,
-                    out,
-                };
-                self.forward(&mut fw, target).await
+                self.forward_allowed(down, &req, target, (rule, entry), out)
+                    .await
             }
         }
+    }
+
+    /// Answers a request policy refuses with `status` and `reason`.
+    async fn deny<D: Transport>(
+        &self,
+        down: &mut BufStream<D>,
+        req: &Request,
+        target: &Target,
+        out: &mut Outcome,
+        (status, reason): (u16, String),
+    ) -> Next<UpStream> {
+        let drained = self.drain_denied_body(down, req, out).await;
+        let reply = LocalReply {
+            status,
+            kind: ReplyKind::Denied {
+                policy: target.policy.clone(),
+                reason,
+            },
+            close: req.close || !drained || status == 421,
+        };
+        write_reply(down, out, reply).await
+    }
+
+    /// Forwards a request rule `rule` (its http entry `entry`) allows.
+    async fn forward_allowed<D: Transport>(
+        &self,
+        down: &mut BufStream<D>,
+        req: &Request,
+        target: &Target,
+        (rule, entry): (usize, Option<usize>),
+        out: &mut Outcome,
+    ) -> Next<UpStream> {
+        out.verdict = Verdict::Allowed;
+        let policy_id = target.orig.policy_id;
+        let upgrades = self
+            .policies
+            .allowed_upgrades(policy_id, rule, entry, &req.upgrade);
+        if upgrades.len() < req.upgrade.len() {
+            metrics::upgrade_removed(&target.policy);
+            out.flags.push(Flag::UPR);
+        }
+        let rule = self.policies.get(policy_id).and_then(|p| p.rules.get(rule));
+        let settings = rule.map(|r| r.upstream).unwrap_or_default();
+        let arrival = target.arrival(rule.and_then(|r| r.originate));
+        let plan = plan_request(req, upgrades);
+        let route = match route(target.orig.dst, arrival, req.host.as_deref()) {
+            Ok(r) => r,
+            Err(reason) => {
+                let close = plan.closes_after_reply(plan.has_body());
+                let reply = LocalReply::error(502, Flag::UF, reason, close);
+                return write_reply(down, out, reply).await;
+            }
+        };
+        let mut fw = Forwarding {
+            down,
+            req,
+            plan: &plan,
+            settings,
+            out,
+        };
+        self.forward(&mut fw, target, &route).await
     }
 
     /// Reads and drops a denied request's body when that is cheap; returns
@@ -338,7 +443,8 @@ impl Proxy {
         &self,
         fw: &mut Forwarding<'_, D>,
         target: &Target,
-    ) -> Next<TcpStream> {
+        route: &Route,
+    ) -> Next<UpStream> {
         let _active = self.budget.request();
         let retries_policy = fw.settings.retries;
         let facts = RequestFacts {
@@ -355,6 +461,7 @@ impl Proxy {
             let ctx = AttemptCtx {
                 fresh,
                 intercept_503: decide(&Failure::Status503).is_some(),
+                route,
             };
             let failed = match self.attempt(fw, target, &ctx).await {
                 Ok(next) => return next,
@@ -390,7 +497,7 @@ impl Proxy {
         fw: &mut Forwarding<'_, D>,
         mut reply: LocalReply,
         failures: &[String],
-    ) -> Next<TcpStream> {
+    ) -> Next<UpStream> {
         let attempts = fw.out.upstream_attempts;
         if attempts > 1 {
             fw.out.flags.push(Flag::URX);
@@ -411,8 +518,8 @@ impl Proxy {
         &self,
         fw: &mut Forwarding<'_, D>,
         target: &Target,
-        ctx: &AttemptCtx,
-    ) -> Result<Next<TcpStream>, AttemptFailure> {
+        ctx: &AttemptCtx<'_>,
+    ) -> Result<Next<UpStream>, AttemptFailure> {
         fw.out.upstream_attempts += 1;
         let Leg { conn, key } = self.upstream_leg(fw, target, ctx).await?;
         fw.out.upstream_id = Some(conn.id);
@@ -444,64 +551,116 @@ impl Proxy {
         }
     }
 
-    /// A pooled connection, or a new one from the source policy chooses.
+    /// A pooled connection, or a new one from the source policy chooses
+    /// (over TLS where the route says).
     async fn upstream_leg<D: Transport>(
         &self,
         fw: &mut Forwarding<'_, D>,
         target: &Target,
-        ctx: &AttemptCtx,
+        ctx: &AttemptCtx<'_>,
     ) -> Result<Leg, AttemptFailure> {
-        let key = pool_key(target, fw.settings.source);
+        let key = pool_key(target, fw.settings.source, ctx.route);
+        fw.out.upstream_sni = ctx.route.tls.as_ref().map(|n| n.to_str().into_owned());
         if !ctx.fresh {
-            if let Some(conn) = self.pool.checkout(key) {
+            if let Some(conn) = self.pool.checkout(key.clone()) {
                 return Ok(Leg { conn, key });
             }
         }
+        let wait = fw.settings.connect_timeout;
+        let closes = fw.plan.closes_after_reply(fw.plan.has_body());
+        let conn = match self.new_upstream(&key, ctx.fresh, wait, fw.out).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Err(AttemptFailure {
+                    failure: Failure::Connect(e.errno()),
+                    reply: LocalReply::error(503, Flag::UF, e.to_string(), closes),
+                })
+            }
+        };
+        let Some(name) = &ctx.route.tls else {
+            return Ok(Leg { conn, key });
+        };
+        match self.upstream_tls(conn, name.clone()).await {
+            Ok(conn) => Ok(Leg { conn, key }),
+            Err(e) => {
+                let (status, flag) = match e {
+                    HandshakeError::Timeout(_) => (504, Flag::UT),
+                    HandshakeError::Failed { .. } | HandshakeError::Io(_) => (502, Flag::UF),
+                };
+                Err(AttemptFailure {
+                    failure: Failure::Tls(e.to_string()),
+                    reply: LocalReply::error(status, flag, e.to_string(), closes),
+                })
+            }
+        }
+    }
+
+    /// The TLS handshake on a new upstream connection, for `name`.
+    async fn upstream_tls(
+        &self,
+        conn: upstream::UpConn,
+        name: ServerName<'static>,
+    ) -> Result<upstream::UpConn, HandshakeError> {
+        let Some(tls) = self.tls.upstream.as_ref() else {
+            let cause = "the upstream TLS client is not set up".to_string();
+            return Err(HandshakeError::Failed { cause });
+        };
+        let (UpStream::Plain(tcp), _) = conn.stream.into_parts() else {
+            let cause = "the connection is TLS already".to_string();
+            return Err(HandshakeError::Failed { cause });
+        };
+        let result = tls
+            .connect(tcp, name, self.settings.handshake_timeout)
+            .await;
+        metrics::tls_handshake(metrics::TlsSide::Upstream, metrics::Handshake::of(&result));
+        Ok(upstream::UpConn {
+            stream: BufStream::new(UpStream::Tls(Box::new(result?)), None),
+            ..conn
+        })
+    }
+
+    /// A new upstream connection for `key`, from the source its policy
+    /// chooses (a fresh tuple when `fresh`), within `wait`.
+    pub(super) async fn new_upstream(
+        &self,
+        key: &PoolKey,
+        fresh: bool,
+        wait: Duration,
+        out: &mut Outcome,
+    ) -> Result<upstream::UpConn, ConnectError> {
         let held = |client| {
             !self.settings.skip_tuple_check
                 && self.kernel.tuple_in_use(self.netns_cookie, client, key.dst)
         };
         let held = match key.source {
-            SourceKey::IpPort(client) if !ctx.fresh => held(client),
+            SourceKey::IpPort(client) if !fresh => held(client),
             _ => false,
         };
-        let (bind, fallback) = bind_for(key.source, ctx.fresh, held);
-        match self.open(fw, key.dst, bind).await {
-            Ok(conn) => {
-                if fallback {
-                    metrics::source_port_fallback();
-                }
-                Ok(Leg { conn, key })
-            }
-            Err(e) => Err(AttemptFailure {
-                failure: Failure::Connect(e.errno()),
-                reply: LocalReply::error(
-                    503,
-                    Flag::UF,
-                    e.to_string(),
-                    fw.plan.closes_after_reply(fw.plan.has_body()),
-                ),
-            }),
+        let (bind, fallback) = bind_for(key.source, fresh, held);
+        let conn = self.open(key.dst, bind, wait, out).await?;
+        if fallback {
+            metrics::source_port_fallback();
         }
+        Ok(conn)
     }
 
     /// Opens an upstream connection; an EADDRNOTAVAIL on an exact port is
     /// tried once more on a kernel-picked port (never the same 4-tuple).
-    async fn open<D: Transport>(
+    async fn open(
         &self,
-        fw: &mut Forwarding<'_, D>,
         dst: SocketAddr,
         bind: Bind,
+        wait: Duration,
+        out: &mut Outcome,
     ) -> Result<upstream::UpConn, ConnectError> {
         let kernel = self.kernel.as_ref();
         let pipe = self.settings.pipes.responses;
-        let wait = fw.settings.connect_timeout;
         match upstream::connect(dst, bind, wait, kernel, pipe).await {
             Err(e) if e.errno() == Errno::EADDRNOTAVAIL => {
                 let Bind::IpPort(addr) = bind else {
                     return Err(e);
                 };
-                fw.out.upstream_attempts += 1;
+                out.upstream_attempts += 1;
                 upstream::connect(dst, Bind::Ip(addr.ip()), wait, kernel, pipe).await
             }
             other => other,

@@ -11,13 +11,17 @@
 //! - whether the upstream connection can carry another request
 //!   ([`ConnUse::reuse`]), and if not the close reason that is counted.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
 
 use super::http::{
     request_connection, BodyFraming, ConnectionHeader, Request, Response, Version,
     MAX_INTERIM_RESPONSES,
 };
 use crate::metrics::CloseReason;
+use crate::policy::{authority_host, canonical_ip};
 
 /// What a request needs, from its head and what policy allows of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +79,56 @@ pub enum DeniedBody {
     /// Too large, chunked, or waiting for a 100 that will not come: the
     /// connection closes after the 403.
     Close,
+}
+
+/// Where an allowed request goes, and over what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: SocketAddr,
+    /// The name the origin's certificate is verified for (and the SNI),
+    /// when the proxy speaks TLS upstream.
+    pub tls: Option<ServerName<'static>>,
+}
+
+/// How a request's connection reached the proxy, for its [`route`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival<'a> {
+    /// Plain HTTP; `originate`: the rule's TLS origination port.
+    Plain { originate: Option<u16> },
+    /// Inside intercepted TLS, with the client's SNI (if any).
+    Intercepted { sni: Option<&'a str> },
+}
+
+/// The upstream route of a request to `dst`: intercepted TLS goes on to
+/// the original destination over TLS for the client's SNI (or its IP, for
+/// a client that sent none); originated TLS to the rule's port, named by
+/// the request's Host; plain HTTP to the original destination.
+pub fn route(dst: SocketAddr, arrival: Arrival<'_>, host: Option<&str>) -> Result<Route, String> {
+    let name = |n: &str| {
+        ServerName::try_from(n.to_string())
+            .map_err(|_| format!("upstream TLS: {n:?} cannot name a server"))
+    };
+    Ok(match arrival {
+        Arrival::Plain { originate: None } => Route { dst, tls: None },
+        Arrival::Plain {
+            originate: Some(port),
+        } => {
+            let host = host
+                .map(authority_host)
+                .ok_or("upstream TLS: the request has no Host to name the origin")?;
+            Route {
+                dst: SocketAddr::new(dst.ip(), port),
+                tls: Some(name(host)?),
+            }
+        }
+        Arrival::Intercepted { sni } => Route {
+            dst,
+            tls: Some(match sni {
+                Some(n) => name(n)?,
+                None => ServerName::IpAddress(canonical_ip(dst.ip()).into()),
+            }),
+        },
+    })
 }
 
 /// What to do with the body of a request that policy denied.
@@ -308,6 +362,72 @@ impl ConnUse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_by_arrival() {
+        let dst: SocketAddr = "10.77.5.1:80".parse().unwrap();
+        let name = |n: &str| Some(ServerName::try_from(n.to_string()).unwrap());
+        let at = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let plain = Arrival::Plain { originate: None };
+        let originate = Arrival::Plain {
+            originate: Some(443),
+        };
+        let cases: &[(Arrival<'_>, Option<&str>, Result<Route, &str>)] = &[
+            (plain, Some("origin.test"), Ok(Route { dst, tls: None })),
+            (
+                originate,
+                Some("origin.test:80"),
+                Ok(Route {
+                    dst: at("10.77.5.1:443"),
+                    tls: name("origin.test"),
+                }),
+            ),
+            (
+                originate,
+                Some("10.77.5.1"),
+                Ok(Route {
+                    dst: at("10.77.5.1:443"),
+                    tls: name("10.77.5.1"),
+                }),
+            ),
+            (
+                originate,
+                None,
+                Err("upstream TLS: the request has no Host to name the origin"),
+            ),
+            (
+                originate,
+                Some("bad_name!"),
+                Err("upstream TLS: \"bad_name!\" cannot name a server"),
+            ),
+            (
+                Arrival::Intercepted {
+                    sni: Some("origin.test"),
+                },
+                Some("origin.test"),
+                Ok(Route {
+                    dst,
+                    tls: name("origin.test"),
+                }),
+            ),
+            (
+                Arrival::Intercepted { sni: None },
+                Some("10.77.5.1"),
+                Ok(Route {
+                    dst,
+                    tls: name("10.77.5.1"),
+                }),
+            ),
+        ];
+        for (arrival, host, want) in cases {
+            let got = route(dst, *arrival, *host);
+            assert_eq!(
+                got,
+                want.clone().map_err(str::to_string),
+                "{arrival:?} {host:?}"
+            );
+        }
+    }
     use crate::proxy::http::{
         parse_request_head, parse_response_head, prepare_request, prepare_response,
     };

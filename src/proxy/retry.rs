@@ -26,6 +26,9 @@ pub enum Failure {
     ResetBeforeResponse { reused: bool, detail: String },
     /// The upstream answered 503.
     Status503,
+    /// The upstream TLS handshake failed or timed out: never retried (a
+    /// certificate does not heal, and the deadline was the patience).
+    Tls(String),
 }
 
 impl Failure {
@@ -35,6 +38,7 @@ impl Failure {
             Failure::Connect(errno) => format!("connect failed: {errno}"),
             Failure::ResetBeforeResponse { detail, .. } => detail.clone(),
             Failure::Status503 => "upstream answered 503".into(),
+            Failure::Tls(why) => why.clone(),
         }
     }
 }
@@ -109,6 +113,7 @@ pub fn decide(
         .then_some(RetryReason::ResetBeforeResponse),
         Failure::Status503 => (req.replayable() && policy_allows(RetryOn::Status503))
             .then_some(RetryReason::Status503),
+        Failure::Tls(_) => None,
     }
 }
 

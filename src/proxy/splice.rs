@@ -23,6 +23,8 @@ pub struct Pipe {
     capacity: usize,
     /// Bytes spliced into the pipe and not yet out of it.
     pending: usize,
+    /// Bytes spliced out of it, ever.
+    delivered: u64,
 }
 
 impl Pipe {
@@ -39,6 +41,7 @@ impl Pipe {
             write,
             capacity: usize::try_from(capacity).unwrap_or(64 * 1024),
             pending: 0,
+            delivered: 0,
         })
     }
 }
@@ -115,6 +118,7 @@ impl Pipe {
         match drained {
             Ok(n) => {
                 self.pending -= n;
+                self.delivered += n as u64;
                 Ok(n)
             }
             Err(e) if would_block(&e) => Ok(0),
@@ -193,16 +197,19 @@ async fn half_tunnel(
     r
 }
 
-/// Splices both directions of an upgraded connection until each side has
-/// sent EOF; returns (a→b, b→a) bytes.
+/// Splices both directions of a tunnel until each side has sent EOF;
+/// returns the (a→b, b→a) bytes delivered, also when it failed, and how
+/// it ended.
 pub async fn splice_tunnel(
     a: &TcpStream,
     b: &TcpStream,
     pipe_size: usize,
     idle: Duration,
-) -> io::Result<(u64, u64)> {
-    let mut ab = Pipe::new(pipe_size)?;
-    let mut ba = Pipe::new(pipe_size)?;
+) -> (u64, u64, io::Result<()>) {
+    let (mut ab, mut ba) = match (Pipe::new(pipe_size), Pipe::new(pipe_size)) {
+        (Ok(ab), Ok(ba)) => (ab, ba),
+        (Err(e), _) | (_, Err(e)) => return (0, 0, Err(e)),
+    };
     let (x, y) = tokio::join!(
         half_tunnel(a, b, &mut ab, idle),
         half_tunnel(b, a, &mut ba, idle)
@@ -211,5 +218,6 @@ pub async fn splice_tunnel(
         SpliceError::Read(e) | SpliceError::Write(e) => e,
         SpliceError::Timeout { .. } => io::Error::new(io::ErrorKind::TimedOut, "tunnel idle"),
     };
-    Ok((x.map_err(err)?, y.map_err(err)?))
+    let end = x.and(y).map(|_| ()).map_err(err);
+    (ab.delivered, ba.delivered, end)
 }

@@ -595,25 +595,75 @@ impl<T: Transport> AsyncWrite for LinkedStream<T> {
     }
 }
 
-/// Joins two connections after a protocol upgrade (101), first delivering
-/// bytes each side already had buffered, then with the connections' engine:
-/// splice where it is on and both are TCP sockets, else a userspace copy.
+/// Bytes one direction of a tunnel moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Through the proxy's memory.
+    pub copied: u64,
+    /// Kernel-side (splice).
+    pub spliced: u64,
+}
+
+impl Moved {
+    pub fn total(self) -> u64 {
+        self.copied + self.spliced
+    }
+}
+
+/// What a tunnel moved each way, and how it ended.
+#[derive(Debug)]
+pub struct Tunneled {
+    /// First side to second.
+    pub forth: Moved,
+    /// Second side to first.
+    pub back: Moved,
+    pub end: io::Result<()>,
+}
+
+/// Joins two connections (after a protocol upgrade, or a TLS connection
+/// passed through), first delivering bytes each side already had
+/// buffered, then with the connections' engine: splice where it is on and
+/// both are TCP sockets, else a userspace copy.
 pub async fn tunnel<A: Transport, B: Transport>(
     a: BufStream<A>,
     b: BufStream<B>,
     idle: Duration,
-) -> io::Result<(u64, u64)> {
+) -> Tunneled {
     let (pipe_size, linked) = (a.pipe_size, a.linked);
     let (mut a, a_rest) = a.into_parts();
     let (mut b, b_rest) = b.into_parts();
-    b.write_all(&a_rest).await?;
-    a.write_all(&b_rest).await?;
-    let (ab, ba) = match (pipe_size, a.tcp(), b.tcp()) {
-        (Some(size), Some(ta), Some(tb)) => splice_tunnel(ta, tb, size, idle).await?,
-        _ if linked => tokio::io::copy_bidirectional(&mut LinkedStream(a), &mut b).await?,
-        _ => tokio::io::copy_bidirectional(&mut a, &mut b).await?,
+    let mut t = Tunneled {
+        forth: Moved::default(),
+        back: Moved::default(),
+        end: Ok(()),
     };
-    Ok((ab + a_rest.len() as u64, ba + b_rest.len() as u64))
+    if let Err(e) = b.write_all(&a_rest).await {
+        t.end = Err(e);
+        return t;
+    }
+    t.forth.copied = a_rest.len() as u64;
+    if let Err(e) = a.write_all(&b_rest).await {
+        t.end = Err(e);
+        return t;
+    }
+    t.back.copied = b_rest.len() as u64;
+    let copied = match (pipe_size, a.tcp(), b.tcp()) {
+        (Some(size), Some(ta), Some(tb)) => {
+            let (forth, back, end) = splice_tunnel(ta, tb, size, idle).await;
+            (t.forth.spliced, t.back.spliced, t.end) = (forth, back, end);
+            return t;
+        }
+        _ if linked => tokio::io::copy_bidirectional(&mut LinkedStream(a), &mut b).await,
+        _ => tokio::io::copy_bidirectional(&mut a, &mut b).await,
+    };
+    match copied {
+        Ok((forth, back)) => {
+            t.forth.copied += forth;
+            t.back.copied += back;
+        }
+        Err(e) => t.end = Err(e),
+    }
+    t
 }
 
 #[cfg(test)]

@@ -8,7 +8,11 @@
 //! copies. A TLS session in userspace has none; a kTLS socket is a TCP
 //! socket whose kernel does the TLS, and has one.
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A byte stream a [`super::stream::BufStream`] reads and writes.
@@ -29,5 +33,75 @@ impl Transport for TcpStream {
 impl Transport for DuplexStream {
     fn tcp(&self) -> Option<&TcpStream> {
         None
+    }
+}
+
+/// An upstream connection's transport: TCP, or TLS the proxy originates
+/// (interception and `upstream.tls`) over TCP.
+pub enum UpStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpStream {
+    /// The TCP socket under it, TLS or not (for liveness peeks).
+    pub fn socket(&self) -> &TcpStream {
+        match self {
+            UpStream::Plain(s) => s,
+            UpStream::Tls(s) => s.get_ref().0,
+        }
+    }
+}
+
+impl Transport for UpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            UpStream::Plain(s) => Some(s),
+            UpStream::Tls(_) => None,
+        }
+    }
+}
+
+/// The workload's side of an intercepted connection.
+impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            UpStream::Plain($s) => $e,
+            UpStream::Tls($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for UpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for UpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => Pin::new(s).poll_shutdown(cx))
     }
 }

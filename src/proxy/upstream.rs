@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno as NixErrno;
 use nix::sys::socket::{recv, setsockopt, sockopt, MsgFlags};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 use super::exchange::ConnUse;
 use super::stream::BufStream;
-use super::transport::Transport;
+use super::transport::{Transport, UpStream};
 use super::KernelState;
 use crate::metrics::{self, CloseReason, Errno};
 use crate::policy::PolicyId;
@@ -37,11 +37,13 @@ pub enum SourceKey {
     IpPort(SocketAddr),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     pub dst: SocketAddr,
     pub policy: PolicyId,
     pub source: SourceKey,
+    /// The name a TLS connection was verified for; None: plain TCP.
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 /// The local address an upstream socket binds before connect().
@@ -163,7 +165,7 @@ fn prepare(dst: SocketAddr, bind: Bind) -> std::io::Result<TcpSocket> {
 }
 
 /// An upstream connection over transport `T`.
-pub struct UpConn<T: Transport = TcpStream> {
+pub struct UpConn<T: Transport = UpStream> {
     pub id: u64,
     pub stream: BufStream<T>,
     /// What it has carried, and what its server allows.
@@ -225,7 +227,7 @@ pub async fn connect(
             metrics::upstream_opened();
             Ok(UpConn {
                 id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
-                stream: BufStream::new(stream, pipe_size),
+                stream: BufStream::new(UpStream::Plain(stream), pipe_size),
                 usage: ConnUse::default(),
                 reused: false,
             })
@@ -240,7 +242,7 @@ pub async fn connect(
 impl UpConn {
     /// Whether the server has closed (or written to) the idle connection.
     fn peek_closed(&self) -> Option<CloseReason> {
-        let fd = self.stream.get_ref().as_raw_fd();
+        let fd = self.stream.get_ref().socket().as_raw_fd();
         let mut byte = [0u8; 1];
         match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
             Err(NixErrno::EAGAIN) => None,

@@ -10,6 +10,7 @@
 pub mod h1;
 pub mod origin;
 pub mod stress;
+pub mod tls;
 
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

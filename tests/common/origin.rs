@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::h1::{self, Framing, Head, HeadWriter, RequestLine};
+use super::tls::TlsHalf;
 use super::{io_timeout, lock, Server};
 
 /// Largest `/data/<n>` body served.
@@ -62,7 +63,7 @@ pub struct OriginConfig {
 }
 
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     requests: AtomicU64,
     /// Body bytes of large Content-Length responses accepted by sockets.
     body_bytes: AtomicU64,
@@ -86,6 +87,31 @@ impl Origin {
                 lock(&sh.accepted).push(peer);
             }
             serve_conn(stream, &cfg, &sh, stop);
+        });
+        Origin { server, shared }
+    }
+
+    /// Serves HTTPS on `listener` with `tls` (see [`super::tls::TestCa`]).
+    pub fn serve_tls(
+        listener: TcpListener,
+        cfg: OriginConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Origin {
+        let shared = Arc::new(Shared::default());
+        let sh = shared.clone();
+        let server = Server::start(listener, move |stream, stop| {
+            if let Ok(peer) = stream.peer_addr() {
+                lock(&sh.accepted).push(peer);
+            }
+            let _ = stream.set_read_timeout(Some(io_timeout()));
+            let _ = stream.set_write_timeout(Some(io_timeout()));
+            let _ = stream.set_nodelay(true);
+            let Ok(half) = TlsHalf::new(tls.clone(), stream) else {
+                return;
+            };
+            let mut reader = BufReader::with_capacity(64 << 10, half.clone());
+            serve_requests(&mut reader, &mut half.clone(), &cfg, &sh, stop);
+            half.close();
         });
         Origin { server, shared }
     }
@@ -221,7 +247,7 @@ fn route(req: &RequestLine, body: Vec<u8>) -> (u16, Body, &'static str) {
     (200, text(format!("ok {m} {path}")), "text/plain")
 }
 
-fn write_simple_error(w: &mut TcpStream, cfg: &OriginConfig, code: u16, msg: &str) {
+fn write_simple_error<W: Write>(w: &mut W, cfg: &OriginConfig, code: u16, msg: &str) {
     let head = HeadWriter::response(u8::from(!cfg.http10), code)
         .field("Content-Type", "text/plain")
         .field("Content-Length", msg.len())
@@ -241,6 +267,25 @@ fn serve_conn(stream: TcpStream, cfg: &OriginConfig, shared: &Shared, stop: &Ato
     };
     let mut reader = BufReader::with_capacity(64 << 10, read_half);
     let mut w = stream;
+    serve_requests(&mut reader, &mut w, cfg, shared, stop);
+    let _ = w.flush();
+    let _ = w.shutdown(Shutdown::Write);
+    // Drain briefly so a close with unread data does not turn into a RST
+    // that could destroy the response in flight (bounded: 1 s, 64 KiB).
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(1000)));
+    let _ = io::copy(&mut reader.by_ref().take(64 << 10), &mut io::sink());
+}
+
+/// Serves the requests of one connection, over any byte stream.
+pub(crate) fn serve_requests<R: BufRead, W: Write>(
+    reader: &mut R,
+    w: &mut W,
+    cfg: &OriginConfig,
+    shared: &Shared,
+    stop: &AtomicBool,
+) {
     for k in 1..=MAX_REQS_PER_CONN {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -254,7 +299,7 @@ fn serve_conn(stream: TcpStream, cfg: &OriginConfig, shared: &Shared, stop: &Ato
                 break;
             }
         }
-        match serve_one(&mut reader, &mut w, cfg, shared, k) {
+        match serve_one(reader, w, cfg, shared, k) {
             Ok(true) => continue,
             Ok(false) => {
                 if let Some(linger) = cfg.linger_after_close {
@@ -264,27 +309,19 @@ fn serve_conn(stream: TcpStream, cfg: &OriginConfig, shared: &Shared, stop: &Ato
             }
             Err(e) => {
                 if e.kind() == io::ErrorKind::InvalidData {
-                    write_simple_error(&mut w, cfg, 400, &format!("{e}\n"));
+                    write_simple_error(w, cfg, 400, &format!("{e}\n"));
                 }
                 break;
             }
         }
     }
-    let _ = w.flush();
-    let _ = w.shutdown(Shutdown::Write);
-    // Drain briefly so a close with unread data does not turn into a RST
-    // that could destroy the response in flight (bounded: 1 s, 64 KiB).
-    let _ = reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(1000)));
-    let _ = io::copy(&mut reader.by_ref().take(64 << 10), &mut io::sink());
 }
 
 /// Reads the request's body, answering `Expect: 100-continue` first; kept
 /// for `/echo`, otherwise only read.
-fn read_request_body<R: BufRead>(
+fn read_request_body<R: BufRead, W: Write>(
     r: &mut R,
-    w: &mut TcpStream,
+    w: &mut W,
     head: &Head,
     req: &RequestLine,
 ) -> io::Result<Vec<u8>> {
@@ -307,9 +344,9 @@ fn read_request_body<R: BufRead>(
 }
 
 /// Serves one request; Ok(true) to keep the connection, Ok(false) to close.
-fn serve_one(
-    reader: &mut BufReader<TcpStream>,
-    w: &mut TcpStream,
+fn serve_one<R: BufRead, W: Write>(
+    reader: &mut R,
+    w: &mut W,
     cfg: &OriginConfig,
     shared: &Shared,
     k: u32,

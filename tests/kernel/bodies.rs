@@ -7,11 +7,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::common::origin::{pattern, OriginConfig};
-use crate::common::wait_for;
 use crate::netns::Netns;
 use crate::sw::{
-    curl_cut_short, entry_part, established, map_dump, scene, socket_memory, stdout, workload,
-    Sockwarden,
+    assert_nothing_left, curl_cut_short, scene, socket_memory, stdout, workload, Sockwarden,
 };
 use sha2::{Digest, Sha256};
 
@@ -214,12 +212,7 @@ fn an_aborted_download_leaves_nothing_behind() {
     // The client gives up half a second into a slow 64 MiB download.
     let o = curl_cut_short(&topo.pod, &cg, "http://10.77.1.10/data/67108864");
     assert!(!o.status.success(), "curl should have timed out");
-    let left = wait_for(
-        Duration::from_secs(5),
-        || established(&topo.node),
-        |n| *n == 0,
-    );
-    assert_eq!(left, 0, "both proxy sockets closed");
+    assert_nothing_left(&topo.node, &sw);
     let log = sw.access_log();
     assert_eq!(log.len(), 1, "{log:?}");
     assert!(
@@ -228,14 +221,4 @@ fn an_aborted_download_leaves_nothing_behind() {
             .is_some_and(|f| f.iter().any(|x| x == "DC")),
         "{log:?}"
     );
-    // No map entry left: orig_dsts is empty, and no tracked tuple is open.
-    assert_eq!(
-        map_dump(&sw.pin, "orig_dsts"),
-        Vec::<serde_json::Value>::new()
-    );
-    let open: Vec<_> = map_dump(&sw.pin, "tuples")
-        .into_iter()
-        .filter(|e| entry_part(e, "value")["state"] != "SW_TCP_TIME_WAIT")
-        .collect();
-    assert!(open.is_empty(), "tuples still open: {open:?}");
 }

@@ -22,6 +22,7 @@ mod bodies;
 mod drain;
 mod enforcement;
 mod flood;
+mod https;
 mod incident;
 mod limits;
 mod side_doors;

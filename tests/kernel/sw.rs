@@ -429,6 +429,22 @@ pub fn entry_part<'a>(entry: &'a serde_json::Value, part: &str) -> &'a serde_jso
     }
 }
 
+/// After a transfer ended: no established socket left in `node` (within
+/// 5 s), no original destination and no open tuple left in `sw`'s maps.
+pub fn assert_nothing_left(node: &Netns, sw: &Sockwarden) {
+    let left = crate::common::wait_for(Duration::from_secs(5), || established(node), |n| *n == 0);
+    assert_eq!(left, 0, "both proxy sockets closed");
+    assert_eq!(
+        map_dump(&sw.pin, "orig_dsts"),
+        Vec::<serde_json::Value>::new()
+    );
+    let open: Vec<_> = map_dump(&sw.pin, "tuples")
+        .into_iter()
+        .filter(|e| entry_part(e, "value")["state"] != "SW_TCP_TIME_WAIT")
+        .collect();
+    assert!(open.is_empty(), "tuples still open: {open:?}");
+}
+
 /// Established TCP sockets in a namespace.
 pub fn established(ns: &Netns) -> usize {
     let out = std::process::Command::new("ip")

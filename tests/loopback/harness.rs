@@ -17,6 +17,7 @@ use sockwarden::bpf::OrigDst;
 use sockwarden::config::{Config, PipeSizes};
 use sockwarden::policy::PolicySet;
 use sockwarden::proxy::{KernelState, Proxy, ProxySettings};
+use sockwarden::tls::TlsContext;
 use tokio::sync::watch;
 
 use crate::common::h1::{self, Response};
@@ -186,6 +187,7 @@ impl Harness {
             ProxySettings {
                 client_idle_timeout: Duration::from_secs(10),
                 request_head_timeout: limits.request_head_timeout,
+                handshake_timeout: limits.request_head_timeout,
                 max_connections: limits.max_connections,
                 skip_tuple_check: false,
                 pipes: PipeSizes {
@@ -194,6 +196,7 @@ impl Harness {
                 },
                 sockmap: false,
             },
+            TlsContext::from_config(&config).unwrap_or_else(|e| panic!("test TLS: {e}")),
         );
         let (shutdown, rx) = watch::channel(false);
         let task = rt.spawn(proxy.serve(listener, rx));

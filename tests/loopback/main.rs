@@ -11,12 +11,15 @@
 mod common;
 mod corpus;
 mod harness;
+mod tls_client;
 
 mod differential;
 mod forwarding;
 mod fuzz_regressions;
 mod h1_codec;
 mod http_rules;
+mod intercept;
 mod proxy;
 mod retries;
 mod smuggling;
+mod tls;
