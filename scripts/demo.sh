@@ -7,8 +7,10 @@
 # makes an allowed request, a request denied at layer 7, and a connect()
 # that policy refuses; it resolves a name through the resolver its DNS rule
 # allows, and the other ways out (another resolver, QUIC, a raw socket) are
-# closed; a process outside the cgroup is untouched; finally the metrics
-# that counted all of it. Run as root.
+# closed; HTTPS is judged by server name (passed through whole) and, with
+# the node CA, request by request inside TLS (interception); a process
+# outside the cgroup is untouched; finally the metrics that counted all of
+# it. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,7 @@ PIN=/sys/fs/bpf/sockwarden-demo
 WORK=$(mktemp -d /tmp/sockwarden-demo.XXXXXX)
 SW_PID=
 ORIGIN_PID=
+TLS_PID=
 DNS_PID=
 
 cleanup() {
@@ -35,6 +38,7 @@ cleanup() {
   [[ -n $SW_PID ]] && kill -TERM "$SW_PID" 2>/dev/null && wait "$SW_PID" 2>/dev/null
   [[ -n $ORIGIN_PID ]] && kill "$ORIGIN_PID" 2>/dev/null && wait "$ORIGIN_PID" 2>/dev/null
   [[ -n $DNS_PID ]] && kill "$DNS_PID" 2>/dev/null && wait "$DNS_PID" 2>/dev/null
+  [[ -n $TLS_PID ]] && kill "$TLS_PID" 2>/dev/null && wait "$TLS_PID" 2>/dev/null
   if [[ -d $CG ]]; then
     for p in $(cat "$CG/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
     rmdir "$CG" 2>/dev/null
@@ -80,6 +84,32 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 
+echo "== demo HTTPS origin: https://10.77.1.10/ (python ssl, a certificate for origin.test, static.origin.test and 10.77.1.10 from a demo CA)"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=demo-origin-CA \
+  -keyout "$WORK/origin-ca.key" -out "$WORK/origin-ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=origin.test \
+  -keyout "$WORK/origin.key" -out "$WORK/origin.csr" 2>/dev/null
+printf 'subjectAltName=DNS:origin.test,DNS:static.origin.test,IP:10.77.1.10\nextendedKeyUsage=serverAuth\n' > "$WORK/origin.ext"
+openssl x509 -req -in "$WORK/origin.csr" -CA "$WORK/origin-ca.crt" -CAkey "$WORK/origin-ca.key" -CAcreateserial \
+  -days 2 -extfile "$WORK/origin.ext" -out "$WORK/origin.crt" 2>/dev/null
+nsenter --net=/run/netns/$ORIGIN python3 -c '
+import http.server, ssl, sys, functools
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+httpd = http.server.ThreadingHTTPServer(("10.77.1.10", 443), handler)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+httpd.serve_forever()
+' "$WORK/www" "$WORK/origin.crt" "$WORK/origin.key" >"$WORK/tls-origin.log" 2>&1 &
+TLS_PID=$!
+for _ in $(seq 1 100); do
+  in_node curl -sk -o /dev/null https://10.77.1.10/ && break
+  kill -0 "$TLS_PID" 2>/dev/null || { echo "the demo HTTPS origin failed:" >&2; cat "$WORK/tls-origin.log" >&2; exit 1; }
+  sleep 0.1
+done
+echo "== the node CA: sockwarden ca init"
+"$BIN" ca init --cert "$WORK/node-ca.crt" --key "$WORK/node-ca.key" | sed 's/^/   /'
+
 echo "== demo resolver: 10.77.1.53 (dnsmasq) answers origin.test = 10.77.1.10"
 nsenter --net=/run/netns/$ORIGIN dnsmasq --keep-in-foreground --no-resolv --no-hosts \
   --listen-address=10.77.1.53 --bind-interfaces --address=/origin.test/10.77.1.10 \
@@ -94,16 +124,28 @@ admin:
   listen: 127.0.0.1:9901
 bpf:
   pin_path: $PIN
+tls:
+  ca: { cert: $WORK/node-ca.crt, key: $WORK/node-ca.key }
+  upstream_roots: $WORK/origin-ca.crt    # the origin's CA (default: the system's roots)
 policies:
   - name: analytics
     cgroup: /sockwarden-demo/analytics
     egress:
       - to: ["10.77.1.0/24"]
-        ports: [80, 443]
+        ports: [80]
         http:
           - method: "GET|HEAD"
             path: "/data/.*"
             host: '(origin\.test|10\.77\.1\.10)'
+      - to: ["10.77.1.10/32"]     # HTTPS passed through whole by server name
+        ports: [443]
+        tls: { server_names: ["static.origin.test"] }
+      - to: ["10.77.1.10/32"]     # HTTPS intercepted: the http rules judge each request
+        ports: [443]
+        tls: { intercept: true, server_names: ["origin.test"] }
+        http:
+          - method: GET
+            path: "/data/.*"
       - to: ["10.77.1.53/32"]     # the resolver: DNS needs its own rule
         ports: [53]
         protocol: any
@@ -196,13 +238,25 @@ as_workload python3 "$WORK/doors.py"
 echo "   e) with the name resolved, curl goes to the origin over TCP, where the http rules judge it:"
 as_workload curl -sS -o /dev/null -w '      HTTP %{http_code}\n' --resolve origin.test:80:10.77.1.10 http://origin.test/data/report.csv
 echo
-echo "== 6. outside the cgroup nothing is touched: the same /admin request from the node"
+echo "== 6. HTTPS (docs/tls.md)"
+R="--resolve origin.test:443:10.77.1.10 --resolve static.origin.test:443:10.77.1.10 --resolve other.origin.test:443:10.77.1.10"
+echo "   a) static.origin.test is passed through: the workload sees the origin's own certificate; nothing is decrypted"
+as_workload curl -sS $R --cacert "$WORK/origin-ca.crt" -o /dev/null -w '      HTTP %{http_code}, verified against the origin CA\n' https://static.origin.test/data/report.csv
+echo "   b) a name no rule allows is refused at its ClientHello, with a TLS alert"
+as_workload curl -sS $R --cacert "$WORK/origin-ca.crt" https://other.origin.test/ 2>&1 | sed 's/^/      /' || true
+echo "   c) origin.test is intercepted (the workload trusts the node CA): /data/ allowed, /admin/ denied inside TLS"
+as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -o /dev/null -w '      HTTP %{http_code} /data/report.csv, verified against the node CA\n' https://origin.test/data/report.csv
+as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -i https://origin.test/admin/keys.txt | grep -E '^(HTTP|sockwarden)' | sed 's/^/      /'
+echo "   d) a Host other than the SNI (domain fronting) is misdirected: 421"
+as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -H 'Host: static.origin.test' -o /dev/null -w '      HTTP %{http_code}\n' https://origin.test/data/report.csv
+echo
+echo "== 7. outside the cgroup nothing is touched: the same /admin request from the node"
 in_node curl -sS -o /dev/null -w '   HTTP %{http_code} straight from the origin\n' http://10.77.1.10/admin/keys.txt
 echo
-echo "== 7. access log (one JSON line per proxied request)"
+echo "== 8. access log (one JSON line per proxied request; per connection for TLS passed through or refused)"
 sed 's/^/   /' "$WORK/access.log"
 echo
-echo "== 8. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
-in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened|udp_decisions|sockets_refused)' | grep -v ' 0$' | sed 's/^/   /'
+echo "== 9. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
+in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened|udp_decisions|sockets_refused|tls_)' | grep -v ' 0$' | sed 's/^/   /'
 echo
 echo "== stopping sockwarden (detaches programs, removes pins) and cleaning up"

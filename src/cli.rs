@@ -87,13 +87,28 @@ const DEFAULT_CONFIG: &str = "/etc/sockwarden.yaml";
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => with_config(&config, |path, c| {
-            let set = PolicySet::compile(c);
-            print!("{}", summary(path, c, &set));
-            for w in set.warnings() {
-                eprintln!("{}: warning: {w}", path.display());
+        Command::Check { config } => match Config::load(&config) {
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
             }
-        }),
+            // The files the configuration names (the node CA, the roots)
+            // are read and checked as `run` would.
+            Ok(c) => match crate::tls::TlsContext::from_config(&c) {
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    ExitCode::FAILURE
+                }
+                Ok(_) => {
+                    let set = PolicySet::compile(&c);
+                    print!("{}", summary(&config, &c, &set));
+                    for w in set.warnings() {
+                        eprintln!("{}: warning: {w}", config.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+            },
+        },
         Command::Features => {
             let features = crate::features::probe();
             print!("{}", crate::features::table(&features));

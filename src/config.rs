@@ -80,7 +80,10 @@ pub struct TlsConfig {
     #[serde(default)]
     pub upstream_roots: Option<PathBuf>,
     /// Most leaf certificates kept at once (least recently used go first).
-    #[serde(default = "default_leaf_cache")]
+    #[serde(
+        default = "default_leaf_cache",
+        deserialize_with = "leaf_cache_at_least_one"
+    )]
     pub leaf_cache: usize,
     /// How long a leaf certificate is valid; renewed a day before it ends.
     #[serde(default = "default_leaf_lifetime", with = "humantime_serde")]
@@ -105,6 +108,16 @@ impl Default for TlsConfig {
 
 fn default_leaf_cache() -> usize {
     10_000
+}
+
+fn leaf_cache_at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = i64::deserialize(d)?;
+    match usize::try_from(n) {
+        Ok(m) if m >= 1 => Ok(m),
+        _ => Err(de::Error::custom(format!(
+            "{n}: at least 1 leaf must be kept"
+        ))),
+    }
 }
 
 fn default_leaf_lifetime() -> Duration {

@@ -46,6 +46,38 @@ const SECURITYFS: &str = "/sys/kernel/security";
 /// statfs(2) f_type of securityfs.
 const SECURITYFS_MAGIC: i64 = 0x7363_6673;
 
+/// Whether the kernel has kTLS: the `tls` upper-layer protocol. Setting
+/// TCP_ULP "tls" on an unconnected socket loads the module where it is one
+/// and then fails with ENOTCONN (the ULP exists, the socket is not
+/// connected); without kTLS it fails with ENOENT.
+pub fn ktls_available() -> Result<bool, String> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let name = b"tls";
+    // SAFETY: a valid fd, and a byte buffer whose length is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::SOL_TCP,
+            libc::TCP_ULP,
+            name.as_ptr().cast(),
+            name.len() as libc::socklen_t,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    match (rc, err.raw_os_error()) {
+        (0, _) | (_, Some(libc::ENOTCONN)) => Ok(true),
+        (_, Some(libc::ENOENT)) => Ok(false),
+        _ => Err(format!("setsockopt(TCP_ULP, \"tls\"): {err}")),
+    }
+}
+
 /// Whether an `lsm` list (/sys/kernel/security/lsm: comma-separated names,
 /// in calling order) names the BPF LSM.
 fn lsm_list_has_bpf(list: &str) -> bool {
@@ -418,6 +450,12 @@ pub fn probe() -> Vec<Feature> {
             Some("5.7"),
             "the AF_PACKET refusal (lsm/socket_create)",
             Probe::Fn(lsm_program_type),
+        ),
+        (
+            "kTLS (TCP_ULP tls)",
+            Some("4.13"),
+            "reported only for now: intercepted and originated TLS bodies are copied through userspace (docs/tls.md)",
+            Probe::Fn(ktls_available),
         ),
     ];
     let feature = |required| {

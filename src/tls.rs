@@ -47,8 +47,6 @@ pub enum TlsSetupError {
     Server(#[from] server::ServerError),
     #[error("tls.upstream_roots: {0}")]
     Roots(#[from] client::ClientError),
-    #[error("tls.leaf_cache: must be at least 1")]
-    EmptyCache,
 }
 
 impl TlsContext {
@@ -72,8 +70,8 @@ impl TlsContext {
             let ca = Arc::new(ca::Ca::load(&files.cert, &files.key)?);
             let lifetime = config.tls.leaf_lifetime;
             let settings = leaf::LeafSettings {
-                capacity: NonZeroUsize::new(config.tls.leaf_cache)
-                    .ok_or(TlsSetupError::EmptyCache)?,
+                // Validated with the configuration (at least 1).
+                capacity: NonZeroUsize::new(config.tls.leaf_cache).unwrap_or(NonZeroUsize::MIN),
                 lifetime,
                 renew_before: RENEW_BEFORE.min(lifetime / 4),
             };

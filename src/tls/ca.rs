@@ -320,7 +320,7 @@ pub fn init_report(opts: &CaInit, generated: &Generated) -> String {
          SHA-256 fingerprint {}\n\
          clients trust it through SSL_CERT_FILE, CURL_CA_BUNDLE or AWS_CA_BUNDLE naming a \
          bundle with {cert} in it (with the system roots appended where some TLS is not \
-         intercepted); see docs/tls-ca.md\n",
+         intercepted); see docs/tls.md\n",
         opts.key.display(),
         generated.fingerprint
     )

@@ -13,7 +13,7 @@
 //! body, once all of it is there, is decoded with `tls-parser`, and then
 //! checked strictly where a second reading could differ from ours (one
 //! host name, no duplicate extension, list lengths that match their
-//! entries). See docs/tls-hello.md.
+//! entries). See docs/tls.md.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -421,3 +421,28 @@ fn the_feature_probe_finds_everything_on_this_kernel() {
         assert!(row.contains(" yes "), "{row}");
     }
 }
+
+/// The kTLS probe agrees with the kernel: after it ran (it loads the `tls`
+/// module where there is one), `tcp_available_ulp` lists `tls` exactly when
+/// `features` says kTLS is present. This host's kernel has none; Debian's
+/// kernels in the matrix do.
+#[test]
+fn the_ktls_probe_agrees_with_the_kernel() {
+    require_root();
+    let out = std::process::Command::new(crate::sw::BIN)
+        .arg("features")
+        .output()
+        .expect("sockwarden features");
+    let table = stdout(&out);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("kTLS"))
+        .unwrap_or_else(|| panic!("no kTLS row: {table}"));
+    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    let listed = ulps.split_whitespace().any(|u| u == "tls");
+    assert_eq!(
+        row.contains(" yes "),
+        listed,
+        "{row} vs tcp_available_ulp {ulps:?}"
+    );
+}
