@@ -90,6 +90,9 @@
 #                     10.77.0.1:8082, server ... ssl verify required ca-file
 #                     (the bench CA) sni str(origin.test), keep-alive and
 #                     http-reuse always as the HTTP HAProxy
+# squid-openssl, nftables and openssl join the packages installed here (a
+# host where installing starts services gets the package's own Squid too;
+# this one runs under its own service name, swbench).
 # Every peer has no logging, as sockwarden (access_log off) and HAProxy;
 # sockwarden and HAProxy run one thread per CPU, Squid one worker per CPU.
 # The HTTPS sockwarden attaches the egress wall only when the HTTP cases do
@@ -544,7 +547,9 @@ curl_as() {
   run_in "$n" curl "${args[@]}" "$@"
 }
 
-# Every contender must serve, and every sockwarden must really redirect.
+# Every contender must serve, and every sockwarden must really redirect. An
+# HTTPS client trusts only the CA of whoever ends its TLS, so these checks
+# also prove that sockwarden and Squid intercept and the others do not.
 for n in "${ALL[@]}"; do
   code=$(curl_as "$n" -s -o /dev/null -w '%{http_code}' "${URL[$n]}/data/1k" || true)
   [[ $code == 200 ]] || { echo "bench.sh: $n answered $code" >&2; exit 1; }
