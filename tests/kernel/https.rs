@@ -57,10 +57,12 @@ fn tls_origin(topo: &Topology, pki: &Pki) -> Origin {
 /// curl in the pod's cgroup against origin.test (resolved to the
 /// origin), trusting `ca`; `args` before the URL.
 fn curl_args(ca: &Path, url: &str, extra: &[&str]) -> Vec<String> {
+    // 120 s: a 64 MiB body encrypted and decrypted under emulation (the
+    // kernel matrix runs under TCG).
     let mut args: Vec<String> = [
         "-sS",
         "--max-time",
-        "60",
+        "120",
         "--resolve",
         "origin.test:443:10.77.1.10",
     ]

@@ -187,7 +187,7 @@ impl Harness {
             ProxySettings {
                 client_idle_timeout: Duration::from_secs(10),
                 request_head_timeout: limits.request_head_timeout,
-                handshake_timeout: limits.request_head_timeout,
+                handshake_timeout: config.tls.handshake_timeout,
                 max_connections: limits.max_connections,
                 skip_tuple_check: false,
                 pipes: PipeSizes {

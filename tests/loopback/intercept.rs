@@ -258,3 +258,38 @@ fn an_untrusted_origin_is_an_unknown_issuer() {
     let r = Client::connect(proxy.addr).get("/data/1");
     assert!(proxy_error(&r, 502).contains("unknown issuer"), "{r}");
 }
+
+/// An origin that accepts and never answers the handshake: 504 at
+/// tls.handshake_timeout, naming it; a closed port: 503 naming the errno.
+#[test]
+fn a_silent_or_absent_origin_is_a_timeout_or_a_refused_connect() {
+    let silent = crate::common::Server::start(loopback_listener(), |_s, stop| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    });
+    // Its roots file (removed on drop); the origin itself goes unused.
+    let unused = origin(&["origin.test"], Validity::Good);
+    let roots = &unused.roots;
+    for (dst, status, fragment) in [
+        (
+            silent.addr(),
+            504,
+            "upstream TLS handshake timed out after 300ms",
+        ),
+        (crate::harness::closed_port(), 503, "ECONNREFUSED"),
+    ] {
+        let yaml = format!(
+            "proxy: {{ listen: \"127.0.0.1:15001\" }}\n\
+             tls: {{ upstream_roots: {roots:?}, handshake_timeout: 300ms }}\n\
+             policies:\n  - name: tls\n    cgroup: /t\n    egress:\n\
+             \x20     - to: [\"127.0.0.0/8\"]\n        ports: [{port}]\n\
+             \x20       upstream: {{ tls: true, port: {port} }}\n        http: [{{ method: GET }}]\n",
+            port = dst.port()
+        );
+        let proxy = Harness::with_yaml(Some(dst), &yaml, Some(1 << 20));
+        let r = Client::connect(proxy.addr).get("/data/1");
+        assert!(proxy_error(&r, status).contains(fragment), "{r}");
+    }
+}

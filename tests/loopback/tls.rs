@@ -17,6 +17,15 @@ use crate::tls_client::{client_config, der_of, TlsClient};
 /// A TLS origin for origin.test on loopback, its CA, and a proxy whose
 /// connections all go to it under `rules` (YAML egress rules, indented).
 fn scene(rules: &str, engine: Option<usize>) -> (TestCa, Origin, Harness) {
+    scene_in(rules, "", engine)
+}
+
+/// The same with top-level YAML `top` (e.g. a `tls:` section).
+fn scene_with(rules: &str, top: &str) -> (TestCa, Origin, Harness) {
+    scene_in(rules, top, Some(1 << 20))
+}
+
+fn scene_in(rules: &str, top: &str, engine: Option<usize>) -> (TestCa, Origin, Harness) {
     let ca = TestCa::new("loopback test CA");
     let origin = Origin::serve_tls(
         loopback_listener(),
@@ -28,7 +37,7 @@ fn scene(rules: &str, engine: Option<usize>) -> (TestCa, Origin, Harness) {
     );
     let port = origin.addr().port();
     let yaml = format!(
-        "proxy: {{ listen: \"127.0.0.1:15001\" }}\npolicies:\n  - name: tls\n    cgroup: /t\n    egress:\n{}",
+        "proxy: {{ listen: \"127.0.0.1:15001\" }}\n{top}policies:\n  - name: tls\n    cgroup: /t\n    egress:\n{}",
         rules.replace("PORT", &port.to_string())
     );
     let proxy = Harness::with_yaml(Some(origin.addr()), &yaml, engine);
@@ -140,8 +149,10 @@ fn a_hello_that_does_not_parse_gets_decode_error() {
         .unwrap();
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
-    let decode_error = u8::from(AlertDescription::DecodeError);
-    assert_eq!(got, [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, decode_error]);
+    assert_eq!(
+        got,
+        crate::tls_client::alert_bytes(AlertDescription::DecodeError)
+    );
     let line = proxy.wait_log_lines(1).remove(0);
     assert_eq!(
         (&line["tls"], &line["verdict"]),
@@ -202,4 +213,100 @@ fn an_unreachable_origin_resets_the_connection() {
         line["reason"].as_str().unwrap().contains("ECONNREFUSED"),
         "{line}"
     );
+}
+
+/// A real ClientHello for `name` (one record), with an
+/// `encrypted_client_hello` extension (0xfe0d) appended: the outer hello
+/// of ECH as the network sees it.
+fn ech_hello(ca: &TestCa, name: &str) -> Vec<u8> {
+    let server = rustls::pki_types::ServerName::try_from(name.to_string()).expect("name");
+    let mut conn =
+        rustls::ClientConnection::new(client_config(&der_of(ca), &[b"http/1.1"]), server)
+            .expect("client");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("ClientHello bytes");
+    let ext = [0xfe, 0x0d, 0x00, 0x04, 0x00, 0x01, 0x02, 0x03];
+    let at = |i: usize| usize::from(hello[i]) << 8 | usize::from(hello[i + 1]);
+    // record(5) handshake(4) version(2) random(32) session id, suites,
+    // compression, then the extensions' length.
+    let mut i = 5 + 4 + 2 + 32;
+    i += 1 + usize::from(hello[i]);
+    i += 2 + at(i);
+    i += 1 + usize::from(hello[i]);
+    let grow = |bytes: &mut [u8], pos: usize, wide: usize| {
+        let mut n = 0usize;
+        for b in &bytes[pos..pos + wide] {
+            n = n << 8 | usize::from(*b);
+        }
+        n += ext.len();
+        for k in 0..wide {
+            bytes[pos + wide - 1 - k] = (n >> (8 * k)) as u8;
+        }
+    };
+    grow(&mut hello, 3, 2); // the record
+    grow(&mut hello, 6, 3); // the handshake message
+    grow(&mut hello, i, 2); // the extensions
+    hello.extend_from_slice(&ext);
+    hello
+}
+
+/// ECH: refused by default (`access_denied`, reason named); with
+/// `ech: outer` the outer name decides, and the connection passes through.
+#[test]
+fn an_encrypted_client_hello_is_refused_unless_the_rule_takes_its_outer_name() {
+    for (ech, passes) in [("", false), (", ech: outer", true)] {
+        let rule = format!(
+            "      - to: [\"127.0.0.0/8\"]\n        ports: [PORT]\n        tls: {{ server_names: [origin.test]{ech} }}\n"
+        );
+        let (ca, origin, proxy) = scene(&rule, Some(1 << 20));
+        let mut s = TcpStream::connect(proxy.addr).expect("connect");
+        s.set_read_timeout(Some(io_timeout())).unwrap();
+        s.write_all(&ech_hello(&ca, "origin.test")).unwrap();
+        let mut got = [0u8; 7];
+        let read = s.read_exact(&mut got);
+        drop(s);
+        let line = proxy.wait_log_lines(1).remove(0);
+        if passes {
+            assert_eq!(line["tls"], "passthrough", "{line}");
+            assert_eq!(origin.connections(), 1, "{line}");
+        } else {
+            read.expect("an alert");
+            assert_eq!(
+                got,
+                crate::tls_client::alert_bytes(AlertDescription::AccessDenied)
+            );
+            assert!(
+                line["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("encrypted ClientHello"),
+                "{line}"
+            );
+            assert_eq!(origin.connections(), 0);
+        }
+    }
+}
+
+/// Half a ClientHello, then silence: closed at tls.handshake_timeout,
+/// logged (HT) and counted, never forwarded.
+#[test]
+fn a_client_hello_that_never_completes_is_closed_at_the_handshake_timeout() {
+    let (_ca, origin, proxy) = scene_with(BY_NAME, "tls: { handshake_timeout: 300ms }\n");
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.set_read_timeout(Some(io_timeout())).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0x00])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let line = proxy.wait_log_lines(1).remove(0);
+    assert_eq!(flags(&line), ["HT"], "{line}");
+    assert!(line["reason"].as_str().unwrap().contains("300ms"), "{line}");
+    assert_eq!(origin.connections(), 0);
 }

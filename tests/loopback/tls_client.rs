@@ -12,6 +12,12 @@ use crate::common::h1;
 use crate::common::io_timeout;
 use crate::common::tls::TestCa;
 
+/// A fatal alert as a plaintext record, as the tests expect it on the wire
+/// (RFC 8446 5.1, 6): written here, not taken from the code under test.
+pub fn alert_bytes(d: rustls::AlertDescription) -> [u8; 7] {
+    [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, u8::from(d)]
+}
+
 /// A test CA's certificate, for a client's roots.
 pub fn der_of(ca: &TestCa) -> CertificateDer<'static> {
     CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("test CA PEM")
