@@ -397,14 +397,20 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
     drop(first);
 }
 
-#[test]
-fn the_feature_probe_finds_everything_on_this_kernel() {
+/// `sockwarden features`: its output, and its table.
+fn features() -> (std::process::Output, String) {
     require_root();
     let out = std::process::Command::new(crate::sw::BIN)
         .arg("features")
         .output()
         .expect("sockwarden features");
     let table = stdout(&out);
+    (out, table)
+}
+
+#[test]
+fn the_feature_probe_finds_everything_on_this_kernel() {
+    let (out, table) = features();
     assert!(
         out.status.success(),
         "{table}{}",
@@ -428,12 +434,7 @@ fn the_feature_probe_finds_everything_on_this_kernel() {
 /// kernels in the matrix do.
 #[test]
 fn the_ktls_probe_agrees_with_the_kernel() {
-    require_root();
-    let out = std::process::Command::new(crate::sw::BIN)
-        .arg("features")
-        .output()
-        .expect("sockwarden features");
-    let table = stdout(&out);
+    let (_, table) = features();
     let row = table
         .lines()
         .find(|l| l.starts_with("kTLS"))
