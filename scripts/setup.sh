@@ -9,9 +9,10 @@ packages=(
   bpftool                 # vmlinux.h generation, map inspection in tests and docs
   iproute2                # network namespaces and veth for the demo and tests
   curl                    # the demo's and tests' unmodified HTTP client
-  python3                 # the demo origin (http.server)
+  python3                 # the demo origins (http.server, ssl) and the kernel tier's urllib client
   python3-h11             # the independent HTTP/1 parser of tests/differential.rs
   dnsmasq-base            # a real resolver for the demo's and tests' DNS rules
+  openssl ca-certificates # the demo's HTTPS origin certificate; system roots for upstream TLS
 )
 
 missing=()
