@@ -156,13 +156,6 @@ impl TlsDenial {
             TlsDenial::Encrypted => "ech",
         }
     }
-
-    pub const ALL: [TlsDenial; 4] = [
-        TlsDenial::NoTlsRule,
-        TlsDenial::NoServerName,
-        TlsDenial::NameNotAllowed,
-        TlsDenial::Encrypted,
-    ];
 }
 
 /// What a ClientHello shows that policy judges.
@@ -269,6 +262,11 @@ impl PolicySet {
 
     pub fn get(&self, id: PolicyId) -> Option<&CompiledPolicy> {
         self.policies.get(id as usize)
+    }
+
+    /// Rule `rule` of policy `id` (what a decision names).
+    pub fn rule(&self, id: PolicyId, rule: usize) -> Option<&CompiledRule> {
+        self.get(id).and_then(|p| p.rules.get(rule))
     }
 
     /// What in the policies is probably a mistake, one sentence each: a
@@ -421,7 +419,7 @@ impl PolicySet {
         entry: Option<usize>,
         offered: &[String],
     ) -> Vec<String> {
-        let Some(rule) = self.get(id).and_then(|p| p.rules.get(rule)) else {
+        let Some(rule) = self.rule(id, rule) else {
             return Vec::new();
         };
         let listed = match (&rule.http, entry) {

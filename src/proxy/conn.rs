@@ -390,7 +390,7 @@ impl Proxy {
             metrics::upgrade_removed(&target.policy);
             out.flags.push(Flag::UPR);
         }
-        let rule = self.policies.get(policy_id).and_then(|p| p.rules.get(rule));
+        let rule = self.policies.rule(policy_id, rule);
         let settings = rule.map(|r| r.upstream).unwrap_or_default();
         let arrival = target.arrival(rule.and_then(|r| r.originate));
         let plan = plan_request(req, upgrades);

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::AlertDescription;
 use tokio::net::TcpStream;
-use tokio::time::error::Elapsed;
 
 use super::conn::{count_tunneled, pool_key, Target, Terminated};
 use super::exchange::Route;
@@ -160,13 +159,16 @@ impl Proxy {
             }
         };
         let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-        let tls = match tokio::time::timeout(self.settings.handshake_timeout, accept).await {
-            Ok(Ok(tls)) => tls,
-            failed => {
-                let out = handshake_failed(
-                    failed.map(|r| r.map(|_| ())),
-                    self.settings.handshake_timeout,
-                );
+        let within = self.settings.handshake_timeout;
+        let accepted = match tokio::time::timeout(within, accept).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        };
+        let tls = match accepted {
+            Ok(tls) => tls,
+            Err(e) => {
+                let out = handshake_failed(e, within);
                 self.log
                     .write(record(&refused, out, time, started.elapsed()));
                 return;
@@ -262,8 +264,7 @@ impl Proxy {
     async fn pass_through(&self, stream: TcpStream, target: &Target, rule: usize) -> Outcome {
         let settings = self
             .policies
-            .get(target.orig.policy_id)
-            .and_then(|p| p.rules.get(rule))
+            .rule(target.orig.policy_id, rule)
             .map(|r| r.upstream)
             .unwrap_or_default();
         let direct = Route {
@@ -316,22 +317,21 @@ fn tls_fields(tls: TlsMode, sni: Option<&String>) -> TlsFields {
     }
 }
 
-/// Counts and describes a handshake with the workload that did not finish
-/// (Err: its deadline passed).
-fn handshake_failed(r: Result<std::io::Result<()>, Elapsed>, within: Duration) -> Outcome {
+/// Counts and describes a handshake with the workload that did not finish:
+/// it failed with `error`, or (None) its deadline `within` passed.
+fn handshake_failed(error: Option<std::io::Error>, within: Duration) -> Outcome {
     let mut out = Outcome::new(0);
-    let (result, flag, reason) = match r {
-        Err(_) => (
+    let (result, flag, reason) = match error {
+        None => (
             Handshake::Timeout,
             Flag::HT,
             format!("TLS handshake with the workload not done within {within:?}"),
         ),
-        Ok(Err(e)) => (
+        Some(e) => (
             Handshake::Failed,
             Flag::DPE,
             format!("TLS handshake with the workload failed: {e}"),
         ),
-        Ok(Ok(())) => (Handshake::Ok, Flag::DPE, String::new()),
     };
     metrics::tls_handshake(TlsSide::Downstream, result);
     out.flags.push(flag);
