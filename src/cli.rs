@@ -87,28 +87,20 @@ const DEFAULT_CONFIG: &str = "/etc/sockwarden.yaml";
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
+        Command::Check { config } => with_config(&config, |path, c| {
             // The files the configuration names (the node CA, the roots)
             // are read and checked as `run` would.
-            Ok(c) => match crate::tls::TlsContext::from_config(&c) {
-                Err(e) => {
-                    eprintln!("{}: {e}", config.display());
-                    ExitCode::FAILURE
-                }
-                Ok(_) => {
-                    let set = PolicySet::compile(&c);
-                    print!("{}", summary(&config, &c, &set));
-                    for w in set.warnings() {
-                        eprintln!("{}: warning: {w}", config.display());
-                    }
-                    ExitCode::SUCCESS
-                }
-            },
-        },
+            if let Err(e) = crate::tls::TlsContext::from_config(c) {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+            let set = PolicySet::compile(c);
+            print!("{}", summary(path, c, &set));
+            for w in set.warnings() {
+                eprintln!("{}: warning: {w}", path.display());
+            }
+            ExitCode::SUCCESS
+        }),
         Command::Features => {
             let features = crate::features::probe();
             print!("{}", crate::features::table(&features));
@@ -122,6 +114,7 @@ pub fn main() -> ExitCode {
         }
         Command::Status { config } => with_config(&config, |path, c| {
             print!("{}", crate::status::report(&crate::status::gather(path, c)));
+            ExitCode::SUCCESS
         }),
         Command::Tuples { config, pin_path } => {
             let pin_path = match (config, pin_path) {
@@ -180,14 +173,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Runs `what` on the configuration at `path`; exits 1 with its error
-/// (file:line:column) when it cannot be read.
-fn with_config(path: &std::path::Path, what: impl FnOnce(&std::path::Path, &Config)) -> ExitCode {
+/// Runs `what` on the configuration at `path` and exits as it says; exits 1
+/// with the configuration's error (file:line:column) when it cannot be read.
+fn with_config(
+    path: &std::path::Path,
+    what: impl FnOnce(&std::path::Path, &Config) -> ExitCode,
+) -> ExitCode {
     match Config::load(path) {
-        Ok(c) => {
-            what(path, &c);
-            ExitCode::SUCCESS
-        }
+        Ok(c) => what(path, &c),
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE
