@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::cgroup::TestCgroup;
 use crate::common::origin::{pattern, Origin, OriginConfig};
 use crate::common::tls::{TestCa, Validity};
 use crate::common::wait_for;
@@ -74,6 +75,19 @@ fn curl_args(ca: &Path, url: &str, extra: &[&str]) -> Vec<String> {
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(url.into());
     args
+}
+
+/// curl in the pod's cgroup (see [`curl_args`]).
+fn curl(
+    topo: &Topology,
+    cg: &TestCgroup,
+    ca: &Path,
+    url: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let args = curl_args(ca, url, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    workload(&topo.pod, cg, "curl", &args)
 }
 
 fn pass_through_policy(cgroup: &str) -> String {
@@ -143,34 +157,15 @@ fn names_not_allowed_are_refused_at_the_client_hello() {
     let ca = pki.path("origin-ca.pem");
     // Another name (the origin's certificate would not fit it anyway: the
     // client is refused before that, by the proxy's alert).
-    let o = workload(
-        &topo.pod,
-        &cg,
-        "curl",
-        &curl_args(
-            &ca,
-            "https://other.test/",
-            &["--resolve", "other.test:443:10.77.1.10"],
-        )
-        .iter()
-        .map(String::as_str)
-        .collect::<Vec<_>>(),
-    );
+    let other = ["--resolve", "other.test:443:10.77.1.10"];
+    let o = curl(&topo, &cg, &ca, "https://other.test/", &other);
     let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
     assert!(
         !o.status.success() && err.contains("access denied"),
         "{err}"
     );
     // No SNI (an IP literal): unrecognized_name.
-    let o = workload(
-        &topo.pod,
-        &cg,
-        "curl",
-        &curl_args(&ca, "https://10.77.1.10/", &[])
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
+    let o = curl(&topo, &cg, &ca, "https://10.77.1.10/", &[]);
     let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
     assert!(
         !o.status.success() && err.contains("unrecognized name"),
@@ -201,11 +196,10 @@ fn an_aborted_pass_through_leaves_nothing_behind() {
     let sw = Sockwarden::start(&topo.node, &tag, &pass_through_policy(cg.rel()));
     let ca = pki.path("origin-ca.pem");
     let url = format!("https://origin.test/data/{}", 256 << 20);
-    // The client gives up half a second into a slow download.
-    let args = curl_args(&ca, &url, &["--limit-rate", "1M", "-o", "/dev/null"]);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args[2] = "0.5"; // --max-time
-    let o = workload(&topo.pod, &cg, "curl", &args);
+    // The client gives up half a second into a slow download (the last
+    // --max-time is the one curl takes).
+    let slow = ["--limit-rate", "1M", "-o", "/dev/null", "--max-time", "0.5"];
+    let o = curl(&topo, &cg, &ca, &url, &slow);
     assert!(!o.status.success(), "curl should have timed out");
     assert_nothing_left(&topo.node, &sw);
     let log = sw.access_log();
@@ -250,20 +244,19 @@ fn interception_applies_http_rules_to_https_for_curl_and_python() {
     ca_init(&pki);
     let sw = Sockwarden::start(&topo.node, &tag, &intercept_policy(cg.rel(), &pki));
     let node_ca = pki.path("node-ca.crt");
-    let curl = |url: &str| {
-        let args = curl_args(&node_ca, url, &["-o", "/dev/null", "-w", "%{http_code}"]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        stdout(&workload(&topo.pod, &cg, "curl", &args))
+    let code = |url: &str| {
+        let status = ["-o", "/dev/null", "-w", "%{http_code}"];
+        stdout(&curl(&topo, &cg, &node_ca, url, &status))
     };
     // curl trusts only the node CA: what it verified is the proxy's leaf.
-    assert_eq!(curl("https://origin.test/data/1000"), "200", "curl by name");
+    assert_eq!(code("https://origin.test/data/1000"), "200", "curl by name");
     assert_eq!(
-        curl("https://10.77.1.10/data/1000"),
+        code("https://10.77.1.10/data/1000"),
         "200",
         "curl by IP (no SNI)"
     );
     assert_eq!(
-        curl("https://origin.test/secret"),
+        code("https://origin.test/secret"),
         "403",
         "denied inside TLS"
     );
