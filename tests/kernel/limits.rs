@@ -13,7 +13,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::origin::OriginConfig;
-use crate::common::patience;
+use crate::common::{patience, wait_for};
 use crate::netns::Netns;
 use crate::support::command_in;
 use crate::sw::{curl_status, scene, Sockwarden};
@@ -146,6 +146,20 @@ fn soak_10000_connections_idle_and_active() {
     );
     let sw = Sockwarden::start(&topo.node, &tag, &body);
     let pid = sw.pid();
+    // The readiness check's admin connection closes on the server side a
+    // moment after the check read its answer: count from when the proxy's
+    // sockets have settled (the same for 100 ms), or the baseline holds one
+    // that is gone afterwards.
+    let settled = |n: &(usize, usize)| n.0 == n.1;
+    wait_for(
+        Duration::from_secs(2),
+        || {
+            let first = sw.fds().1;
+            std::thread::sleep(Duration::from_millis(100));
+            (first, sw.fds().1)
+        },
+        settled,
+    );
     let before = Snapshot::take(&sw, &topo.node);
     eprintln!("soak: before {before:?}");
 
