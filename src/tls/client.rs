@@ -107,11 +107,6 @@ impl UpstreamTls {
         &self.report
     }
 
-    /// The shared configuration (for a caller driving rustls itself).
-    pub fn config(&self) -> &Arc<ClientConfig> {
-        &self.config
-    }
-
     /// The handshake over `io` for `name` (SNI and verification), within
     /// `within`.
     pub async fn connect<IO: AsyncRead + AsyncWrite + Unpin>(
