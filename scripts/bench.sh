@@ -97,14 +97,28 @@
 # sockwarden and HAProxy run one thread per CPU, Squid one worker per CPU.
 # The HTTPS sockwarden attaches the egress wall only when the HTTP cases do
 # not run (BENCH_CASES=https), so every packet still crosses one wall.
+# kTLS cases (BENCH_CASES=ktls, for a kernel with kTLS: scripts/vmbench.sh
+# runs them in a VM of the kernel matrix), a table "kTLS":
+#   sockwarden-tls-intercept, sockwarden-tls-originate  as above, kTLS on
+#                     (tls.ktls default: the kernel does the record layer,
+#                     bodies spliced)
+#   *-copy            the same two policies on a second sockwarden, alike
+#                     but for tls.ktls: false (rustls in userspace, bodies
+#                     copied): the copy path, each case's peer
+#   direct-https      as above
+# No HAProxy or Squid, and no 1 KiB round (under emulation it measures the
+# emulator): 64 MiB throughput and CPU only. The first sockwarden must have
+# taken each check request's TLS to the kernel, or the run fails.
 # Targets (issue 12) are printed beside the ratios, met or MISSED:
 # pass-through >= 0.95x direct HTTPS throughput; interception >= 1.5x
-# Squid's throughput and 1 KiB requests/s.
+# Squid's throughput and 1 KiB requests/s; kTLS >= 1.3x the copy path's
+# 64 MiB throughput, intercepted and originated.
 # Run as root. docs/performance.md records the method and the numbers.
 # Environment: ROUNDS (25) and WRK_SECONDS (5) as above; BASELINE or
 # SW_BENCH_PREVIOUS (not both; HTTP cases only); BASELINE_TARGET_DIR keeps
 # the baseline's target directory (default: under the scratch directory,
-# removed); BENCH_CASES: all (default), http or https (only those cases).
+# removed); BENCH_CASES: all (default, http and https), http, https or ktls
+# (only those cases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -113,16 +127,20 @@ ROUNDS=${ROUNDS:-25}
 WRK_SECONDS=${WRK_SECONDS:-5}
 BENCH_CASES=${BENCH_CASES:-all}
 case $BENCH_CASES in
-  all) HTTP=1 HTTPS=1 ;;
-  http) HTTP=1 HTTPS=0 ;;
-  https) HTTP=0 HTTPS=1 ;;
-  *) echo "bench.sh: BENCH_CASES=$BENCH_CASES: expected all, http or https" >&2; exit 1 ;;
+  all) HTTP=1 HTTPS=1 KTLS=0 ;;
+  http) HTTP=1 HTTPS=0 KTLS=0 ;;
+  https) HTTP=0 HTTPS=1 KTLS=0 ;;
+  ktls) HTTP=0 HTTPS=0 KTLS=1 ;;
+  *) echo "bench.sh: BENCH_CASES=$BENCH_CASES: expected all, http, https or ktls" >&2; exit 1 ;;
 esac
+# The TLS origin and certificates serve both TLS modes.
+TLS=$((HTTPS || KTLS))
 
 scripts/setup.sh
 missing=()
 packages=(haproxy nginx-light wrk)
-((HTTPS)) && packages+=(squid-openssl nftables openssl)
+((HTTPS)) && packages+=(squid-openssl nftables)
+((TLS)) && packages+=(openssl)
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
 done
@@ -225,7 +243,7 @@ ip -n "$NODE" addr add 10.77.0.1/32 dev lo
 ip -n "$NODE" addr add 10.77.1.1/24 dev to-origin
 ip -n "$NODE" addr add 10.77.2.1/24 dev to-wl
 ip -n "$ORIGIN" addr add 10.77.1.10/24 dev eth0
-((HTTPS)) && ip -n "$ORIGIN" addr add 10.77.1.11/24 dev eth0
+((TLS)) && ip -n "$ORIGIN" addr add 10.77.1.11/24 dev eth0
 ip -n "$WL" addr add 10.77.2.2/24 dev eth0
 for l in "$NODE to-origin" "$NODE to-wl" "$ORIGIN eth0" "$WL eth0"; do read -r ns dev <<<"$l"; ip -n "$ns" link set "$dev" up; done
 ip -n "$ORIGIN" route add default via 10.77.1.1
@@ -253,7 +271,7 @@ make_pki() {
   done
 }
 TLS_SERVER=
-if ((HTTPS)); then
+if ((TLS)); then
   make_pki
   TLS_SERVER="server {
     listen 10.77.1.10:443 ssl; listen 10.77.1.11:443 ssl; root $WORK/www;
@@ -307,24 +325,26 @@ policies:
 YAML
 }
 
-# The HTTPS cases' policies, one per mode, each with its cgroup.
-https_policies() {
-  local d=$WORK/pki get='http: [{ method: GET, path: "/data/.*" }]'
+# The HTTPS cases' policies, one per mode, each with its cgroup; SUFFIX
+# names another set (policies and cgroups), KTLS is tls.ktls.
+https_policies() {  # [SUFFIX [KTLS]]
+  local d=$WORK/pki get='http: [{ method: GET, path: "/data/.*" }]' x=${1:-}
   cat <<YAML
 tls:
   ca: { cert: $d/node-ca.crt, key: $d/node-ca.key }
   upstream_roots: $d/bench-ca.crt
+  ktls: ${2:-true}
 policies:
-  - name: tls-pass
-    cgroup: /sockwarden-bench/tlspass
+  - name: tls-pass$x
+    cgroup: /sockwarden-bench/tlspass$x
     egress:
       - { to: ["10.77.1.0/24"], ports: [443], tls: { server_names: [origin.test] } }
-  - name: tls-intercept
-    cgroup: /sockwarden-bench/tlsintercept
+  - name: tls-intercept$x
+    cgroup: /sockwarden-bench/tlsintercept$x
     egress:
       - { to: ["10.77.1.0/24"], ports: [443], tls: { intercept: true }, $get }
-  - name: tls-originate
-    cgroup: /sockwarden-bench/tlsoriginate
+  - name: tls-originate$x
+    cgroup: /sockwarden-bench/tlsoriginate$x
     egress:
       - { to: ["10.77.1.0/24"], ports: [80], upstream: { tls: true, port: 443 }, $get }
 YAML
@@ -537,6 +557,29 @@ if ((HTTPS)); then
     CURL_ARGS[$n]="${CURL_ARGS[$n]:-} --resolve origin.test:$port:${HOSTS[$n]}"
   done
 fi
+# The kTLS cases (see the header): kTLS on (7) against the copy path (8).
+if ((KTLS)); then
+  start_sockwarden 7 splice 65536 "tlspass tlsintercept tlsoriginate" 1 "$BIN" "$(https_policies)"
+  start_sockwarden 8 splice 65536 "tlspass-copy tlsintercept-copy tlsoriginate-copy" 0 "$BIN" \
+    "$(https_policies -copy false)"
+  SW_INDEXES+=(7 8)
+  HNAMES=(direct-https sockwarden-tls-intercept sockwarden-tls-intercept-copy
+    sockwarden-tls-originate sockwarden-tls-originate-copy)
+  p=$WORK/pki
+  CGROUP+=([direct-https]=- [sockwarden-tls-intercept]=tlsintercept
+    [sockwarden-tls-intercept-copy]=tlsintercept-copy [sockwarden-tls-originate]=tlsoriginate
+    [sockwarden-tls-originate-copy]=tlsoriginate-copy)
+  for n in "${HNAMES[@]}"; do
+    case $n in
+      *originate*) URL[$n]=http://origin.test CURL_ARGS[$n]="--resolve origin.test:80:10.77.1.10" ;;
+      *intercept*) URL[$n]=https://origin.test CURL_ARGS[$n]="--cacert $p/node-ca.crt --resolve origin.test:443:10.77.1.10" ;;
+      *) URL[$n]=https://origin.test CURL_ARGS[$n]="--cacert $p/bench-ca.crt --resolve origin.test:443:10.77.1.10" ;;
+    esac
+    HOSTS[$n]=10.77.1.10
+  done
+  PEER=([sockwarden-tls-intercept]=sockwarden-tls-intercept-copy
+    [sockwarden-tls-originate]=sockwarden-tls-originate-copy)
+fi
 ALL=("${NAMES[@]}" "${HNAMES[@]}")
 
 # curl as contender $1 sees it: its --cacert and --resolve, then the rest.
@@ -565,10 +608,15 @@ proxied() {  # INDEX PATTERN...
   for p in "$@"; do grep -qE "$p" <<<"$m" || return 1; done
 }
 served() { echo "sockwarden_http_requests_total\{policy=\"$1\",verdict=\"allowed\",status=\"200\"\} [1-9]"; }
+ktls_path() { echo "sockwarden_ktls_connections_total\{side=\"$1\",path=\"$2\",reason=\"$3\"\} [1-9]"; }
 for i in "${SW_INDEXES[@]}"; do
   patterns=("$(served bench)")
-  [[ $i == 7 ]] && patterns=('sockwarden_tls_passthrough_connections_total\{policy="tls-pass"\} [1-9]'
-    "$(served tls-intercept)" "$(served tls-originate)")
+  [[ $i == 7 ]] && patterns=("$(served tls-intercept)" "$(served tls-originate)")
+  [[ $i == 7 ]] && ((HTTPS)) && patterns+=('sockwarden_tls_passthrough_connections_total\{policy="tls-pass"\} [1-9]')
+  # kTLS must have taken both sides (or the copy instance's must not).
+  [[ $i == 7 ]] && ((KTLS)) && patterns+=("$(ktls_path downstream ktls none)" "$(ktls_path upstream ktls none)")
+  [[ $i == 8 ]] && patterns=("$(served tls-intercept-copy)" "$(served tls-originate-copy)"
+    "$(ktls_path downstream copy disabled)" "$(ktls_path upstream copy disabled)")
   for _ in $(seq 1 20); do proxied "$i" "${patterns[@]}" && continue 2; sleep 0.1; done
   echo "bench.sh: sockwarden $i did not proxy the check requests (${patterns[*]})" >&2; exit 1
 done
@@ -597,8 +645,9 @@ for n in "${ALL[@]}"; do
   CPU[$n]=$(awk -v t="${TICKS[$n]}" -v hz="$TICK" -v r="$ROUNDS" 'BEGIN { printf "%.3f", (t / hz) / (r * 64 / 1024) }')
 done
 
-echo "== 1 KiB GETs: wrk -t2 -c50, 2 round-robin rounds of ${WRK_SECONDS}s" >&2
-for _ in 1 2; do
+((KTLS)) && WRK_ROUNDS=() || WRK_ROUNDS=(1 2)
+((KTLS)) || echo "== 1 KiB GETs: wrk -t2 -c50, 2 round-robin rounds of ${WRK_SECONDS}s" >&2
+for _ in "${WRK_ROUNDS[@]}"; do
   for n in "${ALL[@]}"; do
     out=$(run_in "$n" wrk -t2 -c50 -d"${WRK_SECONDS}s" --latency "${URL[$n]}/data/1k") \
       || { echo "bench.sh: $n: wrk failed" >&2; exit 1; }
@@ -610,10 +659,13 @@ for _ in 1 2; do
     P99[$n]="${P99[$n]:-} $(to_ms "$(awk '$1=="99%"{print $2}' <<<"$out")")"
   done
 done
-for n in "${ALL[@]}"; do RPS[$n]=$(mean "${RPS[$n]}"); P50[$n]=$(mean "${P50[$n]}"); P99[$n]=$(mean "${P99[$n]}"); done
+for n in "${ALL[@]}"; do
+  if ((KTLS)); then RPS[$n]=- P50[$n]=- P99[$n]=-; continue; fi
+  RPS[$n]=$(mean "${RPS[$n]}"); P50[$n]=$(mean "${P50[$n]}"); P99[$n]=$(mean "${P99[$n]}")
+done
 
 for i in "${SW_INDEXES[@]}"; do
-  echo "sockwarden $i: $(in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -E '^sockwarden_((forwarded|sockmap)_bytes|tls_(passthrough_connections|handshakes))_total' | tr '\n' ' ')" >&2
+  echo "sockwarden $i: $(in_ns "$NODE" curl -s "http://127.0.0.1:990$i/metrics" | grep -E '^sockwarden_((forwarded|sockmap)_bytes|tls_(passthrough_connections|handshakes)|ktls_(connections|records))_total' | tr '\n' ' ')" >&2
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.2f", a / b }'; }
@@ -656,6 +708,14 @@ target() {  # RATIO MIN WHAT
 # The issue's targets for contender $1, from its ratios.
 targets_of() {  # NAME
   local n=$1 p=${PEER[$1]:-}
+  if ((KTLS)); then
+    case $n in
+      sockwarden-tls-intercept | sockwarden-tls-originate)
+        target "$(ratio "${TP[$n]}" "${TP[$p]}")" 1.3 "64MiB/copy" ;;
+      *) echo "-" ;;
+    esac
+    return
+  fi
   case $n in
     sockwarden-tls-pass) target "$(ratio "${TP[$n]}" "${TP[direct-https]}")" 0.95 "64MiB/direct" ;;
     sockwarden-tls-intercept)
@@ -664,10 +724,14 @@ targets_of() {  # NAME
     *) echo "-" ;;
   esac
 }
-if ((HTTPS)); then
+if ((TLS)); then
   echo
-  echo "HTTPS (x direct: over direct-https; x peer: over the case's peer:" \
-    "tls-pass/haproxy-tcp-sni, tls-intercept/squid-bump, tls-originate/haproxy-ssl-origin)"
+  if ((HTTPS)); then
+    echo "HTTPS (x direct: over direct-https; x peer: over the case's peer:" \
+      "tls-pass/haproxy-tcp-sni, tls-intercept/squid-bump, tls-originate/haproxy-ssl-origin)"
+  else
+    echo "kTLS (x direct: over direct-https; x peer: over the same case on the copy path, tls.ktls: false)"
+  fi
   printf '%-26s %10s %8s %7s %9s %8s %7s %9s %8s %7s %12s  %s\n' \
     contender "64MiB MB/s" "x direct" "x peer" "CPU-s/GiB" "added" "x peer" \
     "1KiB r/s" "x direct" "x peer" "p50/p99 ms" "targets (issue 12)"

@@ -249,6 +249,8 @@ as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -o /dev/null -w '      HTTP
 as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -i https://origin.test/admin/keys.txt | grep -E '^(HTTP|sockwarden)' | sed 's/^/      /'
 echo "   d) a Host other than the SNI (domain fronting) is misdirected: 421"
 as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -H 'Host: static.origin.test' -o /dev/null -w '      HTTP %{http_code}\n' https://origin.test/data/report.csv
+echo "   e) where the kernel has kTLS, the intercepted connections' records went to it (bodies spliced); else copied, and why:"
+in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_ktls_connections_total' | sed 's/^/      /'
 echo
 echo "== 7. outside the cgroup nothing is touched: the same /admin request from the node"
 in_node curl -sS -o /dev/null -w '   HTTP %{http_code} straight from the origin\n' http://10.77.1.10/admin/keys.txt
@@ -257,6 +259,6 @@ echo "== 8. access log (one JSON line per proxied request; per connection for TL
 sed 's/^/   /' "$WORK/access.log"
 echo
 echo "== 9. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
-in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened|udp_decisions|sockets_refused|tls_)' | grep -v ' 0$' | sed 's/^/   /'
+in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened|udp_decisions|sockets_refused|tls_|ktls_)' | grep -v ' 0$' | sed 's/^/   /'
 echo
 echo "== stopping sockwarden (detaches programs, removes pins) and cleaning up"

@@ -111,6 +111,11 @@ pub struct Outcome {
     /// origination); absent for plain upstreams.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_sni: Option<String>,
+    /// Whether the kernel did the record layer of the proxy's TLS to the
+    /// origin (kTLS) on the connection this request used; absent for
+    /// plain upstreams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ktls: Option<bool>,
     /// Bytes received from the client for this request (head and body).
     pub bytes_received: u64,
     /// Bytes sent to the client for this request (head and body).
@@ -131,6 +136,7 @@ impl Outcome {
             upstream_id: None,
             upstream_attempts: 0,
             upstream_sni: None,
+            upstream_ktls: None,
             bytes_received: head_len,
             bytes_sent: 0,
         }

@@ -92,6 +92,11 @@ pub struct TlsConfig {
     /// workload's connection is closed, or the request answered 504.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Hand the record layer of intercepted and originated connections to
+    /// the kernel (kTLS) where it has the `tls` module; false: rustls
+    /// encrypts in userspace and bodies are copied.
+    #[serde(default = "default_true")]
+    pub ktls: bool,
 }
 
 impl Default for TlsConfig {
@@ -102,8 +107,13 @@ impl Default for TlsConfig {
             leaf_cache: default_leaf_cache(),
             leaf_lifetime: default_leaf_lifetime(),
             handshake_timeout: default_handshake_timeout(),
+            ktls: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_leaf_cache() -> usize {

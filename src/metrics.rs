@@ -50,6 +50,8 @@ pub const BPF_LSM_ACTIVE: &str = "sockwarden_bpf_lsm_active";
 pub const TLS_DENIED: &str = "sockwarden_tls_denied_total";
 pub const TLS_PASSTHROUGH: &str = "sockwarden_tls_passthrough_connections_total";
 pub const TLS_HANDSHAKES: &str = "sockwarden_tls_handshakes_total";
+pub const KTLS_CONNECTIONS: &str = "sockwarden_ktls_connections_total";
+pub const KTLS_RECORDS: &str = "sockwarden_ktls_records_total";
 pub const TLS_LEAVES: &str = "sockwarden_tls_leaf_certificates";
 pub const TLS_LEAVES_ISSUED: &str = "sockwarden_tls_leaf_certificates_issued_total";
 
@@ -199,6 +201,14 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         TLS_HANDSHAKES,
         "TLS handshakes the proxy made, by side (downstream: with a workload whose TLS it intercepts; upstream: with an origin, for interception and origination) and result (ok; failed; timeout: not done within tls.handshake_timeout)"
     );
+    describe_counter!(
+        KTLS_CONNECTIONS,
+        "TLS connections the proxy terminated or originated (handshake done), by side and by which path their records took: ktls (the kernel encrypts and decrypts; bodies move with the splice engine) or copy (rustls in userspace; bodies copied), with the reason for copy (disabled: tls.ktls is false; kernel: no tls upper-layer protocol in this kernel; socket: the kernel refused TCP_ULP on this socket) and none for ktls"
+    );
+    describe_counter!(
+        KTLS_RECORDS,
+        "Records that are not application data which kTLS sockets delivered apart after the handshake, by side, record (session_ticket, key_update, close_notify, alert, other) and result (ok: handled and the connection went on or ended cleanly; failed: the connection was ended, for example a key update on a kernel without kTLS rekey)"
+    );
     describe_gauge!(
         TLS_LEAVES,
         "Leaf certificates in the interception cache now (bounded by tls.leaf_cache)"
@@ -236,6 +246,23 @@ impl TlsRefusal {
     }
 }
 
+/// One TLS connection's record path: kTLS, or copied for `reason`.
+pub fn ktls_connection(side: TlsSide, path: Result<(), crate::tls::ktls::CopyReason>) {
+    let (path, reason) = match path {
+        Ok(()) => ("ktls", "none"),
+        Err(r) => ("copy", r.as_str()),
+    };
+    counter!(KTLS_CONNECTIONS, "side" => side.as_str(), "path" => path, "reason" => reason)
+        .increment(1);
+}
+
+/// A record a kTLS socket delivered apart, handled (`ok`) or not.
+pub fn ktls_record(side: TlsSide, kind: crate::tls::ktls::Kind, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    counter!(KTLS_RECORDS, "side" => side.as_str(), "record" => kind.as_str(), "result" => result)
+        .increment(1);
+}
+
 pub fn tls_refused(policy: &str, why: TlsRefusal) {
     counter!(TLS_DENIED, "policy" => policy.to_string(), "reason" => why.as_str()).increment(1);
 }
@@ -266,11 +293,17 @@ impl Handshake {
     }
 }
 
+impl TlsSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsSide::Downstream => "downstream",
+            TlsSide::Upstream => "upstream",
+        }
+    }
+}
+
 pub fn tls_handshake(side: TlsSide, result: Handshake) {
-    let side = match side {
-        TlsSide::Downstream => "downstream",
-        TlsSide::Upstream => "upstream",
-    };
+    let side = side.as_str();
     let result = match result {
         Handshake::Ok => "ok",
         Handshake::Failed => "failed",

@@ -58,6 +58,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             errors = ?r.errors,
             "upstream TLS roots loaded"
         );
+        match tls.ktls {
+            crate::tls::ktls::Ktls::On => tracing::info!(
+                "kTLS: on (the kernel encrypts intercepted and originated connections; bodies are spliced)"
+            ),
+            crate::tls::ktls::Ktls::Off(why) => tracing::info!(
+                reason = why.as_str(),
+                "kTLS: off (rustls encrypts in userspace; TLS bodies are copied)"
+            ),
+        }
     }
 
     // Listeners first: a taken address fails before the kernel is touched.

@@ -13,6 +13,7 @@ pub mod alert;
 pub mod ca;
 pub mod client;
 pub mod hello;
+pub mod ktls;
 pub mod leaf;
 pub mod names;
 pub mod server;
@@ -28,6 +29,8 @@ pub struct TlsContext {
     pub upstream: Option<client::UpstreamTls>,
     /// Present when a rule intercepts TLS.
     pub intercept: Option<Interception>,
+    /// Whether terminated and originated sessions go to the kernel.
+    pub ktls: ktls::Ktls,
 }
 
 /// What terminating workloads' TLS needs.
@@ -58,6 +61,10 @@ impl TlsContext {
         let intercepts = rules().any(|r| r.tls.as_ref().is_some_and(|t| t.intercept));
         let originates = rules().any(|r| r.originate().is_some());
         let mut ctx = TlsContext::default();
+        if intercepts || originates {
+            let kernel = crate::features::ktls_available();
+            ctx.ktls = ktls::Ktls::decide(config.tls.ktls, &kernel);
+        }
         if intercepts || originates {
             let roots = config
                 .tls

@@ -14,6 +14,8 @@
 #   SW_VMTEST_TESTS    the test executables, space-separated
 #   SW_VMTEST_THREADS  libtest's --test-threads
 #   SW_VMTEST_FILTER   libtest name filters (optional: every test if unset)
+#   SW_VMTEST_BENCH_ROUNDS  set by scripts/vmbench.sh: run the kTLS benchmark
+#                      (bench.sh, BENCH_CASES=ktls, this many rounds) instead
 set -euo pipefail
 
 name=$1
@@ -42,6 +44,19 @@ echo "guest: kernel $release, $(nproc) CPUs, $(($(awk '/^MemTotal:/ {print $2}' 
 
 cd "$repo"
 vmtests/verifier.py "$SW_VMTEST_BIN" "vmtests/verifier/$name.txt" "$name: $release ($(cat "$kdir/package"))"
+
+# scripts/vmbench.sh: the kTLS benchmark instead of the tests (its table is
+# the output; one "test", passed when bench.sh succeeded).
+if [[ -n ${SW_VMTEST_BENCH_ROUNDS:-} ]]; then
+  rc=0
+  BENCH_CASES=ktls ROUNDS=$SW_VMTEST_BENCH_ROUNDS scripts/bench.sh || rc=$?
+  echo "vmtest-result $name: $((rc == 0)) passed, $((rc != 0)) failed"
+  exit "$rc"
+fi
+
+# Debian's kernels build kTLS (the tls module, loaded on first use): the
+# HTTPS tests must see it taken, not fall back to copying.
+export SW_EXPECT_KTLS=1
 
 passed=0
 failed=0

@@ -522,6 +522,7 @@ impl Proxy {
     ) -> Result<Next<UpStream>, AttemptFailure> {
         fw.out.upstream_attempts += 1;
         let Leg { conn, key } = self.upstream_leg(fw, target, ctx).await?;
+        fw.out.upstream_ktls = conn.stream.get_ref().ktls();
         fw.out.upstream_id = Some(conn.id);
         match fw.run(conn, ctx.intercept_503).await {
             AttemptEnd::Delivered { next, conn, reuse } => {
@@ -595,7 +596,8 @@ impl Proxy {
         }
     }
 
-    /// The TLS handshake on a new upstream connection, for `name`.
+    /// The TLS handshake on a new upstream connection, for `name`: its
+    /// record layer then goes to the kernel where kTLS is on.
     async fn upstream_tls(
         &self,
         conn: upstream::UpConn,
@@ -609,12 +611,23 @@ impl Proxy {
             let cause = "the connection is TLS already".to_string();
             return Err(HandshakeError::Failed { cause });
         };
-        let result = tls
-            .connect(tcp, name, self.settings.handshake_timeout)
-            .await;
-        metrics::tls_handshake(metrics::TlsSide::Upstream, metrics::Handshake::of(&result));
+        let within = self.settings.handshake_timeout;
+        let path = self.ktls_path(&tcp);
+        let stream = match path {
+            Ok(()) => tls
+                .connect_kernel(tcp, name, within)
+                .await
+                .map(|k| (UpStream::Ktls(Box::new(k)), self.settings.pipes.responses)),
+            Err(_) => tls
+                .connect(tcp, name, within)
+                .await
+                .map(|t| (UpStream::Tls(Box::new(t)), None)),
+        };
+        metrics::tls_handshake(metrics::TlsSide::Upstream, metrics::Handshake::of(&stream));
+        let (stream, pipe) = stream?;
+        metrics::ktls_connection(metrics::TlsSide::Upstream, path);
         Ok(upstream::UpConn {
-            stream: BufStream::new(UpStream::Tls(Box::new(result?)), None),
+            stream: BufStream::new(stream, pipe),
             ..conn
         })
     }

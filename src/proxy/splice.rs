@@ -69,6 +69,9 @@ enum Inflow {
     /// The source has nothing now (or the pipe no free slot).
     Blocked,
     Eof,
+    /// The source is a kTLS socket whose next record is not application
+    /// data (EINVAL): it must be taken apart before the splice goes on.
+    Control,
 }
 
 const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
@@ -97,6 +100,7 @@ impl Pipe {
                 Ok(Inflow::Bytes)
             }
             Err(e) if would_block(&e) => Ok(Inflow::Blocked),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(Inflow::Control),
             Err(e) => Err(SpliceError::Read(e)),
         }
     }
@@ -127,18 +131,29 @@ impl Pipe {
     }
 }
 
+/// What [`splice_stream`] moved, and why it stopped short if it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spliced {
+    pub moved: u64,
+    /// It stopped at a kTLS record that is not data (see
+    /// [`Inflow::Control`]); the pipe was emptied first.
+    pub control: bool,
+}
+
 /// Moves `limit` bytes (or everything until EOF with None) from `src` to
 /// `dst` through `pipe`. Returns the bytes moved: fewer than `limit` only
-/// when `src` reached EOF. `idle` bounds every wait for either side.
+/// when `src` reached EOF or a kTLS control record. `idle` bounds every
+/// wait for either side.
 pub async fn splice_stream(
     src: &TcpStream,
     dst: &TcpStream,
     pipe: &mut Pipe,
     limit: Option<u64>,
     idle: Duration,
-) -> Result<u64, SpliceError> {
+) -> Result<Spliced, SpliceError> {
     let mut moved: u64 = 0;
     let mut eof = false;
+    let mut control = false;
     loop {
         // Bytes still to take in: the limit less those moved and those
         // already in the pipe.
@@ -146,15 +161,19 @@ pub async fn splice_stream(
             Some(l) => l.saturating_sub(moved + pipe.pending as u64),
             None => u64::MAX,
         };
-        if pipe.pending == 0 && (eof || want_in == 0) {
-            return Ok(moved);
+        if pipe.pending == 0 && (eof || control || want_in == 0) {
+            return Ok(Spliced { moved, control });
         }
         let mut progressed = false;
-        if !eof && want_in > 0 && pipe.pending < pipe.capacity {
+        if !eof && !control && want_in > 0 && pipe.pending < pipe.capacity {
             match pipe.fill_from(src, want_in)? {
                 Inflow::Bytes => progressed = true,
                 Inflow::Blocked => {}
                 Inflow::Eof => eof = true,
+                Inflow::Control => {
+                    control = true;
+                    progressed = true;
+                }
             }
         }
         if pipe.pending > 0 {
@@ -168,7 +187,7 @@ pub async fn splice_stream(
         // Nothing moved: wait for whichever side can unblock us. With data in
         // the pipe, only the destination can (the pipe may be out of slots).
         let can_write = pipe.pending > 0;
-        let can_read = !eof && want_in > 0 && !can_write;
+        let can_read = !eof && !control && want_in > 0 && !can_write;
         let wait = async {
             if can_write {
                 dst.writable().await.map_err(SpliceError::Write)
@@ -186,6 +205,8 @@ pub async fn splice_stream(
 }
 
 /// One direction of a tunnel: splice until EOF, then pass the EOF on.
+/// Tunnels join plain TCP sockets only (kTLS ones copy), so a control stop
+/// is the EINVAL it came from.
 async fn half_tunnel(
     src: &TcpStream,
     dst: &TcpStream,
@@ -194,7 +215,12 @@ async fn half_tunnel(
 ) -> Result<u64, SpliceError> {
     let r = splice_stream(src, dst, pipe, None, idle).await;
     let _ = nix::sys::socket::shutdown(dst.as_raw_fd(), nix::sys::socket::Shutdown::Write);
-    r
+    match r? {
+        Spliced { control: true, .. } => Err(SpliceError::Read(io::Error::from_raw_os_error(
+            libc::EINVAL,
+        ))),
+        Spliced { moved, .. } => Ok(moved),
+    }
 }
 
 /// Splices both directions of a tunnel until each side has sent EOF;

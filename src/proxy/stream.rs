@@ -30,6 +30,7 @@ use super::body::{BodyCursor, FramingError, Step};
 use super::http::{BodyFraming, ChunkError, ChunkedScanner, HeadError};
 use super::splice::{splice_stream, splice_tunnel, Pipe, SpliceError};
 use super::transport::Transport;
+use crate::tls::ktls::stream::{is_control_stop, Session, Taken};
 
 /// Read size for heads and bodies.
 const READ_CHUNK: usize = 64 * 1024;
@@ -219,8 +220,10 @@ impl Buffer {
     /// Reads exactly one line (up to and including LF, at most
     /// [`MAX_LINE`] bytes) from `tcp`, leaving what follows in the socket.
     /// Returns the bytes read; 0 at EOF.
-    async fn read_line(&mut self, tcp: &TcpStream, idle: Duration) -> Result<usize, BodyError> {
+    async fn read_line(&mut self, via: Kernel<'_>, idle: Duration) -> Result<usize, BodyError> {
+        let tcp = via.src;
         let mut peek = [0u8; MAX_LINE];
+        // Bounded: each turn reads, takes one kTLS record, or waits `idle`.
         loop {
             let peeked = tcp.try_io(Interest::READABLE, || {
                 nix::sys::socket::recv(
@@ -254,7 +257,14 @@ impl Buffer {
                         Ok(r) => r.map_err(BodyError::Read)?,
                     }
                 }
-                Err(e) => return Err(BodyError::Read(e)),
+                Err(e) => match via.session {
+                    Some(session) if is_control_stop(&e) => {
+                        if session.take(tcp).map_err(BodyError::Read)? == Taken::End {
+                            return Ok(0);
+                        }
+                    }
+                    _ => return Err(BodyError::Read(e)),
+                },
             }
         }
     }
@@ -265,6 +275,9 @@ impl Buffer {
 #[derive(Clone, Copy)]
 struct Kernel<'s> {
     src: &'s TcpStream,
+    /// The source's kTLS session, which takes the records that stop a
+    /// splice or a peek.
+    session: Option<&'s Session>,
     dst: &'s TcpStream,
     pipe_size: usize,
 }
@@ -284,16 +297,32 @@ impl Kernel<'_> {
         };
         // A pipe goes back only after a splice that ended cleanly: bytes
         // stranded in it belong to a body that failed.
-        let n = splice_stream(self.src, self.dst, &mut owned, limit, idle)
-            .await
-            .map_err(|e| match e {
-                SpliceError::Read(e) => BodyError::Read(e),
-                SpliceError::Write(e) => BodyError::Write(e),
-                SpliceError::Timeout { writing: false } => BodyError::Timeout(idle),
-                SpliceError::Timeout { writing: true } => BodyError::WriteTimeout(idle),
-            })?;
+        let mut moved = 0;
+        // Bounded: each turn moves bytes or takes one kTLS record, and
+        // `idle` bounds each splice's waits.
+        loop {
+            let rest = limit.map(|l| l - moved);
+            let s = splice_stream(self.src, self.dst, &mut owned, rest, idle)
+                .await
+                .map_err(|e| match e {
+                    SpliceError::Read(e) => BodyError::Read(e),
+                    SpliceError::Write(e) => BodyError::Write(e),
+                    SpliceError::Timeout { writing: false } => BodyError::Timeout(idle),
+                    SpliceError::Timeout { writing: true } => BodyError::WriteTimeout(idle),
+                })?;
+            moved += s.moved;
+            if !s.control {
+                break;
+            }
+            let Some(session) = self.session else {
+                return Err(BodyError::Read(io::Error::from_raw_os_error(libc::EINVAL)));
+            };
+            if session.take(self.src).map_err(BodyError::Read)? == Taken::End {
+                break;
+            }
+        }
         *pipe = Some(owned);
-        Ok(n)
+        Ok(moved)
     }
 }
 
@@ -492,6 +521,7 @@ impl<T: Transport> BufStream<T> {
             let kernel = match (self.pipe_size, self.stream.tcp(), dst.tcp()) {
                 (Some(pipe_size), Some(src), Some(dst)) => Some(Kernel {
                     src,
+                    session: self.stream.kernel_tls(),
                     dst,
                     pipe_size,
                 }),
@@ -510,7 +540,7 @@ impl<T: Transport> BufStream<T> {
                     cursor.moved(n);
                 }
                 Step::ReadLine(via) => {
-                    let n = self.buf.read_line(via.src, idle).await?;
+                    let n = self.buf.read_line(via, idle).await?;
                     cursor.read(n);
                 }
                 Step::Fill => {
@@ -647,8 +677,11 @@ pub async fn tunnel<A: Transport, B: Transport>(
         return t;
     }
     t.back.copied = b_rest.len() as u64;
+    // kTLS sockets copy: a tunnel's records that are not data would stop
+    // the splice in either direction.
+    let plain = a.kernel_tls().is_none() && b.kernel_tls().is_none();
     let copied = match (pipe_size, a.tcp(), b.tcp()) {
-        (Some(size), Some(ta), Some(tb)) => {
+        (Some(size), Some(ta), Some(tb)) if plain => {
             let (forth, back, end) = splice_tunnel(ta, tb, size, idle).await;
             (t.forth.spliced, t.back.spliced, t.end) = (forth, back, end);
             return t;

@@ -22,6 +22,9 @@ use crate::metrics::{self, CloseReason, Handshake, TlsRefusal, TlsSide, Verdict}
 use crate::policy::{canonical_ip, HelloView, TlsDenial, TlsVerdict};
 use crate::tls::alert::{alert_record, send_alert};
 use crate::tls::hello::{self, ClientHello, PeekError};
+use crate::tls::ktls::handshake;
+use crate::tls::ktls::stream::KtlsStream;
+use crate::tls::ktls::{CopyReason, Ktls};
 use crate::tls::leaf::LeafName;
 use crate::tls::server::{alpn_acceptable, intercept_config};
 
@@ -158,15 +161,26 @@ impl Proxy {
                 return;
             }
         };
-        let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
         let within = self.settings.handshake_timeout;
-        let accepted = match tokio::time::timeout(within, accept).await {
-            Ok(Ok(tls)) => Ok(tls),
-            Ok(Err(e)) => Err(Some(e)),
-            Err(_) => Err(None),
+        let accepted = match self.ktls_path(&stream) {
+            Ok(()) => handshake::accept(stream, config, within)
+                .await
+                .map(|k| Accepted::Kernel(Box::new(k)))
+                .map_err(|e| match e {
+                    handshake::Error::Timeout(_) => None,
+                    e => Some(std::io::Error::other(e.to_string())),
+                }),
+            Err(why) => {
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                match tokio::time::timeout(within, accept).await {
+                    Ok(Ok(tls)) => Ok(Accepted::Rustls(Box::new(tls), why)),
+                    Ok(Err(e)) => Err(Some(e)),
+                    Err(_) => Err(None),
+                }
+            }
         };
-        let tls = match accepted {
-            Ok(tls) => tls,
+        let accepted = match accepted {
+            Ok(a) => a,
             Err(e) => {
                 let out = handshake_failed(e, within);
                 self.log
@@ -175,23 +189,52 @@ impl Proxy {
             }
         };
         metrics::tls_handshake(TlsSide::Downstream, Handshake::Ok);
-        let conn = tls.get_ref().1;
         let mut fields = tls_fields(TlsMode::Intercept, hello.sni.as_ref());
-        fields.tls_version = conn.protocol_version().map(|v| format!("{v:?}"));
-        fields.alpn = conn
-            .alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
-        let base = Record {
-            tls: Some(fields),
-            ..base
-        };
         let target = Target {
             tls: Some(Terminated { sni: hello.sni }),
             policy: target.policy.clone(),
             ..*target
         };
-        self.serve_stream(BufStream::new(tls, None), &target, base)
-            .await;
+        let path = match &accepted {
+            Accepted::Kernel(k) => {
+                describe(
+                    &mut fields,
+                    Some(k.info().version),
+                    k.info().alpn.as_deref(),
+                );
+                Ok(())
+            }
+            Accepted::Rustls(tls, why) => {
+                let conn = tls.get_ref().1;
+                describe(&mut fields, conn.protocol_version(), conn.alpn_protocol());
+                Err(*why)
+            }
+        };
+        metrics::ktls_connection(TlsSide::Downstream, path);
+        fields.ktls = path.is_ok();
+        let base = Record {
+            tls: Some(fields),
+            ..base
+        };
+        match accepted {
+            Accepted::Kernel(k) => {
+                let down = BufStream::new(*k, self.settings.pipes.requests);
+                self.serve_stream(down, &target, base).await;
+            }
+            Accepted::Rustls(tls, _) => {
+                self.serve_stream(BufStream::new(*tls, None), &target, base)
+                    .await;
+            }
+        }
+    }
+
+    /// Whether a connection's TLS goes to the kernel after the handshake
+    /// (TCP_ULP "tls" is set on `tcp` now); Err: why it stays in rustls.
+    pub(super) fn ktls_path(&self, tcp: &TcpStream) -> Result<(), CopyReason> {
+        match self.tls.ktls {
+            Ktls::Off(why) => Err(why),
+            Ktls::On => handshake::prepare(tcp).map_err(|_| CopyReason::Socket),
+        }
     }
 
     /// The server configuration for this hello: its leaf, made or cached.
@@ -303,6 +346,19 @@ impl Proxy {
         }
         out
     }
+}
+
+/// A workload's TLS, terminated.
+enum Accepted {
+    Kernel(Box<KtlsStream>),
+    /// In rustls, for this reason.
+    Rustls(Box<tokio_rustls::server::TlsStream<TcpStream>>, CopyReason),
+}
+
+/// Fills in the negotiated version and protocol.
+fn describe(fields: &mut TlsFields, version: Option<rustls::ProtocolVersion>, alpn: Option<&[u8]>) {
+    fields.tls_version = version.map(|v| format!("{v:?}"));
+    fields.alpn = alpn.map(|p| String::from_utf8_lossy(p).into_owned());
 }
 
 /// The access log's TLS fields of a connection whose ClientHello named

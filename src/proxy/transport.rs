@@ -15,11 +15,29 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::tls::ktls::stream::{KtlsStream, Session};
+
 /// A byte stream a [`super::stream::BufStream`] reads and writes.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The TCP socket whose bytes are this stream's own, if any: the
     /// kernel can move them without changing them.
     fn tcp(&self) -> Option<&TcpStream>;
+
+    /// The kTLS session on [`Transport::tcp`], if the kernel does its TLS:
+    /// the kernel paths then hand it the records that are not data.
+    fn kernel_tls(&self) -> Option<&Session> {
+        None
+    }
+}
+
+impl Transport for KtlsStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(KtlsStream::tcp(self))
+    }
+
+    fn kernel_tls(&self) -> Option<&Session> {
+        Some(self.session())
+    }
 }
 
 impl Transport for TcpStream {
@@ -37,18 +55,29 @@ impl Transport for DuplexStream {
 }
 
 /// An upstream connection's transport: TCP, or TLS the proxy originates
-/// (interception and `upstream.tls`) over TCP.
+/// (interception and `upstream.tls`) over TCP, in rustls or in the kernel.
 pub enum UpStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Ktls(Box<KtlsStream>),
 }
 
 impl UpStream {
+    /// Whether the kernel does its TLS; None: plain TCP.
+    pub fn ktls(&self) -> Option<bool> {
+        match self {
+            UpStream::Plain(_) => None,
+            UpStream::Tls(_) => Some(false),
+            UpStream::Ktls(_) => Some(true),
+        }
+    }
+
     /// The TCP socket under it, TLS or not (for liveness peeks).
     pub fn socket(&self) -> &TcpStream {
         match self {
             UpStream::Plain(s) => s,
             UpStream::Tls(s) => s.get_ref().0,
+            UpStream::Ktls(s) => s.tcp(),
         }
     }
 }
@@ -57,7 +86,15 @@ impl Transport for UpStream {
     fn tcp(&self) -> Option<&TcpStream> {
         match self {
             UpStream::Plain(s) => Some(s),
+            UpStream::Ktls(s) => Some(s.tcp()),
             UpStream::Tls(_) => None,
+        }
+    }
+
+    fn kernel_tls(&self) -> Option<&Session> {
+        match self {
+            UpStream::Ktls(s) => Some(s.session()),
+            UpStream::Plain(_) | UpStream::Tls(_) => None,
         }
     }
 }
@@ -74,6 +111,7 @@ macro_rules! delegate {
         match $self.get_mut() {
             UpStream::Plain($s) => $e,
             UpStream::Tls($s) => $e,
+            UpStream::Ktls($s) => $e,
         }
     };
 }

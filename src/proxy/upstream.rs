@@ -26,6 +26,7 @@ use super::transport::{Transport, UpStream};
 use super::KernelState;
 use crate::metrics::{self, CloseReason, Errno};
 use crate::policy::PolicyId;
+use crate::tls::ktls::stream::Taken;
 
 static NEXT_UPSTREAM_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -241,17 +242,37 @@ pub async fn connect(
 
 impl UpConn {
     /// Whether the server has closed (or written to) the idle connection.
+    /// A kTLS connection's records that are not data (an origin's TLS 1.3
+    /// session tickets, sent after the handshake) are taken first: they
+    /// are not unsolicited bytes, and the ticket is kept for resumption.
     fn peek_closed(&self) -> Option<CloseReason> {
-        let fd = self.stream.get_ref().socket().as_raw_fd();
+        let up = self.stream.get_ref();
+        let tcp = up.socket();
         let mut byte = [0u8; 1];
-        match recv(fd, &mut byte, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
-            Err(NixErrno::EAGAIN) => None,
-            Ok(0) => Some(CloseReason::ServerClose),
-            // Unsolicited bytes (e.g. a 408) or a reset: unusable.
-            Ok(_) | Err(_) => Some(CloseReason::ServerClose),
+        // Bounded: a few records, then the connection is given up.
+        for _ in 0..MAX_IDLE_RECORDS {
+            match recv(
+                tcp.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            ) {
+                Err(NixErrno::EAGAIN) => return None,
+                Err(NixErrno::EIO) => match up.kernel_tls().map(|s| s.take(tcp)) {
+                    Some(Ok(Taken::More)) => continue,
+                    _ => return Some(CloseReason::ServerClose),
+                },
+                Ok(0) => return Some(CloseReason::ServerClose),
+                // Unsolicited bytes (e.g. a 408) or a reset: unusable.
+                Ok(_) | Err(_) => return Some(CloseReason::ServerClose),
+            }
         }
+        Some(CloseReason::ServerClose)
     }
 }
+
+/// Records that are not data an idle kTLS connection may hold before the
+/// liveness peek gives it up.
+const MAX_IDLE_RECORDS: usize = 8;
 
 struct Idle {
     conn: UpConn,

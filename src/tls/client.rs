@@ -13,6 +13,7 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, CertificateError, ClientConfig, PeerIncompatible, RootCertStore};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::ktls::{self, stream::KtlsStream};
 use super::server::HTTP_1_1;
 
 /// The longest cause put in a `sockwarden-error` header.
@@ -121,6 +122,27 @@ impl UpstreamTls {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(e)) => Err(classify(e)),
         }
+    }
+
+    /// [`UpstreamTls::connect`] on a socket prepared for kTLS
+    /// ([`ktls::handshake::prepare`]): the session's record layer then goes
+    /// to the kernel.
+    pub async fn connect_kernel(
+        &self,
+        tcp: tokio::net::TcpStream,
+        name: ServerName<'static>,
+        within: Duration,
+    ) -> Result<KtlsStream, HandshakeError> {
+        ktls::handshake::connect(tcp, self.config.clone(), name, within)
+            .await
+            .map_err(|e| match e {
+                ktls::handshake::Error::Timeout(d) => HandshakeError::Timeout(d),
+                ktls::handshake::Error::Tls(e) => HandshakeError::Failed { cause: cause(&e) },
+                ktls::handshake::Error::Io(e) => HandshakeError::Io(e),
+                e @ ktls::handshake::Error::Install(_) => HandshakeError::Failed {
+                    cause: header_safe(&e.to_string()),
+                },
+            })
     }
 }
 

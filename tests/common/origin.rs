@@ -116,6 +116,41 @@ impl Origin {
         Origin { server, shared }
     }
 
+    /// A TLS origin that answers each connection's first request with
+    /// `pattern(2 * half)`, sending a TLS 1.3 KeyUpdate after the first
+    /// `half` body bytes, then closes.
+    pub fn serve_key_update(
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        half: usize,
+    ) -> Origin {
+        let shared = Arc::new(Shared::default());
+        let sh = shared.clone();
+        let server = Server::start(listener, move |stream, _stop| {
+            let _ = stream.set_read_timeout(Some(io_timeout()));
+            let _ = stream.set_write_timeout(Some(io_timeout()));
+            let Ok(half_tls) = TlsHalf::new(tls.clone(), stream) else {
+                return;
+            };
+            let mut reader = BufReader::new(half_tls.clone());
+            let mut line = String::new();
+            // The head, line by line (bounded by the read timeout and size).
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) && line.len() < 16 << 10 {}
+            sh.requests.fetch_add(1, Ordering::SeqCst);
+            let body = pattern(2 * half);
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let mut w = half_tls.clone();
+            let sent = w.write_all(head.as_bytes()).is_ok()
+                && w.write_all(&body[..half]).is_ok()
+                && half_tls.key_update().is_ok()
+                && w.write_all(&body[half..]).is_ok();
+            if sent {
+                half_tls.close();
+            }
+        });
+        Origin { server, shared }
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.server.addr()

@@ -103,6 +103,14 @@ impl TlsHalf {
         )))))
     }
 
+    /// Sends a TLS 1.3 KeyUpdate (asking for the peer's too) and switches
+    /// to the new sending keys.
+    pub fn key_update(&self) -> io::Result<()> {
+        let mut s = self.0.borrow_mut();
+        s.conn.refresh_traffic_keys().map_err(io::Error::other)?;
+        s.flush()
+    }
+
     /// Sends close_notify, then the TCP FIN.
     pub fn close(&self) {
         let mut s = self.0.borrow_mut();

@@ -353,3 +353,236 @@ fn origination_speaks_verified_tls_for_plain_http_workloads() {
         1.0
     );
 }
+
+/// Whether this kernel must take the TLS record layer. The VM matrix says
+/// so (`SW_EXPECT_KTLS=1` from vmtests/guest.sh: Debian's kernels build the
+/// `tls` module), and a guest without it fails here, loudly. Elsewhere the
+/// kernel tells, once sockwarden has run (TCP_ULP "tls" loads the module
+/// where there is one); this host's kernel has none, so here the copy path
+/// is what is tested.
+fn ktls_expected() -> bool {
+    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    let present = ulps.split_whitespace().any(|u| u == "tls");
+    if std::env::var("SW_EXPECT_KTLS").as_deref() == Ok("1") {
+        assert!(
+            present,
+            "SW_EXPECT_KTLS=1 but this kernel has no tls ULP (tcp_available_ulp: {ulps:?})"
+        );
+    }
+    present
+}
+
+/// Intercepting on 443 and originating from 80, both to the TLS origin.
+fn both_policy(cgroup: &str, pki: &Pki, ktls: bool) -> String {
+    format!(
+        "tls:\n  ca: {{ cert: {:?}, key: {:?} }}\n  upstream_roots: {:?}\n  ktls: {ktls}\n\
+         policies:\n  - name: https\n    cgroup: {cgroup}\n    egress:\n\
+         \x20     - to: [\"10.77.1.0/24\"]\n        ports: [443]\n\
+         \x20       tls: {{ intercept: true }}\n\
+         \x20       http: [{{ method: GET, path: \"/data/.*\" }}]\n\
+         \x20     - to: [\"10.77.1.0/24\"]\n        ports: [80]\n\
+         \x20       upstream: {{ tls: true }}\n\
+         \x20       http: [{{ method: GET }}]\n",
+        pki.path("node-ca.crt"),
+        pki.path("node-ca.key"),
+        pki.path("origin-ca.pem"),
+    )
+}
+
+/// `sockwarden_ktls_connections_total` for one side, path and reason.
+fn ktls_connections(sw: &Sockwarden, side: &str, path: &str, reason: &str) -> f64 {
+    sw.metric(&format!(
+        r#"sockwarden_ktls_connections_total{{side="{side}",path="{path}",reason="{reason}"}}"#
+    ))
+}
+
+/// 64 MiB intercepted (TLS both sides) and 64 MiB originated (plain to the
+/// workload, TLS to the origin), both intact. With kTLS, the bodies move
+/// kernel-side (splice from the kTLS socket the kernel decrypts); without
+/// it, through userspace, and the counters and the log say which.
+#[test]
+fn intercepted_and_originated_64_mib_bodies_take_the_kernel_path_where_there_is_ktls() {
+    let (tag, topo, cg) = bare_scene("tlsktls", "pod");
+    let pki = Pki::new(&tag);
+    let _origin = tls_origin(&topo, &pki);
+    ca_init(&pki);
+    let sw = Sockwarden::start(&topo.node, &tag, &both_policy(cg.rel(), &pki, true));
+    let want = hex(Sha256::digest(pattern(BIG)));
+    let node_ca = pki.path("node-ca.crt");
+    let intercepted = format!("https://origin.test/data/{BIG}");
+    let plain = format!(
+        "curl -sS --max-time 120 --resolve origin.test:80:10.77.1.10 http://origin.test/data/{BIG}"
+    );
+    for cmd in [
+        format!("curl {}", curl_args(&node_ca, &intercepted, &[]).join(" ")),
+        plain,
+    ] {
+        let o = workload(
+            &topo.pod,
+            &cg,
+            "bash",
+            &["-c", &format!("{cmd} | sha256sum")],
+        );
+        assert!(
+            stdout(&o).starts_with(&want),
+            "{cmd}: {} vs {want}: {}",
+            stdout(&o),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let ktls = ktls_expected();
+    let series = |engine: &str| {
+        sw.metric(&format!(
+            r#"sockwarden_forwarded_bytes_total{{direction="downstream",engine="{engine}"}}"#
+        ))
+    };
+    let (spliced, copied) = (series("splice"), series("copy"));
+    eprintln!("kTLS {ktls}: {spliced} bytes spliced down, {copied} copied");
+    let (path, reason) = if ktls {
+        ("ktls", "none")
+    } else {
+        ("copy", "kernel")
+    };
+    assert_eq!(ktls_connections(&sw, "downstream", path, reason), 1.0);
+    assert!(ktls_connections(&sw, "upstream", path, reason) >= 1.0);
+    // The origin's TLS 1.3 tickets came after the handshake: under kTLS the
+    // kernel delivered them apart, and rustls kept them for resumption.
+    let tickets = sw.metric(
+        r#"sockwarden_ktls_records_total{side="upstream",record="session_ticket",result="ok"}"#,
+    );
+    assert_eq!(
+        tickets >= 1.0,
+        ktls,
+        "{tickets} tickets taken from kTLS sockets"
+    );
+    let (kernel_side, userspace) = if ktls {
+        (spliced, copied)
+    } else {
+        (copied, spliced)
+    };
+    assert!(
+        kernel_side >= 2.0 * BIG as f64,
+        "{kernel_side} bytes on the {path} path"
+    );
+    assert!(
+        userspace <= 0.01 * kernel_side,
+        "{userspace} bytes took the other path"
+    );
+    let log = wait_for(
+        std::time::Duration::from_secs(5),
+        || sw.access_log(),
+        |l| l.len() == 2,
+    );
+    assert_eq!(
+        (&log[0]["tls"], &log[0]["ktls"], &log[0]["upstream_ktls"]),
+        (&"intercept".into(), &ktls.into(), &ktls.into()),
+        "{log:?}"
+    );
+    assert_eq!(log[1]["upstream_ktls"], ktls, "{log:?}");
+    assert!(log[1].get("tls").is_none(), "{log:?}");
+}
+
+/// `tls.ktls: false` keeps TLS in rustls on any kernel: counted with its
+/// reason, and the log says so.
+#[test]
+fn with_ktls_off_tls_stays_in_userspace_counted() {
+    let (tag, topo, cg) = bare_scene("tlsnoktls", "pod");
+    let pki = Pki::new(&tag);
+    let origin = tls_origin(&topo, &pki);
+    ca_init(&pki);
+    let sw = Sockwarden::start(&topo.node, &tag, &both_policy(cg.rel(), &pki, false));
+    let node_ca = pki.path("node-ca.crt");
+    let status = ["-o", "/dev/null", "-w", "%{http_code}"];
+    let code = stdout(&curl(
+        &topo,
+        &cg,
+        &node_ca,
+        "https://origin.test/data/100000",
+        &status,
+    ));
+    assert_eq!(code, "200");
+    assert_eq!(origin.requests(), 1);
+    assert_eq!(ktls_connections(&sw, "downstream", "copy", "disabled"), 1.0);
+    assert_eq!(ktls_connections(&sw, "upstream", "copy", "disabled"), 1.0);
+    assert_eq!(ktls_connections(&sw, "downstream", "ktls", "none"), 0.0);
+    let log = wait_for(
+        std::time::Duration::from_secs(5),
+        || sw.access_log(),
+        |l| !l.is_empty(),
+    );
+    assert_eq!(
+        (&log[0]["ktls"], &log[0]["upstream_ktls"]),
+        (&false.into(), &false.into())
+    );
+}
+
+/// The origin at 10.77.1.10:443 whose responses carry a key update
+/// after `half` bytes.
+fn key_updating_origin(topo: &Topology, pki: &Pki, half: usize) -> Origin {
+    let ca = TestCa::new("origin CA");
+    ca.write_pem(&pki.path("origin-ca.pem"));
+    Origin::serve_key_update(
+        listener_in(&topo.origin, "10.77.1.10:443"),
+        ca.server_config(&["origin.test"], Validity::Good),
+        half,
+    )
+}
+
+/// An origin's key update in the middle of an intercepted body. rustls
+/// (the copy path) takes it in its stride. With kTLS, rustls derives the
+/// new keys and the kernel is given them: a kernel with kTLS rekey goes on,
+/// intact; one without (Debian 12's 6.1) refuses the second TLS_RX, and
+/// the response is cut there, counted and named, never corrupted.
+#[test]
+fn a_key_update_mid_body_is_taken_or_ends_the_response_named() {
+    let (tag, topo, cg) = bare_scene("tlskeyupd", "pod");
+    let pki = Pki::new(&tag);
+    let half = 1 << 20;
+    let _origin = key_updating_origin(&topo, &pki, half);
+    ca_init(&pki);
+    let sw = Sockwarden::start(&topo.node, &tag, &intercept_policy(cg.rel(), &pki));
+    let url = format!("https://origin.test/data/{}", 2 * half);
+    let cmd = format!(
+        "curl {} | sha256sum; echo curl=${{PIPESTATUS[0]}}",
+        curl_args(&pki.path("node-ca.crt"), &url, &[]).join(" ")
+    );
+    let o = workload(&topo.pod, &cg, "bash", &["-c", &cmd]);
+    let out = stdout(&o);
+    let intact = out.starts_with(&hex(Sha256::digest(pattern(2 * half))));
+    let records = |result: &str| {
+        sw.metric(&format!(
+            r#"sockwarden_ktls_records_total{{side="upstream",record="key_update",result="{result}"}}"#
+        ))
+    };
+    let (ok, failed) = (records("ok"), records("failed"));
+    let ktls = ktls_expected();
+    eprintln!("kTLS {ktls}: intact {intact}, key updates ok {ok}, failed {failed}: {out}");
+    if !ktls {
+        assert!(
+            intact && out.contains("curl=0"),
+            "{out}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!((ok, failed), (0.0, 0.0));
+        return;
+    }
+    if intact {
+        assert!(out.contains("curl=0"), "{out}");
+        assert_eq!((ok, failed), (1.0, 0.0));
+        return;
+    }
+    // Cut short: curl reports the missing bytes (18), never other bytes.
+    assert!(
+        out.contains("curl=18"),
+        "{out}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!((ok, failed), (0.0, 1.0));
+    let log = wait_for(
+        std::time::Duration::from_secs(5),
+        || sw.access_log(),
+        |l| !l.is_empty(),
+    );
+    let reason = log[0]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("cannot rekey"), "{log:?}");
+}

@@ -293,3 +293,31 @@ fn a_silent_or_absent_origin_is_a_timeout_or_a_refused_connect() {
         assert!(proxy_error(&r, status).contains(fragment), "{r}");
     }
 }
+
+/// An origin's TLS 1.3 key update in the middle of an originated body is
+/// taken by the upstream TLS (rustls here: the loopback tier copies), and
+/// the body arrives intact. The kernel tier runs the same origin under kTLS.
+#[test]
+fn a_key_update_mid_body_is_taken() {
+    let node = NodeCa::new();
+    let ca = TestCa::new("origin CA");
+    let roots = temp_log_path().with_extension("roots.pem");
+    ca.write_pem(&roots);
+    let half = 256 << 10;
+    let config = ca.server_config(&["origin.test"], Validity::Good);
+    let o = OriginSide {
+        roots,
+        origin: Origin::serve_key_update(loopback_listener(), config, half),
+    };
+    let rule = "        upstream: { tls: true, port: PORT }\n        http: [{ method: GET }]\n";
+    let proxy = proxy(&o, &node, rule);
+    let mut c = Client::connect(proxy.addr);
+    let r = c.get("/data/key-update");
+    assert_eq!(r.status, 200, "{r}");
+    assert!(
+        r.body == pattern(2 * half),
+        "{} bytes, not the pattern",
+        r.body.len()
+    );
+    assert_eq!(o.origin.requests(), 1);
+}
