@@ -20,7 +20,7 @@ timeout=${FUZZ_TIMEOUT:-10}     # seconds one input may take before it is a hang
 cache=${FUZZ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sockwarden-fuzz}
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(request_head response_head chunked config client_hello)
+  targets=(request_head response_head chunked config client_hello ktls_control)
 fi
 
 if ! cargo +nightly --version >/dev/null 2>&1; then

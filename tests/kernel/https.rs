@@ -260,6 +260,21 @@ fn interception_applies_http_rules_to_https_for_curl_and_python() {
         "403",
         "denied inside TLS"
     );
+    // TLS 1.2 with the workload (kTLS takes 1.2 too where there is one).
+    let tls12 = ["--tls-max", "1.2", "-o", "/dev/null", "-w", "%{http_code}"];
+    let o = curl(
+        &topo,
+        &cg,
+        &node_ca,
+        "https://origin.test/data/70000",
+        &tls12,
+    );
+    assert_eq!(
+        stdout(&o),
+        "200",
+        "TLS 1.2: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Python's urllib, told of the CA by SSL_CERT_FILE; the name maps to
     // the origin's address in the script (the pod has no DNS).
     let script = "import socket, sys, urllib.request\n\
@@ -282,11 +297,20 @@ fn interception_applies_http_rules_to_https_for_curl_and_python() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    assert_eq!(origin.requests(), 4, "the allowed requests, and only those");
+    assert_eq!(origin.requests(), 5, "the allowed requests, and only those");
     assert_eq!(
         sw.metric(r#"sockwarden_tls_handshakes_total{side="downstream",result="ok"}"#),
-        6.0
+        7.0
     );
+    let tls12_line =
+        |log: &Vec<serde_json::Value>| log.iter().find(|l| l["tls_version"] == "TLSv1_2").cloned();
+    let log = wait_for(
+        std::time::Duration::from_secs(5),
+        || sw.access_log(),
+        |l| tls12_line(l).is_some(),
+    );
+    let line = tls12_line(&log).expect("a TLS 1.2 line");
+    assert_eq!(line["ktls"], ktls_expected(), "{line}");
     assert!(sw.metric("sockwarden_tls_leaf_certificates") >= 2.0);
 }
 

@@ -57,18 +57,8 @@ pub async fn accept(
     config: Arc<ServerConfig>,
     within: Duration,
 ) -> Result<KtlsStream, Error> {
-    let run = async move {
-        let mut tcp = tcp;
-        let (secrets, kernel, info) = server_handshake(&mut tcp, config).await?;
-        install(&tcp, info.version, &secrets)?;
-        Ok(KtlsStream::new(
-            tcp,
-            Peer::Server(kernel),
-            TlsSide::Downstream,
-            info,
-        ))
-    };
-    within_deadline(within, run).await
+    let conn = UnbufferedServerConnection::new(config).map_err(Error::Tls)?;
+    established(tcp, conn, within).await
 }
 
 /// The client side: sockwarden's TLS to an origin on `tcp` (prepared), for
@@ -79,61 +69,41 @@ pub async fn connect(
     name: ServerName<'static>,
     within: Duration,
 ) -> Result<KtlsStream, Error> {
+    let conn = UnbufferedClientConnection::new(config, name).map_err(Error::Tls)?;
+    established(tcp, conn, within).await
+}
+
+/// The handshake, handed over and installed, within `within`.
+async fn established<C: Unbuffered>(
+    tcp: TcpStream,
+    conn: C,
+    within: Duration,
+) -> Result<KtlsStream, Error> {
     let run = async move {
         let mut tcp = tcp;
-        let (secrets, kernel, info) = client_handshake(&mut tcp, config, name).await?;
+        let (secrets, kernel, info) = hand_over(&mut tcp, conn).await?;
         install(&tcp, info.version, &secrets)?;
-        Ok(KtlsStream::new(
-            tcp,
-            Peer::Client(kernel),
-            TlsSide::Upstream,
-            info,
-        ))
+        Ok(KtlsStream::new(tcp, C::peer(kernel), C::SIDE, info))
     };
-    within_deadline(within, run).await
+    match tokio::time::timeout(within, run).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Timeout(within)),
+    }
 }
 
 /// A finished handshake, handed over: the secrets for the kernel, what
 /// rustls keeps, and what the log reports.
 type Handed<D> = (ExtractedSecrets, KernelConnection<D>, Info);
 
-/// The server's handshake on `tcp`, which then holds every byte after it.
-pub(super) async fn server_handshake(
+/// The handshake on `tcp`, which then holds every byte after it.
+pub(super) async fn hand_over<C: Unbuffered>(
     tcp: &mut TcpStream,
-    config: Arc<ServerConfig>,
-) -> Result<Handed<ServerConnectionData>, Error> {
-    let mut conn = UnbufferedServerConnection::new(config).map_err(Error::Tls)?;
+    mut conn: C,
+) -> Result<Handed<C::Data>, Error> {
     drive(tcp, &mut conn).await?;
-    let info = Info::of(&conn);
-    let (secrets, kernel) = conn
-        .dangerous_into_kernel_connection()
-        .map_err(Error::Tls)?;
+    let info = Info::of(conn.common());
+    let (secrets, kernel) = conn.into_kernel().map_err(Error::Tls)?;
     Ok((secrets, kernel, info))
-}
-
-/// The client's handshake on `tcp` for `name`.
-pub(super) async fn client_handshake(
-    tcp: &mut TcpStream,
-    config: Arc<ClientConfig>,
-    name: ServerName<'static>,
-) -> Result<Handed<ClientConnectionData>, Error> {
-    let mut conn = UnbufferedClientConnection::new(config, name).map_err(Error::Tls)?;
-    drive(tcp, &mut conn).await?;
-    let info = Info::of(&conn);
-    let (secrets, kernel) = conn
-        .dangerous_into_kernel_connection()
-        .map_err(Error::Tls)?;
-    Ok((secrets, kernel, info))
-}
-
-async fn within_deadline<T>(
-    within: Duration,
-    run: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match tokio::time::timeout(within, run).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::Timeout(within)),
-    }
 }
 
 /// What the access log reports of a finished handshake.
@@ -171,40 +141,58 @@ fn install(
 }
 
 /// rustls's two unbuffered sides, driven by one loop.
-trait Unbuffered {
+pub(super) trait Unbuffered {
+    type Data;
+    /// Which side of the proxy this is.
+    const SIDE: TlsSide;
     fn process<'c, 'i>(
         &'c mut self,
         incoming: &'i mut [u8],
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
-    type Data;
     fn common(&self) -> &UnbufferedConnectionCommon<Self::Data>;
+    fn into_kernel(self)
+        -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error>;
+    fn peer(kernel: KernelConnection<Self::Data>) -> Peer;
 }
 
-impl Unbuffered for UnbufferedServerConnection {
-    type Data = ServerConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &UnbufferedConnectionCommon<Self::Data> {
-        self
-    }
+macro_rules! unbuffered {
+    ($conn:ty, $data:ty, $side:expr, $peer:path) => {
+        impl Unbuffered for $conn {
+            type Data = $data;
+            const SIDE: TlsSide = $side;
+            fn process<'c, 'i>(
+                &'c mut self,
+                incoming: &'i mut [u8],
+            ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+                self.process_tls_records(incoming)
+            }
+            fn common(&self) -> &UnbufferedConnectionCommon<Self::Data> {
+                self
+            }
+            fn into_kernel(
+                self,
+            ) -> Result<(ExtractedSecrets, KernelConnection<Self::Data>), rustls::Error> {
+                self.dangerous_into_kernel_connection()
+            }
+            fn peer(kernel: KernelConnection<Self::Data>) -> Peer {
+                $peer(kernel)
+            }
+        }
+    };
 }
 
-impl Unbuffered for UnbufferedClientConnection {
-    type Data = ClientConnectionData;
-    fn process<'c, 'i>(
-        &'c mut self,
-        incoming: &'i mut [u8],
-    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
-        self.process_tls_records(incoming)
-    }
-    fn common(&self) -> &UnbufferedConnectionCommon<Self::Data> {
-        self
-    }
-}
+unbuffered!(
+    UnbufferedServerConnection,
+    ServerConnectionData,
+    TlsSide::Downstream,
+    Peer::Server
+);
+unbuffered!(
+    UnbufferedClientConnection,
+    ClientConnectionData,
+    TlsSide::Upstream,
+    Peer::Client
+);
 
 /// What the loop does after one state.
 enum Next {

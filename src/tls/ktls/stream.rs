@@ -112,38 +112,56 @@ impl Session {
     /// writing (announced under the old ones). A kernel without kTLS rekey
     /// refuses the second TLS_RX: the connection then ends.
     fn key_update(&self, fd: RawFd, peer: &mut Peer, requested: bool) -> io::Result<()> {
-        let fail = |what: &str, e: String| {
-            io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                format!("kTLS key update: {what}: {e}"),
-            )
-        };
-        let (seq, rx) = match peer {
-            Peer::Client(k) => k.update_rx_secret(),
-            Peer::Server(k) => k.update_rx_secret(),
-        }
-        .map_err(|e| fail("rustls", e.to_string()))?;
-        let info =
-            crypto_info(self.version, seq, &rx).ok_or_else(|| fail("cipher", "unknown".into()))?;
-        let tcp = borrowed(fd);
-        setsockopt(&tcp, sockopt::TcpTlsRx, &info)
-            .map_err(|e| fail("this kernel cannot rekey TLS_RX", e.to_string()))?;
+        self.rekey(fd, peer, Direction::Receive)?;
         if !requested {
             return Ok(());
         }
         // KeyUpdate(update_not_requested), then the new sending keys.
         send_record(fd, HANDSHAKE, &[24, 0, 0, 1, 0])
-            .map_err(|e| fail("sending ours", e.to_string()))?;
-        let (seq, tx) = match peer {
-            Peer::Client(k) => k.update_tx_secret(),
-            Peer::Server(k) => k.update_tx_secret(),
-        }
-        .map_err(|e| fail("rustls", e.to_string()))?;
-        let info =
-            crypto_info(self.version, seq, &tx).ok_or_else(|| fail("cipher", "unknown".into()))?;
-        setsockopt(&tcp, sockopt::TcpTlsTx, &info)
-            .map_err(|e| fail("this kernel cannot rekey TLS_TX", e.to_string()))
+            .map_err(|e| rekey_failed("sending ours", &e))?;
+        self.rekey(fd, peer, Direction::Transmit)
     }
+
+    /// rustls's next secret for one direction, given to the kernel.
+    fn rekey(&self, fd: RawFd, peer: &mut Peer, direction: Direction) -> io::Result<()> {
+        let next = match (peer, direction) {
+            (Peer::Client(k), Direction::Receive) => k.update_rx_secret(),
+            (Peer::Server(k), Direction::Receive) => k.update_rx_secret(),
+            (Peer::Client(k), Direction::Transmit) => k.update_tx_secret(),
+            (Peer::Server(k), Direction::Transmit) => k.update_tx_secret(),
+        };
+        let (seq, secrets) = next.map_err(|e| rekey_failed("rustls", &e))?;
+        let info = crypto_info(self.version, seq, &secrets)
+            .ok_or_else(|| rekey_failed("cipher", &"not one kTLS knows"))?;
+        let tcp = borrowed(fd);
+        let set = match direction {
+            Direction::Receive => setsockopt(&tcp, sockopt::TcpTlsRx, &info),
+            Direction::Transmit => setsockopt(&tcp, sockopt::TcpTlsTx, &info),
+        };
+        set.map_err(|e| rekey_failed(direction.cannot(), &e))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    Receive,
+    Transmit,
+}
+
+impl Direction {
+    fn cannot(self) -> &'static str {
+        match self {
+            Direction::Receive => "this kernel cannot rekey TLS_RX",
+            Direction::Transmit => "this kernel cannot rekey TLS_TX",
+        }
+    }
+}
+
+fn rekey_failed(what: &str, e: &dyn std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        format!("kTLS key update: {what}: {e}"),
+    )
 }
 
 /// A TLS 1.3 ticket from an origin goes to rustls's session store; a

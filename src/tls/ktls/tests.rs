@@ -10,7 +10,7 @@ use rustls::{CipherSuite, SupportedCipherSuite};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::handshake::{client_handshake, server_handshake};
+use super::handshake::hand_over;
 use super::*;
 use crate::tls::client::tests::{origin_ca, roots_of};
 
@@ -213,6 +213,17 @@ fn configs(suite: SupportedCipherSuite) -> (Arc<rustls::ServerConfig>, Arc<rustl
     (Arc::new(server), Arc::new(client))
 }
 
+fn server_conn(config: &Arc<rustls::ServerConfig>) -> rustls::server::UnbufferedServerConnection {
+    rustls::server::UnbufferedServerConnection::new(config.clone()).expect("server")
+}
+
+fn client_conn(
+    config: &Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+) -> rustls::client::UnbufferedClientConnection {
+    rustls::client::UnbufferedClientConnection::new(config.clone(), name).expect("client")
+}
+
 /// The key and IV lengths the kernel's structure for `info` carries.
 fn shape(info: &nix::sys::socket::sockopt::TlsCryptoInfo) -> (u16, u16, usize) {
     use nix::sys::socket::sockopt::TlsCryptoInfo as T;
@@ -278,7 +289,7 @@ async fn the_handshake_hands_over_at_the_last_handshake_record() {
             tls
         };
         let (handed, _client) = tokio::time::timeout(patience, async {
-            tokio::join!(server_handshake(&mut ours, server_config.clone()), client)
+            tokio::join!(hand_over(&mut ours, server_conn(&server_config)), client)
         })
         .await
         .expect("in time");
@@ -314,7 +325,7 @@ async fn the_handshake_hands_over_at_the_last_handshake_record() {
         };
         let (handed, _server) = tokio::time::timeout(patience, async {
             tokio::join!(
-                client_handshake(&mut ours, client_config.clone(), name),
+                hand_over(&mut ours, client_conn(&client_config, name)),
                 server
             )
         })
