@@ -121,6 +121,9 @@
 # (only those cases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# What is made here must be readable by the unprivileged servers, whatever
+# umask this ran with (a VM's guest agent runs commands under 077).
+umask 022
 
 [[ $(id -u) -eq 0 ]] || { echo "bench.sh: run as root" >&2; exit 1; }
 ROUNDS=${ROUNDS:-25}
@@ -282,6 +285,9 @@ fi
 
 # Origin: nginx with sendfile, long keep-alive (and HTTPS for those cases).
 mkdir -p "$WORK/www/data" "$WORK/nginx"
+# nginx's workers (and Squid) run unprivileged: the scratch directory
+# (mktemp's 0700) must be searchable.
+chmod 755 "$WORK"
 head -c $((64 << 20)) /dev/zero > "$WORK/www/data/64m"
 head -c 1024 /dev/zero > "$WORK/www/data/1k"
 cat > "$WORK/nginx/nginx.conf" <<NGINX
@@ -467,7 +473,6 @@ start_squid() {
   squid_cfg > "$s/squid.conf"
   chown -R proxy:proxy "$s"
   in_ns "$NODE" nft -f - <<<"$NFT_RULES"
-  chmod 755 "$WORK"
   nsenter --net=/run/netns/$NODE squid -n "$SQUID_SERVICE" --foreground -f "$s/squid.conf" 2>"$s/squid.err" &
   PIDS+=($!)
   for _ in $(seq 1 150); do

@@ -209,7 +209,7 @@ fn an_aborted_pass_through_leaves_nothing_behind() {
 
 fn intercept_policy(cgroup: &str, pki: &Pki) -> String {
     format!(
-        "tls:\n  ca: {{ cert: {:?}, key: {:?} }}\n  upstream_roots: {:?}\n\
+        "tls:\n  ca: {{ cert: {:?}, key: {:?} }}\n  upstream_roots: {:?}\n  ktls: true\n\
          policies:\n  - name: https\n    cgroup: {cgroup}\n    egress:\n\
          \x20     - to: [\"10.77.1.0/24\"]\n        ports: [443]\n\
          \x20       tls: {{ intercept: true }}\n\
@@ -338,7 +338,7 @@ fn origination_speaks_verified_tls_for_plain_http_workloads() {
     );
     std::fs::write(&roots, both).expect("roots bundle");
     let policy = format!(
-        "tls:\n  upstream_roots: {roots:?}\n\
+        "tls:\n  upstream_roots: {roots:?}\n  ktls: true\n\
          policies:\n  - name: https\n    cgroup: {}\n    egress:\n\
          \x20     - to: [\"10.77.1.0/24\"]\n        ports: [80]\n\
          \x20       upstream: {{ tls: true }}\n\
@@ -506,8 +506,8 @@ fn intercepted_and_originated_64_mib_bodies_take_the_kernel_path_where_there_is_
     assert!(log[1].get("tls").is_none(), "{log:?}");
 }
 
-/// `tls.ktls: false` keeps TLS in rustls on any kernel: counted with its
-/// reason, and the log says so.
+/// `tls.ktls: false` (the default) keeps TLS in rustls on any kernel:
+/// counted with its reason, and the log says so.
 #[test]
 fn with_ktls_off_tls_stays_in_userspace_counted() {
     let (tag, topo, cg) = bare_scene("tlsnoktls", "pod");
