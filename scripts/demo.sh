@@ -249,7 +249,7 @@ as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -o /dev/null -w '      HTTP
 as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -i https://origin.test/admin/keys.txt | grep -E '^(HTTP|sockwarden)' | sed 's/^/      /'
 echo "   d) a Host other than the SNI (domain fronting) is misdirected: 421"
 as_workload curl -sS $R --cacert "$WORK/node-ca.crt" -H 'Host: static.origin.test' -o /dev/null -w '      HTTP %{http_code}\n' https://origin.test/data/report.csv
-echo "   e) where the kernel has kTLS, the intercepted connections' records went to it (bodies spliced); else copied, and why:"
+echo "   e) which path the intercepted connections' records took: copied through rustls (kTLS is opt-in, tls.ktls), and why:"
 in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_ktls_connections_total' | sed 's/^/      /'
 echo
 echo "== 7. outside the cgroup nothing is touched: the same /admin request from the node"
