@@ -360,9 +360,12 @@ YAML
 # configuration's policies (and tls) part (default: http_policy CGROUPS).
 start_sockwarden() {  # INDEX ENGINE PIPE CGROUPS WALL(0|1|-: a build without one) [BINARY [POLICIES]]
   local i=$1 bin=${6:-$BIN} policies=${7:-$(http_policy "$4")} cg
-  local testing="testing: { skip_egress_wall: true }"
-  [[ $5 == 1 ]] && testing="testing: { skip_egress_wall: false }"
-  [[ $5 == - ]] && testing=
+  local fields=
+  case $5 in 0) fields="skip_egress_wall: true" ;; 1) fields="skip_egress_wall: false" ;; esac
+  # Several instances run at once, each on cgroups of its own: this build
+  # refuses to start beside another unless told (older builds do not check).
+  [[ $bin == "$BIN" ]] && fields="${fields:+$fields, }allow_other_enforcers: true"
+  local testing=${fields:+"testing: { $fields }"}
   for cg in $4; do mkdir -p "$CG_TOP/$cg"; done
   cat > "$WORK/sw$i.yaml" <<YAML
 proxy: { listen: "10.77.0.1:1500$i" }

@@ -2,9 +2,11 @@
 //!
 //! Programs are attached to the root of the cgroup2 hierarchy with bpf_links
 //! that are pinned under `<pin_path>/links/`, and every map is pinned by name
-//! under `<pin_path>/`. Pinned links keep enforcement in place if the process
-//! dies (fail closed: redirected connects are refused instead of bypassing
-//! policy); the next start removes such leftovers before loading.
+//! under `<pin_path>/`. Pinned links keep enforcement in place when the
+//! process stops or dies (fail closed: connects that need the proxy are
+//! refused, L4 rules keep working); the next start takes the links over,
+//! swapping each one's program in place ([`pins`]), and only `sockwarden
+//! detach` removes them.
 //!
 //! - [`abi`]: the types of bpf/include/abi.h (generated), their byte views,
 //!   the key and value builders and decoders, and the shared limits;
@@ -24,6 +26,7 @@ use crate::policy::kernel::RuleEntry;
 
 pub mod abi;
 pub mod counters;
+pub mod enforcers;
 pub mod maps;
 pub mod pins;
 pub(crate) mod skel;
@@ -31,7 +34,7 @@ pub(crate) mod skel;
 pub use abi::{limits, OrigDst, PolicyRef, SockRole, TupleEntry};
 pub use counters::{DoorEvent, DOOR_EVENTS};
 pub use maps::{MapName, Maps};
-pub use pins::{lock_pin_path, PinLock};
+pub use pins::{detach, lock_pin_path, Detached, PinLock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
@@ -81,6 +84,13 @@ pub enum BpfError {
     },
     #[error("another sockwarden is running with pin path {pin_path} (it holds {lock}); stop it or give this one another bpf.pin_path")]
     InUse { pin_path: PathBuf, lock: PathBuf },
+    #[error("sockwarden programs of another instance are attached at cgroup {cgroup}: {found}. A node has one enforcer: two sets of connect programs on one cgroup judge each other's redirects and refuse them. Stop that instance, then `sockwarden detach --pin-path <its pin path>` removes its enforcement (or start this one with its bpf.pin_path, which takes its programs over)")]
+    OtherEnforcer { cgroup: PathBuf, found: String },
+    #[error("looking for other sockwarden instances at cgroup {cgroup}: {source}")]
+    Query {
+        cgroup: PathBuf,
+        source: std::io::Error,
+    },
     #[error("eBPF objects loaded without their maps")]
     NotLoaded,
     #[error("map {map}: {op}: {source}")]
@@ -108,14 +118,19 @@ pub struct Programs {
     pub egress_wall: bool,
     /// lsm/socket_create, which refuses AF_PACKET sockets (where the BPF LSM is active).
     pub packet_lsm: bool,
+    /// Refuse to attach where another instance's programs are attached
+    /// (off only under `testing.allow_other_enforcers`).
+    pub exclusive: bool,
 }
 
-/// Loaded and attached programs, with their pinned maps and links.
+/// Loaded and attached programs, with their pinned maps and links. Dropping
+/// it leaves them attached and pinned: enforcement outlives the process.
 #[derive(Debug)]
 pub struct Kernel {
-    pin_path: PathBuf,
     maps: Arc<Maps>,
-    links: Vec<(PathBuf, Link)>,
+    _links: Vec<(PathBuf, Link)>,
+    /// How many links an earlier run left attached were taken over.
+    pub taken_over: usize,
     /// Held while this process owns `pin_path`; the last field, so dropped last.
     _lock: PinLock,
 }
@@ -124,13 +139,17 @@ pub struct Kernel {
 pub struct StaticPolicy<'a> {
     /// The rule map's entries.
     pub rules: &'a [RuleEntry],
+    /// The policy cgroups that exist now (cgroup id, policy).
+    pub cgroups: &'a [(u64, PolicyRef)],
     /// Each policy's max_connections, index = policy id.
     pub limits: &'a [u32],
 }
 
 impl Kernel {
     /// Loads every object, writes the static policy, attaches to the root
-    /// of `cgroup_root` and pins everything under `pin_path`.
+    /// of `cgroup_root` and pins everything under `pin_path`. What an
+    /// earlier run left there stays attached until this run's programs
+    /// replace it (each link's program swapped in place), then is removed.
     pub fn load(
         lock: PinLock,
         pin_path: &Path,
@@ -138,52 +157,84 @@ impl Kernel {
         programs: &Programs,
         policy: StaticPolicy<'_>,
     ) -> Result<Kernel, BpfError> {
-        let StaticPolicy { rules, limits } = policy;
+        let StaticPolicy {
+            rules,
+            cgroups,
+            limits,
+        } = policy;
         pins::ensure_bpffs(pin_path)?;
-        if pins::remove_pins(pin_path)? {
-            tracing::warn!(path = %pin_path.display(), "removed leftovers of an earlier run");
+        let mut previous = pins::set_aside(pin_path)?;
+        let cgroup = std::fs::File::open(cgroup_root).map_err(|source| BpfError::Cgroup {
+            path: cgroup_root.to_path_buf(),
+            source,
+        })?;
+        if programs.exclusive {
+            let foreign =
+                enforcers::find(&cgroup, pin_path, &previous.prog_ids()).map_err(|source| {
+                    BpfError::Query {
+                        cgroup: cgroup_root.to_path_buf(),
+                        source,
+                    }
+                })?;
+            if !foreign.is_empty() {
+                let found: Vec<String> = foreign.iter().map(ToString::to_string).collect();
+                return Err(BpfError::OtherEnforcer {
+                    cgroup: cgroup_root.to_path_buf(),
+                    found: found.join("; "),
+                });
+            }
         }
         let links_dir = pins::links_dir(pin_path);
         std::fs::create_dir_all(&links_dir).map_err(|source| BpfError::CreateDir {
             path: links_dir.clone(),
             source,
         })?;
-        let cgroup = std::fs::File::open(cgroup_root).map_err(|source| BpfError::Cgroup {
+        let id = {
+            use std::os::unix::fs::MetadataExt;
+            cgroup.metadata().map(|m| m.ino())
+        }
+        .map_err(|source| BpfError::Cgroup {
             path: cgroup_root.to_path_buf(),
             source,
         })?;
+        let at = skel::AttachPoint {
+            fd: cgroup.as_raw_fd(),
+            id,
+            path: cgroup_root,
+        };
         let mut maps = None;
-        let links =
-            skel::load_and_attach(pin_path, programs, cgroup.as_raw_fd(), cgroup_root, || {
-                // Maps exist (and are pinned) once the objects are loaded: fill
-                // them before any program runs.
-                let m = Maps::open_pinned(pin_path)?;
-                m.write_rules(rules)?;
-                m.write_limits(limits)?;
-                m.init_counters(limits.len())?;
-                maps = Some(m);
-                Ok(())
-            })?;
+        let attached = skel::load_and_attach(pin_path, programs, &at, &mut previous, || {
+            // Maps exist (and are pinned) once the objects are loaded: fill
+            // them before any program runs.
+            let m = Maps::open_pinned(pin_path)?;
+            m.write_rules(rules)?;
+            for (id, policy) in cgroups {
+                m.set_policy_cgroup(*id, *policy)?;
+            }
+            m.write_limits(limits)?;
+            m.init_counters(limits.len())?;
+            maps = Some(m);
+            Ok(())
+        })?;
         let maps = maps.ok_or(BpfError::NotLoaded)?;
+        if !previous.is_empty() {
+            tracing::info!(
+                path = %pin_path.display(),
+                attached = previous.link_count() + attached.taken,
+                taken_over = attached.taken,
+                "an earlier run's programs were still enforcing: their links now run this run's programs, and their pins are removed"
+            );
+        }
+        previous.finish()?;
         Ok(Kernel {
-            pin_path: pin_path.to_path_buf(),
             maps: Arc::new(maps),
-            links,
+            _links: attached.links,
+            taken_over: attached.taken,
             _lock: lock,
         })
     }
 
     pub fn maps(&self) -> Arc<Maps> {
         Arc::clone(&self.maps)
-    }
-
-    /// Detaches every program and removes every pin.
-    pub fn shutdown(mut self) -> Result<(), BpfError> {
-        for (path, mut link) in self.links.drain(..) {
-            if let Err(e) = link.unpin() {
-                tracing::warn!(path = %path.display(), error = %e, "unpinning link");
-            }
-        }
-        pins::remove_pins(&self.pin_path).map(|_| ())
     }
 }

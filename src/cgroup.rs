@@ -175,22 +175,37 @@ pub struct Watcher {
     maps: Arc<Maps>,
 }
 
+/// Each policy's kernel reference and cgroup directory under `root`.
+fn policy_dirs(root: &Path, policies: &PolicySet) -> Vec<(PolicyRef, PathBuf)> {
+    policies
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let policy = PolicyRef {
+                id: i as PolicyId,
+                icmp: p.icmp,
+            };
+            (policy, p.cgroup.under(root))
+        })
+        .collect()
+}
+
+/// The policy_cgroups entries of the policy cgroups that exist now: written
+/// before the programs attach, so none runs with an empty map (a connect
+/// judged then would pass unenforced). The watcher keeps them current after.
+pub fn present(root: &Path, policies: &PolicySet) -> Vec<(u64, PolicyRef)> {
+    policy_dirs(root, policies)
+        .into_iter()
+        .filter_map(|(policy, dir)| cgroup_id(&dir).map(|id| (id, policy)))
+        .collect()
+}
+
 impl Watcher {
     pub fn new(root: &Path, policies: &PolicySet, maps: Arc<Maps>) -> Watcher {
         Watcher {
             root: root.to_path_buf(),
-            policies: policies
-                .policies
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    let policy = PolicyRef {
-                        id: i as PolicyId,
-                        icmp: p.icmp,
-                    };
-                    (policy, p.cgroup.under(root))
-                })
-                .collect(),
+            policies: policy_dirs(root, policies),
             current: HashMap::new(),
             maps,
         }

@@ -1,5 +1,5 @@
 //! Command-line interface: `sockwarden run`, `check`, `features`, `status`,
-//! `tuples` and `ca init`.
+//! `tuples`, `detach` and `ca init`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,7 +23,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the eBPF programs, enforce the policies and run the proxy until
-    /// SIGTERM or SIGINT; everything attached is detached on exit.
+    /// SIGTERM or SIGINT. On exit the proxy drains and the programs stay
+    /// attached (fail closed) until the next start takes them over or
+    /// `sockwarden detach` removes them.
     Run {
         #[arg(long, short)]
         config: PathBuf,
@@ -46,6 +48,17 @@ enum Command {
     },
     /// Print the in-use source tuple map of a running instance.
     Tuples {
+        /// The instance's configuration (for its pin path).
+        #[arg(long, short, conflicts_with = "pin_path")]
+        config: Option<PathBuf>,
+        /// The pin path directly (default /sys/fs/bpf/sockwarden).
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
+    /// Remove enforcement: detach every program a stopped sockwarden left
+    /// attached and remove its pins, and say what was removed. Refuses while
+    /// a sockwarden runs with that pin path.
+    Detach {
         /// The instance's configuration (for its pin path).
         #[arg(long, short, conflicts_with = "pin_path")]
         config: Option<PathBuf>,
@@ -116,17 +129,31 @@ pub fn main() -> ExitCode {
             print!("{}", crate::status::report(&crate::status::gather(path, c)));
             ExitCode::SUCCESS
         }),
+        Command::Detach { config, pin_path } => {
+            let Some(pin_path) = pin_path_of(config, pin_path) else {
+                return ExitCode::FAILURE;
+            };
+            match crate::bpf::detach(&pin_path) {
+                Ok(d) => {
+                    print!("{}", detach_report(&pin_path, &d));
+                    ExitCode::SUCCESS
+                }
+                Err(crate::bpf::BpfError::InUse { .. }) => {
+                    eprintln!(
+                        "sockwarden: a sockwarden is running with pin path {}: stop it first (its enforcement stays in place when it stops; detach then removes it)",
+                        pin_path.display()
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("sockwarden: detach: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Tuples { config, pin_path } => {
-            let pin_path = match (config, pin_path) {
-                (Some(c), _) => match Config::load(&c) {
-                    Ok(c) => c.bpf.pin_path,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-                (None, Some(p)) => p,
-                (None, None) => PathBuf::from(crate::config::DEFAULT_PIN_PATH),
+            let Some(pin_path) = pin_path_of(config, pin_path) else {
+                return ExitCode::FAILURE;
             };
             match crate::bpf::Maps::open_pinned(&pin_path) {
                 Ok(maps) => {
@@ -171,6 +198,48 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The pin path of `--config FILE` or `--pin-path DIR`, or the default;
+/// None (the error printed) when the configuration cannot be read.
+fn pin_path_of(config: Option<PathBuf>, pin_path: Option<PathBuf>) -> Option<PathBuf> {
+    match (config, pin_path) {
+        (Some(c), _) => match Config::load(&c) {
+            Ok(c) => Some(c.bpf.pin_path),
+            Err(e) => {
+                eprintln!("{e}");
+                None
+            }
+        },
+        (None, Some(p)) => Some(p),
+        (None, None) => Some(PathBuf::from(crate::config::DEFAULT_PIN_PATH)),
+    }
+}
+
+/// What `detach` prints.
+fn detach_report(pin_path: &std::path::Path, d: &crate::bpf::Detached) -> String {
+    if d.dirs.is_empty() {
+        return format!(
+            "nothing to detach: no pins under {} (no sockwarden enforcement from that pin path)
+",
+            pin_path.display()
+        );
+    }
+    let mut out = String::new();
+    for dir in &d.dirs {
+        out.push_str(&format!(
+            "removed pins under {}
+",
+            dir.display()
+        ));
+    }
+    out.push_str(&format!(
+        "detached {} programs: {}
+",
+        d.links.len(),
+        d.links.join(", ")
+    ));
+    out
 }
 
 /// Runs `what` on the configuration at `path` and exits as it says; exits 1
@@ -276,4 +345,32 @@ fn tuples_table(mut entries: Vec<crate::bpf::TupleEntry>) -> String {
     }
     out.push_str(&format!("{} tuples\n", entries.len()));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn detach_says_what_it_removed_or_that_there_was_nothing() {
+        let pin = Path::new("/sys/fs/bpf/sockwarden");
+        assert_eq!(
+            detach_report(pin, &crate::bpf::Detached::default()),
+            "nothing to detach: no pins under /sys/fs/bpf/sockwarden (no sockwarden enforcement from that pin path)\n"
+        );
+        let d = crate::bpf::Detached {
+            links: vec!["sw_connect4".into(), "sw_connect6".into()],
+            dirs: vec![
+                PathBuf::from("/sys/fs/bpf/sockwarden-previous-1"),
+                PathBuf::from("/sys/fs/bpf/sockwarden"),
+            ],
+        };
+        assert_eq!(
+            detach_report(pin, &d),
+            "removed pins under /sys/fs/bpf/sockwarden-previous-1\n\
+             removed pins under /sys/fs/bpf/sockwarden\n\
+             detached 2 links (each took its program off the cgroup): sw_connect4, sw_connect6\n"
+        );
+    }
 }

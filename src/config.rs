@@ -278,6 +278,11 @@ pub struct TestingConfig {
     /// what it stops. Off by default.
     #[serde(default)]
     pub skip_egress_wall: bool,
+    /// Start even where another instance's programs are attached at the
+    /// cgroup root (the kernel tests run many instances at once, each on
+    /// its own cgroups). Off by default.
+    #[serde(default)]
+    pub allow_other_enforcers: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -292,6 +297,10 @@ pub struct ProxyConfig {
     /// How long a client connection may sit idle between requests.
     #[serde(default = "default_client_idle_timeout", with = "humantime_serde")]
     pub client_idle_timeout: Duration,
+    /// On SIGTERM, how long requests in flight may take to finish before
+    /// what is left is cut.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
     /// From the first byte of a request head to its end; past it, 408.
     #[serde(default = "default_request_head_timeout", with = "humantime_serde")]
     pub request_head_timeout: Duration,
@@ -706,6 +715,10 @@ impl<'de> Deserialize<'de> for UpgradeProtocol {
         let s = String::deserialize(d)?;
         UpgradeProtocol::parse(&s).map_err(de::Error::custom)
     }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_client_idle_timeout() -> Duration {

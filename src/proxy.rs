@@ -574,6 +574,39 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_begun_when_the_drain_starts_is_answered_and_says_close() {
+        use tokio::io::AsyncWriteExt;
+        let origin = slow_origin(Duration::from_millis(100)).await;
+        let (proxy, addr, accept) = proxy_for(origin).await;
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        c.write_all(b"GET /slow HTTP/1.1\r\nHost: or")
+            .await
+            .expect("send half a head");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        accept.send(true).expect("stop accepting");
+        let finish = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            c.write_all(b"igin\r\n\r\n").await.expect("send the rest");
+            rest(c, Vec::new()).await
+        };
+        let (drained, got) = tokio::join!(proxy.drain(Duration::from_secs(5)), finish);
+        let (head, body) = got.split_once("\r\n\r\n").expect("a whole response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nconnection: close"),
+            "the last response of a draining proxy says close: {head}"
+        );
+        assert!(body.ends_with("first_last"), "{body:?}");
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 1,
+                cut: 0
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn drain_cuts_what_outlives_its_deadline() {
         let origin = slow_origin(Duration::from_secs(30)).await;
         let (proxy, addr, accept) = proxy_for(origin).await;

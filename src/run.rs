@@ -1,5 +1,7 @@
-//! `sockwarden run`: wires configuration, kernel, proxy and admin together
-//! and tears the kernel side down on the way out.
+//! `sockwarden run`: wires configuration, kernel, proxy and admin together.
+//! On the way out it drains the proxy and leaves the kernel side in place:
+//! enforcement outlives the process (fail closed) until the next start takes
+//! it over or `sockwarden detach` removes it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +79,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let admin_listener = bind(config.admin.listen, "admin.listen").await?;
 
+    // The return path for preserve modes before the kernel is touched: a
+    // start that cannot set it up leaves nothing attached.
+    let transparent = policies
+        .policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .any(|r| r.upstream.source.is_transparent());
+    let mut return_path = if transparent {
+        Some(
+            crate::transparent::ReturnPath::install(&config.transparent)
+                .context("setting up the return path for upstream.source preserve modes")?,
+        )
+    } else {
+        None
+    };
     let target = ProxyTarget {
         v4: config.proxy.listen,
         v6: config.proxy.listen_v6.unwrap_or(config.proxy.listen),
@@ -95,24 +112,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .then(crate::proxy::upstream::own_netns_cookie),
         egress_wall: !config.testing.skip_egress_wall,
         packet_lsm: packet_open.is_none(),
+        exclusive: !config.testing.allow_other_enforcers,
     };
-    let kernel = Kernel::load(
+    let kernel = match Kernel::load(
         lock,
         &config.bpf.pin_path,
         &root,
         &programs,
         StaticPolicy {
             rules: &rule_entries(&policies),
+            cgroups: &cgroup::present(&root, &policies),
             limits: &policies
                 .policies
                 .iter()
                 .map(|p| p.max_connections)
                 .collect::<Vec<_>>(),
         },
-    )?;
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            if let Some(rp) = return_path.as_mut() {
+                rp.remove();
+            }
+            return Err(e.into());
+        }
+    };
     tracing::info!(
         pin_path = %config.bpf.pin_path.display(),
         cgroup_root = %root.display(),
+        taken_over = kernel.taken_over,
         "eBPF programs attached"
     );
     // AF_PACKET where the BPF LSM cannot refuse it: warnings and gauges
@@ -122,22 +150,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         root.clone(),
         packet_open,
     ));
-    let transparent = policies
-        .policies
-        .iter()
-        .flat_map(|p| &p.rules)
-        .any(|r| r.upstream.source.is_transparent());
-    let mut return_path = None;
-    if transparent {
-        match crate::transparent::ReturnPath::install(&config.transparent) {
-            Ok(rp) => return_path = Some(rp),
-            Err(e) => {
-                let _ = kernel.shutdown();
-                return Err(e)
-                    .context("setting up the return path for upstream.source preserve modes");
-            }
-        }
-    }
     let result = serve(
         &config,
         &root,
@@ -153,15 +165,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(mut rp) = return_path {
         rp.remove();
     }
-    let detached = kernel.shutdown();
-    tracing::info!("eBPF programs detached and pins removed");
-    result?;
-    detached?;
-    Ok(())
+    drop(kernel);
+    tracing::info!(
+        pin_path = %config.bpf.pin_path.display(),
+        "stopped; enforcement stays in place: connects that need the proxy are refused and L4 rules apply until the next start takes over (`sockwarden detach` removes it)"
+    );
+    result
 }
-
-/// How long shutdown waits for requests in flight before it cuts them.
-const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
@@ -232,29 +242,36 @@ async fn serve(
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let why = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-        r = watcher_task => {
-            ready.store(false, Ordering::Release);
-            let _ = shutdown_tx.send(true);
-            return match r {
-                Ok(Err(e)) => Err(e).context("cgroup watcher"),
-                _ => Err(anyhow::anyhow!("cgroup watcher stopped")),
-            };
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut watcher_task = watcher_task;
+    let why = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: live reload is not built yet; the configuration in force stays, whole (restart to apply a new one)"
+            ),
+            r = &mut watcher_task => {
+                ready.store(false, Ordering::Release);
+                let _ = shutdown_tx.send(true);
+                return match r {
+                    Ok(Err(e)) => Err(e).context("cgroup watcher"),
+                    _ => Err(anyhow::anyhow!("cgroup watcher stopped")),
+                };
+            }
         }
     };
-    tracing::info!(signal = why, "shutting down");
+    tracing::info!(signal = why, drain_timeout = ?config.proxy.drain_timeout, "shutting down: draining");
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     for t in tasks {
         let _ = t.await;
     }
-    let drained = proxy.drain(DRAIN_DEADLINE).await;
+    let drained = proxy.drain(config.proxy.drain_timeout).await;
     tracing::info!(
         finished = drained.finished,
         cut = drained.cut,
-        deadline = ?DRAIN_DEADLINE,
+        deadline = ?config.proxy.drain_timeout,
         "connections drained"
     );
     let _ = admin_task.await;

@@ -3,6 +3,14 @@
 //!
 //! Every map is pinned as `<pin path>/<map name>` ([`super::MapName::pin`])
 //! and every link as `<pin path>/links/<program name>`.
+//!
+//! Pins outlive the process on purpose: after a stop (SIGTERM) or a crash
+//! (SIGKILL) the programs stay attached and enforce (fail closed). The next
+//! start sets the earlier run's pins aside ([`set_aside`]), loads its own,
+//! and moves each attached link onto its new program in one step
+//! (`bpf_link_update`), so no connect() runs unjudged in between; then
+//! [`Previous::finish`] removes what is left of the earlier run. Only
+//! [`detach`] (`sockwarden detach`) removes enforcement.
 
 use std::path::{Path, PathBuf};
 
@@ -120,7 +128,163 @@ impl Drop for PinLock {
     }
 }
 
-/// Removes pins (links first, which detaches them) left by an earlier run.
+/// Where an earlier run's pins are set aside: `<pin path>-previous-<tag>`
+/// beside the pin path (on the same bpf filesystem, so a rename moves them;
+/// bpffs refuses dots in names with EPERM, they are reserved there).
+fn aside_prefix(pin_path: &Path) -> String {
+    format!(
+        "{}-previous-",
+        pin_path.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
+/// The directories of earlier runs set aside beside `pin_path` (more than
+/// one only if a takeover was itself interrupted), oldest name first.
+fn aside_dirs(pin_path: &Path) -> Vec<PathBuf> {
+    let (Some(parent), prefix) = (pin_path.parent(), aside_prefix(pin_path)) else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// An earlier run's pins, set aside: its links, open (still attached), and
+/// the directories that hold them.
+#[derive(Debug, Default)]
+pub struct Previous {
+    /// (program name, link), in the order found; a name may appear twice
+    /// after an interrupted takeover.
+    links: Vec<(String, libbpf_rs::Link)>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Previous {
+    /// Whether an earlier run left anything.
+    pub fn is_empty(&self) -> bool {
+        self.dirs.is_empty()
+    }
+
+    /// How many of the earlier run's links are attached.
+    pub fn link_count(&self) -> usize {
+        self.links.len()
+    }
+
+    /// The programs the earlier run's links run now.
+    pub fn prog_ids(&self) -> Vec<u32> {
+        self.links
+            .iter()
+            .filter_map(|(_, link)| link.info().ok().map(|i| i.prog_id))
+            .collect()
+    }
+
+    /// The earlier run's link for `program` that `fits`, if it has one:
+    /// taken, so the caller can move it onto its new program.
+    pub fn take_link(
+        &mut self,
+        program: &str,
+        fits: impl Fn(&libbpf_rs::Link) -> bool,
+    ) -> Option<libbpf_rs::Link> {
+        let i = self
+            .links
+            .iter()
+            .position(|(name, link)| name == program && fits(link))?;
+        Some(self.links.remove(i).1)
+    }
+
+    /// Removes the earlier run's pins. Links not taken are detached with
+    /// them (their pins go, and their descriptors close here); maps go with
+    /// the programs that used them.
+    pub fn finish(self) -> Result<(), BpfError> {
+        let Previous { links, dirs } = self;
+        drop(links);
+        for dir in dirs {
+            remove_pins(&dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets an earlier run's pins aside so this run can pin its own at
+/// `pin_path`, keeping them pinned (so attached) until [`Previous::finish`]:
+/// if this process dies before that, the next start finds them again.
+pub fn set_aside(pin_path: &Path) -> Result<Previous, BpfError> {
+    let err = |source| BpfError::Leftovers {
+        path: pin_path.to_path_buf(),
+        source,
+    };
+    if pin_path.exists() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let aside = pin_path.with_file_name(format!("{}{stamp}", aside_prefix(pin_path)));
+        std::fs::rename(pin_path, &aside).map_err(err)?;
+    }
+    let mut previous = Previous::default();
+    for dir in aside_dirs(pin_path) {
+        let links = links_dir(&dir);
+        let mut names: Vec<PathBuf> = match std::fs::read_dir(&links) {
+            Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(err(e)),
+        };
+        names.sort();
+        for path in names {
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            match libbpf_rs::Link::open(&path) {
+                Ok(link) => previous.links.push((name.into_owned(), link)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "an earlier run's pin is not a link; it is removed");
+                }
+            }
+        }
+        previous.dirs.push(dir);
+    }
+    Ok(previous)
+}
+
+/// What [`detach`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Detached {
+    /// The pinned links removed (program names): each detached its program.
+    pub links: Vec<String>,
+    /// The pin directories removed, with their maps.
+    pub dirs: Vec<PathBuf>,
+}
+
+/// Removes enforcement: every link and map pinned under `pin_path`, and
+/// any earlier run's pins set aside beside it. Refuses while a live
+/// sockwarden owns the pin path (it takes the same lock `run` does).
+pub fn detach(pin_path: &Path) -> Result<Detached, BpfError> {
+    let _lock = lock_pin_path(pin_path)?;
+    let mut out = Detached::default();
+    let mut dirs = aside_dirs(pin_path);
+    if pin_path.exists() {
+        dirs.push(pin_path.to_path_buf());
+    }
+    for dir in dirs {
+        let mut names: Vec<String> = std::fs::read_dir(links_dir(&dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        remove_pins(&dir)?;
+        out.links.extend(names);
+        out.dirs.push(dir);
+    }
+    Ok(out)
+}
+
+/// Removes pins (links first, which detaches them) under `pin_path`.
 /// Returns whether anything was there.
 pub fn remove_pins(pin_path: &Path) -> Result<bool, BpfError> {
     if !pin_path.exists() {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject};
 
+use super::pins::Previous;
 use super::{BpfError, MapName, Programs};
 
 #[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
@@ -95,18 +96,95 @@ fn pin_link(pin_path: &Path, name: &str, mut link: Link) -> Result<(PathBuf, Lin
     Ok((path, link))
 }
 
+/// Pins an earlier run's link (already pinned where that run left it) at
+/// this run's path too: libbpf pins a link object once, so the kernel
+/// object is pinned again through its descriptor. Its old pin goes when the
+/// earlier run's directory is removed; the link stays pinned throughout.
+fn pin_taken_link(pin_path: &Path, name: &str, link: Link) -> Result<(PathBuf, Link), BpfError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let path = super::pins::links_dir(pin_path).join(name);
+    let pin_err = |source| BpfError::Pin {
+        path: path.clone(),
+        source,
+    };
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
+        pin_err(libbpf_rs::Error::from(std::io::Error::from(
+            std::io::ErrorKind::InvalidInput,
+        )))
+    })?;
+    // SAFETY: the descriptor is the link's own, open for this call, and
+    // c_path is a NUL-terminated string that outlives it.
+    let ret =
+        unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(link.as_fd().as_raw_fd(), c_path.as_ptr()) };
+    if ret < 0 {
+        return Err(pin_err(libbpf_rs::Error::from(
+            std::io::Error::last_os_error(),
+        )));
+    }
+    Ok((path, link))
+}
+
+/// The cgroup a link attaches its program to, if it is a cgroup link.
+fn link_cgroup(link: &Link) -> Option<u64> {
+    match link.info().ok()?.info {
+        libbpf_rs::query::LinkTypeInfo::Cgroup(c) => Some(c.cgroup_id),
+        _ => None,
+    }
+}
+
+/// Attaches `prog` to the cgroup, or, where the earlier run left a link of
+/// the same program on the same cgroup, moves that link onto `prog` in one
+/// step (the kernel swaps the program under the link: each connect() runs
+/// the old program or the new one, never neither).
+fn attach_or_take(
+    prog: &libbpf_rs::ProgramMut<'_>,
+    name: &'static str,
+    cgroup: (i32, u64, &Path),
+    pin_path: &Path,
+    previous: &mut Previous,
+) -> Result<((PathBuf, Link), bool), BpfError> {
+    let (fd, id, root) = cgroup;
+    let attach_err = |source| BpfError::Attach {
+        program: name,
+        cgroup: root.to_path_buf(),
+        source,
+    };
+    if let Some(mut link) = previous.take_link(name, |l| link_cgroup(l) == Some(id)) {
+        link.update_prog(prog).map_err(attach_err)?;
+        return Ok((pin_taken_link(pin_path, name, link)?, true));
+    }
+    let link = prog.attach_cgroup(fd).map_err(attach_err)?;
+    Ok((pin_link(pin_path, name, link)?, false))
+}
+
+/// The cgroup the programs attach to: its descriptor, id and path.
+pub struct AttachPoint<'a> {
+    pub fd: i32,
+    pub id: u64,
+    pub path: &'a Path,
+}
+
+/// What was attached: the pinned links, and how many of them were an
+/// earlier run's, moved onto this run's programs.
+pub struct Attached {
+    pub links: Vec<(PathBuf, Link)>,
+    pub taken: usize,
+}
+
 /// Loads every object (their shared maps pinned under `pin_path`), runs
 /// `before_attach` once the maps exist, then attaches every program to the
-/// cgroup `cgroup_fd` and pins the links under `pin_path/links`. With
-/// `programs.sockmap` (the proxy's network namespace cookie), sockops links
-/// sockets for the sockmap engine and sw_msg is attached to sk_workloads.
+/// cgroup `at` and pins the links under `pin_path/links`, taking over the
+/// links of `previous` where it has them. With `programs.sockmap` (the
+/// proxy's network namespace cookie), sockops links sockets for the
+/// sockmap engine and sw_msg is attached to sk_workloads.
 pub fn load_and_attach(
     pin_path: &Path,
     programs: &Programs,
-    cgroup_fd: i32,
-    cgroup_root: &Path,
+    at: &AttachPoint<'_>,
+    previous: &mut Previous,
     before_attach: impl FnOnce() -> Result<(), BpfError>,
-) -> Result<Vec<(PathBuf, Link)>, BpfError> {
+) -> Result<Attached, BpfError> {
     let (proxy, sockmap) = (programs.proxy, programs.sockmap);
     let mut connect_obj = MaybeUninit::uninit();
     let mut open = connect::ConnectSkelBuilder::default()
@@ -199,16 +277,16 @@ pub fn load_and_attach(
         cgroup_progs.push(("sw_egress", &doors.progs.sw_egress));
     }
     let mut links = Vec::new();
+    let mut taken = 0;
     for (name, prog) in cgroup_progs {
-        let link = prog
-            .attach_cgroup(cgroup_fd)
-            .map_err(|source| BpfError::Attach {
-                program: name,
-                cgroup: cgroup_root.to_path_buf(),
-                source,
-            })?;
-        links.push(pin_link(pin_path, name, link)?);
+        let (link, was_taken) =
+            attach_or_take(prog, name, (at.fd, at.id, at.path), pin_path, previous)?;
+        links.push(link);
+        taken += usize::from(was_taken);
     }
+    // An LSM link cannot change its program: the new one is attached beside
+    // the earlier run's (both refuse the same sockets) and that one goes in
+    // Previous::finish.
     if let Some(lsm) = &lsm {
         let link =
             lsm.progs
@@ -220,7 +298,7 @@ pub fn load_and_attach(
                 })?;
         links.push(pin_link(pin_path, "sw_socket_create", link)?);
     }
-    Ok(links)
+    Ok(Attached { links, taken })
 }
 
 /// Loads the return-path tc program with `mark` and hands its descriptor to

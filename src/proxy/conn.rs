@@ -268,8 +268,14 @@ impl Proxy {
             };
             let read = tokio::select! {
                 read = down.read_head_within(parse_request_head, wait) => read,
-                // Draining: no new request is taken.
-                () = self.tasks.draining() => return None,
+                // Draining: no new request is taken, but one whose head has
+                // begun to arrive is read whole and answered (and closes).
+                () = self.tasks.draining() => {
+                    if down.buffered().is_empty() {
+                        return None;
+                    }
+                    down.read_head_within(parse_request_head, wait).await
+                }
             };
             let (time, started) = (SystemTime::now(), Instant::now());
             let (next, out) = match read {
@@ -307,7 +313,7 @@ impl Proxy {
         out.method = Some(head.method.clone());
         out.host = raw_host(&head);
         out.path = head.target.split('?').next().map(str::to_string);
-        let req = match prepare_request(head) {
+        let mut req = match prepare_request(head) {
             Ok(r) => r,
             Err(e) => {
                 metrics::http_rejected(metrics::Side::Request, e.kind());
@@ -315,6 +321,9 @@ impl Proxy {
                 return write_reply(down, out, reply).await;
             }
         };
+        // Draining: this exchange is the connection's last, and its
+        // response says so (`Connection: close`), as if the client had asked.
+        req.close |= self.tasks.is_draining();
         out.host = req.host.clone();
         out.path = Some(req.path.clone());
         let fields = req.fields();

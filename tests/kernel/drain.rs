@@ -1,8 +1,8 @@
 //! Kernel tier: SIGTERM drains the proxy. A response in flight when
 //! sockwarden is told to stop is delivered whole if it ends within the
-//! drain deadline (5 s); one that would outlive it is cut then. Either way
-//! the process exits 0, and says how many connections finished and how
-//! many were cut.
+//! drain deadline (`proxy.drain_timeout`, 5 s by default); one that would
+//! outlive it is cut then. Either way the process exits 0, and says how
+//! many connections finished and how many were cut.
 
 use std::time::{Duration, Instant};
 
@@ -11,13 +11,18 @@ use crate::common::{patience, wait_for};
 use crate::support::command_in;
 use crate::sw::{scene, stdout, Sockwarden};
 
-/// The binary's fixed drain deadline.
+/// `proxy.drain_timeout`'s default.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Downloads `bytes` from the origin at `rate` (curl's --limit-rate) in
-/// the pod while sockwarden is stopped 1 s into the body; returns curl's
-/// "status size" line, how long the stop took, and sockwarden's log.
-fn stop_during_download(test: &str, bytes: u64, rate: &str) -> (String, Duration, String) {
+/// the pod while sockwarden (with `proxy`: more `proxy` fields, indented)
+/// is stopped 1 s into the body; returns curl's "status size" line, how
+/// long the stop took, and sockwarden's log.
+fn stop_during_download(
+    test: &str,
+    (bytes, rate): (u64, &str),
+    proxy: &str,
+) -> (String, Duration, String) {
     let (tag, topo, origin, cg) = scene(test, "pod", OriginConfig::default());
     // Linux's default buffer maxima (this machine raises tcp_rmem to 32 MiB):
     // the path then buffers about 22 MiB, so a larger body can only arrive
@@ -27,7 +32,7 @@ fn stop_during_download(test: &str, bytes: u64, rate: &str) -> (String, Duration
         ns.sysctl("net.ipv4.tcp_wmem", "4096 16384 4194304");
     }
     let policy = format!(
-        "policies:\n  - {{ name: drain, cgroup: {}, egress: [{{ to: [\"10.77.1.0/24\"], ports: [80], http: [{{ method: GET }}] }}] }}\n",
+        "{proxy}policies:\n  - {{ name: drain, cgroup: {}, egress: [{{ to: [\"10.77.1.0/24\"], ports: [80], http: [{{ method: GET }}] }}] }}\n",
         cg.rel()
     );
     let mut sw = Sockwarden::start(&topo.node, &tag, &policy);
@@ -52,30 +57,16 @@ fn stop_during_download(test: &str, bytes: u64, rate: &str) -> (String, Duration
     let started = Instant::now();
     let status = sw.stop();
     let took = started.elapsed();
-    let log = plain(&sw.stderr());
+    let log = sw.log();
     assert!(status.success(), "sockwarden exit: {status}\n{log}");
     let out = curl.join().expect("curl thread");
     (stdout(&out), took, log)
 }
 
-/// `log` without its ANSI colour codes (ESC [ ... m).
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[test]
 fn sigterm_lets_a_response_in_flight_finish() {
     // 24 MiB at 8 MiB/s: 2 s left when the stop begins.
-    let (curl, took, log) = stop_during_download("drain-ok", 24 << 20, "8M");
+    let (curl, took, log) = stop_during_download("drain-ok", (24 << 20, "8M"), "");
     assert_eq!(curl, format!("200 {}", 24 << 20), "the whole body arrived");
     assert!(log.contains("finished=1 cut=0"), "drain outcome:\n{log}");
     assert!(
@@ -86,8 +77,14 @@ fn sigterm_lets_a_response_in_flight_finish() {
 
 #[test]
 fn sigterm_cuts_a_response_that_outlives_the_drain_deadline() {
-    // 64 MiB at 1 MiB/s: a minute left when the stop begins.
-    let (curl, took, log) = stop_during_download("drain-cut", 64 << 20, "1M");
+    // 64 MiB at 1 MiB/s: a minute left when the stop begins, and a drain
+    // deadline shorter than the default.
+    let deadline = Duration::from_secs(3);
+    let (curl, took, log) = stop_during_download(
+        "drain-cut",
+        (64 << 20, "1M"),
+        &format!("  drain_timeout: {}s\n", deadline.as_secs()),
+    );
     let size: u64 = curl
         .split(' ')
         .nth(1)
@@ -95,7 +92,7 @@ fn sigterm_cuts_a_response_that_outlives_the_drain_deadline() {
         .unwrap_or_else(|| panic!("curl output {curl:?}"));
     assert!(size < 64 << 20, "cut short: {curl}");
     assert!(log.contains("finished=0 cut=1"), "drain outcome:\n{log}");
-    assert!(took >= DRAIN_DEADLINE, "waited the deadline out: {took:?}");
-    let bound = patience(DRAIN_DEADLINE + Duration::from_secs(2));
+    assert!(took >= deadline, "waited the deadline out: {took:?}");
+    let bound = patience(deadline + Duration::from_secs(2));
     assert!(took < bound, "no longer than the deadline: {took:?}");
 }

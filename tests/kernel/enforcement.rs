@@ -197,9 +197,14 @@ fn allowed_denied_refused_and_untouched() {
 
     let status = sw.stop();
     assert!(status.success(), "exit {status:?}: {}", sw.stderr());
-    assert!(!sw.pin.exists(), "pins removed on exit");
-    // Detached: the same connect() now reaches the origin namespace (refused there).
-    assert!(tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Connection refused"));
+    // Stopped, still enforced (lifecycle:: covers the stop paths).
+    assert!(
+        sw.pin.join("links/sw_connect4").exists(),
+        "links stay pinned"
+    );
+    assert!(
+        tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Operation not permitted")
+    );
 }
 
 #[test]
@@ -353,7 +358,7 @@ fn refuses_to_run_inside_an_enforced_cgroup() {
 }
 
 #[test]
-fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
+fn a_killed_run_fails_closed_and_the_next_run_takes_over() {
     let (tag, topo, cg) = bare_scene("kill", "app");
     let mut first = Sockwarden::start(&topo.node, &tag, &policy("app", cg.rel()));
     first.kill();
@@ -368,7 +373,7 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
     assert!(
         second
             .stderr()
-            .contains("removed leftovers of an earlier run"),
+            .contains("an earlier run's programs were still enforcing"),
         "{}",
         second.stderr()
     );
@@ -389,10 +394,9 @@ fn a_killed_run_fails_closed_and_the_next_run_cleans_up() {
 
     let status = second.stop();
     assert!(status.success(), "{}", second.stderr());
-    assert!(!second.pin.exists());
     assert!(
-        tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Connection refused"),
-        "detached after a clean exit"
+        tcp_connect(&topo.node, Some(&cg), "10.77.1.10", 81).contains("Operation not permitted"),
+        "still enforced after a clean exit"
     );
     drop(first);
 }

@@ -29,6 +29,9 @@ impl Sockwarden {
     /// The configuration: proxy, admin, pins and access log set up for the
     /// test topology, then `body` (other top-level sections and `policies`).
     /// Indented lines at the start of `body` are more fields of `proxy`.
+    /// Tests run many instances at once, each on cgroups of its own, so the
+    /// one-enforcer check is off (`testing.allow_other_enforcers`) unless
+    /// `body` sets that field itself.
     pub fn config(tag: &str, dir: &Path, body: &str) -> String {
         let split = body
             .split_inclusive('\n')
@@ -36,6 +39,14 @@ impl Sockwarden {
             .map(str::len)
             .sum();
         let (proxy, body) = body.split_at(split);
+        let body = if body.contains("allow_other_enforcers") {
+            body.to_string()
+        } else if let Some(at) = body.find("testing:\n") {
+            let (before, after) = body.split_at(at + "testing:\n".len());
+            format!("{before}  allow_other_enforcers: true\n{after}")
+        } else {
+            format!("testing:\n  allow_other_enforcers: true\n{body}")
+        };
         format!(
             "proxy:\n  listen: 10.77.0.1:15001\n  listen_v6: \"[fd77::1]:15001\"\n{proxy}\
              admin:\n  listen: {ADMIN}\n\
@@ -89,6 +100,22 @@ impl Sockwarden {
 
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    /// The diagnostic log without its ANSI colour codes (ESC [ ... m), so
+    /// that `field=value` reads as written.
+    pub fn log(&self) -> String {
+        let log = self.stderr();
+        let mut out = String::with_capacity(log.len());
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                chars.by_ref().find(|&c| c == 'm');
+            } else {
+                out.push(c);
+            }
+        }
+        out
     }
 
     pub fn access_log(&self) -> Vec<serde_json::Value> {
@@ -222,8 +249,9 @@ impl Sockwarden {
 
 impl Drop for Sockwarden {
     fn drop(&mut self) {
-        // A clean stop first (it removes pins and its lock file); SIGKILL if
-        // that does not finish within 5 s.
+        // A clean stop first (it removes its lock file); SIGKILL if that
+        // does not finish within 5 s. Either way enforcement stays: the pins
+        // are removed below.
         if let Some(child) = self.child.as_ref() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
@@ -236,10 +264,26 @@ impl Drop for Sockwarden {
             }
         }
         self.kill();
-        // Backstops for a killed run. Unlinking pinned links detaches them;
-        // the maps go with the programs.
-        let _ = std::fs::remove_dir_all(self.pin.join("links"));
-        let _ = std::fs::remove_dir_all(&self.pin);
+        // What `sockwarden detach` does, done here so it happens even when
+        // the binary cannot run. Unlinking pinned links detaches them; the
+        // maps go with the programs. An interrupted takeover leaves the
+        // earlier pins set aside beside the pin path.
+        let mut dirs = vec![self.pin.clone()];
+        if let (Some(parent), Some(name)) = (self.pin.parent(), self.pin.file_name()) {
+            let prefix = format!("{}-previous-", name.to_string_lossy());
+            dirs.extend(
+                std::fs::read_dir(parent)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .map(|e| e.path()),
+            );
+        }
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(dir.join("links"));
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         let lock = self.pin.to_string_lossy().replace('/', "_");
         let _ = std::fs::remove_file(format!("/run/sockwarden/{lock}.lock"));
