@@ -220,22 +220,16 @@ fn pin_path_of(config: Option<PathBuf>, pin_path: Option<PathBuf>) -> Option<Pat
 fn detach_report(pin_path: &std::path::Path, d: &crate::bpf::Detached) -> String {
     if d.dirs.is_empty() {
         return format!(
-            "nothing to detach: no pins under {} (no sockwarden enforcement from that pin path)
-",
+            "nothing to detach: no pins under {} (no sockwarden enforcement from that pin path)\n",
             pin_path.display()
         );
     }
     let mut out = String::new();
     for dir in &d.dirs {
-        out.push_str(&format!(
-            "removed pins under {}
-",
-            dir.display()
-        ));
+        out.push_str(&format!("removed pins under {}\n", dir.display()));
     }
     out.push_str(&format!(
-        "detached {} programs: {}
-",
+        "detached {} links (each took its program off the cgroup): {}\n",
         d.links.len(),
         d.links.join(", ")
     ));
