@@ -51,7 +51,7 @@ enum sw_limit {
 	 */
 	SW_EVENT_BURST = 20,
 	SW_EVENT_RATE = 10,
-	SW_EVENT_RING_BYTES = 256 * 1024, /* events: room for 4,096 events */
+	SW_EVENT_RING_BYTES = 256 * 1024, /* events: about 3,600 (64 bytes + an 8-byte header each) */
 };
 
 /* What connect() does for a (policy, destination, port). Absence = deny. */
