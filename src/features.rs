@@ -357,14 +357,23 @@ pub fn probe() -> Vec<Feature> {
             Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_ringbuf_reserve),
         ),
         (
+            "helper get_current_pid_tgid in cgroup_sock_addr",
+            Some("6.1"),
+            "the caller's pid in events of denied connects",
+            Probe::Helper(
+                BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                BPF_FUNC_get_current_pid_tgid,
+            ),
+        ),
+        (
             "helper get_current_comm in cgroup_sock_addr",
-            None,
+            Some("6.1"),
             "the caller's command in events of denied connects",
             Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_current_comm),
         ),
         (
             "helper get_current_comm in cgroup_sock",
-            None,
+            Some("6.1"),
             "events of redirects that never reached the listener (sock_release)",
             Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK, BPF_FUNC_get_current_comm),
         ),
