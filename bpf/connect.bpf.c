@@ -21,12 +21,15 @@
  * EPERM; an ICMP echo socket's connect() passes under icmp: true; any other
  * socket of a policy cgroup fails with EPERM (sock_create refuses to make
  * them; this catches one made elsewhere and passed in). These are counted
- * in door_counters. Processes outside policy cgroups pass untouched.
+ * in door_counters. Each EPERM for a TCP or UDP destination sends a
+ * rate-limited event (events.h). Processes outside policy cgroups pass
+ * untouched.
  */
 #include "common.h"
 #include "maps.h"
 #include "conns.h"
 #include "policy.h"
+#include "events.h"
 
 /* Static settings, written by userspace before load. */
 const volatile __u32 proxy_ip4 = 0;      /* network order */
@@ -43,6 +46,7 @@ const volatile enum sw_limit abi_limits = SW_MAX_POLICIES;
 const volatile enum sw_rule_proto rule_key_protos = SW_PROTO_TCP;
 const volatile enum sw_rule_bits rule_key_bits = SW_RULE_KEY_FIXED_BITS;
 const volatile enum sw_abi_size abi_sizes = SW_SIZEOF_POLICY_REF;
+const volatile struct sw_event event_layout = {}; /* the events ring buffer's records */
 
 #define SW_CONNECT_PASS 1
 #define SW_CONNECT_FAIL 0 /* EPERM, unless bpf_set_retval() chose another errno */
@@ -102,6 +106,7 @@ static __always_inline enum sw_conn_event sw_redirect(struct bpf_sock_addr *ctx,
 	info->orig.cgroup_id = bpf_get_current_cgroup_id();
 	info->orig.netns_cookie = bpf_get_netns_cookie(ctx);
 	info->flags |= SW_SOCK_REDIRECTED;
+	info->flags &= ~SW_SOCK_ESTABLISHED;
 	return SW_CONN_EVENTS;
 }
 
@@ -118,7 +123,11 @@ static __always_inline int sw_other_connect(struct bpf_sock_addr *ctx,
 	if (ctx->type == SOCK_DGRAM && ctx->protocol == IPPROTO_UDP) {
 		event = sw_udp_verdict(ref->policy_id, addr, port);
 		sw_door_count(ref->policy_id, event);
-		return event == SW_DOOR_UDP_ALLOWED ? SW_CONNECT_PASS : SW_CONNECT_FAIL;
+		if (event == SW_DOOR_UDP_ALLOWED)
+			return SW_CONNECT_PASS;
+		sw_event_emit(SW_EVENT_CONNECT_DENIED, ref->policy_id, bpf_get_current_cgroup_id(),
+			      bpf_get_netns_cookie(ctx), addr, port, SW_PROTO_UDP);
+		return SW_CONNECT_FAIL;
 	}
 	event = sw_socket_event(ctx->family, ctx->type, ctx->protocol, ref->icmp);
 	if (event == SW_DOOR_EVENTS)
@@ -150,6 +159,8 @@ static __always_inline int sw_decide(struct bpf_sock_addr *ctx, const __u8 addr[
 	verdict = sw_rule_verdict(policy_id, SW_PROTO_TCP, addr, port);
 	if (verdict == SW_VERDICT_DENY) {
 		sw_count(policy_id, verdict);
+		sw_event_emit(SW_EVENT_CONNECT_DENIED, policy_id, bpf_get_current_cgroup_id(),
+			      bpf_get_netns_cookie(ctx), addr, port, SW_PROTO_TCP);
 		return SW_CONNECT_FAIL;
 	}
 	/*

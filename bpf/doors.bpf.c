@@ -14,11 +14,13 @@
  *     IP_HDRINCL from sending a hand-made TCP SYN.
  * All attached to the root of the cgroup2 hierarchy; processes and sockets
  * outside policy cgroups pass untouched. Every refusal and drop is counted
- * per policy in door_counters, and so is every judged UDP send.
+ * per policy in door_counters, and so is every judged UDP send; a refused
+ * UDP send also sends a rate-limited event (events.h).
  */
 #include "common.h"
 #include "maps.h"
 #include "policy.h"
+#include "events.h"
 
 /* Puts enum sw_door_event in this object's BTF, hence in its Rust skeleton. */
 const volatile enum sw_door_event door_events = SW_DOOR_EVENTS;
@@ -28,7 +30,8 @@ const volatile enum sw_door_event door_events = SW_DOOR_EVENTS;
 #define SW_ICMP_ECHO 8
 #define SW_ICMPV6_ECHO_REQUEST 128
 
-static __always_inline int sw_sendmsg(const __u8 addr[16], __u16 port)
+static __always_inline int sw_sendmsg(struct bpf_sock_addr *ctx, const __u8 addr[16],
+				      __u16 port)
 {
 	struct sw_policy_ref ref;
 	enum sw_door_event event;
@@ -37,7 +40,11 @@ static __always_inline int sw_sendmsg(const __u8 addr[16], __u16 port)
 		return SW_PASS;
 	event = sw_udp_verdict(ref.policy_id, addr, port);
 	sw_door_count(ref.policy_id, event);
-	return event == SW_DOOR_UDP_ALLOWED ? SW_PASS : SW_REFUSE;
+	if (event == SW_DOOR_UDP_ALLOWED)
+		return SW_PASS;
+	sw_event_emit(SW_EVENT_SENDMSG_DENIED, ref.policy_id, bpf_get_current_cgroup_id(),
+		      bpf_get_netns_cookie(ctx), addr, port, SW_PROTO_UDP);
+	return SW_REFUSE;
 }
 
 SEC("cgroup/sendmsg4")
@@ -46,7 +53,7 @@ int sw_sendmsg4(struct bpf_sock_addr *ctx)
 	__u8 addr[16];
 
 	sw_addr_from_ip4(addr, ctx->user_ip4);
-	return sw_sendmsg(addr, bpf_ntohs((__u16)ctx->user_port));
+	return sw_sendmsg(ctx, addr, bpf_ntohs((__u16)ctx->user_port));
 }
 
 SEC("cgroup/sendmsg6")
@@ -56,7 +63,7 @@ int sw_sendmsg6(struct bpf_sock_addr *ctx)
 
 	sw_addr_from_ip6(addr, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
 			 ctx->user_ip6[3]);
-	return sw_sendmsg(addr, bpf_ntohs((__u16)ctx->user_port));
+	return sw_sendmsg(ctx, addr, bpf_ntohs((__u16)ctx->user_port));
 }
 
 SEC("cgroup/sock_create")

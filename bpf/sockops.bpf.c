@@ -10,6 +10,11 @@
  *    accept; sock_release removes it if the workload closes first. The key
  *    stays in the socket's storage for that.
  *
+ *    When a redirected socket is established (its handshake with the
+ *    listener done) it is marked SW_SOCK_ESTABLISHED; sock_release counts
+ *    a redirected socket without the mark as one that never reached the
+ *    listener.
+ *
  * 2. The in-use source tuple map: sockets with a role in sock_roles (enforced
  *    workloads, marked by connect4/6; the proxy's upstream sockets, marked by
  *    userspace) are entered in tuples at connect and followed through the
@@ -109,6 +114,15 @@ static __always_inline void sw_record_redirect(struct bpf_sock_ops *skops)
 	 */
 	if (!bpf_map_update_elem(&orig_dsts, &info->peer, &info->orig, BPF_ANY))
 		info->flags |= SW_SOCK_RECORDED;
+}
+
+/* A redirected socket's handshake with the listener is done. */
+static __always_inline void sw_mark_established(struct bpf_sock_ops *skops)
+{
+	struct sw_sock_info *info = sw_info(skops);
+
+	if (info && (info->flags & SW_SOCK_REDIRECTED))
+		info->flags |= SW_SOCK_ESTABLISHED;
 }
 
 static __always_inline enum sw_sock_role sw_role(struct bpf_sock_ops *skops)
@@ -275,6 +289,7 @@ int sw_sockops(struct bpf_sock_ops *skops)
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		sw_mark_established(skops);
 		if (sockmap_enabled)
 			sw_link_workload(skops);
 		break;

@@ -1,6 +1,8 @@
-//! One JSON line per request, written off the data path by a dedicated
-//! thread. When the writer falls behind, lines are dropped and counted
-//! (`sockwarden_access_log_dropped_total`); requests never wait for the log.
+//! One JSON line per request, and one per connect() or UDP send the kernel
+//! denied (`"kind":"connect_denied"`, [`DeniedConnect`]), written off the
+//! data path by a dedicated thread. When the writer falls behind, lines are
+//! dropped and counted (`sockwarden_access_log_dropped_total`); requests
+//! never wait for the log.
 
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
@@ -143,9 +145,47 @@ impl Outcome {
     }
 }
 
+/// A connect() (or UDP sendto()/sendmsg()) the kernel refused with EPERM
+/// because no rule allows its destination, as the kernel reported it
+/// (rate-limited per policy: `sockwarden_kernel_events_dropped_total`
+/// counts what it did not report).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeniedConnect {
+    /// When userspace read the event (RFC 3339, UTC).
+    #[serde(serialize_with = "rfc3339")]
+    pub time: SystemTime,
+    /// Always `connect_denied`: what tells these lines from requests.
+    pub kind: &'static str,
+    /// `connect` or `sendmsg`.
+    pub call: &'static str,
+    /// The enforcing policy (null for an id the configuration does not have).
+    pub policy: Option<String>,
+    /// The policy's cgroup, as configured.
+    pub cgroup: Option<String>,
+    /// The calling task's own cgroup id.
+    pub cgroup_id: u64,
+    pub pid: u32,
+    pub comm: String,
+    /// `tcp` or `udp`.
+    pub protocol: &'static str,
+    /// The destination address the workload asked for.
+    pub destination: String,
+    pub port: u16,
+    pub netns_cookie: u64,
+}
+
+/// One line of the log.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Line {
+    /// Boxed: a request line is twice the size of a denied one.
+    Request(Box<Record>),
+    Denied(DeniedConnect),
+}
+
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<Record>>,
+    tx: Option<SyncSender<Line>>,
 }
 
 impl AccessLog {
@@ -161,7 +201,7 @@ impl AccessLog {
                     .open(path)?,
             ),
         };
-        let (tx, rx) = sync_channel::<Record>(QUEUE);
+        let (tx, rx) = sync_channel::<Line>(QUEUE);
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || {
@@ -181,8 +221,17 @@ impl AccessLog {
     }
 
     pub fn write(&self, rec: Record) {
+        self.send(Line::Request(Box::new(rec)));
+    }
+
+    /// Writes a denied connect's line.
+    pub fn write_denied(&self, denied: DeniedConnect) {
+        self.send(Line::Denied(denied));
+    }
+
+    fn send(&self, line: Line) {
         if let Some(tx) = &self.tx {
-            match tx.try_send(rec) {
+            match tx.try_send(line) {
                 Ok(()) | Err(TrySendError::Disconnected(_)) => {}
                 Err(TrySendError::Full(_)) => metrics::access_log_dropped(),
             }

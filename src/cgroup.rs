@@ -152,6 +152,42 @@ pub fn cgroup_id(dir: &Path) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// `check`'s notes on the policy cgroups that do not exist on this host
+/// (the host `check` runs on may not be the node the configuration is
+/// for): one per missing cgroup, or one saying no cgroup2 mount was found.
+pub fn missing_here(config: &crate::config::Config) -> Vec<String> {
+    match cgroup2_root(config.bpf.cgroup_root.as_deref()) {
+        Err(e) => vec![format!("policy cgroups not checked on this host: {e}")],
+        Ok(root) => missing_notes(
+            &root,
+            config
+                .policies
+                .iter()
+                .map(|p| (p.name.value.as_str(), &p.cgroup)),
+            |dir| cgroup_id(dir).is_some(),
+        ),
+    }
+}
+
+/// The notes of [`missing_here`] given which directories exist.
+fn missing_notes<'a>(
+    root: &Path,
+    policies: impl IntoIterator<Item = (&'a str, &'a CgroupPath)>,
+    exists: impl Fn(&Path) -> bool,
+) -> Vec<String> {
+    policies
+        .into_iter()
+        .filter(|(_, cgroup)| !exists(&cgroup.under(root)))
+        .map(|(name, cgroup)| {
+            format!(
+                "{} (on this host, under {})",
+                missing_cgroup_warning(name, cgroup.as_str()),
+                root.display()
+            )
+        })
+        .collect()
+}
+
 /// An inotify instance as a raw descriptor, for tokio's reactor.
 struct InotifyFd(Inotify);
 
@@ -165,13 +201,53 @@ fn io_errno(e: &std::io::Error) -> nix::Error {
     nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Keeps policy_cgroups in step with the policy cgroups that exist.
+/// The warning for a policy whose cgroup does not exist: said at start-up,
+/// by `status`, and (as a note) by `check`.
+pub fn missing_cgroup_warning(policy: &str, cgroup: &str) -> String {
+    format!(
+        "policy {policy}: cgroup {cgroup} does not exist: nothing is enforced for this policy until it is created (a typo in the path?)"
+    )
+}
+
+/// What the watcher warns about when a policy cgroup's id was `before`
+/// and is `now` (None: no such cgroup); `first`: the first look, at
+/// start-up. A cgroup removed and created again between two looks (a new
+/// id) is enforced again at once: nothing to warn about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Absence {
+    /// Missing at the first look, at start-up.
+    MissingAtStart,
+    /// It existed and is gone.
+    Gone,
+}
+
+pub fn absence(first: bool, before: Option<u64>, now: Option<u64>) -> Option<Absence> {
+    match (before, now) {
+        (None, None) if first => Some(Absence::MissingAtStart),
+        (Some(_), None) => Some(Absence::Gone),
+        _ => None,
+    }
+}
+
+/// One policy as the watcher follows it.
+struct Watched {
+    policy: PolicyRef,
+    name: String,
+    /// As the configuration writes it.
+    cgroup: String,
+    dir: PathBuf,
+}
+
+/// Keeps policy_cgroups in step with the policy cgroups that exist, and
+/// says which do not: a warning at start-up and when one goes, and the
+/// gauge `sockwarden_policy_cgroup_present`.
 pub struct Watcher {
     root: PathBuf,
-    /// (policy, directory) for every policy.
-    policies: Vec<(PolicyRef, PathBuf)>,
+    policies: Vec<Watched>,
     /// Cgroup id currently in the kernel map for each policy.
     current: HashMap<PolicyId, u64>,
+    /// Whether [`Watcher::sync`] has run.
+    synced: bool,
     maps: Arc<Maps>,
 }
 
@@ -205,8 +281,18 @@ impl Watcher {
     pub fn new(root: &Path, policies: &PolicySet, maps: Arc<Maps>) -> Watcher {
         Watcher {
             root: root.to_path_buf(),
-            policies: policy_dirs(root, policies),
+            policies: policy_dirs(root, policies)
+                .into_iter()
+                .zip(&policies.policies)
+                .map(|((policy, dir), p)| Watched {
+                    policy,
+                    name: p.name.clone(),
+                    cgroup: p.cgroup.to_string(),
+                    dir,
+                })
+                .collect(),
             current: HashMap::new(),
+            synced: false,
             maps,
         }
     }
@@ -216,10 +302,23 @@ impl Watcher {
     /// (to see it appear) or parent (to see it go).
     pub fn sync(&mut self) -> Vec<PathBuf> {
         let mut watch = Vec::new();
-        for (policy, dir) in &self.policies {
+        let first = !std::mem::replace(&mut self.synced, true);
+        for w in &self.policies {
+            let (policy, dir) = (&w.policy, &w.dir);
             let id = &policy.id;
             let now = cgroup_id(dir);
             let before = self.current.get(id).copied();
+            match absence(first, before, now) {
+                Some(Absence::MissingAtStart) => {
+                    tracing::warn!("{}", missing_cgroup_warning(&w.name, &w.cgroup));
+                }
+                Some(Absence::Gone) => tracing::warn!(
+                    "policy {}: cgroup {} is gone: nothing is enforced for this policy until it is created again",
+                    w.name,
+                    w.cgroup
+                ),
+                None => {}
+            }
             if now != before {
                 if let Some(old) = before {
                     if let Err(e) = self.maps.remove_policy_cgroup(old) {
@@ -238,6 +337,7 @@ impl Watcher {
                     }
                 }
             }
+            crate::metrics::policy_cgroup_present(&w.name, self.current.contains_key(id));
             let mut anchor = dir.parent();
             while let Some(a) = anchor {
                 if a.is_dir() || a == self.root {
@@ -306,6 +406,46 @@ mod tests {
             None
         );
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+    }
+
+    #[test]
+    fn warns_about_a_missing_cgroup_at_start_and_when_it_goes() {
+        use Absence::*;
+        // (first look, id before, id now, warning)
+        let cases = [
+            (true, None, None, Some(MissingAtStart)),
+            (false, None, None, None),
+            (true, None, Some(7), None),
+            (false, None, Some(7), None),
+            (false, Some(7), None, Some(Gone)),
+            (false, Some(7), Some(8), None),
+            (false, Some(7), Some(7), None),
+        ];
+        for (first, before, now, want) in cases {
+            assert_eq!(
+                absence(first, before, now),
+                want,
+                "{first} {before:?} {now:?}"
+            );
+        }
+        assert_eq!(
+            missing_cgroup_warning("app", "/nc-tset/app"),
+            "policy app: cgroup /nc-tset/app does not exist: nothing is enforced for this policy until it is created (a typo in the path?)"
+        );
+    }
+
+    #[test]
+    fn check_notes_name_each_missing_cgroup() {
+        let here = CgroupPath::parse("/test/app").unwrap();
+        let typo = CgroupPath::parse("/nc-tset/app").unwrap();
+        let root = Path::new("/sys/fs/cgroup");
+        let exists = |d: &Path| d == Path::new("/sys/fs/cgroup/test/app");
+        let notes = missing_notes(root, [("app", &here), ("typo", &typo)], exists);
+        assert_eq!(
+            notes,
+            ["policy typo: cgroup /nc-tset/app does not exist: nothing is enforced for this policy until it is created (a typo in the path?) (on this host, under /sys/fs/cgroup)"]
+        );
+        assert!(missing_notes(root, [("app", &here)], exists).is_empty());
     }
 
     #[test]

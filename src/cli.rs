@@ -1,5 +1,5 @@
 //! Command-line interface: `sockwarden run`, `check`, `features`, `status`,
-//! `tuples`, `detach` and `ca init`.
+//! `tuples`, `rules`, `detach` and `ca init`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -66,6 +66,17 @@ enum Command {
         #[arg(long)]
         pin_path: Option<PathBuf>,
     },
+    /// Print the kernel's rule table of a running instance in the
+    /// configuration's terms: policy, protocol, destination, port, verdict.
+    Rules {
+        /// The instance's configuration (its pin path, its policies' names).
+        #[arg(long, short, conflicts_with = "pin_path")]
+        config: Option<PathBuf>,
+        /// The pin path directly (default /sys/fs/bpf/sockwarden); policies
+        /// are then shown by id.
+        #[arg(long)]
+        pin_path: Option<PathBuf>,
+    },
     /// The node CA that signs the leaf certificates of intercepted TLS.
     Ca {
         #[command(subcommand)]
@@ -111,6 +122,9 @@ pub fn main() -> ExitCode {
             print!("{}", summary(path, c, &set));
             for w in set.warnings() {
                 eprintln!("{}: warning: {w}", path.display());
+            }
+            for n in crate::cgroup::missing_here(c) {
+                eprintln!("{}: note: {n}", path.display());
             }
             ExitCode::SUCCESS
         }),
@@ -169,6 +183,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Rules { config, pin_path } => crate::inspect::command(config, pin_path),
         Command::Ca { action } => ca_command(action),
         Command::Run { config } => {
             init_tracing();

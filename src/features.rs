@@ -345,6 +345,39 @@ pub fn probe() -> Vec<Feature> {
             Probe::Map(BPF_MAP_TYPE_PERCPU_ARRAY),
         ),
         (
+            "map type ring buffer",
+            Some("5.8"),
+            "events: denied connects, redirects that never reached the listener",
+            Probe::Map(BPF_MAP_TYPE_RINGBUF),
+        ),
+        (
+            "helper ringbuf_reserve in cgroup_sock_addr",
+            Some("5.8"),
+            "events of denied connects and UDP sends",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_ringbuf_reserve),
+        ),
+        (
+            "helper get_current_pid_tgid in cgroup_sock_addr",
+            Some("6.1"),
+            "the caller's pid in events of denied connects",
+            Probe::Helper(
+                BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                BPF_FUNC_get_current_pid_tgid,
+            ),
+        ),
+        (
+            "helper get_current_comm in cgroup_sock_addr",
+            Some("6.1"),
+            "the caller's command in events of denied connects",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_current_comm),
+        ),
+        (
+            "helper get_current_comm in cgroup_sock",
+            Some("6.1"),
+            "events of redirects that never reached the listener (sock_release)",
+            Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK, BPF_FUNC_get_current_comm),
+        ),
+        (
             "helper get_current_ancestor_cgroup_id in cgroup_sock_addr",
             None,
             "policy cgroup of the caller",

@@ -18,6 +18,9 @@ pub const CONNECT_REFUSED: &str = "sockwarden_connect_refused_total";
 pub const REDIRECTED_CONNECTIONS: &str = "sockwarden_redirected_connections";
 pub const REDIRECTED_CONNECTIONS_LIMIT: &str = "sockwarden_redirected_connections_limit";
 pub const REDIRECTS_UNACCEPTED: &str = "sockwarden_redirects_unaccepted_total";
+pub const REDIRECTS_UNREACHED: &str = "sockwarden_redirects_unreached_total";
+pub const KERNEL_EVENTS_DROPPED: &str = "sockwarden_kernel_events_dropped_total";
+pub const POLICY_CGROUP_PRESENT: &str = "sockwarden_policy_cgroup_present";
 pub const UPSTREAM_OPENED: &str = "sockwarden_upstream_connections_opened_total";
 pub const UPSTREAM_CLOSED: &str = "sockwarden_upstream_connections_closed_total";
 pub const UPSTREAM_CONNECT_FAILURES: &str = "sockwarden_upstream_connect_failures_total";
@@ -97,6 +100,18 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         REDIRECTS_UNACCEPTED,
         "Redirected connections the workload closed before the proxy accepted them; the kernel removed their original destination"
+    );
+    describe_counter!(
+        REDIRECTS_UNREACHED,
+        "Redirected connections that never reached the proxy's listener: the workload's socket closed without its handshake with the listener done (refused, timed out, unroutable, or given up); counted in the kernel"
+    );
+    describe_counter!(
+        KERNEL_EVENTS_DROPPED,
+        "Kernel events (denied connects and UDP sends, redirects that never reached the listener) not sent to userspace, by policy and reason (rate_limit: the policy's per-CPU token bucket was empty; ring_full: the ring buffer was full)"
+    );
+    describe_gauge!(
+        POLICY_CGROUP_PRESENT,
+        "1 when the policy's cgroup exists and is enforced, 0 while it does not exist (nothing is enforced for the policy); kept current by the cgroup watcher"
     );
     describe_counter!(UPSTREAM_OPENED, "Upstream connections opened");
     describe_counter!(
@@ -608,6 +623,33 @@ pub fn redirected_connections(policy: &str, open: u64, limit: u64) {
 
 pub fn redirects_unaccepted(policy: &str, total: u64) {
     counter!(REDIRECTS_UNACCEPTED, "policy" => policy.to_string()).absolute(total);
+}
+
+pub fn redirects_unreached(policy: &str, total: u64) {
+    counter!(REDIRECTS_UNREACHED, "policy" => policy.to_string()).absolute(total);
+}
+
+/// Why the kernel did not send an event (label `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventDrop {
+    /// The policy's token bucket on that CPU was empty.
+    RateLimit,
+    /// The ring buffer was full.
+    RingFull,
+}
+
+pub fn kernel_events_dropped(policy: &str, why: EventDrop, total: u64) {
+    let reason = match why {
+        EventDrop::RateLimit => "rate_limit",
+        EventDrop::RingFull => "ring_full",
+    };
+    counter!(KERNEL_EVENTS_DROPPED, "policy" => policy.to_string(), "reason" => reason)
+        .absolute(total);
+}
+
+/// Whether a policy's cgroup exists (and is in the kernel's map) now.
+pub fn policy_cgroup_present(policy: &str, present: bool) {
+    gauge!(POLICY_CGROUP_PRESENT, "policy" => policy.to_string()).set(f64::from(u8::from(present)));
 }
 
 /// The kernel's total of a door event of `policy` (UDP decisions, socket

@@ -218,10 +218,29 @@ impl DenyReason {
     }
 }
 
+/// The warning for each loopback listener when some rule redirects
+/// (`redirects`): workloads in other network namespaces cannot reach it.
+/// Whether they live in one the configuration cannot say, so it is a
+/// warning, not an error.
+fn loopback_listen_warnings(listen: &[SocketAddr], redirects: bool) -> Vec<String> {
+    listen
+        .iter()
+        .filter(|a| redirects && a.ip().is_loopback())
+        .map(|a| {
+            format!(
+                "proxy.listen {a} is a loopback address: workloads in other network namespaces (containers, pods) cannot reach it, and their redirected connects fail with ECONNREFUSED; listen on an address of the node that they route to (fine only if every enforced workload shares the node's network namespace)"
+            )
+        })
+        .collect()
+}
+
 /// Every policy of a configuration, compiled; index = [`PolicyId`].
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     pub policies: Vec<CompiledPolicy>,
+    /// Where redirected connects go (`proxy.listen`, `proxy.listen_v6`):
+    /// the warnings name a loopback one.
+    pub listen: Vec<SocketAddr>,
 }
 
 impl PolicySet {
@@ -257,7 +276,12 @@ impl PolicySet {
                     .collect(),
             })
             .collect();
-        PolicySet { policies }
+        PolicySet {
+            policies,
+            listen: std::iter::once(config.proxy.listen)
+                .chain(config.proxy.listen_v6)
+                .collect(),
+        }
     }
 
     pub fn get(&self, id: PolicyId) -> Option<&CompiledPolicy> {
@@ -273,7 +297,8 @@ impl PolicySet {
     /// policy whose `http` rules name hosts while no rule of it allows DNS
     /// (UDP port 53), so its workloads cannot resolve those names.
     pub fn warnings(&self) -> Vec<String> {
-        let mut out = Vec::new();
+        let redirects = self.policies.iter().flat_map(|p| &p.rules).any(|r| r.l7());
+        let mut out = loopback_listen_warnings(&self.listen, redirects);
         for p in &self.policies {
             let hosts: Vec<String> = p
                 .rules
@@ -546,6 +571,34 @@ policies:
 
     fn set() -> PolicySet {
         PolicySet::compile(&Config::parse(CONFIG, Path::new("t.yaml")).unwrap())
+    }
+
+    #[test]
+    fn a_loopback_listener_is_warned_about_where_rules_redirect() {
+        let warned = |listen: &[&str], redirects| {
+            let listen: Vec<SocketAddr> = listen.iter().map(|a| a.parse().unwrap()).collect();
+            loopback_listen_warnings(&listen, redirects)
+        };
+        let cases: &[(&[&str], bool, usize)] = &[
+            (&["127.0.0.1:15001"], true, 1),
+            (&["127.0.0.1:15001"], false, 0),
+            (&["10.77.0.1:15001"], true, 0),
+            (&["10.77.0.1:15001", "[::1]:15001"], true, 1),
+            (&["127.0.0.2:15001", "[::1]:15001"], true, 2),
+        ];
+        for (listen, redirects, n) in cases {
+            assert_eq!(
+                warned(listen, *redirects).len(),
+                *n,
+                "{listen:?} {redirects}"
+            );
+        }
+        assert!(warned(&["127.0.0.1:15001"], true)[0]
+            .starts_with("proxy.listen 127.0.0.1:15001 is a loopback address: workloads in other network namespaces"));
+        // Compiled from a configuration: an http rule redirects.
+        let text = "proxy: { listen: \"127.0.0.1:15001\" }\npolicies:\n  - name: p\n    cgroup: /t/p\n    egress:\n      - to: [\"10.0.0.0/8\"]\n        http: [{ method: GET }]\n";
+        let w = PolicySet::compile(&Config::parse(text, Path::new("t.yaml")).unwrap()).warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
     }
 
     #[test]

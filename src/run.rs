@@ -189,6 +189,7 @@ async fn serve(
     let mut watcher = Watcher::new(root, &policies, Arc::clone(&maps));
     watcher.sync();
     let watcher_task = tokio::spawn(watcher.run());
+    crate::events::spawn(&maps, Arc::clone(&policies), config, log.clone())?;
     // TIME_WAIT entries leave the tuple map once the period is over.
     let expiry_maps = Arc::clone(&maps);
     let expiry_task = tokio::spawn(async move {

@@ -180,7 +180,9 @@ pub fn warnings(status: &Status) -> Vec<String> {
     let mut out = Vec::new();
     for p in &status.policies {
         match &p.state {
-            CgroupState::Missing => {}
+            CgroupState::Missing => {
+                out.push(crate::cgroup::missing_cgroup_warning(&p.name, &p.cgroup));
+            }
             CgroupState::Unreadable(e) => out.push(format!(
                 "policy {}: cgroup {} was not checked for CAP_NET_RAW: {e}",
                 p.name, p.cgroup
@@ -501,7 +503,9 @@ mod tests {
              policy pods: cgroup /kubepods/pods: 2 processes, 1 holds or can gain CAP_NET_RAW\n\
              policy later: cgroup /system.slice/later.service: does not exist\n\
              warning: policy pods: pid 1234 (sleep) holds CAP_NET_RAW and the BPF LSM is not \
-             active: it can open AF_PACKET sockets, which bypass every cgroup hook\n"
+             active: it can open AF_PACKET sockets, which bypass every cgroup hook\n\
+             warning: policy later: cgroup /system.slice/later.service does not exist: nothing \
+             is enforced for this policy until it is created (a typo in the path?)\n"
         );
     }
 

@@ -43,6 +43,15 @@ enum sw_limit {
 	 * it.
 	 */
 	SW_MSG_UNREAD_LIMIT = 256 * 1024,
+	/*
+	 * The rate limit on events (the events ring buffer), per policy and
+	 * per CPU: a token bucket of SW_EVENT_BURST events, refilled at
+	 * SW_EVENT_RATE per second (event_buckets). What it refuses is
+	 * counted there, never lost silently.
+	 */
+	SW_EVENT_BURST = 20,
+	SW_EVENT_RATE = 10,
+	SW_EVENT_RING_BYTES = 256 * 1024, /* events: about 3,600 (64 bytes + an 8-byte header each) */
 };
 
 /* What connect() does for a (policy, destination, port). Absence = deny. */
@@ -80,6 +89,7 @@ enum sw_sock_role {
 #define SW_SOCK_REDIRECTED 1 /* the last connect() was sent to the proxy */
 #define SW_SOCK_COUNTED 2    /* charged to policy_conns[orig.policy_id].in_flight */
 #define SW_SOCK_RECORDED 4   /* orig_dsts holds an entry under peer */
+#define SW_SOCK_ESTABLISHED 8 /* the redirected connect() reached the listener (handshake done) */
 
 /*
  * Which path a workload socket's outgoing bytes take under the sockmap
@@ -233,7 +243,8 @@ enum sw_conn_event {
 	SW_CONN_REFUSED_LIMIT = 0,   /* connect() refused: the policy's limit was reached */
 	SW_CONN_REFUSED_STORAGE = 1, /* connect() refused: no socket storage for its state */
 	SW_CONN_UNACCEPTED = 2,      /* closed by the workload before the proxy accepted it */
-	SW_CONN_EVENTS = 3,
+	SW_CONN_UNREACHED = 3,       /* closed without its handshake with the listener done */
+	SW_CONN_EVENTS = 4,
 };
 
 /*
@@ -254,6 +265,49 @@ enum sw_door_event {
 	SW_DOOR_DROP_ICMP = 9,      /* ICMP packet not allowed (no icmp: true, or not an echo request) */
 	SW_DOOR_DROP_PROTOCOL = 10, /* packet of a socket the wall knows no allowed flow for */
 	SW_DOOR_EVENTS = 11,
+};
+
+/* What an event of the events ring buffer reports (sw_event.kind). */
+enum sw_event_kind {
+	SW_EVENT_CONNECT_DENIED = 1, /* connect() refused with EPERM: no rule allows it (TCP, UDP) */
+	SW_EVENT_SENDMSG_DENIED = 2, /* a UDP sendto()/sendmsg() refused with EPERM */
+	/*
+	 * A redirected socket released without its handshake with the
+	 * proxy's listener done (SW_CONN_UNREACHED): the connection never
+	 * reached the listener.
+	 */
+	SW_EVENT_UNREACHED = 3,
+};
+
+/*
+ * One record of the events ring buffer, rate-limited per policy
+ * (event_buckets). For a denied call the task and cgroup are the caller's;
+ * for SW_EVENT_UNREACHED the cgroup, namespace and destination are those
+ * of the redirected connect() and the task is the one that released the
+ * socket.
+ */
+struct sw_event {
+	__u64 cgroup_id;
+	__u64 netns_cookie;
+	enum sw_event_kind kind;
+	__u32 policy_id;
+	__u32 pid;   /* thread group id */
+	__u16 port;  /* destination port */
+	__u16 proto; /* enum sw_rule_proto */
+	__u8 addr[16]; /* destination (IPv4-mapped for IPv4) */
+	char comm[16];
+};
+
+/*
+ * event_buckets value (per-CPU array, index: policy id): one policy's
+ * token bucket on one CPU, as time credit (an event costs 1 s /
+ * SW_EVENT_RATE), and the events it did not send.
+ */
+struct sw_event_bucket {
+	__u64 credit_ns;
+	__u64 last_ns;      /* bpf_ktime_get_ns() of the last event, sent or not */
+	__u64 dropped_rate; /* not sent: the bucket was empty */
+	__u64 dropped_full; /* not sent: the ring buffer was full */
 };
 
 /* conn_counters key. */
@@ -279,6 +333,8 @@ enum sw_abi_size {
 	SW_SIZEOF_CONN_COUNTER_KEY = 8,  /* 4 + 4 */
 	SW_SIZEOF_TUPLE_KEY = 48,        /* 8 + 16 + 16 + 2 + 2 + 4 */
 	SW_SIZEOF_TUPLE_VALUE = 24,      /* 8 + 8 + 4 + 4 */
+	SW_SIZEOF_EVENT = 64,            /* 8 + 8 + 4 + 4 + 4 + 2 + 2 + 16 + 16 */
+	SW_SIZEOF_EVENT_BUCKET = 32,     /* 8 + 8 + 8 + 8 */
 };
 
 _Static_assert(sizeof(struct sw_policy_ref) == SW_SIZEOF_POLICY_REF, "sw_policy_ref layout");
@@ -293,6 +349,8 @@ _Static_assert(sizeof(struct sw_conn_counter_key) == SW_SIZEOF_CONN_COUNTER_KEY,
 	       "sw_conn_counter_key layout");
 _Static_assert(sizeof(struct sw_tuple_key) == SW_SIZEOF_TUPLE_KEY, "sw_tuple_key layout");
 _Static_assert(sizeof(struct sw_tuple_value) == SW_SIZEOF_TUPLE_VALUE, "sw_tuple_value layout");
+_Static_assert(sizeof(struct sw_event) == SW_SIZEOF_EVENT, "sw_event layout");
+_Static_assert(sizeof(struct sw_event_bucket) == SW_SIZEOF_EVENT_BUCKET, "sw_event_bucket layout");
 
 /* The prefix bits are the key's layout: policy_id up to addr, and addr. */
 _Static_assert(SW_RULE_KEY_FIXED_BITS == 8 * (__builtin_offsetof(struct sw_rule_key, addr) -

@@ -147,4 +147,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } msg_counters SEC(".maps");
 
+/*
+ * Events for userspace (struct sw_event): denied connect() and sendmsg()
+ * calls, redirected connections that never reached the listener.
+ * Rate-limited per policy by event_buckets.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, SW_EVENT_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* policy id -> its events token bucket and what it refused, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SW_MAX_POLICIES);
+	__type(key, __u32);
+	__type(value, struct sw_event_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_buckets SEC(".maps");
+
 #endif /* SOCKWARDEN_MAPS_H */

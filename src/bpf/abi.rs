@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::policy::kernel::{ConnectVerdict, RuleEntry};
+use crate::policy::kernel::{ConnectVerdict, RuleEntry, Transport};
 use crate::policy::PolicyId;
 
 pub use super::skel::types::*;
@@ -78,6 +78,8 @@ pod!(
     sw_counter_key = SW_SIZEOF_COUNTER_KEY,
     sw_policy_conns = SW_SIZEOF_POLICY_CONNS,
     sw_conn_counter_key = SW_SIZEOF_CONN_COUNTER_KEY,
+    sw_event = SW_SIZEOF_EVENT,
+    sw_event_bucket = SW_SIZEOF_EVENT_BUCKET,
 );
 
 /// 16-byte form of an address: IPv4 becomes ::ffff:a.b.c.d.
@@ -152,6 +154,113 @@ pub(super) fn rule(e: &RuleEntry) -> (sw_rule_key, sw_rule_value) {
         ConnectVerdict::Redirect => sw_verdict::SW_VERDICT_REDIRECT,
     };
     (key, sw_rule_value { verdict })
+}
+
+/// A policy_rules entry read back: the inverse of [`rule`]. None for a key
+/// no [`rule`] writes (a prefix shorter than the fixed bits or longer than
+/// an address, an unknown protocol or verdict).
+pub(super) fn rule_entry(key: &sw_rule_key, value: &sw_rule_value) -> Option<RuleEntry> {
+    let prefix_len = key.prefixlen.checked_sub(RULE_KEY_FIXED_BITS)?;
+    if prefix_len > u32::from(ADDR_BITS) {
+        return None;
+    }
+    let transport = [Transport::Tcp, Transport::Udp]
+        .into_iter()
+        .find(|t| t.number() == key.proto)?;
+    let verdict = match value.verdict {
+        sw_verdict::SW_VERDICT_ALLOW => ConnectVerdict::Allow,
+        sw_verdict::SW_VERDICT_REDIRECT => ConnectVerdict::Redirect,
+        _ => return None,
+    };
+    Some(RuleEntry {
+        policy_id: key.policy_id,
+        transport,
+        port: key.port,
+        addr: key.addr,
+        prefix_len: prefix_len as u8,
+        verdict,
+    })
+}
+
+/// What a record of the events ring buffer reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// connect() refused with EPERM: no rule allows the destination.
+    ConnectDenied,
+    /// A UDP sendto()/sendmsg() refused with EPERM.
+    SendmsgDenied,
+    /// A redirected connection closed without reaching the listener.
+    Unreached,
+}
+
+/// One record of the events ring buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEvent {
+    pub kind: EventKind,
+    pub policy_id: PolicyId,
+    /// The caller's cgroup (for [`EventKind::Unreached`], the socket's at
+    /// connect()).
+    pub cgroup_id: u64,
+    pub netns_cookie: u64,
+    /// Thread group id of the calling task (for [`EventKind::Unreached`],
+    /// of the task that closed the socket).
+    pub pid: u32,
+    pub comm: String,
+    /// The destination the workload asked for.
+    pub dst: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Decodes a record of the events ring buffer; None for one of another
+/// size, kind or protocol.
+pub(super) fn kernel_event(bytes: &[u8]) -> Option<KernelEvent> {
+    let e = sw_event::from_bytes(bytes)?;
+    let kind = match e.kind {
+        sw_event_kind::SW_EVENT_CONNECT_DENIED => EventKind::ConnectDenied,
+        sw_event_kind::SW_EVENT_SENDMSG_DENIED => EventKind::SendmsgDenied,
+        sw_event_kind::SW_EVENT_UNREACHED => EventKind::Unreached,
+        _ => return None,
+    };
+    let transport = [Transport::Tcp, Transport::Udp]
+        .into_iter()
+        .find(|t| t.number() == e.proto)?;
+    let comm: Vec<u8> = e
+        .comm
+        .iter()
+        .map(|c| *c as u8)
+        .take_while(|c| *c != 0)
+        .collect();
+    Some(KernelEvent {
+        kind,
+        policy_id: e.policy_id,
+        cgroup_id: e.cgroup_id,
+        netns_cookie: e.netns_cookie,
+        pid: e.pid,
+        comm: String::from_utf8_lossy(&comm).into_owned(),
+        dst: SocketAddr::new(ip_from16(e.addr), e.port),
+        transport,
+    })
+}
+
+/// Events of one policy the kernel did not send, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventDrops {
+    /// The policy's token bucket was empty.
+    pub rate_limit: u64,
+    /// The ring buffer was full.
+    pub ring_full: u64,
+}
+
+/// The sum of a policy's event_buckets values, one per CPU (values of
+/// another size are skipped).
+pub(super) fn event_drops(per_cpu: &[Vec<u8>]) -> EventDrops {
+    per_cpu
+        .iter()
+        .filter_map(|b| sw_event_bucket::from_bytes(b))
+        .fold(EventDrops::default(), |d, b| EventDrops {
+            rate_limit: d.rate_limit + b.dropped_rate,
+            ring_full: d.ring_full + b.dropped_full,
+        })
 }
 
 /// A policy's policy_conns value: its limit, no connection counted yet.
@@ -410,6 +519,136 @@ mod tests {
                 (*prefixlen, *port, *proto)
             );
         }
+    }
+
+    #[test]
+    fn rule_entries_read_back_from_their_keys() {
+        let e = |transport, port, prefix_len, verdict| RuleEntry {
+            policy_id: 3,
+            transport,
+            port,
+            addr: V4_MAPPED_10_1_2_3,
+            prefix_len,
+            verdict,
+        };
+        for want in [
+            e(Transport::Tcp, 80, 128, ConnectVerdict::Redirect),
+            e(Transport::Udp, 0, 104, ConnectVerdict::Allow),
+            e(Transport::Tcp, 443, 0, ConnectVerdict::Allow),
+        ] {
+            let (key, value) = rule(&want);
+            assert_eq!(rule_entry(&key, &value), Some(want));
+        }
+        // Keys no configuration writes.
+        let (key, value) = rule(&e(Transport::Tcp, 80, 128, ConnectVerdict::Allow));
+        let bad_keys = [
+            sw_rule_key {
+                prefixlen: 63,
+                ..key
+            },
+            sw_rule_key {
+                prefixlen: 64 + 129,
+                ..key
+            },
+            sw_rule_key { proto: 1, ..key },
+        ];
+        for k in bad_keys {
+            assert_eq!(rule_entry(&k, &value), None, "{k:?}");
+        }
+        let deny = sw_rule_value {
+            verdict: sw_verdict::SW_VERDICT_DENY,
+        };
+        assert_eq!(rule_entry(&key, &deny), None);
+    }
+
+    #[test]
+    fn events_decode_from_the_ring_buffers_records() {
+        let record = |kind: u32, proto: u16, addr: &[u8; 16], comm: &[u8; 16]| {
+            bytes(&[
+                &11u64.to_ne_bytes(), // cgroup id
+                &12u64.to_ne_bytes(), // netns cookie
+                &kind.to_ne_bytes(),
+                &2u32.to_ne_bytes(),    // policy id
+                &4321u32.to_ne_bytes(), // pid
+                &8080u16.to_ne_bytes(),
+                &proto.to_ne_bytes(),
+                addr,
+                comm,
+            ])
+        };
+        let curl = *b"curl\0\0\0\0\0\0\0\0\0\0\0\0";
+        let full = *b"0123456789abcdef";
+        type Want = Option<(EventKind, Transport, &'static str, &'static str)>;
+        let cases: &[(Vec<u8>, Want)] = &[
+            (
+                record(1, 6, &V4_MAPPED_10_1_2_3, &curl),
+                Some((
+                    EventKind::ConnectDenied,
+                    Transport::Tcp,
+                    "10.1.2.3:8080",
+                    "curl",
+                )),
+            ),
+            (
+                record(2, 17, &V6_FD00_1, &full),
+                Some((
+                    EventKind::SendmsgDenied,
+                    Transport::Udp,
+                    "[fd00::1]:8080",
+                    "0123456789abcdef",
+                )),
+            ),
+            (
+                record(3, 6, &V4_MAPPED_10_1_2_3, &curl),
+                Some((
+                    EventKind::Unreached,
+                    Transport::Tcp,
+                    "10.1.2.3:8080",
+                    "curl",
+                )),
+            ),
+            (record(0, 6, &V4_MAPPED_10_1_2_3, &curl), None),
+            (record(1, 1, &V4_MAPPED_10_1_2_3, &curl), None),
+            (
+                record(1, 6, &V4_MAPPED_10_1_2_3, &curl)[..63].to_vec(),
+                None,
+            ),
+        ];
+        for (raw, want) in cases {
+            let got = kernel_event(raw);
+            let want = want.map(|(kind, transport, dst, comm)| KernelEvent {
+                kind,
+                policy_id: 2,
+                cgroup_id: 11,
+                netns_cookie: 12,
+                pid: 4321,
+                comm: comm.to_string(),
+                dst: sa(dst),
+                transport,
+            });
+            assert_eq!(got, want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn event_drops_are_summed_over_cpus() {
+        let bucket = |rate: u64, full: u64| {
+            bytes(&[
+                &5u64.to_ne_bytes(),
+                &6u64.to_ne_bytes(),
+                &rate.to_ne_bytes(),
+                &full.to_ne_bytes(),
+            ])
+        };
+        let per_cpu = vec![bucket(3, 0), bucket(4, 1), vec![0; 8]];
+        assert_eq!(
+            event_drops(&per_cpu),
+            EventDrops {
+                rate_limit: 7,
+                ring_full: 1
+            }
+        );
+        assert_eq!(event_drops(&[]), EventDrops::default());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use super::abi::{self, Pod};
 use super::{BpfError, Maps};
 use crate::metrics::{
-    self, ConnectDecision, ConnectRefusal, SockmapPath, SockmapSide, SockmapSwitch,
+    self, ConnectDecision, ConnectRefusal, EventDrop, SockmapPath, SockmapSide, SockmapSwitch,
 };
 use crate::policy::{PolicyId, PolicySet};
 
@@ -39,6 +39,7 @@ const CONN_EVENTS: [abi::sw_conn_event; abi::sw_conn_event::SW_CONN_EVENTS.0 as 
     abi::sw_conn_event::SW_CONN_REFUSED_LIMIT,
     abi::sw_conn_event::SW_CONN_REFUSED_STORAGE,
     abi::sw_conn_event::SW_CONN_UNACCEPTED,
+    abi::sw_conn_event::SW_CONN_UNREACHED,
 ];
 
 /// One policy's redirected connections as the kernel counts them.
@@ -54,6 +55,8 @@ struct ConnCounts {
     refused_storage: u64,
     /// Connections the workload closed before the proxy accepted them.
     unaccepted: u64,
+    /// Connections closed without their handshake with the listener done.
+    unreached: u64,
 }
 
 /// Kernel-side connect() decisions of one policy.
@@ -122,6 +125,7 @@ impl Maps {
             refused_limit: read(E::SW_CONN_REFUSED_LIMIT)?,
             refused_storage: read(E::SW_CONN_REFUSED_STORAGE)?,
             unaccepted: read(E::SW_CONN_UNACCEPTED)?,
+            unreached: read(E::SW_CONN_UNREACHED)?,
         })
     }
 
@@ -148,6 +152,12 @@ impl Maps {
                 Ok((*e, self.door_counters.percpu_sum(&index.to_ne_bytes())?))
             })
             .collect()
+    }
+
+    /// The events of a policy the kernel did not send (sums over CPUs).
+    fn event_drops(&self, policy_id: PolicyId) -> Result<abi::EventDrops, BpfError> {
+        let per_cpu = self.event_buckets.percpu(&policy_id.to_ne_bytes())?;
+        Ok(abi::event_drops(&per_cpu))
     }
 
     /// What the sockmap engine's programs did so far (sums over CPUs).
@@ -190,6 +200,10 @@ pub fn refresh_metrics(maps: &Maps, policies: &PolicySet) {
             Ok(c) => record_connect(&p.name, &c),
             Err(e) => tracing::warn!(error = %e, "reading kernel counters"),
         }
+        match maps.event_drops(id) {
+            Ok(d) => record_event_drops(&p.name, &d),
+            Err(e) => tracing::warn!(error = %e, "reading kernel event drops"),
+        }
     }
 }
 
@@ -208,6 +222,12 @@ fn record_conns(policy: &str, c: &ConnCounts) {
     metrics::connect_refused(policy, ConnectRefusal::ConnectionLimit, c.refused_limit);
     metrics::connect_refused(policy, ConnectRefusal::SocketStorage, c.refused_storage);
     metrics::redirects_unaccepted(policy, c.unaccepted);
+    metrics::redirects_unreached(policy, c.unreached);
+}
+
+fn record_event_drops(policy: &str, d: &abi::EventDrops) {
+    metrics::kernel_events_dropped(policy, EventDrop::RateLimit, d.rate_limit);
+    metrics::kernel_events_dropped(policy, EventDrop::RingFull, d.ring_full);
 }
 
 fn record_doors(policy: &str, counts: &[(DoorEvent, u64)]) {
@@ -259,6 +279,7 @@ mod tests {
             refused_limit: 6,
             refused_storage: 7,
             unaccepted: 8,
+            unreached: 9,
         };
         let msgs = MsgCounts {
             redirected_msgs: 11,
@@ -293,6 +314,23 @@ mod tests {
                     r#"sockwarden_redirected_connections_limit{policy="p"} 5"#,
                     r#"sockwarden_redirected_connections{policy="p"} 4"#,
                     r#"sockwarden_redirects_unaccepted_total{policy="p"} 8"#,
+                    r#"sockwarden_redirects_unreached_total{policy="p"} 9"#,
+                ],
+            ),
+            (
+                "event drops",
+                Box::new(|| {
+                    record_event_drops(
+                        "p",
+                        &abi::EventDrops {
+                            rate_limit: 24,
+                            ring_full: 25,
+                        },
+                    )
+                }),
+                &[
+                    r#"sockwarden_kernel_events_dropped_total{policy="p",reason="rate_limit"} 24"#,
+                    r#"sockwarden_kernel_events_dropped_total{policy="p",reason="ring_full"} 25"#,
                 ],
             ),
             (

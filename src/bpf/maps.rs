@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBuffer, RingBufferBuilder};
 
-use super::abi::{self, Pod, PolicyRef, TupleEntry};
+use super::abi::{self, KernelEvent, Pod, PolicyRef, TupleEntry};
 use super::{BpfError, OrigDst};
 use crate::policy::kernel::RuleEntry;
 
@@ -27,10 +27,12 @@ pub enum MapName {
     SkProxy,
     SkConsumed,
     MsgCounters,
+    Events,
+    EventBuckets,
 }
 
 impl MapName {
-    pub const ALL: [MapName; 13] = [
+    pub const ALL: [MapName; 15] = [
         MapName::PolicyCgroups,
         MapName::PolicyRules,
         MapName::OrigDsts,
@@ -44,6 +46,8 @@ impl MapName {
         MapName::SkProxy,
         MapName::SkConsumed,
         MapName::MsgCounters,
+        MapName::Events,
+        MapName::EventBuckets,
     ];
 
     /// Its name in the objects (maps.h), in bpftool and under the pin path.
@@ -62,6 +66,8 @@ impl MapName {
             MapName::SkProxy => "sk_proxy",
             MapName::SkConsumed => "sk_consumed",
             MapName::MsgCounters => "msg_counters",
+            MapName::Events => "events",
+            MapName::EventBuckets => "event_buckets",
         }
     }
 
@@ -138,14 +144,20 @@ impl Pinned {
             .filter_map(|k| Some((k.clone(), self.map.lookup(&k, MapFlags::ANY).ok()??)))
     }
 
-    /// The sum over CPUs of a per-CPU u64 counter (0 if the key is absent).
-    pub(super) fn percpu_sum(&self, key: &[u8]) -> Result<u64, BpfError> {
+    /// The values of `key` in a per-CPU map, one per CPU (none if the key
+    /// is absent).
+    pub(super) fn percpu(&self, key: &[u8]) -> Result<Vec<Vec<u8>>, BpfError> {
         let per_cpu = self
             .map
             .lookup_percpu(key, MapFlags::ANY)
             .map_err(self.error("lookup"))?;
-        Ok(per_cpu
-            .unwrap_or_default()
+        Ok(per_cpu.unwrap_or_default())
+    }
+
+    /// The sum over CPUs of a per-CPU u64 counter (0 if the key is absent).
+    pub(super) fn percpu_sum(&self, key: &[u8]) -> Result<u64, BpfError> {
+        Ok(self
+            .percpu(key)?
             .iter()
             .filter_map(|b| b.as_slice().try_into().ok().map(u64::from_ne_bytes))
             .sum())
@@ -178,6 +190,8 @@ pub struct Maps {
     pub(super) msg_counters: Pinned,
     pub(super) door_counters: Pinned,
     sk_consumed: Pinned,
+    events: Pinned,
+    pub(super) event_buckets: Pinned,
 }
 
 /// CLOCK_BOOTTIME, the clock of bpf_ktime_get_boot_ns().
@@ -204,7 +218,44 @@ impl Maps {
             msg_counters: open(MapName::MsgCounters)?,
             door_counters: open(MapName::DoorCounters)?,
             sk_consumed: open(MapName::SkConsumed)?,
+            events: open(MapName::Events)?,
+            event_buckets: open(MapName::EventBuckets)?,
         })
+    }
+
+    /// A reader of the events ring buffer that hands each record to
+    /// `on_event`, decoded (records that do not decode are skipped). Its
+    /// `epoll_fd` turns readable when records wait; `consume` reads them.
+    pub fn event_ring(
+        &self,
+        mut on_event: impl FnMut(KernelEvent) + 'static,
+    ) -> Result<RingBuffer<'static>, BpfError> {
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&self.events.map, move |bytes: &[u8]| {
+                if let Some(e) = abi::kernel_event(bytes) {
+                    on_event(e);
+                }
+                0
+            })
+            .map_err(self.events.error("open ring buffer"))?;
+        builder
+            .build()
+            .map_err(self.events.error("open ring buffer"))
+    }
+
+    /// Every entry of the rule map, decoded (entries no configuration
+    /// writes are left out).
+    pub fn rules(&self) -> Vec<RuleEntry> {
+        self.policy_rules
+            .entries()
+            .filter_map(|(k, v)| {
+                abi::rule_entry(
+                    &abi::sw_rule_key::from_bytes(&k)?,
+                    &abi::sw_rule_value::from_bytes(&v)?,
+                )
+            })
+            .collect()
     }
 
     /// Marks a socket as one of the proxy's upstream sockets, so its tuple

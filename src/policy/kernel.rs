@@ -59,6 +59,26 @@ pub struct RuleEntry {
     pub verdict: ConnectVerdict,
 }
 
+impl RuleEntry {
+    /// The destination prefix as the configuration writes it: an IPv4
+    /// CIDR for an IPv4-mapped prefix of at least [`ADDR_V4_MAPPED_BITS`]
+    /// bits (IPv4's 0.0.0.0/0 and IPv6's ::ffff:0:0/96 are one entry),
+    /// else IPv6.
+    pub fn destination(&self) -> IpNet {
+        let v6 = std::net::Ipv6Addr::from(self.addr);
+        match v6.to_ipv4_mapped() {
+            Some(v4) if self.prefix_len >= ADDR_V4_MAPPED_BITS => {
+                ipnet::Ipv4Net::new(v4, self.prefix_len - ADDR_V4_MAPPED_BITS)
+                    .map(IpNet::V4)
+                    .unwrap_or_else(|_| IpNet::V4(ipnet::Ipv4Net::from(v4)))
+            }
+            _ => ipnet::Ipv6Net::new(v6, self.prefix_len.min(ADDR_BITS))
+                .map(IpNet::V6)
+                .unwrap_or_else(|_| IpNet::V6(ipnet::Ipv6Net::from(v6))),
+        }
+    }
+}
+
 /// An address prefix in the 16-byte form: (address, prefix length).
 type Prefix = ([u8; 16], u8);
 
@@ -333,6 +353,36 @@ policies:
                 }
             })
             .max()
+    }
+
+    #[test]
+    fn entries_read_back_as_the_configured_destinations() {
+        let cases = [
+            ("10.1.2.0/24", "10.1.2.0/24"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("10.1.2.3/32", "10.1.2.3/32"),
+            ("fd00::/8", "fd00::/8"),
+            ("::/0", "::/0"),
+            ("fd00::1/128", "fd00::1/128"),
+            // One kernel entry, read as IPv4.
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+            ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+            // Shorter than the mapped prefix: IPv6.
+            ("::ffff:0:0/95", "::fffe:0:0/95"),
+        ];
+        for (net, want) in cases {
+            let n: IpNet = net.parse().unwrap();
+            let (addr, prefix_len) = prefix16(&n);
+            let e = RuleEntry {
+                policy_id: 0,
+                transport: Transport::Tcp,
+                port: 0,
+                addr,
+                prefix_len,
+                verdict: ConnectVerdict::Allow,
+            };
+            assert_eq!(e.destination().to_string(), want, "{net}");
+        }
     }
 
     #[test]

@@ -353,6 +353,11 @@ fn connections_the_proxy_never_accepts_hold_their_slot_until_closed() {
         m(r#"sockwarden_redirects_unaccepted_total{policy="pending"}"#),
         0.0
     );
+    assert_eq!(
+        m(r#"sockwarden_redirects_unreached_total{policy="pending"}"#),
+        0.0,
+        "counted when the socket is released, not while it waits"
+    );
 
     flooder.close_all();
     wait_metric(
@@ -363,6 +368,12 @@ fn connections_the_proxy_never_accepts_hold_their_slot_until_closed() {
     assert_eq!(orig_dsts(&sw.pin), 0, "closing removed every entry");
     assert_eq!(
         m(r#"sockwarden_redirects_unaccepted_total{policy="pending"}"#),
+        f64::from(LIMIT)
+    );
+    // Their SYNs were lost: none reached the listener either. (The refused
+    // ones were never redirected, so they are not counted.)
+    assert_eq!(
+        m(r#"sockwarden_redirects_unreached_total{policy="pending"}"#),
         f64::from(LIMIT)
     );
     assert_eq!(m(r#"sockwarden_downstream_connections_total"#), 0.0);

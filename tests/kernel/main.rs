@@ -24,6 +24,7 @@ mod enforcement;
 mod flood;
 mod https;
 mod incident;
+mod inspect;
 mod lifecycle;
 mod limits;
 mod side_doors;

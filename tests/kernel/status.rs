@@ -160,6 +160,13 @@ fn status_counts_processes_and_warns_about_cap_net_raw() {
             )),
             "{report}"
         );
+        assert!(
+            report.contains(&format!(
+                "warning: policy later: cgroup /sockwarden-test-{tag}/later does not exist: \
+                 nothing is enforced for this policy until it is created"
+            )),
+            "{report}"
+        );
         let links = report
             .lines()
             .find(|l| l.starts_with("links: "))
@@ -228,6 +235,15 @@ fn status_counts_processes_and_warns_about_cap_net_raw() {
     assert_eq!(sw.metric(series), want, "{}", sw.stderr());
     assert_eq!(
         sw.metric("sockwarden_net_raw_processes{policy=\"later\"}"),
+        0.0
+    );
+    // Which policy cgroups exist, as the watcher found them.
+    assert_eq!(
+        sw.metric("sockwarden_policy_cgroup_present{policy=\"pods\"}"),
+        1.0
+    );
+    assert_eq!(
+        sw.metric("sockwarden_policy_cgroup_present{policy=\"later\"}"),
         0.0
     );
     let log = sw.stderr();

@@ -75,9 +75,24 @@ impl Sockwarden {
         cgroup: Option<&Path>,
     ) -> Sockwarden {
         let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
+        Self::spawn_config(node, tag, run, &Self::config(tag, &dir, body), cgroup)
+    }
+
+    /// Spawns without waiting, with `config` as the whole configuration
+    /// (its pin path must be `/sys/fs/bpf/sw-test-{tag}`, which drop
+    /// removes). `run` names the directory holding config and logs.
+    pub fn spawn_config(
+        node: &Netns,
+        tag: &str,
+        run: &str,
+        config: &str,
+        cgroup: Option<&Path>,
+    ) -> Sockwarden {
+        let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
         std::fs::create_dir_all(&dir).expect("test dir");
+        let text = config;
         let config = dir.join("sockwarden.yaml");
-        std::fs::write(&config, Self::config(tag, &dir, body)).expect("write config");
+        std::fs::write(&config, text).expect("write config");
         let child = command_in(Some(&node.path()), cgroup, BIN)
             .args(["run", "--config"])
             .arg(&config)
@@ -118,11 +133,29 @@ impl Sockwarden {
         out
     }
 
-    pub fn access_log(&self) -> Vec<serde_json::Value> {
+    /// Every line of the access log, parsed.
+    fn access_log_lines(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.join("access.log"))
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).expect("access log line is JSON"))
+            .collect()
+    }
+
+    /// The access log's request lines (those without a `kind`).
+    pub fn access_log(&self) -> Vec<serde_json::Value> {
+        self.access_log_lines()
+            .into_iter()
+            .filter(|l| l.get("kind").is_none())
+            .collect()
+    }
+
+    /// The access log's lines for connects the kernel denied
+    /// (`"kind":"connect_denied"`).
+    pub fn denied_log(&self) -> Vec<serde_json::Value> {
+        self.access_log_lines()
+            .into_iter()
+            .filter(|l| l["kind"] == "connect_denied")
             .collect()
     }
 
