@@ -169,19 +169,7 @@ pub fn main() -> ExitCode {
             let Some(pin_path) = pin_path_of(config, pin_path) else {
                 return ExitCode::FAILURE;
             };
-            match crate::bpf::Maps::open_pinned(&pin_path) {
-                Ok(maps) => {
-                    print!("{}", tuples_table(maps.tuples()));
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!(
-                        "sockwarden: {e} (is sockwarden running with pin path {}?)",
-                        pin_path.display()
-                    );
-                    ExitCode::FAILURE
-                }
-            }
+            show_pinned(&pin_path, |maps| tuples_table(maps.tuples()))
         }
         Command::Rules { config, pin_path } => crate::inspect::command(config, pin_path),
         Command::Ca { action } => ca_command(action),
@@ -228,6 +216,27 @@ fn pin_path_of(config: Option<PathBuf>, pin_path: Option<PathBuf>) -> Option<Pat
         },
         (None, Some(p)) => Some(p),
         (None, None) => Some(PathBuf::from(crate::config::DEFAULT_PIN_PATH)),
+    }
+}
+
+/// Prints what `show` makes of the maps pinned under `pin_path` (a running
+/// or stopped instance's); exits 1 saying so when they cannot be opened.
+pub(crate) fn show_pinned(
+    pin_path: &std::path::Path,
+    show: impl FnOnce(&crate::bpf::Maps) -> String,
+) -> ExitCode {
+    match crate::bpf::Maps::open_pinned(pin_path) {
+        Ok(maps) => {
+            print!("{}", show(&maps));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "sockwarden: {e} (is sockwarden running with pin path {}?)",
+                pin_path.display()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

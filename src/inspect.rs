@@ -98,19 +98,9 @@ pub fn command(config: Option<PathBuf>, pin_path: Option<PathBuf>) -> ExitCode {
         (None, Some(p)) => (p, Vec::new()),
         (None, None) => (PathBuf::from(crate::config::DEFAULT_PIN_PATH), Vec::new()),
     };
-    match crate::bpf::Maps::open_pinned(Path::new(&pin_path)) {
-        Ok(maps) => {
-            print!("{}", rules_table(maps.rules(), &names));
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!(
-                "sockwarden: {e} (is sockwarden running with pin path {}?)",
-                pin_path.display()
-            );
-            ExitCode::FAILURE
-        }
-    }
+    crate::cli::show_pinned(Path::new(&pin_path), |maps| {
+        rules_table(maps.rules(), &names)
+    })
 }
 
 #[cfg(test)]
