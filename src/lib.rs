@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod features;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod run;
