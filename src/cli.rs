@@ -95,7 +95,7 @@ enum CaAction {
 }
 
 /// The configuration `status` reads without `--config`.
-const DEFAULT_CONFIG: &str = "/etc/sockwarden.yaml";
+const DEFAULT_CONFIG: &str = "/etc/sockwarden/config.yaml";
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -45,8 +45,8 @@ pub enum Presence {
     Missing,
     /// Refused for want of privilege: `lacking` are the capabilities of
     /// `needs` this process does not hold. Empty: it holds them all and was
-    /// refused anyway (`errno`), by the kernel's lockdown or a security
-    /// module.
+    /// refused anyway (`errno`), by the kernel's lockdown, a security
+    /// module or a system call filter.
     NotPermitted {
         needs: &'static [Cap],
         lacking: Vec<Cap>,
@@ -99,7 +99,7 @@ impl Presence {
                 caps::names(lacking)
             ),
             Presence::NotPermitted { needs, errno, .. } => format!(
-                "not permitted ({} although {} {} held: the kernel's lockdown or a security module)",
+                "not permitted ({} although {} {} held: the kernel's lockdown, a security module or a system call filter)",
                 errno.map_or_else(|| "refused".into(), |e| format!("{e:?}")),
                 caps::names(needs),
                 if needs.len() == 1 { "is" } else { "are" }
@@ -658,7 +658,7 @@ pub enum FeatureError {
         lacking: String,
         used_for: &'static str,
     },
-    #[error("not permitted: {name} was refused ({errno}) although this process holds {needs} (sockwarden needs it for {used_for}): the kernel's lockdown or a security module refuses it (see `sockwarden features`)")]
+    #[error("not permitted: {name} was refused ({errno}) although this process holds {needs} (sockwarden needs it for {used_for}): the kernel's lockdown, a security module or a system call filter refuses it (see `sockwarden features`)")]
     Refused {
         name: &'static str,
         errno: String,
@@ -887,7 +887,7 @@ mod tests {
         })];
         assert!(
             table(&locked).contains(
-                "not permitted (EPERM although CAP_BPF and CAP_NET_ADMIN are held: the kernel's lockdown or a security module)"
+                "not permitted (EPERM although CAP_BPF and CAP_NET_ADMIN are held: the kernel's lockdown, a security module or a system call filter)"
             ),
             "{}",
             table(&locked)
@@ -896,7 +896,7 @@ mod tests {
             require(&locked).unwrap_err().to_string(),
             "not permitted: program type cgroup_sock_addr was refused (EPERM) although this process \
              holds CAP_BPF and CAP_NET_ADMIN (sockwarden needs it for connect4/connect6: the \
-             enforcement point): the kernel's lockdown or a security module refuses it (see `sockwarden features`)"
+             enforcement point): the kernel's lockdown, a security module or a system call filter refuses it (see `sockwarden features`)"
         );
         // An unknown failure is left to the loader; a missing feature after
         // a refused one is still reported, in table order.

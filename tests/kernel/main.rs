@@ -26,6 +26,7 @@ mod https;
 mod incident;
 mod lifecycle;
 mod limits;
+mod service;
 mod side_doors;
 mod sockmap;
 mod status;

@@ -74,11 +74,32 @@ impl Sockwarden {
         body: &str,
         cgroup: Option<&Path>,
     ) -> Sockwarden {
+        Self::spawn_with(node, tag, run, body, cgroup, &[], &[])
+    }
+
+    /// [`Sockwarden::spawn`] through `launcher` (a program and its
+    /// arguments that end by running the binary, e.g. `setpriv ... --`;
+    /// empty: the binary itself) with `env` added to the environment.
+    pub fn spawn_with(
+        node: &Netns,
+        tag: &str,
+        run: &str,
+        body: &str,
+        cgroup: Option<&Path>,
+        launcher: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Sockwarden {
         let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
         std::fs::create_dir_all(&dir).expect("test dir");
         let config = dir.join("sockwarden.yaml");
         std::fs::write(&config, Self::config(tag, &dir, body)).expect("write config");
-        let child = command_in(Some(&node.path()), cgroup, BIN)
+        let (program, args) = match launcher.split_first() {
+            Some((program, args)) => (*program, [args, &[BIN]].concat()),
+            None => (BIN, Vec::new()),
+        };
+        let child = command_in(Some(&node.path()), cgroup, program)
+            .args(args)
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
