@@ -278,16 +278,22 @@ fn the_units_capability_set_runs_the_preserve_source_modes() {
     );
 }
 
-/// A configuration `nobody` can read, and a copy of the binary it can run.
-fn unprivileged_files(scratch: &Scratch, tag: &str) -> (PathBuf, PathBuf) {
+/// For runs with fewer privileges (root checked first): a scratch
+/// directory holding a copy of the binary `nobody` can run and a
+/// configuration it can read (its path).
+fn unprivileged_files(what: &str) -> (Scratch, PathBuf, String) {
+    require_root();
+    let tag = unique_tag(what);
+    let scratch = Scratch::new(what);
     let bin = scratch.0.join("sockwarden");
     std::fs::copy(BIN, &bin).expect("copy the binary");
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let config = scratch.0.join("config.yaml");
-    let body = Sockwarden::config(tag, &scratch.0, &policy("/sockwarden-test-nowhere/pod"));
+    let body = Sockwarden::config(&tag, &scratch.0, &policy("/sockwarden-test-nowhere/pod"));
     std::fs::write(&config, body).expect("config");
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    (bin, config)
+    let config = config.to_str().expect("utf-8").to_string();
+    (scratch, bin, config)
 }
 
 /// The row of `features`' table for `name`.
@@ -300,11 +306,8 @@ fn row<'a>(table: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn without_privilege_features_and_run_name_the_capability() {
-    require_root();
-    let tag = unique_tag("service-nopriv");
-    let scratch = Scratch::new("nopriv");
-    let (bin, config) = unprivileged_files(&scratch, &tag);
-    let config = config.to_str().expect("utf-8");
+    let (_scratch, bin, config) = unprivileged_files("nopriv");
+    let config = config.as_str();
 
     let out = run_bin(&as_nobody(), &bin, &["features"]);
     let table = stdout(&out);
@@ -350,11 +353,8 @@ fn without_privilege_features_and_run_name_the_capability() {
 
 #[test]
 fn each_capability_of_the_unit_is_needed_and_named_when_missing() {
-    require_root();
-    let tag = unique_tag("service-minus");
-    let scratch = Scratch::new("minus");
-    let (bin, config) = unprivileged_files(&scratch, &tag);
-    let config = config.to_str().expect("utf-8");
+    let (_scratch, bin, config) = unprivileged_files("minus");
+    let config = config.as_str();
     let caps = unit_caps();
     // What fails first without each (table order of the probe).
     let first_refused = |cap: &str| match cap {
