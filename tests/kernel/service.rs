@@ -278,6 +278,48 @@ fn the_units_capability_set_runs_the_preserve_source_modes() {
     );
 }
 
+/// One enforcer per node holds under the unit's set too, which cannot read
+/// another instance's program names (that takes CAP_SYS_ADMIN): a second
+/// instance on another pin path recognizes the first by its pinned links
+/// and refuses to start, naming them.
+#[test]
+fn the_units_capability_set_still_refuses_a_second_enforcer() {
+    let (tag, topo, _origin, cg) = scene("service-one", "pod", OriginConfig::default());
+    let first = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
+    let (other, other_topo, _other_origin, other_cg) =
+        scene("service-two", "pod", OriginConfig::default());
+    let body = format!(
+        "testing:\n  allow_other_enforcers: false\n{}",
+        policy(other_cg.rel())
+    );
+    let launcher = as_root_with(&unit_caps());
+    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+    let mut second = Sockwarden::spawn_with(
+        &other_topo.node,
+        &other,
+        &other,
+        &body,
+        None,
+        &launcher,
+        &[],
+    );
+    let status = second.wait_exit(Duration::from_secs(15));
+    let err = second.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sockwarden programs of another instance are attached at cgroup")
+            && err.contains(&format!(
+                "linked from {}/links/sw_connect4",
+                first.pin.display()
+            )),
+        "{err}"
+    );
+    assert!(
+        !second.pin.exists(),
+        "the refused instance attached nothing"
+    );
+}
+
 /// For runs with fewer privileges (root checked first): a scratch
 /// directory holding a copy of the binary `nobody` can run and a
 /// configuration it can read (its path).
