@@ -202,14 +202,29 @@ fn text(out: &Output) -> String {
 }
 
 /// The unit's set enforces: a redirected GET is allowed, a POST denied by
-/// the proxy, a connect outside every rule refused with EPERM.
+/// the proxy, a connect outside every rule refused with EPERM; and after a
+/// stop, the next start under it takes the earlier run's links over (what
+/// `Restart=` and `systemctl restart` do).
 #[test]
 fn the_units_capability_set_enforces() {
     let (tag, topo, _origin, cg) = scene("service-caps", "pod", OriginConfig::default());
     let caps = unit_caps();
     let launcher = as_root_with(&caps);
     let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
-    let sw = Sockwarden::spawn_with(
+    let enforces = || {
+        let url = "http://10.77.1.10/data/100";
+        assert_eq!(curl_status(&topo.pod, Some(&cg), &[], url), "200");
+        assert_eq!(
+            curl_status(&topo.pod, Some(&cg), &["-X", "POST"], url),
+            "403"
+        );
+        assert!(
+            tcp_connect(&topo.pod, Some(&cg), "10.77.1.10", 9000)
+                .contains("Operation not permitted"),
+            "a connect no rule allows"
+        );
+    };
+    let mut sw = Sockwarden::spawn_with(
         &topo.node,
         &tag,
         &tag,
@@ -230,16 +245,27 @@ fn the_units_capability_set_enforces() {
         })
         .sum::<u64>();
     assert_eq!(effective, format!("{want:016x}"), "{caps:?}");
-    let url = "http://10.77.1.10/data/100";
-    assert_eq!(curl_status(&topo.pod, Some(&cg), &[], url), "200");
-    assert_eq!(
-        curl_status(&topo.pod, Some(&cg), &["-X", "POST"], url),
-        "403"
+    enforces();
+
+    let status = sw.stop();
+    assert!(status.success(), "{}", sw.stderr());
+    let again = Sockwarden::spawn_with(
+        &topo.node,
+        &tag,
+        &format!("{tag}-2"),
+        &policy(cg.rel()),
+        None,
+        &launcher,
+        &[],
     );
+    again.wait_ready();
+    let log = again.log();
     assert!(
-        tcp_connect(&topo.pod, Some(&cg), "10.77.1.10", 9000).contains("Operation not permitted"),
-        "a connect no rule allows"
+        log.contains("an earlier run's programs were still enforcing")
+            && log.contains("taken_over=8"),
+        "the restart took the links over:\n{log}"
     );
+    enforces();
 }
 
 /// The unit's set also sets up what the preserve source modes need
