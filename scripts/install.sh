@@ -15,8 +15,9 @@
 #
 # Uninstall stops the unit (systemd only), runs `sockwarden detach --config
 # /etc/sockwarden/config.yaml` (a stop leaves enforcement in place: detach
-# is what removes it), then removes the binary and the unit, and the
-# configuration only while it is still the example (an edited one is kept).
+# is what removes it; if it fails, nothing is removed), then removes the
+# binary and the unit, and the configuration only while it is still the
+# example (an edited one is kept).
 #
 # Environment:
 #   DESTDIR          install under this root instead of / (packaging, tests);
@@ -75,10 +76,12 @@ uninstall_all() {
     say "DESTDIR set: not detaching (the programs of this system are not DESTDIR's)"
   elif [[ ! -x $bin ]]; then
     say "no $bin: nothing to detach with"
-  elif "$bin" detach --help >/dev/null 2>&1; then
+  elif [[ -e $config ]]; then
+    # A failure (a sockwarden still running, a configuration that does not
+    # read) stops the script here, before anything is removed.
     "$bin" detach --config "$config"
   else
-    say "this sockwarden has no detach subcommand: its programs stay attached; remove the pins under its bpf.pin_path (links/ first) to detach them"
+    "$bin" detach # the default pin path
   fi
   for f in "$bin" "$unit"; do
     if [[ -e $f ]]; then
