@@ -50,6 +50,20 @@ impl Drop for Scratch {
     }
 }
 
+/// `sockwarden run` in `node` with `body` (pins named by `tag`, files in
+/// the directory named by `run`), through `launcher` (empty: directly),
+/// `env` added.
+fn spawn(
+    node: &crate::netns::Netns,
+    (tag, run): (&str, &str),
+    body: &str,
+    launcher: &[String],
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Sockwarden {
+    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+    Sockwarden::spawn_with(node, tag, run, body, None, &launcher, env)
+}
+
 /// The next datagram, or a panic after `wait` (stretched by [`patience`]).
 fn datagram(socket: &UnixDatagram, wait: Duration, log: impl Fn() -> String) -> String {
     socket
@@ -68,15 +82,8 @@ fn systemd_is_told_ready_once_enforcing_and_stopping_on_sigterm() {
     let scratch = Scratch::new("notify");
     let path = scratch.0.join("notify");
     let socket = UnixDatagram::bind(&path).expect("bind the fake NOTIFY_SOCKET");
-    let mut sw = Sockwarden::spawn_with(
-        &topo.node,
-        &tag,
-        &tag,
-        &policy(cg.rel()),
-        None,
-        &[],
-        &[("NOTIFY_SOCKET", path.as_os_str())],
-    );
+    let env = [("NOTIFY_SOCKET", path.as_os_str())];
+    let mut sw = spawn(&topo.node, (&tag, &tag), &policy(cg.rel()), &[], &env);
     let ready = datagram(&socket, Duration::from_secs(20), || sw.stderr());
     // At the moment READY=1 arrives, not after a poll: ready and enforcing.
     assert_eq!(
@@ -210,7 +217,6 @@ fn the_units_capability_set_enforces() {
     let (tag, topo, _origin, cg) = scene("service-caps", "pod", OriginConfig::default());
     let caps = unit_caps();
     let launcher = as_root_with(&caps);
-    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
     let enforces = || {
         let url = "http://10.77.1.10/data/100";
         assert_eq!(curl_status(&topo.pod, Some(&cg), &[], url), "200");
@@ -224,15 +230,7 @@ fn the_units_capability_set_enforces() {
             "a connect no rule allows"
         );
     };
-    let mut sw = Sockwarden::spawn_with(
-        &topo.node,
-        &tag,
-        &tag,
-        &policy(cg.rel()),
-        None,
-        &launcher,
-        &[],
-    );
+    let mut sw = spawn(&topo.node, (&tag, &tag), &policy(cg.rel()), &launcher, &[]);
     sw.wait_ready();
     let effective = sw.status_field("CapEff");
     let want = caps
@@ -249,15 +247,8 @@ fn the_units_capability_set_enforces() {
 
     let status = sw.stop();
     assert!(status.success(), "{}", sw.stderr());
-    let again = Sockwarden::spawn_with(
-        &topo.node,
-        &tag,
-        &format!("{tag}-2"),
-        &policy(cg.rel()),
-        None,
-        &launcher,
-        &[],
-    );
+    let run = format!("{tag}-2");
+    let again = spawn(&topo.node, (&tag, &run), &policy(cg.rel()), &launcher, &[]);
     again.wait_ready();
     let log = again.log();
     assert!(
@@ -275,12 +266,11 @@ fn the_units_capability_set_enforces() {
 fn the_units_capability_set_runs_the_preserve_source_modes() {
     let (tag, topo, origin, cg) = scene("service-pip", "pod", OriginConfig::default());
     let launcher = as_root_with(&unit_caps());
-    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
     let body = format!(
         "upstream:\n  source: preserve-ip-port\n{}",
         policy(cg.rel())
     );
-    let sw = Sockwarden::spawn_with(&topo.node, &tag, &tag, &body, None, &launcher, &[]);
+    let sw = spawn(&topo.node, (&tag, &tag), &body, &launcher, &[]);
     sw.wait_ready();
     let out = crate::sw::curl_write_out(
         &topo.pod,
@@ -319,16 +309,7 @@ fn the_units_capability_set_still_refuses_a_second_enforcer() {
         policy(other_cg.rel())
     );
     let launcher = as_root_with(&unit_caps());
-    let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
-    let mut second = Sockwarden::spawn_with(
-        &other_topo.node,
-        &other,
-        &other,
-        &body,
-        None,
-        &launcher,
-        &[],
-    );
+    let mut second = spawn(&other_topo.node, (&other, &other), &body, &launcher, &[]);
     let status = second.wait_exit(Duration::from_secs(15));
     let err = second.stderr();
     assert_eq!(status.code(), Some(1), "{err}");
