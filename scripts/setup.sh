@@ -13,6 +13,7 @@ packages=(
   python3-h11             # the independent HTTP/1 parser of tests/differential.rs
   dnsmasq-base            # a real resolver for the demo's and tests' DNS rules
   openssl ca-certificates # the demo's HTTPS origin certificate; system roots for upstream TLS
+  systemd util-linux      # systemd-analyze verify on the unit; setpriv for the privilege tests
 )
 
 missing=()

@@ -1,4 +1,5 @@
-//! Which processes of a cgroup hold CAP_NET_RAW, or can gain it.
+//! Which processes of a cgroup hold CAP_NET_RAW, or can gain it; and which
+//! of the capabilities the eBPF side needs this process lacks.
 //!
 //! CAP_NET_RAW opens AF_PACKET sockets, which bypass every cgroup inet
 //! hook: where the BPF LSM cannot refuse them, a process in a policy cgroup
@@ -13,6 +14,71 @@ use std::path::{Path, PathBuf};
 
 /// CAP_NET_RAW's bit in the capability sets (linux/capability.h).
 pub const CAP_NET_RAW: u32 = 13;
+
+/// A capability the eBPF side needs (linux/capability.h bit numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Cap {
+    /// Program types and maps of networking: cgroup sock_addr, sock,
+    /// sock_ops, sk_msg, tc, sockhash; cgroup attachments; netlink.
+    NetAdmin = 12,
+    /// Stands in for every other one here (the kernel lets it).
+    SysAdmin = 21,
+    /// BPF LSM programs; helpers that read kernel memory (skc_to_*).
+    Perfmon = 38,
+    /// Any program load or map creation (with unprivileged BPF disabled,
+    /// Debian's default).
+    Bpf = 39,
+}
+
+impl Cap {
+    pub fn name(self) -> &'static str {
+        match self {
+            Cap::NetAdmin => "CAP_NET_ADMIN",
+            Cap::SysAdmin => "CAP_SYS_ADMIN",
+            Cap::Perfmon => "CAP_PERFMON",
+            Cap::Bpf => "CAP_BPF",
+        }
+    }
+
+    fn bit(self) -> u64 {
+        1 << self as u32
+    }
+}
+
+/// The capabilities of `needs` that a thread with the `effective` set does
+/// not hold. CAP_SYS_ADMIN counts as each of them, as the kernel's checks
+/// (bpf_token_capable, capable() in the older paths) accept it for all.
+pub fn lacking(needs: &[Cap], effective: u64) -> Vec<Cap> {
+    if effective & Cap::SysAdmin.bit() != 0 {
+        return Vec::new();
+    }
+    needs
+        .iter()
+        .copied()
+        .filter(|c| effective & c.bit() == 0)
+        .collect()
+}
+
+/// "CAP_BPF", "CAP_BPF and CAP_NET_ADMIN", "CAP_BPF, CAP_NET_ADMIN and
+/// CAP_PERFMON".
+pub fn names(caps: &[Cap]) -> String {
+    let names: Vec<&str> = caps.iter().map(|c| c.name()).collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// This thread's effective capability set (/proc/thread-self/status).
+pub fn own_effective() -> Result<u64, CapsError> {
+    let path = Path::new("/proc/thread-self/status");
+    let text = std::fs::read_to_string(path).map_err(|source| CapsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse_status(&text, path)?.effective)
+}
 
 /// Cgroup levels below the policy cgroup that are walked.
 pub const MAX_DEPTH: usize = 32;
@@ -288,6 +354,48 @@ mod tests {
     const NO_RAW: &str = "000001ffffffdfff";
     /// CAP_NET_RAW alone.
     const RAW: &str = "0000000000002000";
+
+    #[test]
+    fn lacking_capabilities() {
+        use Cap::*;
+        let unit = Bpf.bit() | NetAdmin.bit() | Perfmon.bit();
+        for (needs, effective, want) in [
+            (&[Bpf, NetAdmin][..], 0, vec![Bpf, NetAdmin]),
+            (&[Bpf, NetAdmin], unit, vec![]),
+            (&[Bpf, NetAdmin], unit & !NetAdmin.bit(), vec![NetAdmin]),
+            (&[Bpf, Perfmon], unit & !Perfmon.bit(), vec![Perfmon]),
+            (&[Bpf, NetAdmin, Perfmon], SysAdmin.bit(), vec![]),
+            (&[Bpf], 1 << CAP_NET_RAW, vec![Bpf]),
+            (&[], 0, vec![]),
+        ] {
+            assert_eq!(lacking(needs, effective), want, "{needs:?} {effective:x}");
+        }
+    }
+
+    #[test]
+    fn capability_names() {
+        use Cap::*;
+        for (caps, want) in [
+            (&[][..], ""),
+            (&[Bpf], "CAP_BPF"),
+            (&[Bpf, NetAdmin], "CAP_BPF and CAP_NET_ADMIN"),
+            (
+                &[Bpf, NetAdmin, Perfmon],
+                "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
+            ),
+        ] {
+            assert_eq!(names(caps), want);
+        }
+    }
+
+    #[test]
+    fn own_effective_set_is_this_threads() {
+        let text = std::fs::read_to_string("/proc/self/status").expect("status");
+        let want = parse_status(&text, Path::new("/proc/self/status"))
+            .expect("parse")
+            .effective;
+        assert_eq!(own_effective().expect("own"), want);
+    }
 
     #[test]
     fn status_fields_are_parsed() {

@@ -106,7 +106,7 @@ enum CaAction {
 }
 
 /// The configuration `status` reads without `--config`.
-const DEFAULT_CONFIG: &str = "/etc/sockwarden.yaml";
+const DEFAULT_CONFIG: &str = "/etc/sockwarden/config.yaml";
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -182,6 +182,9 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // Before the runtime's threads: it takes NOTIFY_SOCKET out of
+            // the environment.
+            let notifier = crate::notify::Notifier::from_env();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -192,7 +195,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::run::run(loaded)) {
+            match runtime.block_on(crate::run::run(loaded, notifier)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sockwarden: {e:#}");

@@ -9,11 +9,20 @@
 //! Some features are optional: sockwarden runs without them and closes
 //! less (the BPF LSM, which refuses AF_PACKET sockets); `require` ignores
 //! them.
+//!
+//! A probe the kernel refuses for want of privilege is not a missing
+//! feature: EPERM or EACCES, or an "unknown" answer while this process
+//! lacks a capability the kernel checks first (it hides program types and
+//! helpers from those who may not use them), is reported as "not
+//! permitted", naming the capabilities the effective set lacks
+//! ([`classify`]).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use libbpf_rs::libbpf_sys as sys;
+
+use crate::caps::{self, Cap};
 
 /// One feature and whether this kernel has it.
 #[derive(Debug, Clone)]
@@ -23,10 +32,81 @@ pub struct Feature {
     pub since: Option<&'static str>,
     /// What sockwarden uses it for.
     pub used_for: &'static str,
-    /// Ok(true) present, Ok(false) absent, Err(probe failure).
-    pub present: Result<bool, String>,
+    pub present: Presence,
     /// Startup refuses a kernel without it.
     pub required: bool,
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    Present,
+    /// Refused as unknown or invalid, every capability the probe needs held.
+    Missing,
+    /// Refused for want of privilege: `lacking` are the capabilities of
+    /// `needs` this process does not hold. Empty: it holds them all and was
+    /// refused anyway (`errno`), by the kernel's lockdown, a security
+    /// module or a system call filter.
+    NotPermitted {
+        needs: &'static [Cap],
+        lacking: Vec<Cap>,
+        errno: Option<nix::errno::Errno>,
+    },
+    /// The probe failed otherwise.
+    Unknown(String),
+}
+
+/// The kernel's own "not supported" (include/linux/errno.h), which libc
+/// does not name.
+const ENOTSUPP: i32 = 524;
+
+/// A probe's answer (1 present, 0 or -EINVAL/-E2BIG/-EOPNOTSUPP/-ENOTSUPP
+/// refused as unknown, -EPERM/-EACCES refused, any other -errno a failure)
+/// judged against the capabilities it `needs` and the `effective` set.
+pub fn classify(rc: i32, needs: &'static [Cap], effective: u64) -> Presence {
+    let lacking = caps::lacking(needs, effective);
+    match -rc {
+        -1 => Presence::Present,
+        libc::EPERM | libc::EACCES => Presence::NotPermitted {
+            needs,
+            lacking,
+            errno: Some(nix::errno::Errno::from_raw(-rc)),
+        },
+        0 | libc::EINVAL | libc::E2BIG | libc::EOPNOTSUPP | ENOTSUPP => {
+            if lacking.is_empty() {
+                Presence::Missing
+            } else {
+                Presence::NotPermitted {
+                    needs,
+                    lacking,
+                    errno: None,
+                }
+            }
+        }
+        e => Presence::Unknown(nix::errno::Errno::from_raw(e).to_string()),
+    }
+}
+
+impl Presence {
+    /// The PRESENT cell of `sockwarden features`.
+    fn cell(&self, required: bool) -> String {
+        match self {
+            Presence::Present => "yes".into(),
+            Presence::Missing if required => "NO".into(),
+            Presence::Missing => "no".into(),
+            Presence::NotPermitted { lacking, .. } if !lacking.is_empty() => format!(
+                "not permitted (needs {}: run as root or under the unit)",
+                caps::names(lacking)
+            ),
+            Presence::NotPermitted { needs, errno, .. } => format!(
+                "not permitted ({} although {} {} held: the kernel's lockdown, a security module or a system call filter)",
+                errno.map_or_else(|| "refused".into(), |e| format!("{e:?}")),
+                caps::names(needs),
+                if needs.len() == 1 { "is" } else { "are" }
+            ),
+            Presence::Unknown(e) => format!("? ({e})"),
+        }
+    }
 }
 
 enum Probe {
@@ -37,8 +117,41 @@ enum Probe {
     Map(sys::bpf_map_type),
     Helper(sys::bpf_prog_type, sys::bpf_func_id),
     Path(&'static str),
-    /// A probe of its own.
-    Fn(fn() -> Result<bool, String>),
+    /// A probe of its own, answering as the others (1, 0, -errno), and the
+    /// capabilities it needs.
+    Fn(fn() -> Result<i32, String>, &'static [Cap]),
+}
+
+/// What loading a program of type `t` takes (kernel/bpf/syscall.c:
+/// is_net_admin_prog_type, is_perfmon_prog_type; cgroup_skb is the one of
+/// ours open to CAP_BPF alone).
+fn prog_needs(t: sys::bpf_prog_type) -> &'static [Cap] {
+    match t {
+        sys::BPF_PROG_TYPE_CGROUP_SKB => &[Cap::Bpf],
+        sys::BPF_PROG_TYPE_LSM => &[Cap::Bpf, Cap::Perfmon],
+        _ => &[Cap::Bpf, Cap::NetAdmin],
+    }
+}
+
+/// The capabilities a probe needs: its program type's; CAP_PERFMON more
+/// for the helpers that hand out kernel pointers (net/core/filter.c:
+/// bpf_sk_base_func_proto gates skc_to_* on it); CAP_NET_ADMIN more for
+/// socket maps (kernel/bpf/syscall.c: map_create).
+fn needs(p: &Probe) -> &'static [Cap] {
+    match *p {
+        Probe::Prog(t) | Probe::Attach(t, _) => prog_needs(t),
+        Probe::Helper(_, sys::BPF_FUNC_skc_to_tcp_sock) => &[Cap::Bpf, Cap::NetAdmin, Cap::Perfmon],
+        // Measured (6.18): the verifier refuses get_current_comm in cgroup
+        // programs without CAP_PERFMON (service::each_capability_… test).
+        Probe::Helper(_, sys::BPF_FUNC_get_current_comm) => {
+            &[Cap::Bpf, Cap::NetAdmin, Cap::Perfmon]
+        }
+        Probe::Helper(t, _) => prog_needs(t),
+        Probe::Map(sys::BPF_MAP_TYPE_SOCKHASH) => &[Cap::Bpf, Cap::NetAdmin],
+        Probe::Map(_) => &[Cap::Bpf],
+        Probe::Path(_) => &[],
+        Probe::Fn(_, needs) => needs,
+    }
 }
 
 /// Where securityfs lists the active LSMs.
@@ -115,7 +228,8 @@ pub fn bpf_lsm_listed() -> Result<bool, String> {
 
 /// Loads `r0 = 1; exit` as `prog_type` for `attach` (and the kernel function
 /// `attach_btf_id`, 0 for none): 1 if the kernel takes it, 0 if it refuses
-/// it as invalid, -errno otherwise.
+/// it as invalid, -errno otherwise (EPERM among them: libbpf's own probe of
+/// a program type reads every failure as absent).
 fn probe_attach(
     prog_type: sys::bpf_prog_type,
     attach: sys::bpf_attach_type,
@@ -166,21 +280,39 @@ fn probe_attach(
     }
 }
 
-fn run(p: &Probe) -> Result<bool, String> {
-    // SAFETY: the libbpf probes take a type id and an optional options
-    // pointer (NULL is documented as "no options"); they only create and
-    // close kernel objects of their own.
-    let rc = unsafe {
-        match *p {
-            Probe::Prog(t) => sys::libbpf_probe_bpf_prog_type(t, std::ptr::null()),
-            Probe::Attach(t, a) => probe_attach(t, a, 0),
-            Probe::Map(t) => sys::libbpf_probe_bpf_map_type(t, std::ptr::null()),
-            Probe::Helper(t, h) => sys::libbpf_probe_bpf_helper(t, h, std::ptr::null()),
-            Probe::Path(path) => return Ok(Path::new(path).exists()),
-            Probe::Fn(f) => return f(),
-        }
+/// A program type as libbpf probes it: cgroup_sock_addr needs an attach
+/// type at load.
+fn probe_prog(t: sys::bpf_prog_type) -> i32 {
+    let attach = match t {
+        sys::BPF_PROG_TYPE_CGROUP_SOCK_ADDR => sys::BPF_CGROUP_INET4_CONNECT,
+        _ => 0,
     };
-    probe_result(rc)
+    probe_attach(t, attach, 0)
+}
+
+fn run(p: &Probe, effective: u64) -> Presence {
+    let rc = match *p {
+        Probe::Prog(t) => probe_prog(t),
+        Probe::Attach(t, a) => probe_attach(t, a, 0),
+        // SAFETY: libbpf's probe takes a type id and an optional options
+        // pointer (NULL is documented as "no options"); it only creates
+        // and closes a map of its own.
+        Probe::Map(t) => unsafe { sys::libbpf_probe_bpf_map_type(t, std::ptr::null()) },
+        // libbpf's helper probe reads a load refused before the verifier
+        // ran (EPERM, no log) as "supported": the program type is loaded
+        // first, so a refusal is seen as one.
+        Probe::Helper(t, h) => match probe_prog(t) {
+            // SAFETY: as for the map probe; it loads and closes a program.
+            1 => unsafe { sys::libbpf_probe_bpf_helper(t, h, std::ptr::null()) },
+            refused => refused,
+        },
+        Probe::Path(path) => i32::from(Path::new(path).exists()),
+        Probe::Fn(f, _) => match f() {
+            Ok(rc) => rc,
+            Err(e) => return Presence::Unknown(e),
+        },
+    };
+    classify(rc, needs(p), effective)
 }
 
 /// A libbpf-style probe's answer (1 present, 0 absent, -errno unknown).
@@ -199,6 +331,11 @@ fn probe_result(rc: i32) -> Result<bool, String> {
 /// (libbpf's own probe of the type reads every error but the one it
 /// expects, EPERM included, as "absent".)
 pub fn lsm_program_type() -> Result<bool, String> {
+    lsm_probe().and_then(probe_result)
+}
+
+/// [`lsm_program_type`]'s load as a probe answer (1, 0, -errno).
+fn lsm_probe() -> Result<i32, String> {
     // SAFETY: btf__load_vmlinux_btf takes no arguments and returns a BTF
     // object we own (or NULL with errno set).
     let btf = unsafe { sys::btf__load_vmlinux_btf() };
@@ -217,18 +354,21 @@ pub fn lsm_program_type() -> Result<bool, String> {
         id
     };
     if id <= 0 {
-        return Ok(false);
+        return Ok(0);
     }
-    probe_result(probe_attach(
+    Ok(probe_attach(
         sys::BPF_PROG_TYPE_LSM,
         sys::BPF_LSM_MAC,
         id as u32,
     ))
 }
 
-/// Every feature, probed now.
+/// Every feature, probed now, judged against this thread's effective
+/// capabilities (unreadable: all held, so only EPERM and EACCES say "not
+/// permitted").
 pub fn probe() -> Vec<Feature> {
     use sys::*;
+    let effective = caps::own_effective().unwrap_or(u64::MAX);
     let table: &[(&'static str, Option<&'static str>, &'static str, Probe)] = &[
         (
             "kernel BTF (/sys/kernel/btf/vmlinux)",
@@ -476,19 +616,20 @@ pub fn probe() -> Vec<Feature> {
             "BPF LSM active (bpf in /sys/kernel/security/lsm)",
             Some("5.7"),
             "refuses AF_PACKET sockets from policy cgroups (without it, enforced workloads must not hold CAP_NET_RAW)",
-            Probe::Fn(bpf_lsm_listed),
+            Probe::Fn(|| bpf_lsm_listed().map(i32::from), &[]),
         ),
         (
             "program type lsm (lsm/socket_create)",
             Some("5.7"),
             "the AF_PACKET refusal (lsm/socket_create)",
-            Probe::Fn(lsm_program_type),
+            Probe::Fn(lsm_probe, &[Cap::Bpf, Cap::Perfmon]),
         ),
         (
             "kTLS (TCP_ULP tls)",
             Some("4.13"),
             "reported only for now: intercepted and originated TLS bodies are copied through userspace (docs/tls.md)",
-            Probe::Fn(ktls_available),
+            // Without CAP_NET_ADMIN the kernel does not load the module.
+            Probe::Fn(|| ktls_available().map(i32::from), &[Cap::NetAdmin]),
         ),
     ];
     let feature = |required| {
@@ -496,7 +637,7 @@ pub fn probe() -> Vec<Feature> {
             name,
             since: *since,
             used_for,
-            present: run(p),
+            present: run(p, effective),
             required,
         }
     };
@@ -528,17 +669,11 @@ pub fn table(features: &[Feature]) -> String {
             title, "PRESENT", "SINCE"
         );
         for f in rows {
-            let present = match &f.present {
-                Ok(true) => "yes".to_string(),
-                Ok(false) if f.required => "NO".to_string(),
-                Ok(false) => "no".to_string(),
-                Err(e) => format!("? ({e})"),
-            };
             let _ = writeln!(
                 out,
                 "{:<60} {:<8} {:<7} {}",
                 f.name,
-                present,
+                f.present.cell(f.required),
                 f.since.unwrap_or("-"),
                 f.used_for
             );
@@ -548,30 +683,59 @@ pub fn table(features: &[Feature]) -> String {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("this kernel lacks {name}{since}, which sockwarden needs for {used_for} (see `sockwarden features`)")]
-pub struct MissingFeature {
-    pub name: &'static str,
-    pub since: String,
-    pub used_for: &'static str,
+pub enum FeatureError {
+    #[error("this kernel lacks {name}{since}, which sockwarden needs for {used_for} (see `sockwarden features`)")]
+    Missing {
+        name: &'static str,
+        since: String,
+        used_for: &'static str,
+    },
+    #[error("not permitted: {name} needs {lacking}, which this process lacks (sockwarden needs it for {used_for}); run sockwarden as root or under its systemd unit, sockwarden.service (see `sockwarden features`)")]
+    Lacking {
+        name: &'static str,
+        lacking: String,
+        used_for: &'static str,
+    },
+    #[error("not permitted: {name} was refused ({errno}) although this process holds {needs} (sockwarden needs it for {used_for}): the kernel's lockdown, a security module or a system call filter refuses it (see `sockwarden features`)")]
+    Refused {
+        name: &'static str,
+        errno: String,
+        needs: String,
+        used_for: &'static str,
+    },
 }
 
-/// The first required feature this kernel lacks, as an error; probe
-/// failures (for example a lack of privilege) are left to the loader's own
+/// The first required feature this kernel lacks or this process may not
+/// use, as an error; other probe failures are left to the loader's own
 /// errors.
-pub fn require(features: &[Feature]) -> Result<(), MissingFeature> {
-    match features
-        .iter()
-        .find(|f| f.required && matches!(f.present, Ok(false)))
-    {
-        Some(f) => Err(MissingFeature {
-            name: f.name,
-            since: f
-                .since
-                .map_or_else(String::new, |v| format!(" (Linux {v})")),
-            used_for: f.used_for,
-        }),
-        None => Ok(()),
+pub fn require(features: &[Feature]) -> Result<(), FeatureError> {
+    for f in features.iter().filter(|f| f.required) {
+        let (name, used_for) = (f.name, f.used_for);
+        return Err(match &f.present {
+            Presence::Present | Presence::Unknown(_) => continue,
+            Presence::Missing => FeatureError::Missing {
+                name,
+                since: f
+                    .since
+                    .map_or_else(String::new, |v| format!(" (Linux {v})")),
+                used_for,
+            },
+            Presence::NotPermitted { lacking, .. } if !lacking.is_empty() => {
+                FeatureError::Lacking {
+                    name,
+                    lacking: caps::names(lacking),
+                    used_for,
+                }
+            }
+            Presence::NotPermitted { needs, errno, .. } => FeatureError::Refused {
+                name,
+                errno: errno.map_or_else(|| "refused".into(), |e| format!("{e:?}")),
+                needs: caps::names(needs),
+                used_for,
+            },
+        });
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -585,14 +749,14 @@ mod tests {
                 name: "map type LPM trie",
                 since: Some("4.11"),
                 used_for: "policy rules by prefix",
-                present: Ok(true),
+                present: Presence::Present,
                 required: true,
             },
             Feature {
                 name: "helper skc_lookup_tcp in tc",
                 since: Some("5.2"),
                 used_for: "return path of the preserve source modes",
-                present: Ok(false),
+                present: Presence::Missing,
                 required: true,
             },
         ];
@@ -613,14 +777,14 @@ mod tests {
             name: "BPF LSM active (bpf in /sys/kernel/security/lsm)",
             since: Some("5.7"),
             used_for: "refuses AF_PACKET sockets from policy cgroups",
-            present: Ok(false),
+            present: Presence::Missing,
             required: false,
         };
         let btf = Feature {
             name: "kernel BTF (/sys/kernel/btf/vmlinux)",
             since: Some("5.4"),
             used_for: "CO-RE relocations",
-            present: Ok(true),
+            present: Presence::Present,
             required: true,
         };
         let both = [btf, lsm];
@@ -638,6 +802,154 @@ mod tests {
             lines[4].ends_with("refuses AF_PACKET sockets from policy cgroups"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn probe_answers_are_classified() {
+        use Cap::*;
+        const NET: &[Cap] = &[Bpf, NetAdmin];
+        let all = u64::MAX;
+        let unit = (1 << Bpf as u32) | (1 << NetAdmin as u32) | (1 << Perfmon as u32);
+        let no_net = unit & !(1 << NetAdmin as u32);
+        let not_permitted = |lacking: Vec<Cap>, errno| Presence::NotPermitted {
+            needs: NET,
+            lacking,
+            errno,
+        };
+        for (rc, effective, want) in [
+            (1, all, Presence::Present),
+            // Success is success, whatever the set says.
+            (1, 0, Presence::Present),
+            (0, all, Presence::Missing),
+            (-libc::EINVAL, unit, Presence::Missing),
+            (-libc::E2BIG, unit, Presence::Missing),
+            (-libc::EOPNOTSUPP, unit, Presence::Missing),
+            (-ENOTSUPP, unit, Presence::Missing),
+            // Unknown, but without what the kernel checks first: not a
+            // missing feature.
+            (0, 0, not_permitted(vec![Bpf, NetAdmin], None)),
+            (-libc::EINVAL, no_net, not_permitted(vec![NetAdmin], None)),
+            (
+                -libc::EPERM,
+                0,
+                not_permitted(vec![Bpf, NetAdmin], Some(nix::errno::Errno::EPERM)),
+            ),
+            (
+                -libc::EACCES,
+                no_net,
+                not_permitted(vec![NetAdmin], Some(nix::errno::Errno::EACCES)),
+            ),
+            // Refused with everything held: lockdown, a security module.
+            (
+                -libc::EPERM,
+                unit,
+                not_permitted(vec![], Some(nix::errno::Errno::EPERM)),
+            ),
+            // CAP_SYS_ADMIN stands in for the rest.
+            (0, 1 << SysAdmin as u32, Presence::Missing),
+            (
+                -libc::ENOMEM,
+                unit,
+                Presence::Unknown("ENOMEM: Out of memory".into()),
+            ),
+        ] {
+            assert_eq!(classify(rc, NET, effective), want, "{rc} {effective:x}");
+        }
+    }
+
+    #[test]
+    fn probes_need_what_the_kernel_checks() {
+        use sys::*;
+        use Cap::*;
+        for (probe, want) in [
+            (
+                Probe::Prog(BPF_PROG_TYPE_CGROUP_SOCK_ADDR),
+                &[Bpf, NetAdmin][..],
+            ),
+            (Probe::Prog(BPF_PROG_TYPE_SOCK_OPS), &[Bpf, NetAdmin]),
+            (Probe::Prog(BPF_PROG_TYPE_SK_MSG), &[Bpf, NetAdmin]),
+            (Probe::Prog(BPF_PROG_TYPE_CGROUP_SKB), &[Bpf]),
+            (
+                Probe::Attach(BPF_PROG_TYPE_CGROUP_SOCK, BPF_CGROUP_INET_SOCK_RELEASE),
+                &[Bpf, NetAdmin],
+            ),
+            (
+                Probe::Helper(BPF_PROG_TYPE_SK_MSG, BPF_FUNC_skc_to_tcp_sock),
+                &[Bpf, NetAdmin, Perfmon],
+            ),
+            (
+                Probe::Helper(BPF_PROG_TYPE_CGROUP_SKB, BPF_FUNC_sk_fullsock),
+                &[Bpf],
+            ),
+            (
+                Probe::Helper(BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_current_comm),
+                &[Bpf, NetAdmin, Perfmon],
+            ),
+            (Probe::Map(BPF_MAP_TYPE_HASH), &[Bpf]),
+            (Probe::Map(BPF_MAP_TYPE_SOCKHASH), &[Bpf, NetAdmin]),
+            (Probe::Path("/sys/kernel/btf/vmlinux"), &[]),
+            (Probe::Fn(lsm_probe, &[Bpf, Perfmon]), &[Bpf, Perfmon]),
+        ] {
+            assert_eq!(needs(&probe), want);
+        }
+    }
+
+    #[test]
+    fn not_permitted_names_the_capability() {
+        let feature = |present| Feature {
+            name: "program type cgroup_sock_addr",
+            since: Some("4.17"),
+            used_for: "connect4/connect6: the enforcement point",
+            present,
+            required: true,
+        };
+        let unprivileged = [feature(Presence::NotPermitted {
+            needs: &[Cap::Bpf, Cap::NetAdmin],
+            lacking: vec![Cap::Bpf, Cap::NetAdmin],
+            errno: Some(nix::errno::Errno::EPERM),
+        })];
+        let t = table(&unprivileged);
+        assert!(
+            t.lines().nth(1).is_some_and(|l| l.starts_with(
+                "program type cgroup_sock_addr                                \
+                 not permitted (needs CAP_BPF and CAP_NET_ADMIN: run as root or under the unit) 4.17 "
+            )),
+            "{t}"
+        );
+        assert_eq!(
+            require(&unprivileged).unwrap_err().to_string(),
+            "not permitted: program type cgroup_sock_addr needs CAP_BPF and CAP_NET_ADMIN, which \
+             this process lacks (sockwarden needs it for connect4/connect6: the enforcement point); \
+             run sockwarden as root or under its systemd unit, sockwarden.service (see `sockwarden features`)"
+        );
+        let locked = [feature(Presence::NotPermitted {
+            needs: &[Cap::Bpf, Cap::NetAdmin],
+            lacking: vec![],
+            errno: Some(nix::errno::Errno::EPERM),
+        })];
+        assert!(
+            table(&locked).contains(
+                "not permitted (EPERM although CAP_BPF and CAP_NET_ADMIN are held: the kernel's lockdown, a security module or a system call filter)"
+            ),
+            "{}",
+            table(&locked)
+        );
+        assert_eq!(
+            require(&locked).unwrap_err().to_string(),
+            "not permitted: program type cgroup_sock_addr was refused (EPERM) although this process \
+             holds CAP_BPF and CAP_NET_ADMIN (sockwarden needs it for connect4/connect6: the \
+             enforcement point): the kernel's lockdown, a security module or a system call filter refuses it (see `sockwarden features`)"
+        );
+        // An unknown failure is left to the loader; a missing feature after
+        // a refused one is still reported, in table order.
+        let mut later = feature(Presence::Missing);
+        later.name = "map type LPM trie";
+        let unknown = [feature(Presence::Unknown("EIO".into())), later];
+        assert!(require(&unknown)
+            .unwrap_err()
+            .to_string()
+            .starts_with("this kernel lacks map type LPM trie (Linux 4.17)"));
+        assert!(require(&unknown[..1]).is_ok());
     }
 
     #[test]

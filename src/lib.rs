@@ -15,6 +15,7 @@ pub mod events;
 pub mod features;
 pub mod inspect;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod proxy;
 pub mod run;

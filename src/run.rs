@@ -17,6 +17,7 @@ use crate::admin::{self, AdminState};
 use crate::bpf::{Kernel, Programs, ProxyTarget, StaticPolicy};
 use crate::cgroup::{self, Watcher};
 use crate::config::Config;
+use crate::notify::{self, Notifier};
 use crate::policy::{kernel::rule_entries, PolicySet};
 use crate::proxy::{default_max_connections, nofile_limit, KernelState, Proxy, ProxySettings};
 
@@ -29,8 +30,8 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {what} {addr}"))
 }
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+/// Runs until SIGTERM or SIGINT, telling systemd through `notifier`.
+pub async fn run(config: Config, notifier: Option<Notifier>) -> anyhow::Result<()> {
     let policies = Arc::new(PolicySet::compile(&config));
     for w in policies.warnings() {
         tracing::warn!("{w}");
@@ -160,6 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         listener,
         listener_v6,
         admin_listener,
+        notifier.as_ref(),
     )
     .await;
     if let Some(mut rp) = return_path {
@@ -184,6 +186,7 @@ async fn serve(
     listener: TcpListener,
     listener_v6: Option<TcpListener>,
     admin_listener: TcpListener,
+    notifier: Option<&Notifier>,
 ) -> anyhow::Result<()> {
     let maps = kernel.maps();
     let mut watcher = Watcher::new(root, &policies, Arc::clone(&maps));
@@ -213,6 +216,7 @@ async fn serve(
     };
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
 
+    let status = notify::enforcing(policies.policies.len(), config.proxy.listen);
     let kernel_state: Arc<dyn KernelState> = maps;
     let max_connections = connection_limit(config.proxy.max_connections);
     let proxy = Proxy::new(
@@ -239,6 +243,7 @@ async fn serve(
         ));
     }
     ready.store(true, Ordering::Release);
+    notifier.inspect(|n| n.ready(&status));
     tracing::info!(listen = %config.proxy.listen, admin = %config.admin.listen, "ready");
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -263,6 +268,7 @@ async fn serve(
         }
     };
     tracing::info!(signal = why, drain_timeout = ?config.proxy.drain_timeout, "shutting down: draining");
+    notifier.inspect(|n| n.stopping(&format!("stopping ({why}): draining connections")));
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     for t in tasks {

@@ -401,7 +401,7 @@ mod tests {
 
     fn status(lsm: Result<bool, String>, policies: Vec<PolicyStatus>) -> Status {
         Status {
-            config: "/etc/sockwarden.yaml".into(),
+            config: "/etc/sockwarden/config.yaml".into(),
             pin_path: "/sys/fs/bpf/sockwarden".into(),
             links: Ok(vec!["sw_connect4".into(), "sw_connect6".into()]),
             cgroup_root: Ok("/sys/fs/cgroup/unified".into()),
@@ -493,7 +493,7 @@ mod tests {
         );
         assert_eq!(
             report(&s),
-            "config /etc/sockwarden.yaml: 2 policies, pins under /sys/fs/bpf/sockwarden\n\
+            "config /etc/sockwarden/config.yaml: 2 policies, pins under /sys/fs/bpf/sockwarden\n\
              links: 2 pinned under /sys/fs/bpf/sockwarden/links: sw_connect4, sw_connect6\n\
              BPF LSM: not active (bpf is not in /sys/kernel/security/lsm)\n\
              BPF LSM programs (lsm/socket_create) load: yes\n\
@@ -530,7 +530,7 @@ mod tests {
         assert_report(
             &report(&s),
             &[
-                "config /etc/sockwarden.yaml: 1 policy,",
+                "config /etc/sockwarden/config.yaml: 1 policy,",
                 "links: none pinned under /sys/fs/bpf/sockwarden/links",
                 "BPF LSM: active (bpf is in /sys/kernel/security/lsm)\n",
                 "AF_PACKET sockets from policy cgroups: refused by the BPF LSM while sockwarden runs\n",

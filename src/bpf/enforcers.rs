@@ -33,11 +33,17 @@ impl std::fmt::Display for Foreign {
 
 /// The sockwarden marker programs attached at a cgroup that are not `own`
 /// (the programs of links this run takes over): `attached` is (program id,
-/// name) of every program attached there for connect4.
-pub fn foreign_ids(attached: &[(u32, String)], own: &[u32]) -> Vec<u32> {
+/// name) of every program attached there for connect4, "" where the name
+/// could not be read (reading another program's takes CAP_SYS_ADMIN, which
+/// the systemd unit does not grant); `pinned` are the programs of marker
+/// links pinned on the bpf filesystem (read without it): an unnamed program
+/// is a marker when it is one of them.
+pub fn foreign_ids(attached: &[(u32, String)], own: &[u32], pinned: &[u32]) -> Vec<u32> {
     attached
         .iter()
-        .filter(|(id, name)| name == MARKER && !own.contains(id))
+        .filter(|(id, name)| {
+            (name == MARKER || (name.is_empty() && pinned.contains(id))) && !own.contains(id)
+        })
         .map(|(id, _)| *id)
         .collect()
 }
@@ -130,11 +136,21 @@ fn pinned_markers(pin_path: &Path) -> Vec<(u32, PathBuf)> {
 
 /// The sockwarden programs another instance attached at `cgroup`.
 pub fn find(cgroup: &std::fs::File, pin_path: &Path, own: &[u32]) -> std::io::Result<Vec<Foreign>> {
-    let foreign = foreign_ids(&attached_connect4(cgroup)?, own);
-    if foreign.is_empty() {
-        return Ok(Vec::new());
-    }
+    let attached = attached_connect4(cgroup)?;
     let pins = pinned_markers(pin_path);
+    let pinned: Vec<u32> = pins.iter().map(|(id, _)| *id).collect();
+    let unnamed = attached
+        .iter()
+        .filter(|(id, name)| name.is_empty() && !pinned.contains(id) && !own.contains(id))
+        .count();
+    if unnamed > 0 {
+        tracing::warn!(
+            programs = unnamed,
+            "connect4 programs attached at the cgroup root could not be named (that takes CAP_SYS_ADMIN): \
+             another sockwarden among them is recognized only by its links pinned on this bpf filesystem"
+        );
+    }
+    let foreign = foreign_ids(&attached, own, &pinned);
     Ok(foreign
         .into_iter()
         .map(|prog_id| Foreign {
@@ -156,25 +172,33 @@ mod tests {
         let at = |list: &[(u32, &str)]| -> Vec<(u32, String)> {
             list.iter().map(|(i, n)| (*i, n.to_string())).collect()
         };
-        /// (attached at the cgroup, this run's own, foreign)
-        type Case<'a> = (&'a [(u32, &'a str)], &'a [u32], &'a [u32]);
-        let cases: [Case; 5] = [
+        /// (attached at the cgroup, this run's own, pinned markers' programs, foreign)
+        type Case<'a> = (&'a [(u32, &'a str)], &'a [u32], &'a [u32], &'a [u32]);
+        let cases: [Case; 9] = [
             // Nothing attached.
-            (&[], &[], &[]),
+            (&[], &[], &[], &[]),
             // Another tool's connect4 program is none of sockwarden's business.
-            (&[(7, "cilium_connect4")], &[], &[]),
+            (&[(7, "cilium_connect4")], &[], &[], &[]),
             // An earlier run's program, taken over: ours.
-            (&[(9, "sw_connect4")], &[9], &[]),
+            (&[(9, "sw_connect4")], &[9], &[9], &[]),
             // Another instance's.
-            (&[(9, "sw_connect4"), (12, "sw_connect4")], &[9], &[12]),
-            // Unreadable names are not guessed at.
-            (&[(3, "")], &[], &[]),
+            (&[(9, "sw_connect4"), (12, "sw_connect4")], &[9], &[], &[12]),
+            // Unreadable names are not guessed at...
+            (&[(3, "")], &[], &[], &[]),
+            // ... but a program a pinned marker link runs is a marker
+            // (names unreadable without CAP_SYS_ADMIN).
+            (&[(3, ""), (12, "")], &[], &[12], &[12]),
+            (&[(9, ""), (12, "")], &[9], &[9, 12], &[12]),
+            // A pin whose program is not attached here is nothing.
+            (&[(3, "")], &[], &[12], &[]),
+            // A name that says otherwise wins over a pin.
+            (&[(12, "cilium_connect4")], &[], &[12], &[]),
         ];
-        for (attached, own, want) in cases {
+        for (attached, own, pinned, want) in cases {
             assert_eq!(
-                foreign_ids(&at(attached), own),
+                foreign_ids(&at(attached), own, pinned),
                 want,
-                "{attached:?} own {own:?}"
+                "{attached:?} own {own:?} pinned {pinned:?}"
             );
         }
     }

@@ -27,6 +27,7 @@ mod incident;
 mod inspect;
 mod lifecycle;
 mod limits;
+mod service;
 mod side_doors;
 mod sockmap;
 mod status;

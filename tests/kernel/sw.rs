@@ -74,8 +74,24 @@ impl Sockwarden {
         body: &str,
         cgroup: Option<&Path>,
     ) -> Sockwarden {
+        Self::spawn_with(node, tag, run, body, cgroup, &[], &[])
+    }
+
+    /// [`Sockwarden::spawn`] through `launcher` (a program and its
+    /// arguments that end by running the binary, e.g. `setpriv ... --`;
+    /// empty: the binary itself) with `env` added to the environment.
+    pub fn spawn_with(
+        node: &Netns,
+        tag: &str,
+        run: &str,
+        body: &str,
+        cgroup: Option<&Path>,
+        launcher: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Sockwarden {
         let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
-        Self::spawn_config(node, tag, run, &Self::config(tag, &dir, body), cgroup)
+        let config = Self::config(tag, &dir, body);
+        Self::launch(node, (tag, run), &config, cgroup, launcher, env)
     }
 
     /// Spawns without waiting, with `config` as the whole configuration
@@ -88,12 +104,30 @@ impl Sockwarden {
         config: &str,
         cgroup: Option<&Path>,
     ) -> Sockwarden {
+        Self::launch(node, (tag, run), config, cgroup, &[], &[])
+    }
+
+    /// Writes `text` as the configuration and runs the binary on it (see
+    /// [`Sockwarden::spawn_with`] and [`Sockwarden::spawn_config`]).
+    fn launch(
+        node: &Netns,
+        (tag, run): (&str, &str),
+        text: &str,
+        cgroup: Option<&Path>,
+        launcher: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Sockwarden {
         let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
         std::fs::create_dir_all(&dir).expect("test dir");
-        let text = config;
         let config = dir.join("sockwarden.yaml");
         std::fs::write(&config, text).expect("write config");
-        let child = command_in(Some(&node.path()), cgroup, BIN)
+        let (program, args) = match launcher.split_first() {
+            Some((program, args)) => (*program, [args, &[BIN]].concat()),
+            None => (BIN, Vec::new()),
+        };
+        let child = command_in(Some(&node.path()), cgroup, program)
+            .args(args)
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
