@@ -9,9 +9,10 @@
 # allows, and the other ways out (another resolver, QUIC, a raw socket) are
 # closed; HTTPS is judged by server name (passed through whole) and, with
 # the node CA, request by request inside TLS (interception); a process
-# outside the cgroup is untouched; the metrics that counted all of it;
-# finally sockwarden stops and its programs stay attached (fail closed)
-# until `sockwarden detach` removes them. Run as root.
+# outside the cgroup is untouched; the metrics that counted all of it; a
+# live reload that changes the http rule; finally sockwarden stops and its
+# programs stay attached (fail closed) until `sockwarden detach` removes
+# them. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -262,7 +263,14 @@ echo
 echo "== 9. metrics (http://127.0.0.1:9901/metrics in the node namespace)"
 in_node curl -sS http://127.0.0.1:9901/metrics | grep -E '^sockwarden_(http_requests|http_rejected|http_upgrades_removed|connect_denied|connect_decisions|upstream_connections_opened|udp_decisions|sockets_refused|tls_|ktls_)' | grep -v ' 0$' | sed 's/^/   /'
 echo
-echo "== 10. stopped, still enforced (fail closed): SIGTERM drains the proxy and leaves the programs attached"
+echo "== 10. live reload: the plain-HTTP rule now allows /admin/ instead of /data/ (sockwarden reload; SIGHUP does the same)"
+sed -i '0,/path: "\/data\/\.\*"/s//path: "\/admin\/.*"/' "$WORK/sockwarden.yaml"
+in_node "$BIN" reload --config "$WORK/sockwarden.yaml" | sed 's/^/   /'
+as_workload curl -sS -o /dev/null -w '   /admin/keys.txt: HTTP %{http_code}\n' http://10.77.1.10/admin/keys.txt
+as_workload curl -sS -o /dev/null -w '   /data/report.csv: HTTP %{http_code}\n' http://10.77.1.10/data/report.csv
+echo
+
+echo "== 11. stopped, still enforced (fail closed): SIGTERM drains the proxy and leaves the programs attached"
 kill -TERM "$SW_PID" && wait "$SW_PID"
 SW_PID=
 tail -n 1 "$WORK/sockwarden.err" | sed 's/\x1b\[[0-9;]*m//g; s/^/   /'
@@ -271,7 +279,7 @@ as_workload curl -sS -o /dev/null http://10.77.1.10/data/report.csv 2>&1 | sed '
 echo "   a connect() no rule allows:"
 as_workload bash -c 'exec 3<>/dev/tcp/10.77.1.10/8080' 2>&1 | sed 's/^/     /' || true
 echo
-echo "== 11. removing enforcement is an explicit act: sockwarden detach"
+echo "== 12. removing enforcement is an explicit act: sockwarden detach"
 "$BIN" detach --pin-path "$PIN" | sed 's/^/   /'
 echo
 echo "== cleaning up"

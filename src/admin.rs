@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config_dump`.
-//! Off the data path; it only reads shared state.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config_dump`,
+//! and `POST /reload`. Off the data path; it reads shared state, and asks
+//! `run` for a reload (which `run` does, one at a time).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -7,24 +8,34 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bpf::Maps;
+use crate::live::Live;
 use crate::policy::PolicySet;
+
+/// What a reload answers: an HTTP status and a text for `sockwarden reload`.
+pub type ReloadReply = (StatusCode, String);
+
+/// Where the admin listener asks for a reload, and gets its answer back.
+pub type ReloadRequests = mpsc::Sender<oneshot::Sender<ReloadReply>>;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub prometheus: PrometheusHandle,
     /// True once every program is attached and the proxy listens.
     pub ready: Arc<AtomicBool>,
-    /// The effective configuration, as served by /config_dump.
-    pub config: Arc<serde_json::Value>,
+    /// The configuration in force, as served by /config_dump (with its
+    /// hash and generation).
+    pub config: Live<serde_json::Value>,
     /// Kernel counters to refresh before each scrape.
-    pub kernel: Option<(Arc<Maps>, Arc<PolicySet>)>,
+    pub kernel: Option<(Live<Maps>, Live<PolicySet>)>,
+    /// Where `POST /reload` goes.
+    pub reload: Option<ReloadRequests>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -33,12 +44,13 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/config_dump", get(config_dump))
+        .route("/reload", post(reload))
         .with_state(state)
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     if let Some((maps, policies)) = &s.kernel {
-        crate::bpf::counters::refresh_metrics(maps, policies);
+        crate::bpf::counters::refresh_metrics(&maps.get(), &policies.get());
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -58,7 +70,23 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn config_dump(State(s): State<AdminState>) -> impl IntoResponse {
-    Json(s.config.as_ref().clone())
+    Json(s.config.get().as_ref().clone())
+}
+
+/// Re-reads the configuration file and swaps it in whole, or says why not.
+async fn reload(State(s): State<AdminState>) -> impl IntoResponse {
+    let unavailable = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "reload: not available (sockwarden is starting or stopping)\n".to_string(),
+    );
+    let Some(requests) = &s.reload else {
+        return unavailable;
+    };
+    let (tx, rx) = oneshot::channel();
+    if requests.send(tx).await.is_err() {
+        return unavailable;
+    }
+    rx.await.unwrap_or(unavailable)
 }
 
 /// Serves the admin API until `shutdown` turns true.

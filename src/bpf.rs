@@ -127,6 +127,9 @@ pub struct Programs {
 /// it leaves them attached and pinned: enforcement outlives the process.
 #[derive(Debug)]
 pub struct Kernel {
+    pin_path: PathBuf,
+    /// The cgroup the programs are attached to, and its id.
+    cgroup: (std::fs::File, u64, PathBuf),
     maps: Arc<Maps>,
     _links: Vec<(PathBuf, Link)>,
     /// How many links an earlier run left attached were taken over.
@@ -135,7 +138,7 @@ pub struct Kernel {
     _lock: PinLock,
 }
 
-/// What the maps hold before any program runs.
+/// What a generation's maps hold before any of its programs runs.
 pub struct StaticPolicy<'a> {
     /// The rule map's entries.
     pub rules: &'a [RuleEntry],
@@ -143,6 +146,44 @@ pub struct StaticPolicy<'a> {
     pub cgroups: &'a [(u64, PolicyRef)],
     /// Each policy's max_connections, index = policy id.
     pub limits: &'a [u32],
+    /// The policies whose counters start now (at 0).
+    pub new_ids: &'a [crate::policy::PolicyId],
+}
+
+/// Where a reload builds its generation's policy maps, under the pin path.
+const NEXT_DIR: &str = "next";
+
+/// Loads a generation of the programs whose maps are pinned as `pins`
+/// says, fills its policy maps, and attaches it at `at`: each hook's link
+/// in `previous` moves onto the new program, the others are made.
+fn generation(
+    pins: skel::MapPins<'_>,
+    programs: &Programs,
+    at: &skel::AttachPoint<'_>,
+    previous: &mut pins::Previous,
+    policy: StaticPolicy<'_>,
+) -> Result<(skel::Attached, Maps), BpfError> {
+    let StaticPolicy {
+        rules,
+        cgroups,
+        limits,
+        new_ids,
+    } = policy;
+    let mut maps = None;
+    let attached = skel::load_and_attach(pins, programs, at, previous, || {
+        // Maps exist (and are pinned) once the objects are loaded: fill the
+        // policy ones before any program of this generation runs.
+        let m = Maps::open_in(pins.state, pins.policy)?;
+        m.write_rules(rules)?;
+        for (id, policy) in cgroups {
+            m.set_policy_cgroup(*id, *policy)?;
+        }
+        m.write_limits(limits)?;
+        m.init_counters(new_ids)?;
+        maps = Some(m);
+        Ok(())
+    })?;
+    Ok((attached, maps.ok_or(BpfError::NotLoaded)?))
 }
 
 impl Kernel {
@@ -157,17 +198,13 @@ impl Kernel {
         programs: &Programs,
         policy: StaticPolicy<'_>,
     ) -> Result<Kernel, BpfError> {
-        let StaticPolicy {
-            rules,
-            cgroups,
-            limits,
-        } = policy;
         pins::ensure_bpffs(pin_path)?;
         let mut previous = pins::set_aside(pin_path)?;
-        let cgroup = std::fs::File::open(cgroup_root).map_err(|source| BpfError::Cgroup {
+        let cgroup_err = |source| BpfError::Cgroup {
             path: cgroup_root.to_path_buf(),
             source,
-        })?;
+        };
+        let cgroup = std::fs::File::open(cgroup_root).map_err(cgroup_err)?;
         if programs.exclusive {
             let foreign =
                 enforcers::find(&cgroup, pin_path, &previous.prog_ids()).map_err(|source| {
@@ -193,30 +230,17 @@ impl Kernel {
             use std::os::unix::fs::MetadataExt;
             cgroup.metadata().map(|m| m.ino())
         }
-        .map_err(|source| BpfError::Cgroup {
-            path: cgroup_root.to_path_buf(),
-            source,
-        })?;
+        .map_err(cgroup_err)?;
         let at = skel::AttachPoint {
             fd: cgroup.as_raw_fd(),
             id,
             path: cgroup_root,
         };
-        let mut maps = None;
-        let attached = skel::load_and_attach(pin_path, programs, &at, &mut previous, || {
-            // Maps exist (and are pinned) once the objects are loaded: fill
-            // them before any program runs.
-            let m = Maps::open_pinned(pin_path)?;
-            m.write_rules(rules)?;
-            for (id, policy) in cgroups {
-                m.set_policy_cgroup(*id, *policy)?;
-            }
-            m.write_limits(limits)?;
-            m.init_counters(limits.len())?;
-            maps = Some(m);
-            Ok(())
-        })?;
-        let maps = maps.ok_or(BpfError::NotLoaded)?;
+        let pins = skel::MapPins {
+            state: pin_path,
+            policy: pin_path,
+        };
+        let (attached, maps) = generation(pins, programs, &at, &mut previous, policy)?;
         if !previous.is_empty() {
             tracing::info!(
                 path = %pin_path.display(),
@@ -227,11 +251,56 @@ impl Kernel {
         }
         previous.finish()?;
         Ok(Kernel {
+            pin_path: pin_path.to_path_buf(),
+            cgroup: (cgroup, id, cgroup_root.to_path_buf()),
             maps: Arc::new(maps),
             _links: attached.links,
             taken_over: attached.taken,
             _lock: lock,
         })
+    }
+
+    /// A reload: a new generation of programs with policy maps of its own
+    /// (built beside the ones in force, under `<pin path>/next`) and the
+    /// state maps of this one, then each hook's link moved onto its new
+    /// program in one step. Each connect() is judged by the old generation
+    /// or the new one, whole; nothing is unjudged in between. On an error
+    /// before the links move, the generation in force stays, whole.
+    pub fn reload(
+        &mut self,
+        programs: &Programs,
+        policy: StaticPolicy<'_>,
+    ) -> Result<(), BpfError> {
+        let next = self.pin_path.join(NEXT_DIR);
+        pins::remove_pins(&next)?;
+        std::fs::create_dir_all(&next).map_err(|source| BpfError::CreateDir {
+            path: next.clone(),
+            source,
+        })?;
+        let mut own = pins::Previous::pinned(&self.pin_path)?;
+        let at = skel::AttachPoint {
+            fd: self.cgroup.0.as_raw_fd(),
+            id: self.cgroup.1,
+            path: &self.cgroup.2,
+        };
+        let pins = skel::MapPins {
+            state: &self.pin_path,
+            policy: &next,
+        };
+        let (attached, _) = match generation(pins, programs, &at, &mut own, policy) {
+            Ok(g) => g,
+            Err(e) => {
+                own.restore();
+                return Err(e);
+            }
+        };
+        // The old generation's links that did not move (the LSM's, which
+        // cannot change its program) go now.
+        drop(own);
+        pins::promote(&next, &self.pin_path)?;
+        self.maps = Arc::new(Maps::open_pinned(&self.pin_path)?);
+        self._links = attached.links;
+        Ok(())
     }
 
     pub fn maps(&self) -> Arc<Maps> {

@@ -256,10 +256,9 @@ fn policy_dirs(root: &Path, policies: &PolicySet) -> Vec<(PolicyRef, PathBuf)> {
     policies
         .policies
         .iter()
-        .enumerate()
-        .map(|(i, p)| {
+        .map(|p| {
             let policy = PolicyRef {
-                id: i as PolicyId,
+                id: p.id,
                 icmp: p.icmp,
             };
             (policy, p.cgroup.under(root))

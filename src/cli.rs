@@ -55,6 +55,15 @@ enum Command {
         #[arg(long)]
         pin_path: Option<PathBuf>,
     },
+    /// Ask the running sockwarden (through its admin listener) to re-read
+    /// its configuration and put it in force whole; prints the result. An
+    /// invalid or refused configuration leaves the one in force, whole.
+    /// SIGHUP does the same. Exits 0 only when the new one is in force.
+    Reload {
+        /// The instance's configuration (it names `admin.listen`).
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Remove enforcement: detach every program a stopped sockwarden left
     /// attached and remove its pins, and say what was removed. Refuses while
     /// a sockwarden runs with that pin path.
@@ -143,6 +152,32 @@ pub fn main() -> ExitCode {
             print!("{}", crate::status::report(&crate::status::gather(path, c)));
             ExitCode::SUCCESS
         }),
+        Command::Reload { config } => {
+            let text = match std::fs::read_to_string(&config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("sockwarden: reload: reading {}: {e}", config.display());
+                    return ExitCode::FAILURE;
+                }
+            };
+            let admin = crate::reload::admin_address(&text);
+            match crate::reload::request(admin) {
+                Ok((status, body)) => {
+                    print!("{body}");
+                    if (200..300).contains(&status) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!(
+                        "sockwarden: reload: asking the admin listener {admin}: {e} (is sockwarden running?)"
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Detach { config, pin_path } => {
             let Some(pin_path) = pin_path_of(config, pin_path) else {
                 return ExitCode::FAILURE;
@@ -195,7 +230,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::run::run(loaded, notifier)) {
+            match runtime.block_on(crate::run::run(loaded, config, notifier)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sockwarden: {e:#}");

@@ -727,7 +727,7 @@ fn default_client_idle_timeout() -> Duration {
 fn default_request_head_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_admin_listen() -> SocketAddr {
+pub fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9901))
 }
 fn default_pin_path() -> PathBuf {

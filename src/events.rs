@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use libbpf_rs::RingBuffer;
@@ -139,7 +139,7 @@ impl AsRawFd for Ring {
 /// ends with the runtime.
 pub fn spawn(
     maps: &Maps,
-    policies: Arc<PolicySet>,
+    policies: crate::live::Live<PolicySet>,
     config: &Config,
     log: AccessLog,
 ) -> Result<(), BpfError> {
@@ -147,6 +147,9 @@ pub fn spawn(
     let own_netns = crate::proxy::upstream::own_netns_cookie();
     let mut said = HashSet::new();
     let ring = maps.event_ring(move |e| {
+        // The policies in force when the event is read: ids are stable
+        // across reloads, so its policy keeps its name.
+        let policies = policies.get();
         if let Some(line) = denied_line(&e, &policies, SystemTime::now()) {
             log.write_denied(line);
             return;

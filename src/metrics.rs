@@ -31,6 +31,7 @@ pub const ACCESS_LOG_DROPPED: &str = "sockwarden_access_log_dropped_total";
 pub const UPSTREAM_RETRIES: &str = "sockwarden_upstream_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "sockwarden_upstream_retry_budget_exhausted_total";
 pub const CONNECTIONS_CUT: &str = "sockwarden_downstream_connections_cut_total";
+pub const CONFIG_RELOADS: &str = "sockwarden_config_reloads_total";
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
@@ -163,6 +164,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CONNECTIONS_CUT,
         "downstream connections cut at shutdown because they were still busy at the drain deadline"
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "configuration reloads (SIGHUP or sockwarden reload), by result: ok (in force), invalid (the file did not validate), rejected (it changes what only a restart can), failed (the kernel refused the new generation); anything but ok leaves the configuration in force whole"
     );
     describe_counter!(
         TUPLES_EXPIRED,
@@ -505,6 +510,44 @@ pub fn downstream_closed() {
 
 pub fn connections_cut(n: usize) {
     counter!(CONNECTIONS_CUT).increment(n as u64);
+}
+
+/// How a reload ended (`sockwarden_config_reloads_total{result}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Ok,
+    Invalid,
+    Rejected,
+    Failed,
+}
+
+impl ReloadResult {
+    pub const ALL: [ReloadResult; 4] = [
+        ReloadResult::Ok,
+        ReloadResult::Invalid,
+        ReloadResult::Rejected,
+        ReloadResult::Failed,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ReloadResult::Ok => "ok",
+            ReloadResult::Invalid => "invalid",
+            ReloadResult::Rejected => "rejected",
+            ReloadResult::Failed => "failed",
+        }
+    }
+}
+
+pub fn config_reload(result: ReloadResult) {
+    counter!(CONFIG_RELOADS, "result" => result.label()).increment(1);
+}
+
+/// Every reload result's series, at 0, so a rate() works before the first.
+pub fn config_reloads_init() {
+    for r in ReloadResult::ALL {
+        counter!(CONFIG_RELOADS, "result" => r.label()).increment(0);
+    }
 }
 
 pub fn downstream_limit(max: usize) {

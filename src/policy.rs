@@ -177,6 +177,9 @@ pub enum UdpVerdict {
 
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
+    /// Its id in the kernel's maps: stable across reloads for a policy that
+    /// keeps its name (see [`assign_ids`]).
+    pub id: PolicyId,
     pub name: String,
     pub cgroup: crate::config::CgroupPath,
     pub rules: Vec<CompiledRule>,
@@ -234,7 +237,8 @@ fn loopback_listen_warnings(listen: &[SocketAddr], redirects: bool) -> Vec<Strin
         .collect()
 }
 
-/// Every policy of a configuration, compiled; index = [`PolicyId`].
+/// Every policy of a configuration, compiled, in configuration order; each
+/// knows its kernel [`PolicyId`].
 #[derive(Debug, Clone)]
 pub struct PolicySet {
     pub policies: Vec<CompiledPolicy>,
@@ -243,8 +247,46 @@ pub struct PolicySet {
     pub listen: Vec<SocketAddr>,
 }
 
+/// The kernel ids of a new configuration's policies (`names`, in order),
+/// given those in force (`previous`: name and id). A policy that keeps its
+/// name keeps its id: its open connections' count, its counters and the
+/// connections it accepted go on being its own. A new name gets the lowest
+/// id that no policy in force has and that `busy` does not hold (a removed
+/// policy's id while sockets it redirected are still open), so no count or
+/// counter of one policy is taken for another's. None when the ids run out.
+pub fn assign_ids(
+    previous: &[(&str, PolicyId)],
+    names: &[&str],
+    busy: impl Fn(PolicyId) -> bool,
+) -> Option<Vec<PolicyId>> {
+    let kept = |name: &str| previous.iter().find(|(n, _)| *n == name).map(|(_, id)| *id);
+    let mut taken: Vec<PolicyId> = names.iter().filter_map(|n| kept(n)).collect();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        let id = match kept(name) {
+            Some(id) => id,
+            None => {
+                let free = (0..crate::bpf::limits::MAX_POLICIES as PolicyId).find(|id| {
+                    !taken.contains(id) && !previous.iter().any(|(_, p)| p == id) && !busy(*id)
+                })?;
+                taken.push(free);
+                free
+            }
+        };
+        out.push(id);
+    }
+    Some(out)
+}
+
 impl PolicySet {
     pub fn compile(config: &Config) -> PolicySet {
+        let ids: Vec<PolicyId> = (0..config.policies.len() as PolicyId).collect();
+        Self::compile_with_ids(config, &ids)
+    }
+
+    /// The policies of `config` with the kernel ids `ids` (one per policy,
+    /// in order; see [`assign_ids`]).
+    pub fn compile_with_ids(config: &Config, ids: &[PolicyId]) -> PolicySet {
         // Validated with the configuration; a policy without a limit would
         // get 0 (every redirect refused: fail closed).
         let limits =
@@ -255,6 +297,7 @@ impl PolicySet {
             .iter()
             .enumerate()
             .map(|(i, p)| CompiledPolicy {
+                id: ids[i],
                 max_connections: limits.get(i).copied().unwrap_or(0),
                 icmp: p.icmp,
                 name: p.name.value.clone(),
@@ -285,7 +328,31 @@ impl PolicySet {
     }
 
     pub fn get(&self, id: PolicyId) -> Option<&CompiledPolicy> {
-        self.policies.get(id as usize)
+        self.policies.iter().find(|p| p.id == id)
+    }
+
+    /// (name, id) of every policy.
+    pub fn ids(&self) -> Vec<(&str, PolicyId)> {
+        self.policies
+            .iter()
+            .map(|p| (p.name.as_str(), p.id))
+            .collect()
+    }
+
+    /// Each id's max_connections, index = id (ids no policy has: 0, so a
+    /// socket charged to one is refused).
+    pub fn limits(&self) -> Vec<u32> {
+        let len = self
+            .policies
+            .iter()
+            .map(|p| p.id as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut out = vec![0; len];
+        for p in &self.policies {
+            out[p.id as usize] = p.max_connections;
+        }
+        out
     }
 
     /// Rule `rule` of policy `id` (what a decision names).
@@ -542,6 +609,62 @@ fn canonical_net(net: IpNet) -> IpNet {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn a_reload_keeps_each_kept_name_s_id_and_gives_new_names_free_ones() {
+        let busy_none = |_| false;
+        // (in force, new names, busy ids, want)
+        type Case<'a> = (
+            &'a [(&'a str, PolicyId)],
+            &'a [&'a str],
+            &'a [PolicyId],
+            Option<Vec<PolicyId>>,
+        );
+        let cases: [Case; 6] = [
+            // Unchanged, reordered: each name keeps its id.
+            (&[("a", 0), ("b", 1)], &["b", "a"], &[], Some(vec![1, 0])),
+            // Appended: the lowest id nobody holds.
+            (
+                &[("a", 0), ("b", 1)],
+                &["a", "b", "c"],
+                &[],
+                Some(vec![0, 1, 2]),
+            ),
+            // Removed in the middle: its id is not given to a newcomer at once.
+            (
+                &[("a", 0), ("b", 1), ("c", 2)],
+                &["a", "c", "d"],
+                &[],
+                Some(vec![0, 2, 3]),
+            ),
+            // A removed policy's id, once idle, and not in force, is free.
+            (
+                &[("a", 0), ("c", 2)],
+                &["a", "c", "d"],
+                &[],
+                Some(vec![0, 2, 1]),
+            ),
+            // ... but not while sockets it redirected are open.
+            (
+                &[("a", 0), ("c", 2)],
+                &["a", "c", "d"],
+                &[1],
+                Some(vec![0, 2, 3]),
+            ),
+            // Start: nothing in force.
+            (&[], &["x", "y"], &[], Some(vec![0, 1])),
+        ];
+        for (previous, names, busy, want) in cases {
+            let got = assign_ids(previous, names, |id| busy.contains(&id));
+            assert_eq!(got, want, "{previous:?} -> {names:?} busy {busy:?}");
+        }
+        // Out of ids.
+        let full: Vec<(String, PolicyId)> = (0..crate::bpf::limits::MAX_POLICIES as PolicyId)
+            .map(|i| (format!("p{i}"), i))
+            .collect();
+        let full: Vec<(&str, PolicyId)> = full.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        assert_eq!(assign_ids(&full, &["new"], busy_none), None);
+    }
 
     const CONFIG: &str = r#"
 proxy: { listen: "10.77.0.1:15001" }

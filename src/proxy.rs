@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use crate::accesslog::AccessLog;
 use crate::bpf::{Maps, OrigDst};
 use crate::config::PipeSizes;
+use crate::live::Live;
 use crate::metrics;
 use crate::policy::PolicySet;
 use crate::tls::TlsContext;
@@ -118,7 +119,8 @@ pub struct ProxySettings {
 }
 
 pub struct Proxy {
-    policies: Arc<PolicySet>,
+    /// The policies in force: each request is judged by one snapshot.
+    policies: Live<PolicySet>,
     kernel: Arc<dyn KernelState>,
     pool: upstream::Pool,
     budget: retry::Budget,
@@ -183,7 +185,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Proxy {
     pub fn new(
-        policies: Arc<PolicySet>,
+        policies: Live<PolicySet>,
         kernel: Arc<dyn KernelState>,
         log: AccessLog,
         settings: ProxySettings,
@@ -227,6 +229,12 @@ impl Proxy {
             finished: open.saturating_sub(cut),
             cut,
         }
+    }
+
+    /// The policies in force now: one snapshot judges a whole request (or
+    /// ClientHello), however a reload swaps them meanwhile.
+    fn policies(&self) -> Arc<PolicySet> {
+        self.policies.get()
     }
 
     /// Idle upstream connections held now.
@@ -474,7 +482,7 @@ mod tests {
         let config = crate::config::Config::parse(yaml, std::path::Path::new("drain.yaml"))
             .expect("test config");
         let proxy = Proxy::new(
-            Arc::new(PolicySet::compile(&config)),
+            Live::new(Arc::new(PolicySet::compile(&config))),
             Arc::new(Redirected(origin)),
             AccessLog::open(Some("off")).expect("no access log"),
             ProxySettings {

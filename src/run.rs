@@ -7,19 +7,25 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use crate::accesslog::AccessLog;
-use crate::admin::{self, AdminState};
-use crate::bpf::{Kernel, Programs, ProxyTarget, StaticPolicy};
-use crate::cgroup::{self, Watcher};
+use crate::admin::{self, AdminState, ReloadReply};
+use crate::bpf::{Kernel, Maps, Programs, ProxyTarget, StaticPolicy};
+use crate::cgroup::{self, CgroupError, Watcher};
 use crate::config::Config;
+use crate::live::Live;
+use crate::metrics::ReloadResult;
 use crate::notify::{self, Notifier};
-use crate::policy::{kernel::rule_entries, PolicySet};
+use crate::policy::{assign_ids, kernel::rule_entries, PolicyId, PolicySet};
 use crate::proxy::{default_max_connections, nofile_limit, KernelState, Proxy, ProxySettings};
+use crate::reload::{self as decide, ReloadError};
 
 /// How often expired TIME_WAIT entries are removed from the tuple map.
 const TUPLE_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
@@ -30,8 +36,9 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding {what} {addr}"))
 }
 
-/// Runs until SIGTERM or SIGINT, telling systemd through `notifier`.
-pub async fn run(config: Config, notifier: Option<Notifier>) -> anyhow::Result<()> {
+/// Runs until SIGTERM or SIGINT, telling systemd through `notifier`;
+/// SIGHUP (or `POST /reload`) re-reads `path`.
+pub async fn run(config: Config, path: PathBuf, notifier: Option<Notifier>) -> anyhow::Result<()> {
     let policies = Arc::new(PolicySet::compile(&config));
     for w in policies.warnings() {
         tracing::warn!("{w}");
@@ -115,7 +122,8 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> anyhow::Result<(
         packet_lsm: packet_open.is_none(),
         exclusive: !config.testing.allow_other_enforcers,
     };
-    let kernel = match Kernel::load(
+    let ids: Vec<PolicyId> = policies.policies.iter().map(|p| p.id).collect();
+    let mut kernel = match Kernel::load(
         lock,
         &config.bpf.pin_path,
         &root,
@@ -123,11 +131,8 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> anyhow::Result<(
         StaticPolicy {
             rules: &rule_entries(&policies),
             cgroups: &cgroup::present(&root, &policies),
-            limits: &policies
-                .policies
-                .iter()
-                .map(|p| p.max_connections)
-                .collect::<Vec<_>>(),
+            limits: &policies.limits(),
+            new_ids: &ids,
         },
     ) {
         Ok(k) => k,
@@ -144,24 +149,35 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> anyhow::Result<(
         taken_over = kernel.taken_over,
         "eBPF programs attached"
     );
-    // AF_PACKET where the BPF LSM cannot refuse it: warnings and gauges
-    // (the task ends with the runtime).
-    tokio::spawn(crate::status::watch_net_raw(
-        Arc::clone(&policies),
-        root.clone(),
+    let config_value = serde_json::to_value(&config).context("serializing the configuration")?;
+    let policies = Live::new(policies);
+    let mut reloader = Reloader {
+        path,
+        root,
+        own,
+        programs,
+        transparent: return_path.is_some(),
+        generation: 1,
+        dump: Live::new(Arc::new(decide::dump(&config_value, 1))),
+        config: config_value,
+        maps: Live::new(kernel.maps()),
+        watcher: None,
+        // AF_PACKET where the BPF LSM cannot refuse it: warnings and gauges.
+        net_raw: None,
         packet_open,
-    ));
+        policies,
+        listen: config.proxy.listen,
+        notifier,
+    };
+    reloader.watch();
     let result = serve(
         &config,
-        &root,
-        &kernel,
-        policies,
+        (&mut kernel, &mut reloader),
         prometheus,
         (log, tls),
         listener,
         listener_v6,
         admin_listener,
-        notifier.as_ref(),
     )
     .await;
     if let Some(mut rp) = return_path {
@@ -175,24 +191,184 @@ pub async fn run(config: Config, notifier: Option<Notifier>) -> anyhow::Result<(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a reload needs besides the kernel: what `run` started with, and
+/// the values in force that it swaps.
+struct Reloader {
+    /// The configuration file.
+    path: PathBuf,
+    root: PathBuf,
+    /// sockwarden's own cgroup (no policy may enforce it).
+    own: String,
+    programs: Programs,
+    /// Whether the return path of preserve modes is set up.
+    transparent: bool,
+    /// The configuration in force, serialized, and its generation.
+    config: serde_json::Value,
+    generation: u64,
+    dump: Live<serde_json::Value>,
+    policies: Live<PolicySet>,
+    maps: Live<Maps>,
+    /// The cgroup watcher of the policies in force.
+    watcher: Option<JoinHandle<Result<(), CgroupError>>>,
+    /// The CAP_NET_RAW watch of the policies in force.
+    net_raw: Option<JoinHandle<()>>,
+    packet_open: Option<String>,
+    /// `proxy.listen`, for the STATUS= line.
+    listen: SocketAddr,
+    notifier: Option<Notifier>,
+}
+
+impl Reloader {
+    /// (Re)starts the watchers of the policies in force: the cgroup
+    /// watcher (policy_cgroups of this generation) and the CAP_NET_RAW watch.
+    fn watch(&mut self) {
+        for task in [self.net_raw.take()].into_iter().flatten() {
+            task.abort();
+        }
+        if let Some(task) = self.watcher.take() {
+            task.abort();
+        }
+        let policies = self.policies.get();
+        let mut watcher = Watcher::new(&self.root, &policies, self.maps.get());
+        watcher.sync();
+        self.watcher = Some(tokio::spawn(watcher.run()));
+        self.net_raw = Some(tokio::spawn(crate::status::watch_net_raw(
+            policies,
+            self.root.clone(),
+            self.packet_open.clone(),
+        )));
+    }
+
+    /// Re-reads the configuration and puts it in force whole (the kernel's
+    /// generation first, then the proxy's policies), or leaves the one in
+    /// force whole and says why.
+    fn reload(&mut self, kernel: &mut Kernel) -> Result<String, ReloadError> {
+        let invalid = |m: String| ReloadError::new(ReloadResult::Invalid, m);
+        let config = Config::load(&self.path).map_err(|e| invalid(e.to_string()))?;
+        let value = serde_json::to_value(&config)
+            .map_err(|e| invalid(format!("serializing the configuration: {e}")))?;
+        if let Some(e) = decide::rejection(&decide::restart_only_changes(&self.config, &value)) {
+            return Err(e);
+        }
+        let transparent = config.policies.iter().flat_map(|p| &p.egress).any(|r| {
+            r.upstream
+                .is_some_and(|u| u.source.is_some_and(|s| s.is_transparent()))
+        });
+        if transparent && !self.transparent {
+            return Err(ReloadError::new(
+                ReloadResult::Rejected,
+                "upstream.source preserve modes need the return path that is set up at start: restart to add the first one",
+            ));
+        }
+        let old = self.policies.get();
+        let maps = self.maps.get();
+        let names: Vec<&str> = config
+            .policies
+            .iter()
+            .map(|p| p.name.value.as_str())
+            .collect();
+        let ids = assign_ids(&old.ids(), &names, |id| maps.in_flight(id) > 0).ok_or_else(|| {
+            ReloadError::new(
+                ReloadResult::Rejected,
+                "no policy id is free (removed policies still hold redirected connections): try again once they close",
+            )
+        })?;
+        let set = PolicySet::compile_with_ids(&config, &ids);
+        let named: Vec<_> = set
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.cgroup.clone()))
+            .collect();
+        cgroup::check_not_self_enforced(&self.own, &named).map_err(|e| invalid(e.to_string()))?;
+        for w in set.warnings() {
+            tracing::warn!("{w}");
+        }
+        let new_ids: Vec<PolicyId> = ids
+            .iter()
+            .copied()
+            .filter(|id| old.get(*id).is_none())
+            .collect();
+        let static_policy = StaticPolicy {
+            rules: &rule_entries(&set),
+            cgroups: &cgroup::present(&self.root, &set),
+            limits: &set.limits(),
+            new_ids: &new_ids,
+        };
+        tokio::task::block_in_place(|| kernel.reload(&self.programs, static_policy)).map_err(
+            |e| {
+                ReloadError::new(
+                    ReloadResult::Failed,
+                    format!("the kernel refused the new generation: {e}"),
+                )
+            },
+        )?;
+        self.generation += 1;
+        let set = Arc::new(set);
+        self.policies.set(Arc::clone(&set));
+        self.maps.set(kernel.maps());
+        self.dump
+            .set(Arc::new(decide::dump(&value, self.generation)));
+        self.config = value;
+        self.watch();
+        Ok(format!(
+            "reloaded: generation {}, {}, {} policies ({})\n",
+            self.generation,
+            decide::config_hash(&self.config),
+            set.policies.len(),
+            names.join(", ")
+        ))
+    }
+
+    /// READY=1 with the one-line status of what is in force.
+    fn notify_ready(&self) {
+        if let Some(n) = &self.notifier {
+            n.ready(&notify::enforcing(
+                self.policies.get().policies.len(),
+                self.listen,
+            ));
+        }
+    }
+
+    /// A reload, logged, counted and told to systemd (RELOADING=1, then
+    /// READY=1 whatever the result: the configuration in force serves),
+    /// and its answer for `sockwarden reload`.
+    fn reload_logged(&mut self, kernel: &mut Kernel, why: &str) -> ReloadReply {
+        if let Some(n) = &self.notifier {
+            n.reloading(&format!("reloading the configuration ({why})"));
+        }
+        let result = self.reload(kernel);
+        self.notify_ready();
+        match result {
+            Ok(text) => {
+                crate::metrics::config_reload(ReloadResult::Ok);
+                tracing::info!(trigger = why, generation = self.generation, hash = %decide::config_hash(&self.config), "configuration reloaded");
+                (axum::http::StatusCode::OK, text)
+            }
+            Err(e) => {
+                crate::metrics::config_reload(e.result);
+                tracing::error!(
+                    trigger = why,
+                    result = e.result.label(),
+                    "reload: {}; the configuration in force is unchanged",
+                    e.message
+                );
+                (e.status(), e.text())
+            }
+        }
+    }
+}
+
 async fn serve(
     config: &Config,
-    root: &std::path::Path,
-    kernel: &Kernel,
-    policies: Arc<PolicySet>,
+    (kernel, reloader): (&mut Kernel, &mut Reloader),
     prometheus: metrics_exporter_prometheus::PrometheusHandle,
     (log, tls): (AccessLog, crate::tls::TlsContext),
     listener: TcpListener,
     listener_v6: Option<TcpListener>,
     admin_listener: TcpListener,
-    notifier: Option<&Notifier>,
 ) -> anyhow::Result<()> {
     let maps = kernel.maps();
-    let mut watcher = Watcher::new(root, &policies, Arc::clone(&maps));
-    watcher.sync();
-    let watcher_task = tokio::spawn(watcher.run());
-    crate::events::spawn(&maps, Arc::clone(&policies), config, log.clone())?;
+    crate::events::spawn(&maps, reloader.policies.clone(), config, log.clone())?;
     // TIME_WAIT entries leave the tuple map once the period is over.
     let expiry_maps = Arc::clone(&maps);
     let expiry_task = tokio::spawn(async move {
@@ -206,21 +382,25 @@ async fn serve(
         }
     });
 
+    crate::metrics::config_reloads_init();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(4);
     let ready = Arc::new(AtomicBool::new(false));
     let state = AdminState {
         prometheus,
         ready: Arc::clone(&ready),
-        config: Arc::new(serde_json::to_value(config).context("serializing the configuration")?),
-        kernel: Some((Arc::clone(&maps), Arc::clone(&policies))),
+        config: reloader.dump.clone(),
+        kernel: Some((reloader.maps.clone(), reloader.policies.clone())),
+        reload: Some(reload_tx),
     };
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
 
-    let status = notify::enforcing(policies.policies.len(), config.proxy.listen);
+    // The state maps (original destinations, tuples, socket roles) outlive
+    // every reload: the proxy keeps the handles it starts with.
     let kernel_state: Arc<dyn KernelState> = maps;
     let max_connections = connection_limit(config.proxy.max_connections);
     let proxy = Proxy::new(
-        policies,
+        reloader.policies.clone(),
         kernel_state,
         log,
         ProxySettings {
@@ -243,21 +423,30 @@ async fn serve(
         ));
     }
     ready.store(true, Ordering::Release);
-    notifier.inspect(|n| n.ready(&status));
+    reloader.notify_ready();
     tracing::info!(listen = %config.proxy.listen, admin = %config.admin.listen, "ready");
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut watcher_task = watcher_task;
     let why = loop {
+        let watcher = async {
+            match reloader.watcher.as_mut() {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => tracing::warn!(
-                "SIGHUP: live reload is not built yet; the configuration in force stays, whole (restart to apply a new one)"
-            ),
-            r = &mut watcher_task => {
+            _ = hup.recv() => {
+                reloader.reload_logged(kernel, "SIGHUP");
+            }
+            Some(reply) = reload_rx.recv() => {
+                let answer = reloader.reload_logged(kernel, "sockwarden reload");
+                let _ = reply.send(answer);
+            }
+            r = watcher => {
                 ready.store(false, Ordering::Release);
                 let _ = shutdown_tx.send(true);
                 return match r {
@@ -268,7 +457,9 @@ async fn serve(
         }
     };
     tracing::info!(signal = why, drain_timeout = ?config.proxy.drain_timeout, "shutting down: draining");
-    notifier.inspect(|n| n.stopping(&format!("stopping ({why}): draining connections")));
+    if let Some(n) = &reloader.notifier {
+        n.stopping(&format!("stopping ({why}): draining connections"));
+    }
     ready.store(false, Ordering::Release);
     let _ = shutdown_tx.send(true);
     for t in tasks {

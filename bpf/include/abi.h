@@ -229,13 +229,13 @@ struct sw_counter_key {
 
 /*
  * policy_conns value (array index: policy id): redirected sockets of the
- * policy that are open now, and how many may be. in_flight is changed only
- * with atomic adds: +1 at connect4/6 (taken back at once if that passed the
- * limit), -1 when the socket is released (cgroup/sock_release).
+ * policy that are open now. Changed only with atomic adds: +1 at
+ * connect4/6 (taken back at once if that passed the policy's limit in
+ * policy_limits), -1 when the socket is released (cgroup/sock_release).
+ * State: it outlives a reload, so the limit, which is policy, is not here.
  */
 struct sw_policy_conns {
 	__u64 in_flight;
-	__u64 limit; /* written by userspace before the programs are attached */
 };
 
 /* What happened to redirected connections besides the verdict (conn_counters). */
@@ -329,7 +329,7 @@ enum sw_abi_size {
 	SW_SIZEOF_CONN_KEY = 36,         /* 16 + 16 + 2 + 2 */
 	SW_SIZEOF_COUNTER_KEY = 8,       /* 4 + 4 */
 	SW_SIZEOF_SOCK_INFO = 96,        /* 4 + 4 + 4 + 36 + 8 + 40 */
-	SW_SIZEOF_POLICY_CONNS = 16,     /* 8 + 8 */
+	SW_SIZEOF_POLICY_CONNS = 8,
 	SW_SIZEOF_CONN_COUNTER_KEY = 8,  /* 4 + 4 */
 	SW_SIZEOF_TUPLE_KEY = 48,        /* 8 + 16 + 16 + 2 + 2 + 4 */
 	SW_SIZEOF_TUPLE_VALUE = 24,      /* 8 + 8 + 4 + 4 */

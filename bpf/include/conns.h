@@ -29,11 +29,12 @@ static __always_inline void sw_conn_count(__u32 policy_id, enum sw_conn_event ev
 static __always_inline bool sw_charge(__u32 policy_id)
 {
 	struct sw_policy_conns *c = bpf_map_lookup_elem(&policy_conns, &policy_id);
+	__u64 *limit = bpf_map_lookup_elem(&policy_limits, &policy_id);
 
-	if (!c)
+	if (!c || !limit)
 		return false;
 	__sync_fetch_and_add(&c->in_flight, 1);
-	if (*(volatile __u64 *)&c->in_flight > c->limit) {
+	if (*(volatile __u64 *)&c->in_flight > *limit) {
 		__sync_fetch_and_add(&c->in_flight, -1);
 		return false;
 	}

@@ -44,7 +44,7 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } orig_dsts SEC(".maps");
 
-/* policy id -> open redirected sockets and their limit. */
+/* policy id -> open redirected sockets (state: kept across reloads). */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SW_MAX_POLICIES);
@@ -52,6 +52,15 @@ struct {
 	__type(value, struct sw_policy_conns);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy_conns SEC(".maps");
+
+/* policy id -> how many redirected sockets it may have open (its max_connections). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SW_MAX_POLICIES);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy_limits SEC(".maps");
 
 /* (policy, event) -> count, per CPU. Keys are created by userspace. */
 struct {

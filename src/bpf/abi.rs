@@ -263,14 +263,6 @@ pub(super) fn event_drops(per_cpu: &[Vec<u8>]) -> EventDrops {
         })
 }
 
-/// A policy's policy_conns value: its limit, no connection counted yet.
-pub(super) fn policy_conns(limit: u32) -> sw_policy_conns {
-    sw_policy_conns {
-        in_flight: 0,
-        limit: u64::from(limit),
-    }
-}
-
 /// The sock_roles value that marks one of the proxy's upstream sockets.
 pub(super) fn upstream_sock() -> sw_sock_info {
     sw_sock_info {
@@ -670,11 +662,6 @@ mod tests {
                 .as_bytes()
                 .to_vec(),
                 bytes(&[&255u32.to_ne_bytes(), &0u32.to_ne_bytes()]),
-            ),
-            (
-                "policy conns",
-                policy_conns(1000).as_bytes().to_vec(),
-                bytes(&[&0u64.to_ne_bytes(), &1000u64.to_ne_bytes()]),
             ),
             (
                 "counter key",

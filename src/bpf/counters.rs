@@ -87,12 +87,19 @@ struct MsgCounts {
 }
 
 impl Maps {
-    /// Creates every per-CPU counter key of `policies` policies, zeroed.
-    pub(super) fn init_counters(&self, policies: usize) -> Result<(), BpfError> {
+    /// Creates every per-CPU counter of the policies `ids`, zeroed (a new
+    /// policy's counters start at 0, whatever an earlier holder of its id
+    /// counted).
+    pub(super) fn init_counters(&self, ids: &[PolicyId]) -> Result<(), BpfError> {
         let ncpu = libbpf_rs::num_possible_cpus()
             .map_err(self.verdict_counters.error("count possible CPUs"))?;
         let zeros = vec![0u64.to_ne_bytes().to_vec(); ncpu];
-        for id in 0..policies as PolicyId {
+        for &id in ids {
+            for e in DOOR_EVENTS {
+                let index = id * DoorEvent::SW_DOOR_EVENTS.0 + e.0;
+                self.door_counters
+                    .zero_percpu(&index.to_ne_bytes(), &zeros)?;
+            }
             for v in VERDICTS {
                 let key = abi::counter_key(id, v);
                 self.verdict_counters.zero_percpu(key.as_bytes(), &zeros)?;
@@ -103,6 +110,11 @@ impl Maps {
             }
         }
         Ok(())
+    }
+
+    /// Redirected sockets of policy `id` open now (0 if unreadable).
+    pub fn in_flight(&self, id: PolicyId) -> u64 {
+        self.conn_counts(id).map_or(0, |c| c.in_flight)
     }
 
     /// A policy's open redirected connections, its limit, and what happened
@@ -119,9 +131,14 @@ impl Maps {
             .as_deref()
             .and_then(abi::sw_policy_conns::from_bytes)
             .unwrap_or_default();
+        let limit = self
+            .policy_limits
+            .lookup(&policy_id.to_ne_bytes())?
+            .and_then(|v| Some(u64::from_ne_bytes(v.get(..8)?.try_into().ok()?)))
+            .unwrap_or(0);
         Ok(ConnCounts {
             in_flight: slots.in_flight,
-            limit: slots.limit,
+            limit,
             refused_limit: read(E::SW_CONN_REFUSED_LIMIT)?,
             refused_storage: read(E::SW_CONN_REFUSED_STORAGE)?,
             unaccepted: read(E::SW_CONN_UNACCEPTED)?,
@@ -186,8 +203,8 @@ pub fn refresh_metrics(maps: &Maps, policies: &PolicySet) {
         Ok(c) => record_sockmap(&c),
         Err(e) => tracing::warn!(error = %e, "reading sockmap counters"),
     }
-    for (id, p) in policies.policies.iter().enumerate() {
-        let id = id as PolicyId;
+    for p in &policies.policies {
+        let id = p.id;
         match maps.conn_counts(id) {
             Ok(c) => record_conns(&p.name, &c),
             Err(e) => tracing::warn!(error = %e, "reading kernel connection counters"),

@@ -18,6 +18,7 @@ pub enum MapName {
     PolicyRules,
     OrigDsts,
     PolicyConns,
+    PolicyLimits,
     ConnCounters,
     VerdictCounters,
     DoorCounters,
@@ -32,11 +33,12 @@ pub enum MapName {
 }
 
 impl MapName {
-    pub const ALL: [MapName; 15] = [
+    pub const ALL: [MapName; 16] = [
         MapName::PolicyCgroups,
         MapName::PolicyRules,
         MapName::OrigDsts,
         MapName::PolicyConns,
+        MapName::PolicyLimits,
         MapName::ConnCounters,
         MapName::VerdictCounters,
         MapName::DoorCounters,
@@ -57,6 +59,7 @@ impl MapName {
             MapName::PolicyRules => "policy_rules",
             MapName::OrigDsts => "orig_dsts",
             MapName::PolicyConns => "policy_conns",
+            MapName::PolicyLimits => "policy_limits",
             MapName::ConnCounters => "conn_counters",
             MapName::VerdictCounters => "verdict_counters",
             MapName::DoorCounters => "door_counters",
@@ -80,6 +83,16 @@ impl MapName {
     /// Where it is pinned under `pin_path`.
     pub fn pin(self, pin_path: &Path) -> PathBuf {
         pin_path.join(self.as_str())
+    }
+
+    /// Whether it holds policy (which cgroups, which rules, which limits),
+    /// made anew by each generation, rather than state that outlives one
+    /// (counts, original destinations, tuples, socket storage, counters).
+    pub fn is_policy(self) -> bool {
+        matches!(
+            self,
+            MapName::PolicyCgroups | MapName::PolicyRules | MapName::PolicyLimits
+        )
     }
 }
 
@@ -183,6 +196,7 @@ pub struct Maps {
     policy_rules: Pinned,
     orig_dsts: Pinned,
     pub(super) policy_conns: Pinned,
+    pub(super) policy_limits: Pinned,
     pub(super) conn_counters: Pinned,
     pub(super) verdict_counters: Pinned,
     sock_roles: Pinned,
@@ -205,12 +219,20 @@ impl Maps {
     /// Opens the maps pinned under `pin_path`: at load, and those of a
     /// running instance for `sockwarden tuples`.
     pub fn open_pinned(pin_path: &Path) -> Result<Maps, BpfError> {
-        let open = |name| Pinned::open(pin_path, name);
+        Self::open_in(pin_path, pin_path)
+    }
+
+    /// Opens a generation's maps: the state ones under `state`, the policy
+    /// ones under `policy` ([`MapName::is_policy`]).
+    pub(super) fn open_in(state: &Path, policy: &Path) -> Result<Maps, BpfError> {
+        let open =
+            |name: MapName| Pinned::open(if name.is_policy() { policy } else { state }, name);
         Ok(Maps {
             policy_cgroups: open(MapName::PolicyCgroups)?,
             policy_rules: open(MapName::PolicyRules)?,
             orig_dsts: open(MapName::OrigDsts)?,
             policy_conns: open(MapName::PolicyConns)?,
+            policy_limits: open(MapName::PolicyLimits)?,
             conn_counters: open(MapName::ConnCounters)?,
             verdict_counters: open(MapName::VerdictCounters)?,
             sock_roles: open(MapName::SockRoles)?,
@@ -328,15 +350,13 @@ impl Maps {
         Ok(())
     }
 
-    /// Writes each policy's connection limit (index = policy id), with no
-    /// connection counted yet. Only before the programs are attached: the
-    /// write replaces the kernel's count.
+    /// Writes each policy's connection limit (index = policy id) into this
+    /// generation's policy_limits; the open sockets' count (policy_conns)
+    /// is state and is not touched.
     pub(super) fn write_limits(&self, limits: &[u32]) -> Result<(), BpfError> {
         for (id, limit) in limits.iter().enumerate() {
-            self.policy_conns.update(
-                &(id as u32).to_ne_bytes(),
-                abi::policy_conns(*limit).as_bytes(),
-            )?;
+            self.policy_limits
+                .update(&(id as u32).to_ne_bytes(), &u64::from(*limit).to_ne_bytes())?;
         }
         Ok(())
     }

@@ -155,17 +155,95 @@ fn aside_dirs(pin_path: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// An earlier run's pins, set aside: its links, open (still attached), and
-/// the directories that hold them.
+/// An earlier run's (or generation's) links, open (still attached), and
+/// the directories that hold their pins.
 #[derive(Debug, Default)]
 pub struct Previous {
     /// (program name, link), in the order found; a name may appear twice
     /// after an interrupted takeover.
     links: Vec<(String, libbpf_rs::Link)>,
     dirs: Vec<PathBuf>,
+    /// Links whose pin was removed to make room for their successor's
+    /// (a link that cannot change its program), with that pin's path.
+    unpinned: Vec<(String, PathBuf)>,
+}
+
+/// Pins the kernel object behind `fd` at `path` (what libbpf does for a
+/// link only once per link object).
+pub(super) fn obj_pin(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: the descriptor is open for the call, and c_path is a
+    // NUL-terminated string that outlives it.
+    let ret = unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(fd.as_raw_fd(), c_path.as_ptr()) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a link attaches a cgroup program (whose program a
+/// `BPF_LINK_UPDATE` can change).
+pub(super) fn is_cgroup_link(link: &libbpf_rs::Link) -> bool {
+    link.info()
+        .is_ok_and(|i| matches!(i.info, libbpf_rs::query::LinkTypeInfo::Cgroup(_)))
 }
 
 impl Previous {
+    /// The links this run pinned under `pin_path`, for a reload to move
+    /// onto its new generation. A link that cannot change its program
+    /// loses its pin now (its descriptor, held here, keeps it attached) so
+    /// that its successor can be pinned there; [`Previous::restore`] puts
+    /// it back if the reload fails.
+    pub fn pinned(pin_path: &Path) -> Result<Previous, BpfError> {
+        let mut own = Previous::default();
+        let dir = links_dir(pin_path);
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|source| BpfError::Leftovers {
+                path: dir.clone(),
+                source,
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        paths.sort();
+        for path in paths {
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let Ok(link) = libbpf_rs::Link::open(&path) else {
+                continue;
+            };
+            if !is_cgroup_link(&link) {
+                std::fs::remove_file(&path).map_err(|source| BpfError::Leftovers {
+                    path: path.clone(),
+                    source,
+                })?;
+                own.unpinned.push((name.clone(), path));
+            }
+            own.links.push((name, link));
+        }
+        Ok(own)
+    }
+
+    /// After a failed reload: pins again the links [`Previous::pinned`]
+    /// unpinned, so that they stay attached after this value is dropped.
+    pub fn restore(&self) {
+        use std::os::fd::AsFd;
+        for (name, path) in &self.unpinned {
+            let Some((_, link)) = self.links.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            if let Err(e) = obj_pin(link.as_fd(), path) {
+                tracing::error!(path = %path.display(), error = %e, "pinning a link again after a failed reload; it detaches when sockwarden exits");
+            }
+        }
+    }
+
     /// Whether an earlier run left anything.
     pub fn is_empty(&self) -> bool {
         self.dirs.is_empty()
@@ -202,7 +280,7 @@ impl Previous {
     /// them (their pins go, and their descriptors close here); maps go with
     /// the programs that used them.
     pub fn finish(self) -> Result<(), BpfError> {
-        let Previous { links, dirs } = self;
+        let Previous { links, dirs, .. } = self;
         drop(links);
         for dir in dirs {
             remove_pins(&dir)?;
@@ -248,6 +326,21 @@ pub fn set_aside(pin_path: &Path) -> Result<Previous, BpfError> {
         previous.dirs.push(dir);
     }
     Ok(previous)
+}
+
+/// Moves a reload's policy maps from `next` to their places under
+/// `pin_path`, each rename replacing the old pin in one step, then removes
+/// `next`.
+pub fn promote(next: &Path, pin_path: &Path) -> Result<(), BpfError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BpfError::Leftovers { path, source }
+    };
+    for entry in std::fs::read_dir(next).map_err(err(next))?.flatten() {
+        let to = pin_path.join(entry.file_name());
+        std::fs::rename(entry.path(), &to).map_err(err(&to))?;
+    }
+    std::fs::remove_dir(next).map_err(err(next))
 }
 
 /// What [`detach`] removed.

@@ -48,15 +48,31 @@ pub mod types {
     pub use super::sockops::types::sw_msg_counter;
 }
 
+/// Where a generation's maps are pinned: state under `state` (the pin
+/// path: reused when already there, so counts, original destinations,
+/// tuples and socket storage outlive a reload), policy under `policy` (the
+/// pin path at start, a fresh directory for a reload's new generation).
+#[derive(Clone, Copy)]
+pub struct MapPins<'a> {
+    pub state: &'a Path,
+    pub policy: &'a Path,
+}
+
 /// Points each shared map of an open object at its pin (maps.h: every
 /// object but tc's declares them all); libbpf's internal maps (`.rodata`)
-/// are not pinned.
-fn pin_maps(object: &mut OpenObject, pin_path: &Path) -> Result<(), BpfError> {
+/// are not pinned. libbpf reuses a map already pinned there and creates
+/// (and pins) the others.
+fn pin_maps(object: &mut OpenObject, pins: MapPins<'_>) -> Result<(), BpfError> {
     for mut map in object.maps_mut() {
         let Some(name) = map.name().to_str().and_then(MapName::from_name) else {
             continue;
         };
-        let path = name.pin(pin_path);
+        let dir = if name.is_policy() {
+            pins.policy
+        } else {
+            pins.state
+        };
+        let path = name.pin(dir);
         map.set_pin_path(&path)
             .map_err(|source| BpfError::Pin { path, source })?;
     }
@@ -96,32 +112,22 @@ fn pin_link(pin_path: &Path, name: &str, mut link: Link) -> Result<(PathBuf, Lin
     Ok((path, link))
 }
 
-/// Pins an earlier run's link (already pinned where that run left it) at
-/// this run's path too: libbpf pins a link object once, so the kernel
-/// object is pinned again through its descriptor. Its old pin goes when the
-/// earlier run's directory is removed; the link stays pinned throughout.
+/// Pins a taken link (already pinned where the earlier run or generation
+/// left it) at this run's path too: libbpf pins a link object once, so the
+/// kernel object is pinned again through its descriptor. Its old pin goes
+/// when the earlier run's directory is removed; the link stays pinned
+/// throughout. A reload finds its own link pinned there already.
 fn pin_taken_link(pin_path: &Path, name: &str, link: Link) -> Result<(PathBuf, Link), BpfError> {
-    use std::os::fd::{AsFd, AsRawFd};
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::fd::AsFd;
     let path = super::pins::links_dir(pin_path).join(name);
-    let pin_err = |source| BpfError::Pin {
-        path: path.clone(),
-        source,
-    };
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| {
-        pin_err(libbpf_rs::Error::from(std::io::Error::from(
-            std::io::ErrorKind::InvalidInput,
-        )))
-    })?;
-    // SAFETY: the descriptor is the link's own, open for this call, and
-    // c_path is a NUL-terminated string that outlives it.
-    let ret =
-        unsafe { libbpf_rs::libbpf_sys::bpf_obj_pin(link.as_fd().as_raw_fd(), c_path.as_ptr()) };
-    if ret < 0 {
-        return Err(pin_err(libbpf_rs::Error::from(
-            std::io::Error::last_os_error(),
-        )));
+    let id = |l: &Link| l.info().ok().map(|i| i.id);
+    if Link::open(&path).is_ok_and(|pinned| id(&pinned) == id(&link)) {
+        return Ok((path, link));
     }
+    super::pins::obj_pin(link.as_fd(), &path).map_err(|e| BpfError::Pin {
+        path: path.clone(),
+        source: libbpf_rs::Error::from(e),
+    })?;
     Ok((path, link))
 }
 
@@ -172,14 +178,14 @@ pub struct Attached {
     pub taken: usize,
 }
 
-/// Loads every object (their shared maps pinned under `pin_path`), runs
+/// Loads every object (their shared maps pinned as `pins` says), runs
 /// `before_attach` once the maps exist, then attaches every program to the
-/// cgroup `at` and pins the links under `pin_path/links`, taking over the
+/// cgroup `at` and pins the links under `<pins.state>/links`, taking over the
 /// links of `previous` where it has them. With `programs.sockmap` (the
 /// proxy's network namespace cookie), sockops links sockets for the
 /// sockmap engine and sw_msg is attached to sk_workloads.
 pub fn load_and_attach(
-    pin_path: &Path,
+    pins: MapPins<'_>,
     programs: &Programs,
     at: &AttachPoint<'_>,
     previous: &mut Previous,
@@ -190,7 +196,7 @@ pub fn load_and_attach(
     let mut open = connect::ConnectSkelBuilder::default()
         .open(&mut connect_obj)
         .map_err(load_err("connect.bpf.o"))?;
-    pin_maps(open.open_object_mut(), pin_path)?;
+    pin_maps(open.open_object_mut(), pins)?;
     let rodata = open
         .maps
         .rodata_data
@@ -206,7 +212,7 @@ pub fn load_and_attach(
     let mut open = sockops::SockopsSkelBuilder::default()
         .open(&mut sockops_obj)
         .map_err(load_err("sockops.bpf.o"))?;
-    pin_maps(open.open_object_mut(), pin_path)?;
+    pin_maps(open.open_object_mut(), pins)?;
     let rodata = open
         .maps
         .rodata_data
@@ -222,14 +228,14 @@ pub fn load_and_attach(
     let mut open = release::ReleaseSkelBuilder::default()
         .open(&mut release_obj)
         .map_err(load_err("release.bpf.o"))?;
-    pin_maps(open.open_object_mut(), pin_path)?;
+    pin_maps(open.open_object_mut(), pins)?;
     let release = open.load().map_err(load_err("release.bpf.o"))?;
 
     let mut doors_obj = MaybeUninit::uninit();
     let mut open = doors::DoorsSkelBuilder::default()
         .open(&mut doors_obj)
         .map_err(load_err("doors.bpf.o"))?;
-    pin_maps(open.open_object_mut(), pin_path)?;
+    pin_maps(open.open_object_mut(), pins)?;
     let doors = open.load().map_err(load_err("doors.bpf.o"))?;
 
     let mut lsm_obj = MaybeUninit::uninit();
@@ -237,7 +243,7 @@ pub fn load_and_attach(
         let mut open = lsm::LsmSkelBuilder::default()
             .open(&mut lsm_obj)
             .map_err(load_err("lsm.bpf.o"))?;
-        pin_maps(open.open_object_mut(), pin_path)?;
+        pin_maps(open.open_object_mut(), pins)?;
         Some(open.load().map_err(load_err("lsm.bpf.o"))?)
     } else {
         None
@@ -280,7 +286,7 @@ pub fn load_and_attach(
     let mut taken = 0;
     for (name, prog) in cgroup_progs {
         let (link, was_taken) =
-            attach_or_take(prog, name, (at.fd, at.id, at.path), pin_path, previous)?;
+            attach_or_take(prog, name, (at.fd, at.id, at.path), pins.state, previous)?;
         links.push(link);
         taken += usize::from(was_taken);
     }
@@ -296,7 +302,7 @@ pub fn load_and_attach(
                     program: "sw_socket_create",
                     source,
                 })?;
-        links.push(pin_link(pin_path, "sw_socket_create", link)?);
+        links.push(pin_link(pins.state, "sw_socket_create", link)?);
     }
     Ok(Attached { links, taken })
 }

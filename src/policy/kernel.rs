@@ -152,7 +152,7 @@ fn rule_prefixes(
                                 rule: r,
                                 to,
                             };
-                            let group = (p as PolicyId, transport, port);
+                            let group = (policy.id, transport, port);
                             (origin, group, prefix16(net), verdict)
                         })
                     })

@@ -30,7 +30,7 @@ use crate::accesslog::{Flag, Outcome, Record};
 use crate::bpf::OrigDst;
 use crate::config::SourceMode;
 use crate::metrics::{self, CloseReason, Errno, Verdict};
-use crate::policy::{host_fits_tls, Channel, Decision, RequestView};
+use crate::policy::{host_fits_tls, Channel, CompiledRule, Decision, RequestView};
 use crate::tls::client::HandshakeError;
 use rustls::pki_types::ServerName;
 
@@ -171,7 +171,8 @@ impl Proxy {
             metrics::downstream_closed();
             return;
         };
-        let policy = self.policies.get(orig.policy_id);
+        let policies = self.policies();
+        let policy = policies.get(orig.policy_id);
         let base = Record {
             policy: Some(policy.map_or_else(|| "(unknown)".to_string(), |p| p.name.clone())),
             cgroup: policy.map(|p| p.cgroup.to_string()),
@@ -344,17 +345,19 @@ impl Proxy {
                 return self.deny(down, &req, target, out, (421, reason)).await;
             }
         }
+        // One snapshot of the policies judges the whole request; a reload
+        // meanwhile judges the next one.
+        let policies = self.policies();
         let policy_id = target.orig.policy_id;
-        match self
-            .policies
-            .evaluate(policy_id, target.orig.dst, target.channel(), &view)
-        {
+        match policies.evaluate(policy_id, target.orig.dst, target.channel(), &view) {
             Decision::Deny { reason } => {
                 let why = (403, reason.describe().to_string());
                 self.deny(down, &req, target, out, why).await
             }
             Decision::Allow { rule, entry } => {
-                self.forward_allowed(down, &req, target, (rule, entry), out)
+                let upgrades = policies.allowed_upgrades(policy_id, rule, entry, &req.upgrade);
+                let rule = policies.rule(policy_id, rule);
+                self.forward_allowed(down, &req, target, (rule, upgrades), out)
                     .await
             }
         }
@@ -381,25 +384,21 @@ impl Proxy {
         write_reply(down, out, reply).await
     }
 
-    /// Forwards a request rule `rule` (its http entry `entry`) allows.
+    /// Forwards a request that `rule` allows, offering upstream the
+    /// Upgrade protocols `upgrades` that it allows.
     async fn forward_allowed<D: Transport>(
         &self,
         down: &mut BufStream<D>,
         req: &Request,
         target: &Target,
-        (rule, entry): (usize, Option<usize>),
+        (rule, upgrades): (Option<&CompiledRule>, Vec<String>),
         out: &mut Outcome,
     ) -> Next<UpStream> {
         out.verdict = Verdict::Allowed;
-        let policy_id = target.orig.policy_id;
-        let upgrades = self
-            .policies
-            .allowed_upgrades(policy_id, rule, entry, &req.upgrade);
         if upgrades.len() < req.upgrade.len() {
             metrics::upgrade_removed(&target.policy);
             out.flags.push(Flag::UPR);
         }
-        let rule = self.policies.rule(policy_id, rule);
         let settings = rule.map(|r| r.upstream).unwrap_or_default();
         let arrival = target.arrival(rule.and_then(|r| r.originate));
         let plan = plan_request(req, upgrades);

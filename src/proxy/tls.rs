@@ -110,13 +110,18 @@ impl Proxy {
         };
         let fields = |tls| tls_fields(tls, hello.sni.as_ref());
         let orig = &target.orig;
-        let out = match self.policies.tls_verdict(orig.policy_id, orig.dst, view) {
+        let policies = self.policies();
+        let out = match policies.tls_verdict(orig.policy_id, orig.dst, view) {
             TlsVerdict::PassThrough { rule } => {
                 let base = Record {
                     tls: Some(fields(TlsMode::Passthrough)),
                     ..base
                 };
-                let out = self.pass_through(stream, target, rule).await;
+                let settings = policies
+                    .rule(orig.policy_id, rule)
+                    .map(|r| r.upstream)
+                    .unwrap_or_default();
+                let out = self.pass_through(stream, target, settings).await;
                 self.log.write(record(&base, out, time, started.elapsed()));
                 return;
             }
@@ -304,12 +309,12 @@ impl Proxy {
 
     /// Splices the connection, ClientHello included, to its original
     /// destination until both sides have closed.
-    async fn pass_through(&self, stream: TcpStream, target: &Target, rule: usize) -> Outcome {
-        let settings = self
-            .policies
-            .rule(target.orig.policy_id, rule)
-            .map(|r| r.upstream)
-            .unwrap_or_default();
+    async fn pass_through(
+        &self,
+        stream: TcpStream,
+        target: &Target,
+        settings: crate::config::UpstreamConfig,
+    ) -> Outcome {
         let direct = Route {
             dst: target.orig.dst,
             tls: None,

@@ -27,6 +27,7 @@ mod incident;
 mod inspect;
 mod lifecycle;
 mod limits;
+mod reload;
 mod service;
 mod side_doors;
 mod sockmap;

@@ -166,7 +166,7 @@ impl Harness {
     ) -> Harness {
         let config = Config::parse(yaml, Path::new("proxy-test.yaml"))
             .unwrap_or_else(|e| panic!("test config: {e}\n{yaml}"));
-        let policies = Arc::new(PolicySet::compile(&config));
+        let policies = sockwarden::live::Live::new(Arc::new(PolicySet::compile(&config)));
         let log_path = temp_log_path();
         let _ = std::fs::remove_file(&log_path);
         let log = AccessLog::open(Some(log_path.to_str().expect("utf-8 temp path")))
