@@ -5,14 +5,14 @@
 //! `sockwarden detach` removes enforcement, and it says what it removed. A
 //! second instance on another pin path refuses to start beside the first.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::cgroup::TestCgroup;
 use crate::common::origin::{Origin, OriginConfig};
 use crate::netns::Topology;
-use crate::support::command_in;
-use crate::sw::{bare_scene, curl_status, origin_at, scene, tcp_connect, Sockwarden, BIN};
+use crate::sw::{
+    background_workload, bare_scene, curl_status, origin_at, scene, tcp_connect, Sockwarden, BIN,
+};
 
 /// GET through the proxy to 10.77.1.0/24:80; L4 to 10.77.1.10:9000.
 /// Nothing allows 10.77.1.10:9001.
@@ -147,12 +147,7 @@ fn each_start_takes_over_without_a_moment_unjudged() {
     let _denied = origin_at(&topo, "10.77.1.10:9001", OriginConfig::default());
     let mut first = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
     let stop = first.dir.join("probe.stop");
-    let probe = command_in(Some(&topo.node.path()), Some(cg.path()), "python3")
-        .args(["-c", PROBE])
-        .arg(&stop)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the probe");
+    let probe = background_workload(&topo.node, &cg, PROBE, &stop);
     std::thread::sleep(Duration::from_millis(300));
     // SIGTERM, start; SIGKILL, start: each start finds the earlier run's
     // programs attached and moves their links onto its own.

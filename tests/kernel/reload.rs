@@ -5,13 +5,13 @@
 //! whole (its hash unchanged); a request in flight finishes under the
 //! policy that accepted it, the next one on its connection is judged anew.
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use crate::common::origin::OriginConfig;
 use crate::common::wait_for;
 use crate::support::command_in;
-use crate::sw::{curl_status, origin_at, scene, tcp_connect, Sockwarden, BIN};
+use crate::sw::{background_workload, curl_status, origin_at, scene, tcp_connect, Sockwarden, BIN};
 
 /// Policy `flip`: GET of /data/<flavour>… through the proxy, L4 to port
 /// 9000 + flavour - 1. Nothing allows /data/3… or port 9002.
@@ -115,12 +115,7 @@ fn fifty_reloads_under_load_judge_everything_by_one_policy_or_the_other() {
         .map(|p| origin_at(&topo, &format!("10.77.1.10:{p}"), OriginConfig::default()));
     let sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel(), 1));
     let stop = sw.dir.join("load.stop");
-    let load = command_in(Some(&topo.node.path()), Some(cg.path()), "python3")
-        .args(["-c", LOAD])
-        .arg(&stop)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the load");
+    let load = background_workload(&topo.node, &cg, LOAD, &stop);
     std::thread::sleep(Duration::from_millis(300));
     const RELOADS: u64 = 50;
     for i in 0..RELOADS {

@@ -357,6 +357,23 @@ impl Drop for Sockwarden {
     }
 }
 
+/// Starts the Python `script` as a workload in `netns` and `cgroup`, in
+/// the background, with `stop` (a file whose creation tells it to finish)
+/// as its argument; its stdout is piped, for `wait_with_output`.
+pub fn background_workload(
+    netns: &Netns,
+    cgroup: &TestCgroup,
+    script: &str,
+    stop: &Path,
+) -> std::process::Child {
+    command_in(Some(&netns.path()), Some(cgroup.path()), "python3")
+        .args(["-c", script])
+        .arg(stop)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a background workload")
+}
+
 /// Runs `program args` as a workload: in `netns` and `cgroup`.
 pub fn workload(netns: &Netns, cgroup: &TestCgroup, program: &str, args: &[&str]) -> Output {
     command_in(Some(&netns.path()), Some(cgroup.path()), program)
