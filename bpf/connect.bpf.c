@@ -13,7 +13,9 @@
  *     when the policy has no free slot (or the socket no storage), counted
  *     in conn_counters;
  *   - allow: leave the connect() alone (an L4-only rule covers it);
- *   - deny: fail the connect() with EPERM (no rule covers it).
+ *   - deny: fail the connect() with EPERM (no rule covers it); under a
+ *     policy in mode: audit, let it through as an L4 allow would be,
+ *     counted as SW_VERDICT_WOULD_DENY and reported (an event).
  * Sockets it lets through are marked in sock_roles so that sockops keeps
  * their 4-tuples in the tuples map. Every allow, redirect and deny is
  * counted in verdict_counters.
@@ -158,10 +160,15 @@ static __always_inline int sw_decide(struct bpf_sock_addr *ctx, const __u8 addr[
 
 	verdict = sw_rule_verdict(policy_id, SW_PROTO_TCP, addr, port);
 	if (verdict == SW_VERDICT_DENY) {
-		sw_count(policy_id, verdict);
-		sw_event_emit(SW_EVENT_CONNECT_DENIED, policy_id, bpf_get_current_cgroup_id(),
-			      bpf_get_netns_cookie(ctx), addr, port, SW_PROTO_TCP);
-		return SW_CONNECT_FAIL;
+		sw_event_emit(ref.audit ? SW_EVENT_CONNECT_WOULD_DENY : SW_EVENT_CONNECT_DENIED,
+			      policy_id, bpf_get_current_cgroup_id(), bpf_get_netns_cookie(ctx),
+			      addr, port, SW_PROTO_TCP);
+		if (!ref.audit) {
+			sw_count(policy_id, verdict);
+			return SW_CONNECT_FAIL;
+		}
+		/* mode: audit: through, as an L4 allow would be, and counted apart. */
+		verdict = SW_VERDICT_WOULD_DENY;
 	}
 	/*
 	 * Enforced sockets are marked so sockops records their tuples (and, if

@@ -44,6 +44,9 @@ pub enum Flag {
     /// Stream idle timeout (Envoy's SI): a body made no progress for the
     /// body timeout and was cut; DC or UC beside it says whose.
     SI,
+    /// Audit: a policy in `mode: audit` let through what enforce mode would
+    /// have denied (`would_deny` says what would have).
+    AUD,
 }
 
 /// One access-log line: the connection's fields, then what the request
@@ -107,6 +110,9 @@ pub struct Outcome {
     pub flags: Vec<Flag>,
     /// Why the proxy answered for itself, when it did.
     pub reason: Option<String>,
+    /// Under `mode: audit`, what would have denied this in enforce mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_deny: Option<String>,
     pub upstream_id: Option<u64>,
     pub upstream_attempts: u32,
     /// The name the proxy's TLS to the origin was for (interception and
@@ -135,6 +141,7 @@ impl Outcome {
             verdict: Verdict::Error,
             flags: Vec::new(),
             reason: None,
+            would_deny: None,
             upstream_id: None,
             upstream_attempts: 0,
             upstream_sni: None,
@@ -154,7 +161,9 @@ pub struct DeniedConnect {
     /// When userspace read the event (RFC 3339, UTC).
     #[serde(serialize_with = "rfc3339")]
     pub time: SystemTime,
-    /// Always `connect_denied`: what tells these lines from requests.
+    /// `connect_denied`, or `connect_would_deny` (a policy in `mode: audit`
+    /// let through a connect no egress rule allows): what tells these lines
+    /// from requests.
     pub kind: &'static str,
     /// `connect` or `sendmsg`.
     pub call: &'static str,

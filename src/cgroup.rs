@@ -260,6 +260,7 @@ fn policy_dirs(root: &Path, policies: &PolicySet) -> Vec<(PolicyRef, PathBuf)> {
             let policy = PolicyRef {
                 id: p.id,
                 icmp: p.icmp,
+                audit: p.audit,
             };
             (policy, p.cgroup.under(root))
         })

@@ -566,6 +566,29 @@ pub struct Policy {
     /// any destination. Off: socket() of either fails with EPERM.
     #[serde(default)]
     pub icmp: bool,
+    /// `enforce` (the default) or `audit`: what enforce would refuse at
+    /// connect() or deny at layer 7 is let through, logged with what would
+    /// have denied it, and counted (`sockwarden_would_deny_total`).
+    #[serde(default)]
+    pub mode: PolicyMode,
+}
+
+/// Whether a policy's denials apply or are only reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl PolicyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Audit => "audit",
+        }
+    }
 }
 
 impl Config {

@@ -42,15 +42,17 @@ pub fn denied_line(
     policies: &PolicySet,
     now: SystemTime,
 ) -> Option<DeniedConnect> {
-    let call = match e.kind {
-        EventKind::ConnectDenied => "connect",
-        EventKind::SendmsgDenied => "sendmsg",
+    let (kind, call) = match e.kind {
+        EventKind::ConnectDenied => ("connect_denied", "connect"),
+        EventKind::SendmsgDenied => ("connect_denied", "sendmsg"),
+        // mode: audit let it through; no egress rule allows it.
+        EventKind::ConnectWouldDeny => ("connect_would_deny", "connect"),
         EventKind::Unreached => return None,
     };
     let policy = policies.get(e.policy_id);
     Some(DeniedConnect {
         time: now,
-        kind: "connect_denied",
+        kind,
         call,
         policy: policy.map(|p| p.name.clone()),
         cgroup: policy.map(|p| p.cgroup.to_string()),
@@ -232,6 +234,20 @@ mod tests {
                     "call": "connect", "policy": "pods", "cgroup": "/kubepods/pods",
                     "cgroup_id": 4242, "pid": 77, "comm": "curl", "protocol": "tcp",
                     "destination": "10.77.1.10", "port": 81, "netns_cookie": 9
+                })),
+            ),
+            (
+                event(
+                    EventKind::ConnectWouldDeny,
+                    "10.77.1.10:82",
+                    Transport::Tcp,
+                    9,
+                ),
+                Some(serde_json::json!({
+                    "time": "2027-01-15T08:00:00.000Z", "kind": "connect_would_deny",
+                    "call": "connect", "policy": "pods", "cgroup": "/kubepods/pods",
+                    "cgroup_id": 4242, "pid": 77, "comm": "curl", "protocol": "tcp",
+                    "destination": "10.77.1.10", "port": 82, "netns_cookie": 9
                 })),
             ),
             (

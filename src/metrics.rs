@@ -32,6 +32,7 @@ pub const UPSTREAM_RETRIES: &str = "sockwarden_upstream_retries_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "sockwarden_upstream_retry_budget_exhausted_total";
 pub const CONNECTIONS_CUT: &str = "sockwarden_downstream_connections_cut_total";
 pub const CONFIG_RELOADS: &str = "sockwarden_config_reloads_total";
+pub const WOULD_DENY: &str = "sockwarden_would_deny_total";
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
@@ -164,6 +165,10 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CONNECTIONS_CUT,
         "downstream connections cut at shutdown because they were still busy at the drain deadline"
+    );
+    describe_counter!(
+        WOULD_DENY,
+        "what a policy in mode: audit let through that enforce mode would have refused, by policy and stage: connect (a TCP connect() no rule allows, counted by the kernel), http (a request no http rule matches), tls (a ClientHello no tls rule admits)"
     );
     describe_counter!(
         CONFIG_RELOADS,
@@ -510,6 +515,35 @@ pub fn downstream_closed() {
 
 pub fn connections_cut(n: usize) {
     counter!(CONNECTIONS_CUT).increment(n as u64);
+}
+
+/// Where a policy in audit mode let through what enforce mode would deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditStage {
+    Connect,
+    Http,
+    Tls,
+}
+
+impl AuditStage {
+    pub fn label(self) -> &'static str {
+        match self {
+            AuditStage::Connect => "connect",
+            AuditStage::Http => "http",
+            AuditStage::Tls => "tls",
+        }
+    }
+}
+
+/// One more request or ClientHello let through by `mode: audit`.
+pub fn would_deny(policy: &str, stage: AuditStage) {
+    counter!(WOULD_DENY, "policy" => policy.to_string(), "stage" => stage.label()).increment(1);
+}
+
+/// The kernel's total of connects let through by `mode: audit`.
+pub fn would_deny_connects(policy: &str, total: u64) {
+    counter!(WOULD_DENY, "policy" => policy.to_string(), "stage" => AuditStage::Connect.label())
+        .absolute(total);
 }
 
 /// How a reload ended (`sockwarden_config_reloads_total{result}`).

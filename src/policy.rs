@@ -187,6 +187,8 @@ pub struct CompiledPolicy {
     pub max_connections: u32,
     /// ICMP echo sockets allowed (`icmp: true`).
     pub icmp: bool,
+    /// `mode: audit`: denials are reported and let through.
+    pub audit: bool,
 }
 
 /// The outcome of evaluating one request.
@@ -300,6 +302,7 @@ impl PolicySet {
                 id: ids[i],
                 max_connections: limits.get(i).copied().unwrap_or(0),
                 icmp: p.icmp,
+                audit: p.mode == crate::config::PolicyMode::Audit,
                 name: p.name.value.clone(),
                 cgroup: p.cgroup.clone(),
                 rules: p
@@ -329,6 +332,14 @@ impl PolicySet {
 
     pub fn get(&self, id: PolicyId) -> Option<&CompiledPolicy> {
         self.policies.iter().find(|p| p.id == id)
+    }
+
+    /// The rule a request that policy `id` would deny goes through under
+    /// `mode: audit` (for its upstream settings): the first that covers
+    /// `dst`, if any. None when the policy is not in audit mode.
+    pub fn audited(&self, id: PolicyId, dst: SocketAddr) -> Option<Option<&CompiledRule>> {
+        let p = self.get(id).filter(|p| p.audit)?;
+        Some(p.rules.iter().find(|r| r.covers(dst)))
     }
 
     /// (name, id) of every policy.

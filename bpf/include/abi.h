@@ -59,7 +59,8 @@ enum sw_verdict {
 	SW_VERDICT_DENY = 0,     /* refused with EPERM (never stored: absence) */
 	SW_VERDICT_ALLOW = 1,    /* allowed at L4, not redirected */
 	SW_VERDICT_REDIRECT = 2, /* allowed if HTTP rules pass: sent to the proxy */
-	SW_VERDICT_MAX = 3,
+	SW_VERDICT_WOULD_DENY = 3, /* counted only: no rule allows it, let through by mode: audit */
+	SW_VERDICT_MAX = 4,
 };
 
 /* TCP states as the tuple map records them (the kernel's BPF_TCP_* values). */
@@ -186,7 +187,8 @@ struct sw_tuple_value {
 /* policy_cgroups value: which policy enforces this cgroup (and descendants). */
 struct sw_policy_ref {
 	__u32 policy_id;
-	__u32 icmp; /* 1: ICMP echo allowed (ping and raw ICMP sockets; icmp: true) */
+	__u32 icmp;  /* 1: ICMP echo allowed (ping and raw ICMP sockets; icmp: true) */
+	__u32 audit; /* 1: mode: audit (a TCP connect() no rule allows is let through, counted, reported) */
 };
 
 /* sw_rule_key.proto: the transport a rule entry covers (IANA protocol numbers). */
@@ -277,6 +279,8 @@ enum sw_event_kind {
 	 * reached the listener.
 	 */
 	SW_EVENT_UNREACHED = 3,
+	/* A TCP connect() no rule allows, let through by mode: audit. */
+	SW_EVENT_CONNECT_WOULD_DENY = 4,
 };
 
 /*
@@ -322,7 +326,7 @@ struct sw_conn_counter_key {
  * it). Rust checks its generated twins against the same numbers.
  */
 enum sw_abi_size {
-	SW_SIZEOF_POLICY_REF = 8,        /* 4 + 4 */
+	SW_SIZEOF_POLICY_REF = 12,       /* 4 + 4 + 4 */
 	SW_SIZEOF_RULE_KEY = 28,         /* 4 + 4 + 2 + 2 + 16 */
 	SW_SIZEOF_RULE_VALUE = 4,
 	SW_SIZEOF_ORIG_DST = 40,         /* 16 + 2 + 2 + 4 + 8 + 8 */

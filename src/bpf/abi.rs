@@ -102,6 +102,8 @@ pub struct PolicyRef {
     pub id: PolicyId,
     /// ICMP echo sockets allowed.
     pub icmp: bool,
+    /// `mode: audit`: a TCP connect() no rule allows is let through.
+    pub audit: bool,
 }
 
 /// The policy_cgroups value of `policy`.
@@ -109,6 +111,7 @@ pub(super) fn policy_ref(policy: PolicyRef) -> sw_policy_ref {
     sw_policy_ref {
         policy_id: policy.id,
         icmp: u32::from(policy.icmp),
+        audit: u32::from(policy.audit),
     }
 }
 
@@ -191,6 +194,8 @@ pub enum EventKind {
     SendmsgDenied,
     /// A redirected connection closed without reaching the listener.
     Unreached,
+    /// A TCP connect() no rule allows, let through by `mode: audit`.
+    ConnectWouldDeny,
 }
 
 /// One record of the events ring buffer.
@@ -219,6 +224,7 @@ pub(super) fn kernel_event(bytes: &[u8]) -> Option<KernelEvent> {
         sw_event_kind::SW_EVENT_CONNECT_DENIED => EventKind::ConnectDenied,
         sw_event_kind::SW_EVENT_SENDMSG_DENIED => EventKind::SendmsgDenied,
         sw_event_kind::SW_EVENT_UNREACHED => EventKind::Unreached,
+        sw_event_kind::SW_EVENT_CONNECT_WOULD_DENY => EventKind::ConnectWouldDeny,
         _ => return None,
     };
     let transport = [Transport::Tcp, Transport::Udp]
@@ -648,20 +654,33 @@ mod tests {
         let cases: &[(&str, Vec<u8>, Vec<u8>)] = &[
             (
                 "policy ref",
-                policy_ref(PolicyRef { id: 3, icmp: true })
-                    .as_bytes()
-                    .to_vec(),
-                bytes(&[&3u32.to_ne_bytes(), &1u32.to_ne_bytes()]),
-            ),
-            (
-                "policy ref without icmp",
                 policy_ref(PolicyRef {
-                    id: 255,
-                    icmp: false,
+                    id: 3,
+                    icmp: true,
+                    audit: false,
                 })
                 .as_bytes()
                 .to_vec(),
-                bytes(&[&255u32.to_ne_bytes(), &0u32.to_ne_bytes()]),
+                bytes(&[
+                    &3u32.to_ne_bytes(),
+                    &1u32.to_ne_bytes(),
+                    &0u32.to_ne_bytes(),
+                ]),
+            ),
+            (
+                "policy ref in audit mode, without icmp",
+                policy_ref(PolicyRef {
+                    id: 255,
+                    icmp: false,
+                    audit: true,
+                })
+                .as_bytes()
+                .to_vec(),
+                bytes(&[
+                    &255u32.to_ne_bytes(),
+                    &0u32.to_ne_bytes(),
+                    &1u32.to_ne_bytes(),
+                ]),
             ),
             (
                 "counter key",

@@ -32,6 +32,7 @@ const VERDICTS: [abi::sw_verdict; abi::sw_verdict::SW_VERDICT_MAX.0 as usize] = 
     abi::sw_verdict::SW_VERDICT_DENY,
     abi::sw_verdict::SW_VERDICT_ALLOW,
     abi::sw_verdict::SW_VERDICT_REDIRECT,
+    abi::sw_verdict::SW_VERDICT_WOULD_DENY,
 ];
 
 /// Every conn_counters event of a policy.
@@ -65,6 +66,8 @@ struct ConnectCounts {
     allowed: u64,
     redirected: u64,
     denied: u64,
+    /// Let through by `mode: audit`: no rule allows them.
+    would_deny: u64,
 }
 
 /// The sockmap engine's kernel-side counters (see enum sw_msg_counter).
@@ -156,6 +159,7 @@ impl Maps {
             allowed: read(abi::sw_verdict::SW_VERDICT_ALLOW)?,
             redirected: read(abi::sw_verdict::SW_VERDICT_REDIRECT)?,
             denied: read(abi::sw_verdict::SW_VERDICT_DENY)?,
+            would_deny: read(abi::sw_verdict::SW_VERDICT_WOULD_DENY)?,
         })
     }
 
@@ -232,6 +236,7 @@ fn record_connect(policy: &str, c: &ConnectCounts) {
     ] {
         metrics::connect_decisions(policy, decision, n);
     }
+    metrics::would_deny_connects(policy, c.would_deny);
 }
 
 fn record_conns(policy: &str, c: &ConnCounts) {
@@ -289,6 +294,7 @@ mod tests {
             allowed: 1,
             redirected: 2,
             denied: 3,
+            would_deny: 10,
         };
         let conns = ConnCounts {
             in_flight: 4,
@@ -320,6 +326,7 @@ mod tests {
                     r#"sockwarden_connect_decisions_total{policy="p",verdict="denied"} 3"#,
                     r#"sockwarden_connect_decisions_total{policy="p",verdict="redirected"} 2"#,
                     r#"sockwarden_connect_denied_total{policy="p"} 3"#,
+                    r#"sockwarden_would_deny_total{policy="p",stage="connect"} 10"#,
                 ],
             ),
             (

@@ -350,10 +350,20 @@ impl Proxy {
         let policies = self.policies();
         let policy_id = target.orig.policy_id;
         match policies.evaluate(policy_id, target.orig.dst, target.channel(), &view) {
-            Decision::Deny { reason } => {
-                let why = (403, reason.describe().to_string());
-                self.deny(down, &req, target, out, why).await
-            }
+            Decision::Deny { reason } => match policies.audited(policy_id, target.orig.dst) {
+                // mode: audit: through, reported with what would deny it.
+                Some(rule) => {
+                    metrics::would_deny(&target.policy, metrics::AuditStage::Http);
+                    out.flags.push(Flag::AUD);
+                    out.would_deny = Some(reason.describe().to_string());
+                    self.forward_allowed(down, &req, target, (rule, Vec::new()), out)
+                        .await
+                }
+                None => {
+                    let why = (403, reason.describe().to_string());
+                    self.deny(down, &req, target, out, why).await
+                }
+            },
             Decision::Allow { rule, entry } => {
                 let upgrades = policies.allowed_upgrades(policy_id, rule, entry, &req.upgrade);
                 let rule = policies.rule(policy_id, rule);

@@ -129,11 +129,27 @@ impl Proxy {
                 let at = (time, started);
                 return self.intercept(stream, target, base, hello, at).await;
             }
-            TlsVerdict::Refuse(denial) => {
-                let why = denial.describe().to_string();
-                self.refuse(stream, target, TlsRefusal::Denied(denial), why)
-                    .await
-            }
+            TlsVerdict::Refuse(denial) => match policies.audited(orig.policy_id, orig.dst) {
+                // mode: audit: passed through whole, reported.
+                Some(rule) => {
+                    metrics::would_deny(&target.policy, metrics::AuditStage::Tls);
+                    let base = Record {
+                        tls: Some(fields(TlsMode::Passthrough)),
+                        ..base
+                    };
+                    let settings = rule.map(|r| r.upstream).unwrap_or_default();
+                    let mut out = self.pass_through(stream, target, settings).await;
+                    out.flags.push(Flag::AUD);
+                    out.would_deny = Some(denial.describe().to_string());
+                    self.log.write(record(&base, out, time, started.elapsed()));
+                    return;
+                }
+                None => {
+                    let why = denial.describe().to_string();
+                    self.refuse(stream, target, TlsRefusal::Denied(denial), why)
+                        .await
+                }
+            },
         };
         let base = Record {
             tls: Some(fields(TlsMode::Refused)),

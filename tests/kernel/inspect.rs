@@ -180,7 +180,11 @@ fn a_denied_connect_and_a_denied_send_leave_one_line_each() {
     // Allowed: no line.
     assert_eq!(tcp_connect(&topo.pod, Some(&cg), "10.77.1.10", 80), "ok");
 
-    let lines = wait_for(Duration::from_secs(5), || sw.denied_log(), |l| l.len() >= 2);
+    let lines = wait_for(
+        Duration::from_secs(5),
+        || sw.event_log("connect_denied"),
+        |l| l.len() >= 2,
+    );
     assert_eq!(lines.len(), 2, "{lines:?}");
     let cgroup_id = std::fs::metadata(cg.path()).expect("cgroup").ino();
     let netns = netns_cookie(&topo.pod);
@@ -240,7 +244,7 @@ fn a_flood_of_denied_connects_is_rate_limited_and_the_drops_counted() {
         Duration::from_secs(5),
         || {
             (
-                sw.denied_log().len(),
+                sw.event_log("connect_denied").len(),
                 dropped("rate_limit"),
                 dropped("ring_full"),
             )

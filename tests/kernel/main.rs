@@ -18,6 +18,7 @@ mod netns;
 mod support;
 mod sw;
 
+mod audit;
 mod bodies;
 mod drain;
 mod enforcement;

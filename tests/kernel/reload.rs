@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::common::origin::OriginConfig;
 use crate::common::wait_for;
 use crate::support::command_in;
-use crate::sw::{background_workload, curl_status, origin_at, scene, tcp_connect, Sockwarden, BIN};
+use crate::sw::{background_workload, origin_at, origin_get, scene, tcp_connect, Sockwarden};
 
 /// Policy `flip`: GET of /data/<flavour>… through the proxy, L4 to port
 /// 9000 + flavour - 1. Nothing allows /data/3… or port 9002.
@@ -22,21 +22,6 @@ fn policy(cgroup: &str, flavour: u8) -> String {
          \x20     - {{ to: [\"10.77.1.10/32\"], ports: [{}] }}\n",
         9000 + u16::from(flavour) - 1
     )
-}
-
-/// Rewrites `sw`'s configuration file with `body` (as [`Sockwarden::config`]).
-fn rewrite(sw: &Sockwarden, tag: &str, body: &str) {
-    let text = Sockwarden::config(tag, &sw.dir, body);
-    std::fs::write(sw.dir.join("sockwarden.yaml"), text).expect("rewrite config");
-}
-
-/// `sockwarden reload --config <sw's file>` run in the node namespace.
-fn reload(sw: &Sockwarden, node: &crate::netns::Netns) -> Output {
-    command_in(Some(&node.path()), None, BIN)
-        .args(["reload", "--config"])
-        .arg(sw.dir.join("sockwarden.yaml"))
-        .output()
-        .expect("run sockwarden reload")
 }
 
 fn out(o: &Output) -> String {
@@ -120,8 +105,8 @@ fn fifty_reloads_under_load_judge_everything_by_one_policy_or_the_other() {
     const RELOADS: u64 = 50;
     for i in 0..RELOADS {
         let flavour = if i % 2 == 0 { 2 } else { 1 };
-        rewrite(&sw, &tag, &policy(cg.rel(), flavour));
-        let o = reload(&sw, &topo.node);
+        sw.rewrite(&tag, &policy(cg.rel(), flavour));
+        let o = sw.reload();
         assert!(o.status.success(), "reload {i}: {}", out(&o));
         assert!(
             out(&o).starts_with(&format!("reloaded: generation {}, sha256:", i + 2)),
@@ -188,22 +173,15 @@ fn fifty_reloads_under_load_judge_everything_by_one_policy_or_the_other() {
 fn a_bad_configuration_leaves_the_one_in_force_and_in_flight_requests_finish() {
     let (tag, topo, _origin, cg) = scene("reload-bad", "app", OriginConfig::default());
     let mut sw = Sockwarden::start(&topo.node, &tag, &policy(cg.rel(), 1));
-    let get = |path: &str| {
-        curl_status(
-            &topo.node,
-            Some(&cg),
-            &[],
-            &format!("http://10.77.1.10{path}"),
-        )
-    };
+    let get = |path: &str| origin_get(&topo.node, &cg, path);
     assert_eq!(get("/data/1"), "200");
     let (generation, hash) = dumped(&sw);
     assert_eq!(generation, 1);
 
     // Invalid: the error names file, line and column; nothing changes.
     let broken = policy(cg.rel(), 2).replace("ports: [80]", "ports: [eighty]");
-    rewrite(&sw, &tag, &broken);
-    let o = reload(&sw, &topo.node);
+    sw.rewrite(&tag, &broken);
+    let o = sw.reload();
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
     let text = out(&o);
     assert!(
@@ -218,8 +196,8 @@ fn a_bad_configuration_leaves_the_one_in_force_and_in_flight_requests_finish() {
 
     // Rejected: what only a restart can change.
     let moved = format!("  client_idle_timeout: 30s\n{}", policy(cg.rel(), 2));
-    rewrite(&sw, &tag, &moved);
-    let o = reload(&sw, &topo.node);
+    sw.rewrite(&tag, &moved);
+    let o = sw.reload();
     assert_eq!(o.status.code(), Some(1), "{}", out(&o));
     assert!(
         out(&o).starts_with("reload rejected: proxy cannot change without a restart"),
@@ -251,8 +229,8 @@ fn a_bad_configuration_leaves_the_one_in_force_and_in_flight_requests_finish() {
             .expect("curl")
     });
     std::thread::sleep(Duration::from_millis(1500));
-    rewrite(&sw, &tag, &policy(cg.rel(), 2));
-    let o = reload(&sw, &topo.node);
+    sw.rewrite(&tag, &policy(cg.rel(), 2));
+    let o = sw.reload();
     assert!(o.status.success(), "{}", out(&o));
     let finished = download.join().expect("download thread");
     assert_eq!(
@@ -274,7 +252,7 @@ fn a_bad_configuration_leaves_the_one_in_force_and_in_flight_requests_finish() {
     );
 
     // SIGHUP does the same (what systemctl reload sends).
-    rewrite(&sw, &tag, &policy(cg.rel(), 1));
+    sw.rewrite(&tag, &policy(cg.rel(), 1));
     let pid = nix::unistd::Pid::from_raw(sw.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     let generation = wait_for(Duration::from_secs(10), || dumped(&sw).0, |g| *g == 3);

@@ -142,6 +142,22 @@ impl Sockwarden {
         }
     }
 
+    /// Rewrites the configuration file with `body` (as [`Sockwarden::config`]
+    /// for pin path `tag`).
+    pub fn rewrite(&self, tag: &str, body: &str) {
+        let text = Self::config(tag, &self.dir, body);
+        std::fs::write(self.dir.join("sockwarden.yaml"), text).expect("rewrite config");
+    }
+
+    /// `sockwarden reload --config <its file>`, run in its namespace.
+    pub fn reload(&self) -> Output {
+        command_in(Some(&self.node), None, BIN)
+            .args(["reload", "--config"])
+            .arg(self.dir.join("sockwarden.yaml"))
+            .output()
+            .expect("run sockwarden reload")
+    }
+
     /// The process id of the running binary.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
@@ -184,12 +200,13 @@ impl Sockwarden {
             .collect()
     }
 
-    /// The access log's lines for connects the kernel denied
-    /// (`"kind":"connect_denied"`).
-    pub fn denied_log(&self) -> Vec<serde_json::Value> {
+    /// The access log's lines of one `kind` of kernel event:
+    /// `connect_denied` (connects and sends the kernel refused) or
+    /// `connect_would_deny` (connects `mode: audit` let through).
+    pub fn event_log(&self, kind: &str) -> Vec<serde_json::Value> {
         self.access_log_lines()
             .into_iter()
-            .filter(|l| l["kind"] == "connect_denied")
+            .filter(|l| l["kind"] == kind)
             .collect()
     }
 
@@ -434,6 +451,17 @@ pub fn curl_status(
     url: &str,
 ) -> String {
     curl_write_out(netns, cgroup, "%{http_code}", extra, url)
+}
+
+/// The status of a GET of `path` from the origin at 10.77.1.10, as a
+/// workload in `cgroup` asks for it.
+pub fn origin_get(netns: &Netns, cgroup: &TestCgroup, path: &str) -> String {
+    curl_status(
+        netns,
+        Some(cgroup),
+        &[],
+        &format!("http://10.77.1.10{path}"),
+    )
 }
 
 /// curl printing `write_out` (e.g. `%{http_code} %{local_port}`), the body
