@@ -134,8 +134,9 @@ pub struct Kernel {
     _links: Vec<(PathBuf, Link)>,
     /// How many links an earlier run left attached were taken over.
     pub taken_over: usize,
-    /// Held while this process owns `pin_path`; the last field, so dropped last.
-    _lock: PinLock,
+    /// Held while this process owns `pin_path`; the last field, so dropped
+    /// last. None once handed over ([`Kernel::release`]).
+    _lock: Option<PinLock>,
 }
 
 /// What a generation's maps hold before any of its programs runs.
@@ -148,6 +149,16 @@ pub struct StaticPolicy<'a> {
     pub limits: &'a [u32],
     /// The policies whose counters start now (at 0).
     pub new_ids: &'a [crate::policy::PolicyId],
+}
+
+/// How a start finds the pin path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Alone: what an earlier run left is taken over with fresh maps.
+    Fresh,
+    /// From a running instance that handed over (`run --take-over`): its
+    /// state maps are shared, as a reload shares them.
+    TakeOver,
 }
 
 /// Where a reload builds its generation's policy maps, under the pin path.
@@ -193,13 +204,16 @@ impl Kernel {
     /// replace it (each link's program swapped in place), then is removed.
     pub fn load(
         lock: PinLock,
-        pin_path: &Path,
+        (pin_path, start): (&Path, Start),
         cgroup_root: &Path,
         programs: &Programs,
         policy: StaticPolicy<'_>,
     ) -> Result<Kernel, BpfError> {
         pins::ensure_bpffs(pin_path)?;
-        let mut previous = pins::set_aside(pin_path)?;
+        let mut previous = match start {
+            Start::Fresh => pins::set_aside(pin_path)?,
+            Start::TakeOver => pins::Previous::pinned(pin_path)?,
+        };
         let cgroup_err = |source| BpfError::Cgroup {
             path: cgroup_root.to_path_buf(),
             source,
@@ -236,6 +250,18 @@ impl Kernel {
             id,
             path: cgroup_root,
         };
+        if start == Start::TakeOver {
+            let mut kernel = Kernel {
+                pin_path: pin_path.to_path_buf(),
+                cgroup: (cgroup, id, cgroup_root.to_path_buf()),
+                maps: Arc::new(Maps::open_pinned(pin_path)?),
+                _links: Vec::new(),
+                taken_over: previous.link_count(),
+                _lock: Some(lock),
+            };
+            kernel.next_generation(programs, previous, policy)?;
+            return Ok(kernel);
+        }
         let pins = skel::MapPins {
             state: pin_path,
             policy: pin_path,
@@ -256,7 +282,7 @@ impl Kernel {
             maps: Arc::new(maps),
             _links: attached.links,
             taken_over: attached.taken,
-            _lock: lock,
+            _lock: Some(lock),
         })
     }
 
@@ -271,13 +297,24 @@ impl Kernel {
         programs: &Programs,
         policy: StaticPolicy<'_>,
     ) -> Result<(), BpfError> {
+        let own = pins::Previous::pinned(&self.pin_path)?;
+        self.next_generation(programs, own, policy)
+    }
+
+    /// The generation after the one whose links are `own` (this process's,
+    /// or a process's that handed over): see [`Kernel::reload`].
+    fn next_generation(
+        &mut self,
+        programs: &Programs,
+        mut own: pins::Previous,
+        policy: StaticPolicy<'_>,
+    ) -> Result<(), BpfError> {
         let next = self.pin_path.join(NEXT_DIR);
         pins::remove_pins(&next)?;
         std::fs::create_dir_all(&next).map_err(|source| BpfError::CreateDir {
             path: next.clone(),
             source,
         })?;
-        let mut own = pins::Previous::pinned(&self.pin_path)?;
         let at = skel::AttachPoint {
             fd: self.cgroup.0.as_raw_fd(),
             id: self.cgroup.1,
@@ -305,5 +342,11 @@ impl Kernel {
 
     pub fn maps(&self) -> Arc<Maps> {
         Arc::clone(&self.maps)
+    }
+
+    /// Gives up the pin lock after a handoff: the process that took over
+    /// owns the pins from now on, and this one must not touch them.
+    pub fn release(&mut self) {
+        self._lock = None;
     }
 }

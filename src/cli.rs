@@ -29,6 +29,11 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Take over from the sockwarden running with the same pin path:
+        /// its listening sockets are handed over, it stops accepting and
+        /// drains, and no connection is refused meanwhile (an upgrade).
+        #[arg(long)]
+        take_over: bool,
     },
     /// Validate a configuration file without touching the kernel.
     Check {
@@ -208,7 +213,7 @@ pub fn main() -> ExitCode {
         }
         Command::Rules { config, pin_path } => crate::inspect::command(config, pin_path),
         Command::Ca { action } => ca_command(action),
-        Command::Run { config } => {
+        Command::Run { config, take_over } => {
             init_tracing();
             let loaded = match Config::load(&config) {
                 Ok(c) => c,
@@ -230,7 +235,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::run::run(loaded, config, notifier)) {
+            match runtime.block_on(crate::run::run(loaded, (config, take_over), notifier)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("sockwarden: {e:#}");

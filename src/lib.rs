@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod features;
+pub mod handoff;
 pub mod inspect;
 pub mod live;
 pub mod metrics;

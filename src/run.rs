@@ -30,6 +30,13 @@ use crate::reload::{self as decide, ReloadError};
 /// How often expired TIME_WAIT entries are removed from the tuple map.
 const TUPLE_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A listening socket handed over by the instance this one takes over from.
+fn adopt(l: std::net::TcpListener) -> anyhow::Result<TcpListener> {
+    l.set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(l))
+        .context("adopting a handed-over listening socket")
+}
+
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -38,8 +45,68 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Runs until SIGTERM or SIGINT, telling systemd through `notifier`;
 /// SIGHUP (or `POST /reload`) re-reads `path`.
-pub async fn run(config: Config, path: PathBuf, notifier: Option<Notifier>) -> anyhow::Result<()> {
-    let policies = Arc::new(PolicySet::compile(&config));
+pub async fn run(
+    config: Config,
+    (path, take_over): (PathBuf, bool),
+    notifier: Option<Notifier>,
+) -> anyhow::Result<()> {
+    // An upgrade: the running instance's sockets and policy ids, once it
+    // has stopped accepting and given up the pin path.
+    let mut inherited = None;
+    // When the running instance stopped accepting, for the log.
+    let mut paused = None;
+    if take_over {
+        let mut i = crate::handoff::request(&config.bpf.pin_path).context("taking over")?;
+        if let Some(why) = i.offer.mismatch(
+            config.proxy.listen,
+            config.proxy.listen_v6,
+            config.admin.listen,
+        ) {
+            anyhow::bail!("taking over: {why}");
+        }
+        i.wait_released().context("taking over")?;
+        paused = Some(std::time::Instant::now());
+        tracing::info!(
+            pid = i.offer.pid,
+            "the running sockwarden handed over its listening sockets and stopped accepting"
+        );
+        inherited = Some(i);
+    }
+    let names: Vec<&str> = config
+        .policies
+        .iter()
+        .map(|p| p.name.value.as_str())
+        .collect();
+    let ids = match &inherited {
+        // Its policies keep their ids (the open-connection counts and the
+        // counters in the shared maps are by id).
+        Some(i) => {
+            let previous: Vec<(&str, PolicyId)> = i
+                .offer
+                .policies
+                .iter()
+                .map(|(n, id)| (n.as_str(), *id))
+                .collect();
+            assign_ids(&previous, &names, |_| false).context("taking over: no policy id is free")?
+        }
+        None => (0..names.len() as PolicyId).collect(),
+    };
+    let policies = Arc::new(PolicySet::compile_with_ids(&config, &ids));
+    // The policies whose counters start now: all of them, or on a take-over
+    // those the running instance did not have.
+    let handed: Option<Vec<PolicyId>> = inherited
+        .as_ref()
+        .map(|i| i.offer.policies.iter().map(|(_, id)| *id).collect());
+    let new_ids: Vec<PolicyId> = ids
+        .iter()
+        .copied()
+        .filter(|id| handed.as_ref().is_none_or(|h| !h.contains(id)))
+        .collect();
+    let start = if handed.is_some() {
+        crate::bpf::Start::TakeOver
+    } else {
+        crate::bpf::Start::Fresh
+    };
     for w in policies.warnings() {
         tracing::warn!("{w}");
     }
@@ -80,12 +147,21 @@ pub async fn run(config: Config, path: PathBuf, notifier: Option<Notifier>) -> a
     }
 
     // Listeners first: a taken address fails before the kernel is touched.
-    let listener = bind(config.proxy.listen, "proxy.listen").await?;
-    let listener_v6 = match config.proxy.listen_v6 {
-        Some(a) => Some(bind(a, "proxy.listen_v6").await?),
-        None => None,
+    let (listener, listener_v6, admin_listener) = match inherited.take() {
+        Some(i) => (
+            adopt(i.listen)?,
+            i.listen_v6.map(adopt).transpose()?,
+            adopt(i.admin)?,
+        ),
+        None => (
+            bind(config.proxy.listen, "proxy.listen").await?,
+            match config.proxy.listen_v6 {
+                Some(a) => Some(bind(a, "proxy.listen_v6").await?),
+                None => None,
+            },
+            bind(config.admin.listen, "admin.listen").await?,
+        ),
     };
-    let admin_listener = bind(config.admin.listen, "admin.listen").await?;
 
     // The return path for preserve modes before the kernel is touched: a
     // start that cannot set it up leaves nothing attached.
@@ -122,17 +198,16 @@ pub async fn run(config: Config, path: PathBuf, notifier: Option<Notifier>) -> a
         packet_lsm: packet_open.is_none(),
         exclusive: !config.testing.allow_other_enforcers,
     };
-    let ids: Vec<PolicyId> = policies.policies.iter().map(|p| p.id).collect();
     let mut kernel = match Kernel::load(
         lock,
-        &config.bpf.pin_path,
+        (&config.bpf.pin_path, start),
         &root,
         &programs,
         StaticPolicy {
             rules: &rule_entries(&policies),
             cgroups: &cgroup::present(&root, &policies),
             limits: &policies.limits(),
-            new_ids: &ids,
+            new_ids: &new_ids,
         },
     ) {
         Ok(k) => k,
@@ -167,7 +242,10 @@ pub async fn run(config: Config, path: PathBuf, notifier: Option<Notifier>) -> a
         packet_open,
         policies,
         listen: config.proxy.listen,
+        listen_v6: config.proxy.listen_v6,
+        admin: config.admin.listen,
         notifier,
+        paused,
     };
     reloader.watch();
     let result = serve(
@@ -180,15 +258,59 @@ pub async fn run(config: Config, path: PathBuf, notifier: Option<Notifier>) -> a
         admin_listener,
     )
     .await;
-    if let Some(mut rp) = return_path {
-        rp.remove();
+    match result {
+        // The process that took over owns the pins, the return path and
+        // the sockets now.
+        Ok(Stopped::HandedOver) => {
+            tracing::info!("handed over: the new sockwarden enforces and accepts");
+            Ok(())
+        }
+        result => {
+            if let Some(mut rp) = return_path {
+                rp.remove();
+            }
+            drop(kernel);
+            tracing::info!(
+                pin_path = %config.bpf.pin_path.display(),
+                "stopped; enforcement stays in place: connects that need the proxy are refused and L4 rules apply until the next start takes over (`sockwarden detach` removes it)"
+            );
+            result.map(|_| ())
+        }
     }
-    drop(kernel);
-    tracing::info!(
-        pin_path = %config.bpf.pin_path.display(),
-        "stopped; enforcement stays in place: connects that need the proxy are refused and L4 rules apply until the next start takes over (`sockwarden detach` removes it)"
-    );
-    result
+}
+
+/// How serving ended.
+enum Stopped {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A new sockwarden took over (`run --take-over`).
+    HandedOver,
+}
+
+/// Listens for a take-over on the handoff socket of `pin_path` and passes
+/// each connection to the serving loop. The task ends with the runtime.
+fn listen_for_takeover(
+    pin_path: &std::path::Path,
+) -> anyhow::Result<mpsc::Receiver<std::os::unix::net::UnixStream>> {
+    let path = crate::handoff::socket_path(pin_path);
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding the handoff socket {}", path.display()))?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(stream) = stream
+                .into_std()
+                .and_then(|s| s.set_nonblocking(false).map(|()| s))
+            else {
+                continue;
+            };
+            if tx.send(stream).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// What a reload needs besides the kernel: what `run` started with, and
@@ -213,9 +335,14 @@ struct Reloader {
     /// The CAP_NET_RAW watch of the policies in force.
     net_raw: Option<JoinHandle<()>>,
     packet_open: Option<String>,
-    /// `proxy.listen`, for the STATUS= line.
+    /// `proxy.listen` (for the STATUS= line and a take-over's offer), and
+    /// the other listening addresses a take-over is offered.
     listen: SocketAddr,
+    listen_v6: Option<SocketAddr>,
+    admin: SocketAddr,
     notifier: Option<Notifier>,
+    /// On a take-over, when the instance taken over stopped accepting.
+    paused: Option<std::time::Instant>,
 }
 
 impl Reloader {
@@ -319,6 +446,44 @@ impl Reloader {
         ))
     }
 
+    /// Answers a take-over request on `stream`: hands over the listening
+    /// sockets `fds` and the policy ids; true once the new process has
+    /// accepted (then this one stops accepting and gives up the pins).
+    fn offer(&self, stream: &std::os::unix::net::UnixStream, fds: &[std::os::fd::RawFd]) -> bool {
+        let mut stream_r = match stream.try_clone() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "take-over: cloning the handoff connection");
+                return false;
+            }
+        };
+        if !crate::handoff::read_request(&mut stream_r) {
+            tracing::warn!("take-over: not a take-over request on the handoff socket; ignored");
+            return false;
+        }
+        let policies = self.policies.get();
+        let offer = crate::handoff::Offer {
+            pid: std::process::id(),
+            listen: self.listen,
+            listen_v6: self.listen_v6,
+            admin: self.admin,
+            policies: policies
+                .ids()
+                .into_iter()
+                .map(|(n, id)| (n.to_string(), id))
+                .collect(),
+        };
+        if let Err(e) = crate::handoff::send_offer(stream, &offer, fds) {
+            tracing::warn!(error = %e, "take-over: handing over the listening sockets");
+            return false;
+        }
+        let accepted = crate::handoff::accepted(stream);
+        if !accepted {
+            tracing::warn!("take-over: the new sockwarden did not accept the sockets; this one goes on serving");
+        }
+        accepted
+    }
+
     /// READY=1 with the one-line status of what is in force.
     fn notify_ready(&self) {
         if let Some(n) = &self.notifier {
@@ -366,7 +531,7 @@ async fn serve(
     listener: TcpListener,
     listener_v6: Option<TcpListener>,
     admin_listener: TcpListener,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Stopped> {
     let maps = kernel.maps();
     crate::events::spawn(&maps, reloader.policies.clone(), config, log.clone())?;
     // TIME_WAIT entries leave the tuple map once the period is over.
@@ -393,6 +558,14 @@ async fn serve(
         kernel: Some((reloader.maps.clone(), reloader.policies.clone())),
         reload: Some(reload_tx),
     };
+    // What a take-over gets, in the handoff's order: proxy, proxy v6, admin
+    // (valid while the tasks that own them run: until a take-over stops them).
+    let fds: Vec<std::os::fd::RawFd> =
+        [Some(&listener), listener_v6.as_ref(), Some(&admin_listener)]
+            .into_iter()
+            .flatten()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
 
     // The state maps (original destinations, tuples, socket roles) outlive
@@ -425,10 +598,19 @@ async fn serve(
     ready.store(true, Ordering::Release);
     reloader.notify_ready();
     tracing::info!(listen = %config.proxy.listen, admin = %config.admin.listen, "ready");
+    if let Some(t) = reloader.paused.take() {
+        tracing::info!(
+            window_ms = t.elapsed().as_millis() as u64,
+            "accepting on the handed-over sockets: for this long no connection was accepted (they waited in the sockets' backlog)"
+        );
+    }
 
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let handoff_path = crate::handoff::socket_path(&config.bpf.pin_path);
+    let mut takeovers = listen_for_takeover(&config.bpf.pin_path)?;
+    let mut handed = None;
     let why = loop {
         let watcher = async {
             match reloader.watcher.as_mut() {
@@ -445,6 +627,12 @@ async fn serve(
             Some(reply) = reload_rx.recv() => {
                 let answer = reloader.reload_logged(kernel, "sockwarden reload");
                 let _ = reply.send(answer);
+            }
+            Some(stream) = takeovers.recv() => {
+                if tokio::task::block_in_place(|| reloader.offer(&stream, &fds)) {
+                    handed = Some(stream);
+                    break "a take-over";
+                }
             }
             r = watcher => {
                 ready.store(false, Ordering::Release);
@@ -465,6 +653,14 @@ async fn serve(
     for t in tasks {
         let _ = t.await;
     }
+    let _ = std::fs::remove_file(&handoff_path);
+    if let Some(stream) = &handed {
+        // Nothing is accepted here any more: the pins are the new one's.
+        kernel.release();
+        if let Err(e) = crate::handoff::send_released(stream) {
+            tracing::error!(error = %e, "telling the new sockwarden the pin lock is free");
+        }
+    }
     let drained = proxy.drain(config.proxy.drain_timeout).await;
     tracing::info!(
         finished = drained.finished,
@@ -474,7 +670,11 @@ async fn serve(
     );
     let _ = admin_task.await;
     expiry_task.abort();
-    Ok(())
+    Ok(if handed.is_some() {
+        Stopped::HandedOver
+    } else {
+        Stopped::Signal
+    })
 }
 
 /// `proxy.max_connections`, or the default derived from RLIMIT_NOFILE;

@@ -33,3 +33,4 @@ mod service;
 mod side_doors;
 mod sockmap;
 mod status;
+mod upgrade;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use crate::common::origin::OriginConfig;
 use crate::common::wait_for;
 use crate::support::command_in;
-use crate::sw::{background_workload, origin_at, origin_get, scene, tcp_connect, Sockwarden};
+use crate::sw::{
+    background_workload, finish_load, origin_at, origin_get, scene, tcp_connect, Sockwarden,
+};
 
 /// Policy `flip`: GET of /data/<flavour>… through the proxy, L4 to port
 /// 9000 + flavour - 1. Nothing allows /data/3… or port 9002.
@@ -115,15 +117,7 @@ fn fifty_reloads_under_load_judge_everything_by_one_policy_or_the_other() {
         );
         std::thread::sleep(Duration::from_millis(40));
     }
-    std::fs::write(&stop, b"").expect("stop the load");
-    let o = load.wait_with_output().expect("load output");
-    let got: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the load prints JSON");
-    assert_eq!(
-        got["errors"],
-        serde_json::json!([]),
-        "no request failed, no connection dropped"
-    );
-    let counts = got["counts"].as_object().expect("counts");
+    let counts = &finish_load(load, &stop);
     let n = |k: &str| counts.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     for key in counts.keys() {
         let allowed = [

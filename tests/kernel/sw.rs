@@ -23,6 +23,19 @@ pub struct Sockwarden {
     node: PathBuf,
     pub pin: PathBuf,
     pub dir: PathBuf,
+    /// Whether dropping it removes the pins (not once it handed them over
+    /// to a process that took over).
+    owns_pins: bool,
+}
+
+/// How the binary is run: through `launcher` (a program and its arguments
+/// that end by running the binary; empty: the binary itself), with `env`
+/// added, and with `extra` after `run --config FILE`.
+#[derive(Default)]
+pub struct Launch<'a> {
+    pub launcher: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a std::ffi::OsStr)],
+    pub extra: &'a [&'a str],
 }
 
 impl Sockwarden {
@@ -91,7 +104,30 @@ impl Sockwarden {
     ) -> Sockwarden {
         let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
         let config = Self::config(tag, &dir, body);
-        Self::launch(node, (tag, run), &config, cgroup, launcher, env)
+        let how = Launch {
+            launcher,
+            env,
+            ..Launch::default()
+        };
+        Self::launch(node, (tag, run), &config, cgroup, how)
+    }
+
+    /// Spawns `run --take-over` (an upgrade of the instance running with
+    /// pin path `tag`), with `body` as [`Sockwarden::config`] makes it.
+    pub fn spawn_taking_over(node: &Netns, tag: &str, run: &str, body: &str) -> Sockwarden {
+        let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
+        let config = Self::config(tag, &dir, body);
+        let how = Launch {
+            extra: &["--take-over"],
+            ..Launch::default()
+        };
+        Self::launch(node, (tag, run), &config, None, how)
+    }
+
+    /// After this instance handed over to one that took over: its drop
+    /// leaves the pins (now the other one's) alone.
+    pub fn handed_over(&mut self) {
+        self.owns_pins = false;
     }
 
     /// Spawns without waiting, with `config` as the whole configuration
@@ -104,7 +140,7 @@ impl Sockwarden {
         config: &str,
         cgroup: Option<&Path>,
     ) -> Sockwarden {
-        Self::launch(node, (tag, run), config, cgroup, &[], &[])
+        Self::launch(node, (tag, run), config, cgroup, Launch::default())
     }
 
     /// Writes `text` as the configuration and runs the binary on it (see
@@ -114,22 +150,22 @@ impl Sockwarden {
         (tag, run): (&str, &str),
         text: &str,
         cgroup: Option<&Path>,
-        launcher: &[&str],
-        env: &[(&str, &std::ffi::OsStr)],
+        how: Launch<'_>,
     ) -> Sockwarden {
         let dir = PathBuf::from(format!("/tmp/sw-test-{run}"));
         std::fs::create_dir_all(&dir).expect("test dir");
         let config = dir.join("sockwarden.yaml");
         std::fs::write(&config, text).expect("write config");
-        let (program, args) = match launcher.split_first() {
+        let (program, args) = match how.launcher.split_first() {
             Some((program, args)) => (*program, [args, &[BIN]].concat()),
             None => (BIN, Vec::new()),
         };
         let child = command_in(Some(&node.path()), cgroup, program)
             .args(args)
-            .envs(env.iter().copied())
+            .envs(how.env.iter().copied())
             .args(["run", "--config"])
             .arg(&config)
+            .args(how.extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
             .spawn()
@@ -139,6 +175,7 @@ impl Sockwarden {
             node: node.path(),
             pin: PathBuf::from(format!("/sys/fs/bpf/sw-test-{tag}")),
             dir,
+            owns_pins: true,
         }
     }
 
@@ -352,8 +389,14 @@ impl Drop for Sockwarden {
         // the binary cannot run. Unlinking pinned links detaches them; the
         // maps go with the programs. An interrupted takeover leaves the
         // earlier pins set aside beside the pin path.
-        let mut dirs = vec![self.pin.clone()];
-        if let (Some(parent), Some(name)) = (self.pin.parent(), self.pin.file_name()) {
+        let mut dirs = if self.owns_pins {
+            vec![self.pin.clone()]
+        } else {
+            Vec::new()
+        };
+        if let (true, Some(parent), Some(name)) =
+            (self.owns_pins, self.pin.parent(), self.pin.file_name())
+        {
             let prefix = format!("{}-previous-", name.to_string_lossy());
             dirs.extend(
                 std::fs::read_dir(parent)
@@ -369,8 +412,11 @@ impl Drop for Sockwarden {
             let _ = std::fs::remove_dir_all(&dir);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        let lock = self.pin.to_string_lossy().replace('/', "_");
-        let _ = std::fs::remove_file(format!("/run/sockwarden/{lock}.lock"));
+        if self.owns_pins {
+            let lock = self.pin.to_string_lossy().replace('/', "_");
+            let _ = std::fs::remove_file(format!("/run/sockwarden/{lock}.lock"));
+            let _ = std::fs::remove_file(format!("/run/sockwarden/{lock}.handoff"));
+        }
     }
 }
 
@@ -389,6 +435,24 @@ pub fn background_workload(
         .stdout(Stdio::piped())
         .spawn()
         .expect("start a background workload")
+}
+
+/// Stops a [`background_workload`] that prints `{"counts": {...},
+/// "errors": [...]}` (by creating `stop`) and returns its counts; panics,
+/// naming them, if it reported errors.
+pub fn finish_load(
+    load: std::process::Child,
+    stop: &Path,
+) -> serde_json::Map<String, serde_json::Value> {
+    std::fs::write(stop, b"").expect("stop the load");
+    let o = load.wait_with_output().expect("load output");
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).expect("the load prints JSON");
+    assert_eq!(
+        got["errors"],
+        serde_json::json!([]),
+        "no request failed, no connection refused or dropped: {got}"
+    );
+    got["counts"].as_object().expect("counts").clone()
 }
 
 /// Runs `program args` as a workload: in `netns` and `cgroup`.
