@@ -36,6 +36,10 @@ pub struct AdminState {
     pub kernel: Option<(Live<Maps>, Live<PolicySet>)>,
     /// Where `POST /reload` goes.
     pub reload: Option<ReloadRequests>,
+    /// The proxy, for the gauges read at each scrape (its idle upstreams).
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
+    /// When the process started (`sockwarden_start_time_seconds`).
+    pub started: std::time::SystemTime,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -52,6 +56,10 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     if let Some((maps, policies)) = &s.kernel {
         crate::bpf::counters::refresh_metrics(&maps.get(), &policies.get());
     }
+    if let Some(proxy) = &s.proxy {
+        crate::metrics::upstream_idle(proxy.idle_upstreams());
+    }
+    crate::metrics::start_time(s.started);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.prometheus.render(),

@@ -43,8 +43,11 @@ enum Command {
     /// Probe the kernel features sockwarden needs and print them; exits 1
     /// if one is missing.
     Features,
-    /// Report the pinned links, the BPF LSM and each policy cgroup's
-    /// processes; warn about processes that can open AF_PACKET sockets.
+    /// Report the running instance (from its admin listener: uptime, the
+    /// configuration in force, each policy's mode, cgroup and counts, the
+    /// pool, what is in flight), then the pinned links, the BPF LSM and each
+    /// policy cgroup's processes; warn about processes that can open
+    /// AF_PACKET sockets.
     /// Exits 0 when it ran (warnings or not), 1 when the configuration
     /// cannot be read.
     Status {
@@ -154,6 +157,14 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Status { config } => with_config(&config, |path, c| {
+            use crate::status::running;
+            match running::fetch(c.admin.listen) {
+                Ok(r) => print!("{}", running::report(&r, std::time::SystemTime::now())),
+                Err(e) => println!(
+                    "not running: the admin listener {} did not answer ({e}); the pins below say whether enforcement was left in place",
+                    c.admin.listen
+                ),
+            }
             print!("{}", crate::status::report(&crate::status::gather(path, c)));
             ExitCode::SUCCESS
         }),

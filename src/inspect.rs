@@ -76,18 +76,24 @@ pub fn rules_table(mut entries: Vec<RuleEntry>, names: &[String]) -> String {
     out
 }
 
-/// `sockwarden rules [--config FILE | --pin-path DIR]`: names come from
-/// the configuration (policy ids are its order); with only a pin path the
-/// policies are shown by id.
+/// `sockwarden rules [--config FILE | --pin-path DIR]`: with a
+/// configuration, names come from the running instance (its policy ids,
+/// which reloads keep by name), or from the configuration's order when it
+/// does not answer; with only a pin path the policies are shown by id.
 pub fn command(config: Option<PathBuf>, pin_path: Option<PathBuf>) -> ExitCode {
     let (pin_path, names) = match (config, pin_path) {
         (Some(c), _) => match Config::load(&c) {
             Ok(c) => {
-                let names = PolicySet::compile(&c)
-                    .policies
-                    .into_iter()
-                    .map(|p| p.name)
-                    .collect();
+                let running = crate::status::running::fetch(c.admin.listen)
+                    .ok()
+                    .and_then(|r| crate::reload::names_by_id(&r.config));
+                let names = running.unwrap_or_else(|| {
+                    PolicySet::compile(&c)
+                        .policies
+                        .into_iter()
+                        .map(|p| p.name)
+                        .collect()
+                });
                 (c.bpf.pin_path, names)
             }
             Err(e) => {

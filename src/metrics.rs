@@ -33,6 +33,8 @@ pub const RETRY_BUDGET_EXHAUSTED: &str = "sockwarden_upstream_retry_budget_exhau
 pub const CONNECTIONS_CUT: &str = "sockwarden_downstream_connections_cut_total";
 pub const CONFIG_RELOADS: &str = "sockwarden_config_reloads_total";
 pub const WOULD_DENY: &str = "sockwarden_would_deny_total";
+pub const UPSTREAM_IDLE: &str = "sockwarden_upstream_idle_connections";
+pub const START_TIME: &str = "sockwarden_start_time_seconds";
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
@@ -165,6 +167,14 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     describe_counter!(
         CONNECTIONS_CUT,
         "downstream connections cut at shutdown because they were still busy at the drain deadline"
+    );
+    describe_gauge!(
+        UPSTREAM_IDLE,
+        "upstream connections idle in the pool, ready for reuse (read at each scrape)"
+    );
+    describe_gauge!(
+        START_TIME,
+        "when this sockwarden process started, in seconds since the Unix epoch (uptime: time() - this)"
     );
     describe_counter!(
         WOULD_DENY,
@@ -515,6 +525,17 @@ pub fn downstream_closed() {
 
 pub fn connections_cut(n: usize) {
     counter!(CONNECTIONS_CUT).increment(n as u64);
+}
+
+pub fn upstream_idle(n: usize) {
+    gauge!(UPSTREAM_IDLE).set(n as f64);
+}
+
+pub fn start_time(t: std::time::SystemTime) {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    gauge!(START_TIME).set(secs);
 }
 
 /// Where a policy in audit mode let through what enforce mode would deny.

@@ -36,15 +36,41 @@ pub fn config_hash(config: &serde_json::Value) -> String {
     format!("sha256:{hex}")
 }
 
-/// What `/config_dump` serves: the configuration in force, with its hash
-/// and its generation (1 at start, one more for each reload put in force).
-pub fn dump(config: &serde_json::Value, generation: u64) -> serde_json::Value {
+/// What `/config_dump` serves: the configuration in force, with its hash,
+/// its generation (1 at start, one more for each reload put in force) and
+/// each policy's kernel id (`policy_ids`, by name: ids are kept across
+/// reloads, so they are not always the configuration's order).
+pub fn dump(
+    config: &serde_json::Value,
+    generation: u64,
+    ids: &[(&str, crate::policy::PolicyId)],
+) -> serde_json::Value {
     let mut out = config.clone();
     if let Some(map) = out.as_object_mut() {
         map.insert("config_hash".into(), config_hash(config).into());
         map.insert("generation".into(), generation.into());
+        let ids: serde_json::Map<String, serde_json::Value> = ids
+            .iter()
+            .map(|(n, id)| (n.to_string(), (*id).into()))
+            .collect();
+        map.insert("policy_ids".into(), ids.into());
     }
     out
+}
+
+/// Each policy's name by kernel id (`names[id]`), from a `/config_dump`.
+pub fn names_by_id(dump: &serde_json::Value) -> Option<Vec<String>> {
+    let ids = dump["policy_ids"].as_object()?;
+    let len = ids
+        .values()
+        .filter_map(|v| v.as_u64())
+        .max()
+        .map_or(0, |m| m as usize + 1);
+    let mut names = vec![String::new(); len];
+    for (name, id) in ids {
+        names[id.as_u64()? as usize] = name.clone();
+    }
+    Some(names)
 }
 
 /// A reload that did not put a new configuration in force.
@@ -120,12 +146,25 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `POST /reload` to the admin listener at `admin`: (status, body).
 pub fn request(admin: std::net::SocketAddr) -> std::io::Result<(u16, String)> {
+    call(admin, "POST", "/reload")
+}
+
+/// One request to the admin listener at `admin` (`sockwarden reload`,
+/// `sockwarden status`): (status, body).
+pub fn call(
+    admin: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&admin, std::time::Duration::from_secs(5))?;
     s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-    s.write_all(b"POST /reload HTTP/1.1\r\nHost: sockwarden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: sockwarden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes())?;
     let mut raw = Vec::new();
-    s.take(1 << 20).read_to_end(&mut raw)?;
+    s.take(16 << 20).read_to_end(&mut raw)?;
     parse_reply(&raw).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -189,10 +228,16 @@ mod tests {
         assert_eq!(config_hash(&a), config_hash(&b));
         assert_ne!(config_hash(&a), config_hash(&json!({"a": 2, "b": [1, 2]})));
         assert!(config_hash(&a).starts_with("sha256:") && config_hash(&a).len() == 7 + 64);
-        let d = dump(&a, 3);
+        let d = dump(&a, 3, &[("web", 2), ("db", 0)]);
         assert_eq!(d["a"], 1);
         assert_eq!(d["generation"], 3);
         assert_eq!(d["config_hash"], config_hash(&a));
+        assert_eq!(d["policy_ids"], json!({"web": 2, "db": 0}));
+        assert_eq!(
+            names_by_id(&d),
+            Some(vec!["db".to_string(), String::new(), "web".to_string()])
+        );
+        assert_eq!(names_by_id(&a), None);
     }
 
     #[test]

@@ -233,7 +233,11 @@ pub async fn run(
         programs,
         transparent: return_path.is_some(),
         generation: 1,
-        dump: Live::new(Arc::new(decide::dump(&config_value, 1))),
+        dump: Live::new(Arc::new(decide::dump(
+            &config_value,
+            1,
+            &policies.get().ids(),
+        ))),
         config: config_value,
         maps: Live::new(kernel.maps()),
         watcher: None,
@@ -434,7 +438,7 @@ impl Reloader {
         self.policies.set(Arc::clone(&set));
         self.maps.set(kernel.maps());
         self.dump
-            .set(Arc::new(decide::dump(&value, self.generation)));
+            .set(Arc::new(decide::dump(&value, self.generation, &set.ids())));
         self.config = value;
         self.watch();
         Ok(format!(
@@ -551,23 +555,6 @@ async fn serve(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<ReloadReply>>(4);
     let ready = Arc::new(AtomicBool::new(false));
-    let state = AdminState {
-        prometheus,
-        ready: Arc::clone(&ready),
-        config: reloader.dump.clone(),
-        kernel: Some((reloader.maps.clone(), reloader.policies.clone())),
-        reload: Some(reload_tx),
-    };
-    // What a take-over gets, in the handoff's order: proxy, proxy v6, admin
-    // (valid while the tasks that own them run: until a take-over stops them).
-    let fds: Vec<std::os::fd::RawFd> =
-        [Some(&listener), listener_v6.as_ref(), Some(&admin_listener)]
-            .into_iter()
-            .flatten()
-            .map(std::os::fd::AsRawFd::as_raw_fd)
-            .collect();
-    let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
-
     // The state maps (original destinations, tuples, socket roles) outlive
     // every reload: the proxy keeps the handles it starts with.
     let kernel_state: Arc<dyn KernelState> = maps;
@@ -587,6 +574,25 @@ async fn serve(
         },
         tls,
     );
+    let state = AdminState {
+        prometheus,
+        ready: Arc::clone(&ready),
+        config: reloader.dump.clone(),
+        kernel: Some((reloader.maps.clone(), reloader.policies.clone())),
+        reload: Some(reload_tx),
+        proxy: Some(Arc::clone(&proxy)),
+        started: std::time::SystemTime::now(),
+    };
+    // What a take-over gets, in the handoff's order: proxy, proxy v6, admin
+    // (valid while the tasks that own them run: until a take-over stops them).
+    let fds: Vec<std::os::fd::RawFd> =
+        [Some(&listener), listener_v6.as_ref(), Some(&admin_listener)]
+            .into_iter()
+            .flatten()
+            .map(std::os::fd::AsRawFd::as_raw_fd)
+            .collect();
+    let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown_rx.clone()));
+
     let mut tasks = vec![tokio::spawn(
         Arc::clone(&proxy).serve(listener, shutdown_rx.clone()),
     )];

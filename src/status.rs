@@ -8,6 +8,8 @@
 //! What to warn about and how the report reads are pure functions of what
 //! [`gather`] and [`caps::scan`] found.
 
+pub mod running;
+
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -76,8 +76,10 @@ fn af_packet_refused() -> bool {
     listed && sockwarden::features::lsm_program_type() == Ok(true)
 }
 
-fn status(config: &std::path::Path) -> String {
-    let out = std::process::Command::new(BIN)
+/// `sockwarden status` in `netns` (where the admin listener is), or in
+/// this test's own namespace.
+fn status_in(netns: Option<&crate::netns::Netns>, config: &std::path::Path) -> String {
+    let out = command_in(netns.map(|n| n.path()).as_deref(), None, BIN)
         .args(["status", "--config"])
         .arg(config)
         .output()
@@ -217,11 +219,32 @@ fn status_counts_processes_and_warns_about_cap_net_raw() {
         Sockwarden::config(&tag, std::path::Path::new("/tmp"), &body),
     )
     .expect("write config");
-    check(&status(&config.0), false);
+    let report = status_in(None, &config.0);
+    check(&report, false);
+    assert!(
+        report.starts_with("not running: the admin listener 127.0.0.1:9901 did not answer"),
+        "{report}"
+    );
 
     // A running sockwarden: its links, its gauges and its startup warnings.
     let sw = Sockwarden::start(&topo.node, &tag, &body);
-    check(&status(&sw.dir.join("sockwarden.yaml")), true);
+    let report = status_in(Some(&topo.node), &sw.dir.join("sockwarden.yaml"));
+    check(&report, true);
+    // From the admin listener: uptime, the configuration in force, each
+    // policy's mode and cgroup state, the pool and what is in flight.
+    assert!(
+        report.starts_with("running: up ")
+            && report.contains(", configuration generation 1, sha256:"),
+        "{report}"
+    );
+    for line in [
+        format!("  policy \"pods\" on cgroup {} (mode enforce): cgroup present, enforced\n", cg.rel()),
+        format!("  policy \"later\" on cgroup /sockwarden-test-{tag}/later (mode enforce): cgroup missing: nothing enforced until it exists\n"),
+        "    requests: 0 allowed, 0 denied, 0 errors; connects: 0 allowed, 0 redirected, 0 denied, 0 let through by audit; redirected connections open: 0 of ".to_string(),
+        "  upstream connections: 0 open, 0 idle in the pool; workload connections in flight: 0\n".to_string(),
+    ] {
+        assert!(report.contains(&line), "{line:?} in:\n{report}");
+    }
     assert_eq!(
         sw.metric("sockwarden_bpf_lsm_active"),
         if refused { 1.0 } else { 0.0 }
