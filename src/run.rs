@@ -300,6 +300,12 @@ fn listen_for_takeover(
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path)
         .with_context(|| format!("binding the handoff socket {}", path.display()))?;
+    // Only the owner (root, or the unit's user) may take over.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting the handoff socket {}", path.display()))?;
+    }
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
