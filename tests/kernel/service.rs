@@ -77,7 +77,7 @@ fn datagram(socket: &UnixDatagram, wait: Duration, log: impl Fn() -> String) -> 
 }
 
 #[test]
-fn systemd_is_told_ready_once_enforcing_and_stopping_on_sigterm() {
+fn systemd_is_told_ready_once_enforcing_reloading_and_stopping() {
     let (tag, topo, _origin, cg) = scene("service-notify", "pod", OriginConfig::default());
     let scratch = Scratch::new("notify");
     let path = scratch.0.join("notify");
@@ -111,6 +111,23 @@ fn systemd_is_told_ready_once_enforcing_and_stopping_on_sigterm() {
     let mut buf = [0u8; 64];
     assert!(socket.recv(&mut buf).is_err(), "one notification at start");
     socket.set_nonblocking(false).expect("blocking");
+
+    // A reload (what systemctl reload sends): RELOADING=1, then READY=1.
+    let pid = nix::unistd::Pid::from_raw(sw.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    let reloading = datagram(&socket, Duration::from_secs(10), || sw.stderr());
+    let (head, usec) = reloading
+        .split_once("MONOTONIC_USEC=")
+        .unwrap_or_else(|| panic!("no MONOTONIC_USEC in {reloading:?}"));
+    assert_eq!(head, "RELOADING=1\n");
+    let (usec, rest) = usec.split_once('\n').expect("a line");
+    assert!(usec.parse::<u64>().is_ok_and(|u| u > 0), "{usec:?}");
+    assert_eq!(rest, "STATUS=reloading the configuration (SIGHUP)\n");
+    let ready = datagram(&socket, Duration::from_secs(10), || sw.stderr());
+    assert_eq!(
+        ready,
+        "READY=1\nSTATUS=enforcing 1 policy, proxy on 10.77.0.1:15001\n"
+    );
 
     let status = sw.stop();
     let stopping = datagram(&socket, Duration::from_secs(5), || sw.stderr());
