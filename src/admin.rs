@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/config_dump`,
-//! and `POST /reload`. Off the data path; it reads shared state, and asks
+//! The admin listener: `/` (an index), `/metrics`, `/healthz`, `/readyz`,
+//! `/config_dump`, and `POST /reload`. Off the data path; it reads shared state, and asks
 //! `run` for a reload (which `run` does, one at a time).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,8 +42,18 @@ pub struct AdminState {
     pub started: std::time::SystemTime,
 }
 
+/// What `/` answers: the endpoints, one a line.
+const INDEX: &str = "sockwarden admin listener
+GET  /metrics      Prometheus metrics (kernel counters refreshed at each scrape)
+GET  /healthz      200 while the process serves
+GET  /readyz       200 once the programs are attached and the proxy listens
+GET  /config_dump  the configuration in force: config_hash, generation, policy_ids, resolved
+POST /reload       re-read the configuration file and put it in force whole (sockwarden reload)
+";
+
 pub fn router(state: AdminState) -> Router {
     Router::new()
+        .route("/", get(|| async { INDEX }))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

@@ -217,6 +217,15 @@ impl ForwardingConfig {
         }
     }
 
+    /// The engine `auto` stands for on this kernel: splice (the
+    /// measurement that chose it is in docs/performance.md).
+    pub fn resolved_engine(&self) -> Engine {
+        match self.engine {
+            Engine::Auto => Engine::Splice,
+            e => e,
+        }
+    }
+
     /// Whether the sockmap programs are to be loaded.
     pub fn sockmap(&self) -> bool {
         self.engine == Engine::Sockmap

@@ -36,7 +36,9 @@ pub fn config_hash(config: &serde_json::Value) -> String {
     format!("sha256:{hex}")
 }
 
-/// What `/config_dump` serves: the configuration in force, with its hash,
+/// What `/config_dump` serves: the configuration in force (as configured:
+/// `auto`, or null for what was left to be found), `resolved` (what those
+/// turned out to be on this node), with its hash,
 /// its generation (1 at start, one more for each reload put in force) and
 /// each policy's kernel id (`policy_ids`, by name: ids are kept across
 /// reloads, so they are not always the configuration's order).
@@ -44,9 +46,11 @@ pub fn dump(
     config: &serde_json::Value,
     generation: u64,
     ids: &[(&str, crate::policy::PolicyId)],
+    resolved: &serde_json::Value,
 ) -> serde_json::Value {
     let mut out = config.clone();
     if let Some(map) = out.as_object_mut() {
+        map.insert("resolved".into(), resolved.clone());
         map.insert("config_hash".into(), config_hash(config).into());
         map.insert("generation".into(), generation.into());
         let ids: serde_json::Map<String, serde_json::Value> = ids
@@ -228,11 +232,17 @@ mod tests {
         assert_eq!(config_hash(&a), config_hash(&b));
         assert_ne!(config_hash(&a), config_hash(&json!({"a": 2, "b": [1, 2]})));
         assert!(config_hash(&a).starts_with("sha256:") && config_hash(&a).len() == 7 + 64);
-        let d = dump(&a, 3, &[("web", 2), ("db", 0)]);
+        let d = dump(
+            &a,
+            3,
+            &[("web", 2), ("db", 0)],
+            &json!({"engine": "splice"}),
+        );
         assert_eq!(d["a"], 1);
         assert_eq!(d["generation"], 3);
         assert_eq!(d["config_hash"], config_hash(&a));
         assert_eq!(d["policy_ids"], json!({"web": 2, "db": 0}));
+        assert_eq!(d["resolved"]["engine"], "splice");
         assert_eq!(
             names_by_id(&d),
             Some(vec!["db".to_string(), String::new(), "web".to_string()])

@@ -127,6 +127,7 @@ pub async fn run(
     let log =
         AccessLog::open(config.access_log.path.as_deref()).context("opening the access log")?;
     let tls = crate::tls::TlsContext::from_config(&config)?;
+    let ktls_on = matches!(tls.ktls, crate::tls::ktls::Ktls::On);
     if let Some(up) = &tls.upstream {
         let r = up.roots();
         tracing::info!(
@@ -225,6 +226,12 @@ pub async fn run(
         "eBPF programs attached"
     );
     let config_value = serde_json::to_value(&config).context("serializing the configuration")?;
+    // What `auto` and the unset fields came to on this node.
+    let resolved = serde_json::json!({
+        "cgroup_root": root.display().to_string(),
+        "forwarding_engine": config.forwarding.resolved_engine(),
+        "ktls": ktls_on,
+    });
     let policies = Live::new(policies);
     let mut reloader = Reloader {
         path,
@@ -237,7 +244,9 @@ pub async fn run(
             &config_value,
             1,
             &policies.get().ids(),
+            &resolved,
         ))),
+        resolved,
         config: config_value,
         maps: Live::new(kernel.maps()),
         watcher: None,
@@ -338,6 +347,8 @@ struct Reloader {
     config: serde_json::Value,
     generation: u64,
     dump: Live<serde_json::Value>,
+    /// What `auto` and the unset fields came to (`/config_dump`'s `resolved`).
+    resolved: serde_json::Value,
     policies: Live<PolicySet>,
     maps: Live<Maps>,
     /// The cgroup watcher of the policies in force.
@@ -443,8 +454,12 @@ impl Reloader {
         let set = Arc::new(set);
         self.policies.set(Arc::clone(&set));
         self.maps.set(kernel.maps());
-        self.dump
-            .set(Arc::new(decide::dump(&value, self.generation, &set.ids())));
+        self.dump.set(Arc::new(decide::dump(
+            &value,
+            self.generation,
+            &set.ids(),
+            &self.resolved,
+        )));
         self.config = value;
         self.watch();
         Ok(format!(

@@ -22,9 +22,15 @@ pub(super) fn record(base: &Record, outcome: Outcome, time: SystemTime, took: Du
     Record {
         time,
         outcome,
-        duration_ms: took.as_secs_f64() * 1e3,
+        duration_ms: millis(took),
         ..base.clone()
     }
+}
+
+/// `took` in milliseconds, to the microsecond (`1.068`, not
+/// `1.0676940000000001`).
+fn millis(took: Duration) -> f64 {
+    took.as_micros() as f64 / 1e3
 }
 
 /// What a reply the proxy makes itself says, and so which header names
@@ -101,6 +107,27 @@ pub(super) async fn write_reply<D: Transport, U: Transport>(
         Err(_) => {
             out.flags.push(Flag::DC);
             Next::Close
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_logged_to_the_microsecond() {
+        let cases = [
+            (Duration::from_nanos(1_067_694), "1.067"),
+            (Duration::from_micros(1_500_250), "1500.25"),
+            (Duration::ZERO, "0.0"),
+        ];
+        for (took, want) in cases {
+            assert_eq!(
+                serde_json::json!(millis(took)).to_string(),
+                want,
+                "{took:?}"
+            );
         }
     }
 }

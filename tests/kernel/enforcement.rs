@@ -183,7 +183,18 @@ fn allowed_denied_refused_and_untouched() {
     assert!(allowed["upstream_id"].as_u64().is_some());
     assert!(allowed["bytes_sent"].as_u64().unwrap() > 1000);
 
-    // Admin API.
+    // Admin API: an index, health, the configuration in force and what it resolved to.
+    let (status, index) = sw.admin_get("/").expect("index");
+    assert_eq!(status, 200);
+    for endpoint in [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/config_dump",
+        "POST /reload",
+    ] {
+        assert!(index.contains(endpoint), "{endpoint} in {index}");
+    }
     assert_eq!(sw.admin_get("/healthz").map(|r| r.0), Some(200));
     let (status, dump) = sw.admin_get("/config_dump").expect("config_dump");
     assert_eq!(status, 200);
@@ -194,6 +205,15 @@ fn allowed_denied_refused_and_untouched() {
         serde_json::json!([80, 8080])
     );
     assert_eq!(dump["upstream"]["connect_timeout"], "2s");
+    assert_eq!(
+        dump["bpf"]["cgroup_root"],
+        serde_json::Value::Null,
+        "as configured"
+    );
+    assert_eq!(dump["forwarding"]["engine"], "auto", "as configured");
+    let mount = crate::cgroup::cgroup2_mount();
+    assert_eq!(dump["resolved"]["cgroup_root"], mount.display().to_string());
+    assert_eq!(dump["resolved"]["forwarding_engine"], "splice");
 
     let status = sw.stop();
     assert!(status.success(), "exit {status:?}: {}", sw.stderr());
