@@ -12,7 +12,7 @@ use crate::policy::PolicySet;
 #[derive(Parser)]
 #[command(
     name = "sockwarden",
-    version,
+    version = VERSION,
     about = "eBPF-first HTTP/1.1 egress policy enforcer"
 )]
 struct Cli {
@@ -27,7 +27,8 @@ enum Command {
     /// attached (fail closed) until the next start takes them over or
     /// `sockwarden detach` removes them.
     Run {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Take over from the sockwarden running with the same pin path:
         /// its listening sockets are handed over, it stops accepting and
@@ -37,7 +38,8 @@ enum Command {
     },
     /// Validate a configuration file without touching the kernel.
     Check {
-        #[arg(long, short)]
+        /// The configuration file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Probe the kernel features sockwarden needs and print them; exits 1
@@ -121,6 +123,16 @@ enum CaAction {
         days: u32,
     },
 }
+
+/// `--version`: the version, the commit and the build date.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SOCKWARDEN_COMMIT"),
+    ", built ",
+    env!("SOCKWARDEN_BUILD_DATE"),
+    ")"
+);
 
 /// The configuration `status` reads without `--config`.
 const DEFAULT_CONFIG: &str = "/etc/sockwarden/config.yaml";
@@ -423,6 +435,23 @@ fn tuples_table(mut entries: Vec<crate::bpf::TupleEntry>) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_version_names_the_commit_and_the_build_date() {
+        let (version, rest) = VERSION.split_once(" (commit ").expect("commit");
+        assert_eq!(version, env!("CARGO_PKG_VERSION"));
+        let (commit, rest) = rest.split_once(", built ").expect("build date");
+        assert!(
+            commit == "unknown"
+                || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{commit}"
+        );
+        let date = rest.strip_suffix(')').expect(")");
+        assert!(
+            date == "unknown" || (date.len() == 10 && date.as_bytes()[4] == b'-'),
+            "{date}"
+        );
+    }
 
     #[test]
     fn detach_says_what_it_removed_or_that_there_was_nothing() {

@@ -35,6 +35,7 @@ pub const CONFIG_RELOADS: &str = "sockwarden_config_reloads_total";
 pub const WOULD_DENY: &str = "sockwarden_would_deny_total";
 pub const UPSTREAM_IDLE: &str = "sockwarden_upstream_idle_connections";
 pub const START_TIME: &str = "sockwarden_start_time_seconds";
+pub const BUILD_INFO: &str = "sockwarden_build_info";
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
@@ -172,6 +173,17 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         UPSTREAM_IDLE,
         "upstream connections idle in the pool, ready for reuse (read at each scrape)"
     );
+    describe_gauge!(
+        BUILD_INFO,
+        "always 1: the running build's version, commit and compiler, as labels"
+    );
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "commit" => env!("SOCKWARDEN_COMMIT"),
+        "rustc" => env!("SOCKWARDEN_RUSTC")
+    )
+    .set(1.0);
     describe_gauge!(
         START_TIME,
         "when this sockwarden process started, in seconds since the Unix epoch (uptime: time() - this)"

@@ -196,6 +196,12 @@ fn allowed_denied_refused_and_untouched() {
         assert!(index.contains(endpoint), "{endpoint} in {index}");
     }
     assert_eq!(sw.admin_get("/healthz").map(|r| r.0), Some(200));
+    let (_, metrics) = sw.admin_get("/metrics").expect("metrics");
+    let build = format!(
+        "sockwarden_build_info{{version=\"{}\",commit=\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(metrics.contains(&build), "{build} in /metrics");
     let (status, dump) = sw.admin_get("/config_dump").expect("config_dump");
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).expect("config_dump is JSON");
