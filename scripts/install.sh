@@ -9,6 +9,9 @@
 #   /usr/local/bin/sockwarden                  (0755, built with cargo build --release)
 #   /etc/systemd/system/sockwarden.service     (0644, deploy/systemd/sockwarden.service)
 #   /etc/sockwarden/config.yaml                (0644, deploy/config.yaml; only if absent)
+#   /usr/local/share/man/man1/sockwarden*.1    (0644, sockwarden generate: man sockwarden)
+#   /usr/local/share/{bash-completion/completions,zsh/site-functions,fish/vendor_completions.d}/
+#                                              (0644, the shell completions)
 # and runs `systemctl daemon-reload` when systemd is PID 1 (it is not on
 # every machine: containers, these test machines; the script says so). It
 # neither enables nor starts the unit.
@@ -16,7 +19,7 @@
 # Uninstall stops the unit (systemd only), runs `sockwarden detach --config
 # /etc/sockwarden/config.yaml` (a stop leaves enforcement in place: detach
 # is what removes it; if it fails, nothing is removed), then removes the
-# binary and the unit, and the configuration only while it is still the
+# binary, the unit, the man pages and completions, and the configuration only while it is still the
 # example (an edited one is kept).
 #
 # Environment:
@@ -30,6 +33,14 @@ dest=${DESTDIR:-}
 bin=$dest/usr/local/bin/sockwarden
 unit=$dest/etc/systemd/system/sockwarden.service
 config=$dest/etc/sockwarden/config.yaml
+share=$dest/usr/local/share
+# The shell completions generated from the command-line definitions
+# (`sockwarden generate`; the man pages go to $share/man/man1).
+completions=(
+  "$share/bash-completion/completions/sockwarden"
+  "$share/zsh/site-functions/_sockwarden"
+  "$share/fish/vendor_completions.d/sockwarden.fish"
+)
 
 say() { echo "install.sh: $*"; }
 
@@ -57,6 +68,16 @@ install_all() {
   say "installed $bin"
   install -D -m 0644 deploy/systemd/sockwarden.service "$unit"
   say "installed $unit"
+  local gen
+  gen=$(mktemp -d)
+  "$bin" generate --out "$gen" >/dev/null
+  install -d -m 0755 "$share/man/man1"
+  install -m 0644 "$gen"/man1/*.1 "$share/man/man1/"
+  install -D -m 0644 "$gen/completions/sockwarden.bash" "$share/bash-completion/completions/sockwarden"
+  install -D -m 0644 "$gen/completions/_sockwarden" "$share/zsh/site-functions/_sockwarden"
+  install -D -m 0644 "$gen/completions/sockwarden.fish" "$share/fish/vendor_completions.d/sockwarden.fish"
+  rm -rf "$gen"
+  say "installed the man pages (man sockwarden) and the bash, zsh and fish completions under $share"
   if [[ -e $config ]]; then
     say "kept $config (it exists; the example is deploy/config.yaml)"
   else
@@ -83,7 +104,7 @@ uninstall_all() {
   else
     "$bin" detach # the default pin path
   fi
-  for f in "$bin" "$unit"; do
+  for f in "$bin" "$unit" "$share/man/man1"/sockwarden*.1 "${completions[@]}"; do
     if [[ -e $f ]]; then
       rm -f "$f"
       say "removed $f"

@@ -96,6 +96,13 @@ enum Command {
         #[arg(long)]
         pin_path: Option<PathBuf>,
     },
+    /// Write the man pages (man1/) and the bash, zsh and fish completions
+    /// (completions/) generated from these definitions into a directory;
+    /// scripts/install.sh installs them.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The node CA that signs the leaf certificates of intercepted TLS.
     Ca {
         #[command(subcommand)]
@@ -236,6 +243,18 @@ pub fn main() -> ExitCode {
         }
         Command::Rules { config, pin_path } => crate::inspect::command(config, pin_path),
         Command::Ca { action } => ca_command(action),
+        Command::Generate { out } => match generate(&out) {
+            Ok(written) => {
+                for p in written {
+                    println!("{}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sockwarden: generate into {}: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config, take_over } => {
             init_tracing();
             let loaded = match Config::load(&config) {
@@ -267,6 +286,40 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Writes `out/man1/sockwarden.1`, one `sockwarden-<command>.1` per
+/// command, and `out/completions/` for bash, zsh and fish; returns what it
+/// wrote.
+fn generate(out: &std::path::Path) -> std::io::Result<Vec<PathBuf>> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let cmd = Cli::command();
+    let man = out.join("man1");
+    std::fs::create_dir_all(&man)?;
+    let mut written = Vec::new();
+    let mut pages = vec![("sockwarden".to_string(), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("sockwarden-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name)));
+    }
+    for (name, page) in pages {
+        let path = man.join(format!("{name}.1"));
+        let mut f = std::fs::File::create(&path)?;
+        clap_mangen::Man::new(page).render(&mut f)?;
+        written.push(path);
+    }
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&completions)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        written.push(clap_complete::generate_to(
+            shell,
+            &mut cmd.clone(),
+            "sockwarden",
+            &completions,
+        )?);
+    }
+    Ok(written)
 }
 
 /// The pin path of `--config FILE` or `--pin-path DIR`, or the default;
@@ -435,6 +488,32 @@ fn tuples_table(mut entries: Vec<crate::bpf::TupleEntry>) -> String {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn man_pages_and_completions_are_generated_for_every_command() {
+        let dir = std::env::temp_dir().join(format!("sockwarden-gen-{}", std::process::id()));
+        let written = generate(&dir).expect("generate");
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "sockwarden.1",
+            "sockwarden-run.1",
+            "sockwarden-reload.1",
+            "sockwarden-detach.1",
+            "sockwarden.bash",
+            "_sockwarden",
+            "sockwarden.fish",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+        let run = std::fs::read_to_string(dir.join("man1/sockwarden-run.1")).unwrap();
+        assert!(run.contains("take\\-over"), "{run}");
+        let bash = std::fs::read_to_string(dir.join("completions/sockwarden.bash")).unwrap();
+        assert!(bash.contains("reload") && bash.contains("--take-over"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_version_names_the_commit_and_the_build_date() {

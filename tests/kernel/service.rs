@@ -544,6 +544,17 @@ fn install_puts_binary_unit_and_a_valid_example_config_and_uninstall_removes_the
     assert_eq!(mode(&bin), 0o755);
     assert_eq!(mode(&unit), 0o644);
     assert_eq!(mode(&config), 0o644);
+    let generated = [
+        "usr/local/share/man/man1/sockwarden.1",
+        "usr/local/share/man/man1/sockwarden-run.1",
+        "usr/local/share/bash-completion/completions/sockwarden",
+        "usr/local/share/zsh/site-functions/_sockwarden",
+        "usr/local/share/fish/vendor_completions.d/sockwarden.fish",
+    ]
+    .map(|p| dest.join(p));
+    for g in &generated {
+        assert_eq!(mode(g), 0o644, "{}", g.display());
+    }
     let same = |a: &Path, b: &str| {
         std::fs::read(a).expect("installed") == std::fs::read(b).expect("source")
     };
@@ -583,6 +594,7 @@ fn install_puts_binary_unit_and_a_valid_example_config_and_uninstall_removes_the
         "DESTDIR is not this system: {said}"
     );
     assert!(!bin.exists() && !unit.exists(), "{said}");
+    assert!(generated.iter().all(|g| !g.exists()), "{said}");
     assert!(config.exists(), "the edited config stays: {said}");
 
     // The unchanged example goes with the rest.
