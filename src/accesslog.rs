@@ -110,6 +110,10 @@ pub struct Outcome {
     pub flags: Vec<Flag>,
     /// Why the proxy answered for itself, when it did.
     pub reason: Option<String>,
+    /// When the response head went to the workload (forwarded requests),
+    /// for `sockwarden_first_byte_seconds`; not logged.
+    #[serde(skip)]
+    pub first_byte: Option<std::time::Instant>,
     /// Under `mode: audit`, what would have denied this in enforce mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_deny: Option<String>,
@@ -141,6 +145,7 @@ impl Outcome {
             verdict: Verdict::Error,
             flags: Vec::new(),
             reason: None,
+            first_byte: None,
             would_deny: None,
             upstream_id: None,
             upstream_attempts: 0,

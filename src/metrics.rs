@@ -4,8 +4,10 @@
 //! Label values are bounded: policy names come from the configuration,
 //! statuses are three-digit codes, reasons and errno names are fixed sets.
 
-use metrics::{counter, describe_counter, describe_gauge, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::bpf::{limits::MSG_UNREAD_LIMIT, DoorEvent};
 use crate::policy::TlsDenial;
@@ -36,6 +38,17 @@ pub const WOULD_DENY: &str = "sockwarden_would_deny_total";
 pub const UPSTREAM_IDLE: &str = "sockwarden_upstream_idle_connections";
 pub const START_TIME: &str = "sockwarden_start_time_seconds";
 pub const BUILD_INFO: &str = "sockwarden_build_info";
+pub const REQUEST_DURATION: &str = "sockwarden_request_duration_seconds";
+pub const UPSTREAM_CONNECT_DURATION: &str = "sockwarden_upstream_connect_duration_seconds";
+pub const FIRST_BYTE: &str = "sockwarden_first_byte_seconds";
+pub const TLS_HANDSHAKE_DURATION: &str = "sockwarden_tls_handshake_duration_seconds";
+
+/// The buckets of every latency histogram (seconds): from half a
+/// millisecond, a node-local exchange, to 30 s, past every default timeout
+/// but the idle ones.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 pub const SOURCE_PORT_FALLBACKS: &str = "sockwarden_source_port_fallbacks_total";
 pub const TUPLES_EXPIRED: &str = "sockwarden_tuples_expired_total";
 pub const FORWARDED_BYTES: &str = "sockwarden_forwarded_bytes_total";
@@ -65,7 +78,29 @@ pub const TLS_LEAVES_ISSUED: &str = "sockwarden_tls_leaf_certificates_issued_tot
 
 /// Installs the global recorder and describes every metric.
 pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = PrometheusBuilder::new().install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "requests from the head read to the response complete, by policy and verdict (allowed, denied, error)"
+    );
+    describe_histogram!(
+        UPSTREAM_CONNECT_DURATION,
+        Unit::Seconds,
+        "new upstream TCP connections: from connect() to established (failures are not observed: see sockwarden_upstream_connect_failures_total)"
+    );
+    describe_histogram!(
+        FIRST_BYTE,
+        Unit::Seconds,
+        "forwarded requests: from the request head read to the response head written to the workload, by policy"
+    );
+    describe_histogram!(
+        TLS_HANDSHAKE_DURATION,
+        Unit::Seconds,
+        "TLS handshakes the proxy took part in, by side (downstream: with the workload; upstream: with the origin) and result"
+    );
     describe_counter!(
         HTTP_REQUESTS,
         "HTTP requests handled by the proxy, by policy, verdict (allowed, denied, error) and response status"
@@ -349,7 +384,8 @@ impl TlsSide {
     }
 }
 
-pub fn tls_handshake(side: TlsSide, result: Handshake) {
+/// A TLS handshake that ended `result` after `took`.
+pub fn tls_handshake(side: TlsSide, result: Handshake, took: std::time::Duration) {
     let side = side.as_str();
     let result = match result {
         Handshake::Ok => "ok",
@@ -357,6 +393,8 @@ pub fn tls_handshake(side: TlsSide, result: Handshake) {
         Handshake::Timeout => "timeout",
     };
     counter!(TLS_HANDSHAKES, "side" => side, "result" => result).increment(1);
+    histogram!(TLS_HANDSHAKE_DURATION, "side" => side, "result" => result)
+        .record(took.as_secs_f64());
 }
 
 /// The interception cache's size, and leaves issued ever.
@@ -514,8 +552,21 @@ impl RequestCounter {
     }
 }
 
-pub fn upstream_opened() {
+/// A new upstream connection, `took` from connect() to established.
+pub fn upstream_opened(took: std::time::Duration) {
     counter!(UPSTREAM_OPENED).increment(1);
+    histogram!(UPSTREAM_CONNECT_DURATION).record(took.as_secs_f64());
+}
+
+/// A request's whole duration.
+pub fn request_duration(policy: &str, verdict: Verdict, took: std::time::Duration) {
+    histogram!(REQUEST_DURATION, "policy" => policy.to_string(), "verdict" => verdict.as_str())
+        .record(took.as_secs_f64());
+}
+
+/// A forwarded request's time to the first response byte.
+pub fn first_byte(policy: &str, took: std::time::Duration) {
+    histogram!(FIRST_BYTE, "policy" => policy.to_string()).record(took.as_secs_f64());
 }
 
 pub fn upstream_closed(reason: CloseReason) {

@@ -299,6 +299,7 @@ impl<D: Transport> Forwarding<'_, D> {
         if let Err(stop) = self.write_down(&head).await {
             return AttemptEnd::Stopped(stop, conn);
         }
+        self.out.first_byte = Some(std::time::Instant::now());
         if carried > 0 {
             metrics::forwarded(metrics::Direction::Downstream, carried, 0);
         }

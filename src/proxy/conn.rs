@@ -294,6 +294,10 @@ impl Proxy {
                 }
             };
             requests.record(out.verdict, out.status);
+            metrics::request_duration(&target.policy, out.verdict, started.elapsed());
+            if let Some(at) = out.first_byte {
+                metrics::first_byte(&target.policy, at.duration_since(started));
+            }
             self.log.write(record(&base, out, time, started.elapsed()));
             match next {
                 Next::Keep if !self.tasks.is_draining() => {}
@@ -630,6 +634,7 @@ impl Proxy {
             return Err(HandshakeError::Failed { cause });
         };
         let within = self.settings.handshake_timeout;
+        let began = Instant::now();
         let path = self.ktls_path(&tcp);
         let stream = match path {
             Ok(()) => tls
@@ -641,7 +646,8 @@ impl Proxy {
                 .await
                 .map(|t| (UpStream::Tls(Box::new(t)), None)),
         };
-        metrics::tls_handshake(metrics::TlsSide::Upstream, metrics::Handshake::of(&stream));
+        let result = metrics::Handshake::of(&stream);
+        metrics::tls_handshake(metrics::TlsSide::Upstream, result, began.elapsed());
         let (stream, pipe) = stream?;
         metrics::ktls_connection(metrics::TlsSide::Upstream, path);
         Ok(upstream::UpConn {

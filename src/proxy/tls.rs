@@ -158,6 +158,34 @@ impl Proxy {
         self.log.write(record(&base, out, time, started.elapsed()));
     }
 
+    /// The handshake with the workload, on the kTLS path where it can take
+    /// it: the terminated connection, or the error (None: the deadline
+    /// `within` passed).
+    async fn accept_workload(
+        &self,
+        stream: TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        within: Duration,
+    ) -> Result<Accepted, Option<std::io::Error>> {
+        match self.ktls_path(&stream) {
+            Ok(()) => handshake::accept(stream, config, within)
+                .await
+                .map(|k| Accepted::Kernel(Box::new(k)))
+                .map_err(|e| match e {
+                    handshake::Error::Timeout(_) => None,
+                    e => Some(std::io::Error::other(e.to_string())),
+                }),
+            Err(why) => {
+                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+                match tokio::time::timeout(within, accept).await {
+                    Ok(Ok(tls)) => Ok(Accepted::Rustls(Box::new(tls), why)),
+                    Ok(Err(e)) => Err(Some(e)),
+                    Err(_) => Err(None),
+                }
+            }
+        }
+    }
+
     /// Terminates the workload's TLS with a leaf for its SNI (or, without
     /// one, its destination IP), then serves the requests inside, judged
     /// by the interception rules.
@@ -183,33 +211,17 @@ impl Proxy {
             }
         };
         let within = self.settings.handshake_timeout;
-        let accepted = match self.ktls_path(&stream) {
-            Ok(()) => handshake::accept(stream, config, within)
-                .await
-                .map(|k| Accepted::Kernel(Box::new(k)))
-                .map_err(|e| match e {
-                    handshake::Error::Timeout(_) => None,
-                    e => Some(std::io::Error::other(e.to_string())),
-                }),
-            Err(why) => {
-                let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-                match tokio::time::timeout(within, accept).await {
-                    Ok(Ok(tls)) => Ok(Accepted::Rustls(Box::new(tls), why)),
-                    Ok(Err(e)) => Err(Some(e)),
-                    Err(_) => Err(None),
-                }
-            }
-        };
-        let accepted = match accepted {
+        let began = Instant::now();
+        let accepted = match self.accept_workload(stream, config, within).await {
             Ok(a) => a,
             Err(e) => {
-                let out = handshake_failed(e, within);
+                let out = handshake_failed(e, (within, began.elapsed()));
                 self.log
                     .write(record(&refused, out, time, started.elapsed()));
                 return;
             }
         };
-        metrics::tls_handshake(TlsSide::Downstream, Handshake::Ok);
+        metrics::tls_handshake(TlsSide::Downstream, Handshake::Ok, began.elapsed());
         let mut fields = tls_fields(TlsMode::Intercept, hello.sni.as_ref());
         let target = Target {
             tls: Some(Terminated { sni: hello.sni }),
@@ -394,9 +406,13 @@ fn tls_fields(tls: TlsMode, sni: Option<&String>) -> TlsFields {
     }
 }
 
-/// Counts and describes a handshake with the workload that did not finish:
-/// it failed with `error`, or (None) its deadline `within` passed.
-fn handshake_failed(error: Option<std::io::Error>, within: Duration) -> Outcome {
+/// Counts and describes a handshake with the workload that did not finish
+/// after `took`: it failed with `error`, or (None) its deadline `within`
+/// passed.
+fn handshake_failed(
+    error: Option<std::io::Error>,
+    (within, took): (Duration, Duration),
+) -> Outcome {
     let mut out = Outcome::new(0);
     let (result, flag, reason) = match error {
         None => (
@@ -410,7 +426,7 @@ fn handshake_failed(error: Option<std::io::Error>, within: Duration) -> Outcome 
             format!("TLS handshake with the workload failed: {e}"),
         ),
     };
-    metrics::tls_handshake(TlsSide::Downstream, result);
+    metrics::tls_handshake(TlsSide::Downstream, result, took);
     out.flags.push(flag);
     out.reason = Some(reason);
     out

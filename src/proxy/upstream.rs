@@ -211,6 +211,7 @@ pub async fn connect(
         errno: Errno::of(&source),
         source,
     };
+    let began = std::time::Instant::now();
     let result = match prepare(dst, bind) {
         Err(e) => Err(io_err(e)),
         Ok(socket) => {
@@ -225,7 +226,7 @@ pub async fn connect(
     match result {
         Ok(stream) => {
             let _ = stream.set_nodelay(true);
-            metrics::upstream_opened();
+            metrics::upstream_opened(began.elapsed());
             Ok(UpConn {
                 id: NEXT_UPSTREAM_ID.fetch_add(1, Ordering::Relaxed),
                 stream: BufStream::new(UpStream::Plain(stream), pipe_size),

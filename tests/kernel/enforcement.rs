@@ -151,6 +151,28 @@ fn allowed_denied_refused_and_untouched() {
         ),
         // The second allowed request reused the pooled connection.
         ("sockwarden_upstream_connections_opened_total", 1.0),
+        // The latency histograms count the same events.
+        (
+            r#"sockwarden_request_duration_seconds_count{policy="analytics",verdict="allowed"}"#,
+            2.0,
+        ),
+        (
+            r#"sockwarden_request_duration_seconds_count{policy="analytics",verdict="denied"}"#,
+            3.0,
+        ),
+        (
+            r#"sockwarden_request_duration_seconds_count{policy="analytics",verdict="error"}"#,
+            1.0,
+        ),
+        (
+            r#"sockwarden_first_byte_seconds_count{policy="analytics"}"#,
+            2.0,
+        ),
+        ("sockwarden_upstream_connect_duration_seconds_count", 1.0),
+        (
+            r#"sockwarden_request_duration_seconds_bucket{policy="analytics",verdict="allowed",le="+Inf"}"#,
+            2.0,
+        ),
     ]);
     assert_eq!(
         origin.requests(),

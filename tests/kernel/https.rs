@@ -302,6 +302,13 @@ fn interception_applies_http_rules_to_https_for_curl_and_python() {
         sw.metric(r#"sockwarden_tls_handshakes_total{side="downstream",result="ok"}"#),
         7.0
     );
+    assert_eq!(
+        sw.metric(
+            r#"sockwarden_tls_handshake_duration_seconds_count{side="downstream",result="ok"}"#
+        ),
+        7.0,
+        "each handshake timed"
+    );
     let tls12_line =
         |log: &Vec<serde_json::Value>| log.iter().find(|l| l["tls_version"] == "TLSv1_2").cloned();
     let log = wait_for(
@@ -374,6 +381,12 @@ fn origination_speaks_verified_tls_for_plain_http_workloads() {
     assert_eq!(origin.requests(), 1);
     assert_eq!(
         sw.metric(r#"sockwarden_tls_handshakes_total{side="upstream",result="failed"}"#),
+        1.0
+    );
+    assert_eq!(
+        sw.metric(
+            r#"sockwarden_tls_handshake_duration_seconds_count{side="upstream",result="failed"}"#
+        ),
         1.0
     );
 }
