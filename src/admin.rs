@@ -70,6 +70,7 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
         crate::metrics::upstream_idle(proxy.idle_upstreams());
     }
     crate::metrics::start_time(s.started);
+    crate::metrics::process::refresh();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.prometheus.render(),

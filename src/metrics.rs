@@ -4,6 +4,8 @@
 //! Label values are bounded: policy names come from the configuration,
 //! statuses are three-digit codes, reasons and errno names are fixed sets.
 
+pub mod process;
+
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
@@ -81,6 +83,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
         .install_recorder()?;
+    process::describe();
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,

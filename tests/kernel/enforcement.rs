@@ -224,6 +224,11 @@ fn allowed_denied_refused_and_untouched() {
         env!("CARGO_PKG_VERSION")
     );
     assert!(metrics.contains(&build), "{build} in /metrics");
+    // The process's own CPU, memory and descriptors.
+    let fds = sw.metric("process_open_fds");
+    assert!(fds >= 5.0, "open fds: {fds}");
+    assert!(sw.metric("process_resident_memory_bytes") > 1e6);
+    assert!(sw.metric("process_max_fds") >= fds);
     let (status, dump) = sw.admin_get("/config_dump").expect("config_dump");
     assert_eq!(status, 200);
     let dump: serde_json::Value = serde_json::from_str(&dump).expect("config_dump is JSON");
