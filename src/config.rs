@@ -616,7 +616,7 @@ pub struct EgressRule {
     pub to: Vec<Cidr>,
     /// Empty or absent: every port.
     #[serde(default)]
-    pub ports: Vec<Port>,
+    pub ports: Vec<PortRange>,
     /// The transport the rule allows: TCP (the default), UDP, or both.
     #[serde(default)]
     pub protocol: Protocol,
@@ -835,6 +835,95 @@ impl<'de> Deserialize<'de> for Port {
             _ => Err(de::Error::custom(format!(
                 "port {n} is out of range (1 to 65535)"
             ))),
+        }
+    }
+}
+
+/// A port, 1 to 65535, or an inclusive range of them: `80`,
+/// `"8000-8100"` or `{ from: 8000, to: 8100 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub from: u16,
+    pub to: u16,
+}
+
+impl PortRange {
+    pub fn one(port: u16) -> PortRange {
+        PortRange {
+            from: port,
+            to: port,
+        }
+    }
+
+    /// Every port it names.
+    pub fn each(self) -> std::ops::RangeInclusive<u16> {
+        self.from..=self.to
+    }
+
+    /// A port or range written as text (`"8080"`, `"8000-8100"`).
+    pub fn parse(text: &str) -> Result<PortRange, String> {
+        let number = |t: &str| -> Result<i64, String> {
+            t.trim().parse::<i64>().map_err(|_| {
+                format!("invalid port {text:?}: expected a port (80), a range (\"8000-8100\") or {{ from: 8000, to: 8100 }}")
+            })
+        };
+        match text.split_once('-') {
+            Some((a, b)) => PortRange::range(number(a)?, number(b)?),
+            None => PortRange::range(number(text)?, number(text)?),
+        }
+    }
+
+    /// `from..=to`, checked.
+    pub fn range(from: i64, to: i64) -> Result<PortRange, String> {
+        let port = |n: i64| match u16::try_from(n) {
+            Ok(p) if p != 0 => Ok(p),
+            _ => Err(format!("port {n} is out of range (1 to 65535)")),
+        };
+        let (from, to) = (port(from)?, port(to)?);
+        if from > to {
+            return Err(format!(
+                "port range {from}-{to} is empty: its first port is above its last"
+            ));
+        }
+        Ok(PortRange { from, to })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Range {
+            from: i64,
+            to: i64,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Number(i64),
+            Text(String),
+            Range(Range),
+        }
+        let written = Written::deserialize(d).map_err(|_| {
+            de::Error::custom(
+                "expected a port (80), a range (\"8000-8100\") or { from: 8000, to: 8100 }",
+            )
+        })?;
+        match written {
+            Written::Number(n) => PortRange::range(n, n),
+            Written::Text(t) => PortRange::parse(&t),
+            Written::Range(r) => PortRange::range(r.from, r.to),
+        }
+        .map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.from == self.to {
+            s.serialize_u16(self.from)
+        } else {
+            s.collect_str(&format_args!("{}-{}", self.from, self.to))
         }
     }
 }
@@ -1202,6 +1291,45 @@ fn bare_message(e: &serde_saphyr::Error) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn ports_are_ports_or_inclusive_ranges() {
+        let cases: [(&str, Result<PortRange, &str>); 8] = [
+            ("80", Ok(PortRange::one(80))),
+            ("8000-8100", Ok(PortRange { from: 8000, to: 8100 })),
+            (" 1 - 65535 ", Ok(PortRange { from: 1, to: 65535 })),
+            ("443-443", Ok(PortRange::one(443))),
+            ("90-80", Err("port range 90-80 is empty: its first port is above its last")),
+            ("0-10", Err("port 0 is out of range (1 to 65535)")),
+            ("80-90000", Err("port 90000 is out of range (1 to 65535)")),
+            ("http", Err("invalid port \"http\": expected a port (80), a range (\"8000-8100\") or { from: 8000, to: 8100 }")),
+        ];
+        for (text, want) in cases {
+            assert_eq!(PortRange::parse(text), want.map_err(str::to_string), "{text}");
+        }
+        let yaml = "proxy: { listen: \"127.0.0.1:15001\" }\npolicies:\n  - name: p\n    cgroup: /p\n    egress:\n      - to: [\"10.0.0.0/8\"]\n        ports: [80, \"8000-8002\", { from: 9000, to: 9001 }, 80-90]\n";
+        let c = Config::parse(yaml, Path::new("ports.yaml")).expect("ranges parse");
+        assert_eq!(
+            c.policies[0].egress[0].ports,
+            vec![
+                PortRange::one(80),
+                PortRange { from: 8000, to: 8002 },
+                PortRange { from: 9000, to: 9001 },
+                PortRange { from: 80, to: 90 },
+            ]
+        );
+        // Written back as it is written: a number, or "from-to".
+        assert_eq!(
+            serde_json::to_value(&c.policies[0].egress[0].ports).unwrap(),
+            serde_json::json!([80, "8000-8002", "9000-9001", "80-90"])
+        );
+        let bad = yaml.replace("80-90", "{ from: 9, to: 1 }");
+        let e = Config::parse(&bad, Path::new("ports.yaml")).unwrap_err().to_string();
+        assert!(
+            e.contains("ports.yaml:7:") && e.contains("policies[0].egress[0].ports[3]") && e.contains("port range 9-1 is empty"),
+            "{e}"
+        );
+    }
+
     const EXAMPLE: &str = r#"
 proxy:
   listen: 10.77.0.1:15001
@@ -1247,7 +1375,7 @@ policies:
         assert_eq!(p.name.value, "analytics");
         assert_eq!(p.cgroup.as_str(), "/sockwarden-test/analytics");
         assert_eq!(p.egress[0].to.len(), 2);
-        assert_eq!(p.egress[0].ports, vec![Port(80), Port(8080)]);
+        assert_eq!(p.egress[0].ports, vec![PortRange::one(80), PortRange::one(8080)]);
         let http = p.egress[0].http.as_ref().unwrap();
         assert!(http[0].method.as_ref().unwrap().is_match("HEAD"));
         assert!(!http[0].method.as_ref().unwrap().is_match("GETX"));

@@ -310,7 +310,13 @@ impl PolicySet {
                     .iter()
                     .map(|r| CompiledRule {
                         nets: r.to.iter().map(|c| canonical_net(c.0)).collect(),
-                        ports: r.ports.iter().map(|p| p.0).collect(),
+                        ports: {
+                            // Ranges expanded: the kernel matches ports exactly.
+                            let mut ports: Vec<u16> = r.ports.iter().flat_map(|p| p.each()).collect();
+                            ports.sort_unstable();
+                            ports.dedup();
+                            ports
+                        },
                         protocol: r.protocol,
                         http: r.http.clone(),
                         tls: r.tls.clone(),
