@@ -111,6 +111,8 @@ def base(name):
 used = set()
 def check_expr(where, expr):
     names = METRIC.findall(expr)
+    if re.search(r"\b(?:rate|increase)\(sockwarden_[a-z_]+(?<!_total)(?<!_bucket)[{\[]", expr):
+        err(f"{where}: rate() or increase() of a series that is not a counter")
     metrics = set()
     for n in names:
         b = base(n)
@@ -243,8 +245,6 @@ for p in dash.get("panels", []):
         if t.get("datasource") != DS_REF or not t.get("expr"):
             err(f"{where} {t.get('refId')}: a target needs the datasource and an expr")
             continue
-        if re.search(r"rate\(sockwarden_[a-z_]+(?<!_total)(?<!_bucket)[{\[]", t["expr"]):
-            err(f"{where} {t.get('refId')}: rate() of something that is not a counter")
         e = prom(t["expr"])
         check_expr(f"{where} {t['refId']}", e)
         queries.append({"record": f"dashboard:panel_{p['id']}_{t['refId']}", "expr": e})
