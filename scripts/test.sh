@@ -16,6 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== scripts/check-dashboards.sh (the Grafana dashboard and the alert rules against docs/metrics.md, promtool)"
+scripts/check-dashboards.sh
 # Every test target is a tier run below; a new one must join them here
 # and in tests/README.md.
 shopt -s nullglob
