@@ -41,6 +41,10 @@ enum Command {
         /// The configuration file.
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Exit 1 on a warning too (a regex that is probably wrong, a
+        /// policy whose hosts cannot be resolved, ...).
+        #[arg(long)]
+        strict: bool,
     },
     /// Probe the kernel features sockwarden needs and print them; exits 1
     /// if one is missing.
@@ -147,7 +151,7 @@ const DEFAULT_CONFIG: &str = "/etc/sockwarden/config.yaml";
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => with_config(&config, |path, c| {
+        Command::Check { config, strict } => with_config(&config, |path, c| {
             // The files the configuration names (the node CA, the roots)
             // are read and checked as `run` would.
             if let Err(e) = crate::tls::TlsContext::from_config(c) {
@@ -156,11 +160,24 @@ pub fn main() -> ExitCode {
             }
             let set = PolicySet::compile(c);
             print!("{}", summary(path, c, &set));
-            for w in set.warnings() {
+            let lints = c.lints(path);
+            for l in &lints {
+                eprintln!("{l}");
+            }
+            let warnings = set.warnings();
+            for w in &warnings {
                 eprintln!("{}: warning: {w}", path.display());
             }
             for n in crate::cgroup::missing_here(c) {
                 eprintln!("{}: note: {n}", path.display());
+            }
+            let warned = lints.len() + warnings.len();
+            if strict && warned > 0 {
+                eprintln!(
+                    "{}: {warned} warnings, and --strict makes them errors",
+                    path.display()
+                );
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }),

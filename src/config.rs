@@ -6,6 +6,8 @@
 //! the value's own. Checks across values (duplicate policy names) use
 //! [`serde_saphyr::Spanned`] to keep the location.
 
+pub mod lint;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -602,6 +604,36 @@ impl PolicyMode {
 
 impl Config {
     /// Each policy's `max_connections`, as written (None where absent).
+    /// `check`'s lints, one line each: `FILE:LINE:COLUMN: warning: FIELD:
+    /// what is probably wrong` ([`lint`]).
+    pub fn lints(&self, file: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            for (j, r) in p.egress.iter().enumerate() {
+                for (k, h) in r.http.iter().flatten().enumerate() {
+                    let fields = [
+                        (lint::Field::Method, "method", &h.method),
+                        (lint::Field::Path, "path", &h.path),
+                        (lint::Field::Host, "host", &h.host),
+                    ];
+                    for (field, name, pattern) in fields {
+                        let Some(pattern) = pattern else { continue };
+                        let at = pattern.location();
+                        for w in lint::pattern(field, pattern) {
+                            out.push(format!(
+                                "{}:{}:{}: warning: policies[{i}].egress[{j}].http[{k}].{name}: {w}",
+                                file.display(),
+                                at.line(),
+                                at.column()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     pub fn requested_connection_limits(&self) -> Vec<Option<u32>> {
         self.policies
             .iter()
@@ -697,11 +729,11 @@ impl Protocol {
 #[serde(deny_unknown_fields)]
 pub struct HttpRule {
     #[serde(default)]
-    pub method: Option<AnchoredRegex>,
+    pub method: Option<Pattern>,
     #[serde(default)]
-    pub path: Option<AnchoredRegex>,
+    pub path: Option<Pattern>,
     #[serde(default)]
-    pub host: Option<AnchoredRegex>,
+    pub host: Option<Pattern>,
     #[serde(default)]
     pub headers: Vec<HeaderMatch>,
     /// Protocols a request may upgrade to (`Upgrade`, RFC 9110 7.8), e.g.
@@ -928,6 +960,57 @@ impl Serialize for PortRange {
     }
 }
 
+/// The error of a pattern that does not compile, as the regex crate shows
+/// it against the pattern as written (not the anchored form compiled): the
+/// pattern, a caret under the fault, and what is wrong, on lines of their own.
+fn regex_error(source: &str, anchored: &regex::Error) -> String {
+    let detail = match regex::Regex::new(source) {
+        Err(e) => e.to_string(),
+        Ok(_) => anchored.to_string(),
+    };
+    let detail = detail
+        .strip_prefix("regex parse error:")
+        .unwrap_or(&detail)
+        .trim_end();
+    format!("invalid regex {source:?}:{detail}")
+}
+
+/// An [`AnchoredRegex`] with where it was written, for `check`'s lints.
+#[derive(Clone)]
+pub struct Pattern(Spanned<AnchoredRegex>);
+
+impl Pattern {
+    /// Where its text is in the file.
+    pub fn location(&self) -> Location {
+        self.0.referenced
+    }
+}
+
+impl std::ops::Deref for Pattern {
+    type Target = AnchoredRegex;
+    fn deref(&self) -> &AnchoredRegex {
+        &self.0.value
+    }
+}
+
+impl fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.value.fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Spanned::<AnchoredRegex>::deserialize(d).map(Pattern)
+    }
+}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.value.serialize(s)
+    }
+}
+
 /// A regex matched against the whole value, as in Cilium's HTTP rules.
 #[derive(Clone)]
 pub struct AnchoredRegex {
@@ -958,11 +1041,7 @@ impl fmt::Debug for AnchoredRegex {
 impl<'de> Deserialize<'de> for AnchoredRegex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        AnchoredRegex::new(&s).map_err(|e| {
-            // The regex crate's message spans lines; keep it on one.
-            let detail = e.to_string().replace('\n', " ");
-            de::Error::custom(format!("invalid regex {s:?}: {detail}"))
-        })
+        AnchoredRegex::new(&s).map_err(|e| de::Error::custom(regex_error(&s, &e)))
     }
 }
 
@@ -1085,6 +1164,11 @@ impl Config {
         let parsed = serde_saphyr::with_deserializer_from_str(text, |de| {
             serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
                 field = e.path().to_string();
+                // A Spanned value (a pattern) is a struct to the path: its
+                // field is the one written.
+                if let Some(f) = field.strip_suffix(".value") {
+                    field = f.to_string();
+                }
                 e.into_inner()
             })
         });
@@ -1292,6 +1376,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_regex_error_shows_the_pattern_with_a_caret() {
+        let e = AnchoredRegex::new("/data/(").unwrap_err();
+        assert_eq!(
+            regex_error("/data/(", &e),
+            "invalid regex \"/data/(\":\n    /data/(\n          ^\nerror: unclosed group"
+        );
+    }
+
+    #[test]
+    fn lints_name_file_line_column_and_field() {
+        let yaml = "proxy: { listen: \"127.0.0.1:15001\" }\npolicies:\n  - name: p\n    cgroup: /p\n    egress:\n      - to: [\"10.0.0.0/8\"]\n        http:\n          - { method: get, path: \"/api/v1.status\" }\n          - { method: GET }\n";
+        let c = Config::parse(yaml, Path::new("lint.yaml")).expect("valid, lints or not");
+        let lints = c.lints(Path::new("lint.yaml"));
+        assert_eq!(lints.len(), 2, "{lints:?}");
+        assert!(
+            lints[0].starts_with("lint.yaml:8:23: warning: policies[0].egress[0].http[0].method: \"get\" matches none of"),
+            "{}",
+            lints[0]
+        );
+        assert!(
+            lints[1].starts_with("lint.yaml:8:34: warning: policies[0].egress[0].http[0].path: \"/api/v1.status\" has an unescaped '.'"),
+            "{}",
+            lints[1]
+        );
+    }
+
+    #[test]
     fn ports_are_ports_or_inclusive_ranges() {
         let cases: [(&str, Result<PortRange, &str>); 8] = [
             ("80", Ok(PortRange::one(80))),
@@ -1304,7 +1415,11 @@ mod tests {
             ("http", Err("invalid port \"http\": expected a port (80), a range (\"8000-8100\") or { from: 8000, to: 8100 }")),
         ];
         for (text, want) in cases {
-            assert_eq!(PortRange::parse(text), want.map_err(str::to_string), "{text}");
+            assert_eq!(
+                PortRange::parse(text),
+                want.map_err(str::to_string),
+                "{text}"
+            );
         }
         let yaml = "proxy: { listen: \"127.0.0.1:15001\" }\npolicies:\n  - name: p\n    cgroup: /p\n    egress:\n      - to: [\"10.0.0.0/8\"]\n        ports: [80, \"8000-8002\", { from: 9000, to: 9001 }, 80-90]\n";
         let c = Config::parse(yaml, Path::new("ports.yaml")).expect("ranges parse");
@@ -1312,8 +1427,14 @@ mod tests {
             c.policies[0].egress[0].ports,
             vec![
                 PortRange::one(80),
-                PortRange { from: 8000, to: 8002 },
-                PortRange { from: 9000, to: 9001 },
+                PortRange {
+                    from: 8000,
+                    to: 8002
+                },
+                PortRange {
+                    from: 9000,
+                    to: 9001
+                },
                 PortRange { from: 80, to: 90 },
             ]
         );
@@ -1323,9 +1444,13 @@ mod tests {
             serde_json::json!([80, "8000-8002", "9000-9001", "80-90"])
         );
         let bad = yaml.replace("80-90", "{ from: 9, to: 1 }");
-        let e = Config::parse(&bad, Path::new("ports.yaml")).unwrap_err().to_string();
+        let e = Config::parse(&bad, Path::new("ports.yaml"))
+            .unwrap_err()
+            .to_string();
         assert!(
-            e.contains("ports.yaml:7:") && e.contains("policies[0].egress[0].ports[3]") && e.contains("port range 9-1 is empty"),
+            e.contains("ports.yaml:7:")
+                && e.contains("policies[0].egress[0].ports[3]")
+                && e.contains("port range 9-1 is empty"),
             "{e}"
         );
     }
@@ -1375,7 +1500,10 @@ policies:
         assert_eq!(p.name.value, "analytics");
         assert_eq!(p.cgroup.as_str(), "/sockwarden-test/analytics");
         assert_eq!(p.egress[0].to.len(), 2);
-        assert_eq!(p.egress[0].ports, vec![PortRange::one(80), PortRange::one(8080)]);
+        assert_eq!(
+            p.egress[0].ports,
+            vec![PortRange::one(80), PortRange::one(8080)]
+        );
         let http = p.egress[0].http.as_ref().unwrap();
         assert!(http[0].method.as_ref().unwrap().is_match("HEAD"));
         assert!(!http[0].method.as_ref().unwrap().is_match("GETX"));

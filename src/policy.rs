@@ -312,7 +312,8 @@ impl PolicySet {
                         nets: r.to.iter().map(|c| canonical_net(c.0)).collect(),
                         ports: {
                             // Ranges expanded: the kernel matches ports exactly.
-                            let mut ports: Vec<u16> = r.ports.iter().flat_map(|p| p.each()).collect();
+                            let mut ports: Vec<u16> =
+                                r.ports.iter().flat_map(|p| p.each()).collect();
                             ports.sort_unstable();
                             ports.dedup();
                             ports

@@ -107,7 +107,7 @@ pub async fn run(
     } else {
         crate::bpf::Start::Fresh
     };
-    for w in policies.warnings() {
+    for w in policies.warnings().into_iter().chain(config.lints(&path)) {
         tracing::warn!("{w}");
     }
     let root = cgroup::cgroup2_root(config.bpf.cgroup_root.as_deref())?;
