@@ -1148,6 +1148,46 @@ impl fmt::Display for CgroupPath {
     }
 }
 
+/// What a list field holds, in the words of the configuration's own
+/// examples (the last segment of a field path, indices dropped).
+fn list_of(field: &str) -> Option<&'static str> {
+    let last = field.rsplit('.').next()?.split('[').next()?;
+    Some(match last {
+        "policies" => "a list of policies (`- name: …`)",
+        "egress" => "a list of rules (`- to: …`)",
+        "to" => "a list of destinations ([\"10.0.0.0/8\", \"fd00::/8\"])",
+        "ports" => "a list of ports ([80, 443, \"8000-8100\"])",
+        "http" => "a list of http rules (`- method: GET`)",
+        "headers" => "a list of headers ([\"x-team: analytics\"])",
+        "upgrade" => "a list of protocols ([websocket])",
+        "server_names" => "a list of server names ([\"*.example.com\"])",
+        "interfaces" => "a list of interface names ([eth0])",
+        _ => return None,
+    })
+}
+
+/// The YAML parser's words for a shape mistake (mostly indentation), said
+/// plainly for the field at `field`; other messages are left as they are.
+fn plain_shape(field: &str, message: &str) -> String {
+    let list = list_of(field);
+    if message.contains("expected sequence start") {
+        return match list {
+            Some(what) => format!("expected {what}"),
+            None => "expected a list (`- …` items, or [a, b])".to_string(),
+        };
+    }
+    if message.contains("did not find expected '-' indicator") {
+        let what = list.unwrap_or("a list");
+        return format!(
+            "expected {what}: this line is not a `- ` item at the indentation of the ones before it (check its indentation)"
+        );
+    }
+    if message.contains("expected mapping start") {
+        return "expected fields (`key: value` lines, or { key: value })".to_string();
+    }
+    message.to_string()
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
@@ -1183,7 +1223,7 @@ impl Config {
                 } else {
                     field.clone()
                 },
-                message: bare_message(&e),
+                message: plain_shape(&field, &bare_message(&e)),
             }
         })?;
         config.validate(file)?;
@@ -1374,6 +1414,33 @@ fn bare_message(e: &serde_saphyr::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shape_mistakes_are_said_in_plain_words() {
+        let cases = [
+            // `to:` at the indentation of `egress:`.
+            (
+                "    egress:\n    to: [\"10.0.0.0/8\"]\n",
+                "t.yaml:5:11: policies[0].egress: expected a list of rules (`- to: …`)",
+            ),
+            // A rule written as fields, not as a list item.
+            (
+                "    egress:\n      to: [\"10.0.0.0/8\"]\n",
+                "t.yaml:6:7: policies[0].egress: expected a list of rules (`- to: …`)",
+            ),
+            // A field of a rule one space short.
+            (
+                "    egress:\n      - to: [\"10.0.0.0/8\"]\n       ports: [80]\n",
+                "t.yaml:7:8: policies[0].egress: expected a list of rules (`- to: …`): this line is not a `- ` item at the indentation of the ones before it (check its indentation)",
+            ),
+        ];
+        for (tail, want) in cases {
+            let text = format!("proxy: {{ listen: \"127.0.0.1:15001\" }}\npolicies:\n  - name: p\n    cgroup: /p\n{tail}");
+            let e = Config::parse(&text, Path::new("t.yaml")).unwrap_err().to_string();
+            assert_eq!(e, want, "{tail}");
+        }
+        assert_eq!(plain_shape("x", "unknown field `y`"), "unknown field `y`");
+    }
 
     #[test]
     fn a_regex_error_shows_the_pattern_with_a_caret() {
