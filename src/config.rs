@@ -1436,7 +1436,9 @@ mod tests {
         ];
         for (tail, want) in cases {
             let text = format!("proxy: {{ listen: \"127.0.0.1:15001\" }}\npolicies:\n  - name: p\n    cgroup: /p\n{tail}");
-            let e = Config::parse(&text, Path::new("t.yaml")).unwrap_err().to_string();
+            let e = Config::parse(&text, Path::new("t.yaml"))
+                .unwrap_err()
+                .to_string();
             assert_eq!(e, want, "{tail}");
         }
         assert_eq!(plain_shape("x", "unknown field `y`"), "unknown field `y`");
