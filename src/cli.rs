@@ -440,12 +440,21 @@ fn ca_command(action: CaAction) -> ExitCode {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SOCKWARDEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let no_color = std::env::var_os("NO_COLOR");
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(std::io::stderr().is_terminal(), no_color.as_deref()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Whether the diagnostic log is coloured: only on a terminal, and not
+/// when `NO_COLOR` is set to anything but the empty string (no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// What `check` prints for a valid file.
@@ -530,6 +539,25 @@ mod tests {
         let bash = std::fs::read_to_string(dir.join("completions/sockwarden.bash")).unwrap();
         assert!(bash.contains("reload") && bash.contains("--take-over"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_and_never_under_no_color() {
+        use std::ffi::OsStr;
+        let cases = [
+            (true, None, true),
+            (false, None, false),
+            (true, Some("1"), false),
+            (true, Some(""), true),
+            (false, Some("1"), false),
+        ];
+        for (terminal, no_color, want) in cases {
+            assert_eq!(
+                colour(terminal, no_color.map(OsStr::new)),
+                want,
+                "{terminal} {no_color:?}"
+            );
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn stop_during_download(
     let started = Instant::now();
     let status = sw.stop();
     let took = started.elapsed();
-    let log = sw.log();
+    let log = sw.stderr();
     assert!(status.success(), "sockwarden exit: {status}\n{log}");
     let out = curl.join().expect("curl thread");
     (stdout(&out), took, log)

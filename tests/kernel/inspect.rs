@@ -71,7 +71,7 @@ fn a_missing_policy_cgroup_is_named_then_enforced_once_created() {
     let warning = format!(
         "policy later: cgroup {later} does not exist: nothing is enforced for this policy until it is created"
     );
-    let log = sw.log();
+    let log = sw.stderr();
     assert_eq!(log.matches(&warning).count(), 1, "{log}");
     let present = "sockwarden_policy_cgroup_present{policy=\"later\"}";
     assert_eq!(sw.metric(present), 0.0);
@@ -88,7 +88,7 @@ fn a_missing_policy_cgroup_is_named_then_enforced_once_created() {
     // Created: the watcher enforces it and the gauge says so.
     let created = TestCgroup::new(&later);
     let got = wait_for(Duration::from_secs(5), || sw.metric(present), |v| *v == 1.0);
-    assert_eq!(got, 1.0, "{}", sw.log());
+    assert_eq!(got, 1.0, "{}", sw.stderr());
     assert!(
         tcp_connect(&topo.pod, Some(&created), "10.77.1.10", 81)
             .contains("Operation not permitted"),
@@ -101,11 +101,11 @@ fn a_missing_policy_cgroup_is_named_then_enforced_once_created() {
     // Removed again: back to 0, and said.
     drop(created);
     let got = wait_for(Duration::from_secs(5), || sw.metric(present), |v| *v == 0.0);
-    assert_eq!(got, 0.0, "{}", sw.log());
+    assert_eq!(got, 0.0, "{}", sw.stderr());
     let gone = format!(
         "policy later: cgroup {later} is gone: nothing is enforced for this policy until it is created again"
     );
-    assert!(sw.log().contains(&gone), "{}", sw.log());
+    assert!(sw.stderr().contains(&gone), "{}", sw.stderr());
     // No policy covers the scene's own cgroup: it is untouched.
     assert!(!tcp_connect(&topo.pod, Some(&cg), "10.77.1.10", 81).contains("not permitted"));
 }
@@ -128,7 +128,7 @@ fn a_loopback_listener_unreachable_from_a_pod_is_counted_and_logged_once() {
     sw.wait_ready();
     let warning =
         "proxy.listen 127.0.0.1:15001 is a loopback address: workloads in other network namespaces";
-    assert!(sw.log().contains(warning), "start-up: {}", sw.log());
+    assert!(sw.stderr().contains(warning), "start-up: {}", sw.stderr());
     let (ok, _, stderr) = sockwarden(&[
         "check",
         "--config",
@@ -151,7 +151,11 @@ fn a_loopback_listener_unreachable_from_a_pod_is_counted_and_logged_once() {
         "proxy.listen 127.0.0.1:15001 is loopback; workloads in network namespace cookie {} cannot reach it",
         netns_cookie(&topo.pod)
     );
-    let log = wait_for(Duration::from_secs(5), || sw.log(), |l| l.contains(&line));
+    let log = wait_for(
+        Duration::from_secs(5),
+        || sw.stderr(),
+        |l| l.contains(&line),
+    );
     assert_eq!(log.matches(&line).count(), 1, "logged once: {log}");
     assert_eq!(
         log.matches("never reached the proxy's listener").count(),

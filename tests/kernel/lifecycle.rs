@@ -179,7 +179,7 @@ fn each_start_takes_over_without_a_moment_unjudged() {
         serde_json::from_slice(&out.stdout).expect("the probe prints JSON");
 
     for (run, sw) in [("second", &second), ("third", &third)] {
-        let log = sw.log();
+        let log = sw.stderr();
         assert!(
             log.contains("an earlier run's programs were still enforcing")
                 && log.contains("taken_over=8"),

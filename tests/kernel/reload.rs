@@ -250,13 +250,13 @@ fn a_bad_configuration_leaves_the_one_in_force_and_in_flight_requests_finish() {
     let pid = nix::unistd::Pid::from_raw(sw.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     let generation = wait_for(Duration::from_secs(10), || dumped(&sw).0, |g| *g == 3);
-    assert_eq!(generation, 3, "{}", sw.log());
+    assert_eq!(generation, 3, "{}", sw.stderr());
     assert_eq!(get("/data/1"), "200");
     assert!(
-        sw.log()
+        sw.stderr()
             .contains("configuration reloaded trigger=\"SIGHUP\""),
         "{}",
-        sw.log()
+        sw.stderr()
     );
     assert_eq!(
         dumped(&sw).1,

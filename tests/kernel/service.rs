@@ -267,7 +267,7 @@ fn the_units_capability_set_enforces() {
     let run = format!("{tag}-2");
     let again = spawn(&topo.node, (&tag, &run), &policy(cg.rel()), &launcher, &[]);
     again.wait_ready();
-    let log = again.log();
+    let log = again.stderr();
     assert!(
         log.contains("an earlier run's programs were still enforcing")
             && log.contains("taken_over=8"),

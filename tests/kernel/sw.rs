@@ -200,24 +200,9 @@ impl Sockwarden {
         self.child.as_ref().expect("running").id()
     }
 
+    /// The diagnostic log (plain text: colour is for terminals only).
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
-    }
-
-    /// The diagnostic log without its ANSI colour codes (ESC [ ... m), so
-    /// that `field=value` reads as written.
-    pub fn log(&self) -> String {
-        let log = self.stderr();
-        let mut out = String::with_capacity(log.len());
-        let mut chars = log.chars();
-        while let Some(c) = chars.next() {
-            if c == '\x1b' {
-                chars.by_ref().find(|&c| c == 'm');
-            } else {
-                out.push(c);
-            }
-        }
-        out
     }
 
     /// Every line of the access log, parsed.

@@ -95,19 +95,19 @@ fn ten_upgrades_under_load_refuse_no_connection() {
         assert!(
             status.success(),
             "upgrade {i}: the old one's exit: {status}\n{}",
-            current.log()
+            current.stderr()
         );
         assert!(
             current
-                .log()
+                .stderr()
                 .contains("handed over: the new sockwarden enforces and accepts"),
             "{}",
-            current.log()
+            current.stderr()
         );
         assert!(
-            next.log().contains("handed over its listening sockets"),
+            next.stderr().contains("handed over its listening sockets"),
             "{}",
-            next.log()
+            next.stderr()
         );
         let window = |log: &String| -> Option<u64> {
             log.lines().find_map(|l| {
@@ -121,7 +121,7 @@ fn ten_upgrades_under_load_refuse_no_connection() {
         };
         let log = wait_for(
             Duration::from_secs(5),
-            || next.log(),
+            || next.stderr(),
             |l| window(l).is_some(),
         );
         windows.push(window(&log).expect("the window is logged"));
