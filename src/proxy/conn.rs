@@ -187,7 +187,15 @@ impl Proxy {
             policy: base.policy.clone().unwrap_or_default(),
             tls: None,
         };
-        match self.opening(&stream).await {
+        let opening = self.opening(&stream).await;
+        tracing::debug!(
+            downstream_id = base.downstream_id,
+            policy = %target.policy,
+            original_dst = %target.orig.dst,
+            opening = opening.kind(),
+            "classified a redirected connection"
+        );
+        match opening {
             Opening::Nothing => {}
             Opening::Plain => self.serve_plain(stream, &target, base).await,
             tls => self.serve_tls(stream, &target, base, tls).await,
@@ -197,6 +205,14 @@ impl Proxy {
 
     /// Serves a connection of plain HTTP.
     async fn serve_plain(&self, stream: TcpStream, target: &Target, base: Record) {
+        let engine = |pipe: Option<usize>| if pipe.is_some() { "splice" } else { "copy" };
+        tracing::debug!(
+            downstream_id = base.downstream_id,
+            request_bodies = engine(self.settings.pipes.requests),
+            response_bodies = engine(self.settings.pipes.responses),
+            sockmap = self.settings.sockmap,
+            "body engine"
+        );
         let mut down = BufStream::new(stream, self.settings.pipes.requests);
         if self.settings.sockmap {
             down = down.linked();
@@ -353,7 +369,15 @@ impl Proxy {
         // meanwhile judges the next one.
         let policies = self.policies();
         let policy_id = target.orig.policy_id;
-        match policies.evaluate(policy_id, target.orig.dst, target.channel(), &view) {
+        let decision = policies.evaluate(policy_id, target.orig.dst, target.channel(), &view);
+        tracing::debug!(
+            policy = %target.policy,
+            method = %req.method,
+            path = %req.path,
+            decision = ?decision,
+            "judged a request"
+        );
+        match decision {
             Decision::Deny { reason } => match policies.audited(policy_id, target.orig.dst) {
                 // mode: audit: through, reported with what would deny it.
                 Some(rule) => {
@@ -492,6 +516,13 @@ impl Proxy {
             failures.push(failed.failure.describe());
             let decision = decide(&failed.failure);
             let permit = decision.and_then(|_| self.budget.try_retry());
+            tracing::debug!(
+                failure = %failures.last().map_or("", String::as_str),
+                retry = ?decision,
+                budget = permit.is_some(),
+                retries,
+                "upstream attempt failed"
+            );
             let (Some(reason), Some(permit)) = (decision, permit) else {
                 if decision.is_some() {
                     metrics::retry_budget_exhausted();
@@ -586,9 +617,11 @@ impl Proxy {
         fw.out.upstream_sni = ctx.route.tls.as_ref().map(|n| n.to_str().into_owned());
         if !ctx.fresh {
             if let Some(conn) = self.pool.checkout(key.clone()) {
+                tracing::debug!(upstream_id = conn.id, dst = %key.dst, "reusing a pooled upstream connection");
                 return Ok(Leg { conn, key });
             }
         }
+        tracing::debug!(dst = %key.dst, fresh = ctx.fresh, "opening a new upstream connection");
         let wait = fw.settings.connect_timeout;
         let closes = fw.plan.closes_after_reply(fw.plan.has_body());
         let conn = match self.new_upstream(&key, ctx.fresh, wait, fw.out).await {
@@ -674,6 +707,7 @@ impl Proxy {
             _ => false,
         };
         let (bind, fallback) = bind_for(key.source, fresh, held);
+        tracing::debug!(source = ?key.source, held, bind = ?bind, fallback, "chose the upstream source");
         let conn = self.open(key.dst, bind, wait, out).await?;
         if fallback {
             metrics::source_port_fallback();

@@ -41,6 +41,19 @@ pub(super) enum Opening {
     Timeout,
 }
 
+impl Opening {
+    /// What it is, for the debug log (not the hello's contents).
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            Opening::Nothing => "nothing",
+            Opening::Plain => "plain HTTP",
+            Opening::Hello(_) => "TLS ClientHello",
+            Opening::Malformed(_) => "malformed ClientHello",
+            Opening::Timeout => "ClientHello timeout",
+        }
+    }
+}
+
 impl Proxy {
     /// Waits for the connection's first bytes (as long as an idle
     /// connection may wait), then peeks its ClientHello, if it is one.

@@ -504,3 +504,38 @@ fn the_ktls_probe_agrees_with_the_kernel() {
         "{row} vs tcp_available_ulp {ulps:?}"
     );
 }
+
+#[test]
+fn the_debug_log_traces_each_decision() {
+    let (tag, topo, _origin, cg) = scene("debug", "analytics", OriginConfig::default());
+    let env = [("SOCKWARDEN_LOG", std::ffi::OsStr::new("debug"))];
+    let sw = Sockwarden::spawn_with(
+        &topo.node,
+        &tag,
+        &tag,
+        &policy("analytics", cg.rel()),
+        None,
+        &[],
+        &env,
+    );
+    sw.wait_ready();
+    let team = ["-H", "x-team: analytics"];
+    let status = curl_status(&topo.node, Some(&cg), &team, "http://10.77.1.10/data/10");
+    assert_eq!(status, "200");
+    let log = crate::common::wait_for(
+        Duration::from_secs(5),
+        || sw.stderr(),
+        |l| l.contains("judged a request"),
+    );
+    for line in [
+        "classified a redirected connection",
+        "opening=\"plain HTTP\"",
+        "body engine",
+        "judged a request",
+        "decision=Allow",
+        "opening a new upstream connection",
+        "chose the upstream source",
+    ] {
+        assert!(log.contains(line), "{line:?} in the debug log:\n{log}");
+    }
+}
