@@ -38,6 +38,23 @@ impl Drop for Reaped {
 
 /// Sets the soft RLIMIT_NOFILE of `pid` (lowering works here; raising back
 /// up to the unchanged hard limit too).
+/// The RLIMIT_NOFILE under which process `pid` can open exactly `free` more
+/// descriptors: a new descriptor takes the lowest free number below the
+/// limit, so the holes that descriptors closed at start-up left count too
+/// (the number of open ones does not say it).
+fn limit_for_free_fds(pid: u32, free: usize) -> usize {
+    let open: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the process's fds")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..)
+        .filter(|n| !open.contains(n))
+        .nth(free - 1)
+        .map(|n| n + 1)
+        .expect("free descriptor numbers")
+}
+
 fn set_soft_nofile(pid: u32, soft: usize) {
     let out = std::process::Command::new("prlimit")
         .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
@@ -55,8 +72,7 @@ fn accept_survives_emfile_and_recovers_by_itself() {
 
     // Room for 8 more fds: 8 idle connections fill it, the rest wait in
     // the listener's backlog while accept() fails with EMFILE.
-    let (fds, _) = sw.fds();
-    set_soft_nofile(sw.pid(), fds + 8);
+    set_soft_nofile(sw.pid(), limit_for_free_fds(sw.pid(), 8));
     let script =
         "for i in $(seq 10 39); do eval \"exec $i<>/dev/tcp/10.77.1.10/80\" || exit 1; done; \
                   echo held; sleep 30";
