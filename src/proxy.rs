@@ -533,6 +533,22 @@ mod tests {
         (c, got)
     }
 
+    /// A connection that has had one whole exchange and is kept alive.
+    async fn served_once(proxy: SocketAddr) -> TcpStream {
+        use tokio::io::AsyncReadExt;
+        let (mut c, mut got) = in_flight(proxy).await;
+        let mut b = [0u8; 1024];
+        while !String::from_utf8_lossy(&got).ends_with("first_last") {
+            let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+                .await
+                .expect("the response ends within 5 s")
+                .expect("read");
+            assert!(n > 0, "closed mid-response");
+            got.extend_from_slice(&b[..n]);
+        }
+        c
+    }
+
     /// Reads to EOF (within 10 s).
     async fn rest(mut c: TcpStream, mut got: Vec<u8>) -> String {
         use tokio::io::AsyncReadExt;
@@ -548,10 +564,10 @@ mod tests {
     async fn drain_lets_a_slow_response_finish_and_closes_idle_connections() {
         let origin = slow_origin(Duration::from_millis(500)).await;
         let (proxy, addr, accept) = proxy_for(origin).await;
+        // A kept-alive connection between requests (it has served one) is
+        // closed at once.
+        let idle = served_once(addr).await;
         let (busy, got) = in_flight(addr).await;
-        // A kept-alive connection between requests is closed at once.
-        let idle = TcpStream::connect(addr).await.expect("connect idle");
-        tokio::time::sleep(Duration::from_millis(100)).await;
         accept.send(true).expect("stop accepting");
         let started = Instant::now();
         let (drained, body, idle_end) = tokio::join!(
@@ -605,6 +621,40 @@ mod tests {
             "the last response of a draining proxy says close: {head}"
         );
         assert!(body.ends_with("first_last"), "{body:?}");
+        assert_eq!(
+            drained,
+            Drained {
+                finished: 1,
+                cut: 0
+            }
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_connection_that_has_not_spoken_yet_is_served_through_a_drain() {
+        use tokio::io::AsyncWriteExt;
+        let origin = slow_origin(Duration::from_millis(50)).await;
+        let (proxy, addr, accept) = proxy_for(origin).await;
+        // Accepted just before the drain (an upgrade's last connections);
+        // its request is still on its way.
+        let mut c = TcpStream::connect(addr).await.expect("connect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        accept.send(true).expect("stop accepting");
+        let finish = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.write_all(b"GET /late HTTP/1.1\r\nHost: origin\r\n\r\n")
+                .await
+                .expect("send the request");
+            rest(c, Vec::new()).await
+        };
+        let (drained, got) = tokio::join!(proxy.drain(Duration::from_secs(5)), finish);
+        let (head, body) = got.split_once("\r\n\r\n").expect("answered, not reset");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nconnection: close"),
+            "{head}"
+        );
+        assert_eq!(body, "first_last");
         assert_eq!(
             drained,
             Drained {

@@ -272,6 +272,7 @@ impl Proxy {
     ) -> Option<BufStream<UpStream>> {
         let mut requests = metrics::RequestCounter::new(&target.policy);
         let mut reported = 0;
+        let mut served = 0u64;
         loop {
             if self.settings.sockmap && down.read_total() - reported >= CONSUMED_REPORT_STEP {
                 reported = down.read_total();
@@ -285,15 +286,20 @@ impl Proxy {
             };
             let read = tokio::select! {
                 read = down.read_head_within(parse_request_head, wait) => read,
-                // Draining: no new request is taken, but one whose head has
-                // begun to arrive is read whole and answered (and closes).
+                // Draining: a kept-alive connection between requests is
+                // closed (its client retries on a new connection, as after
+                // any keep-alive race); one whose head has begun, or a new
+                // one that has not sent its first request yet (accepted
+                // just before the drain: an upgrade's last ones), is read
+                // and answered (and closes).
                 () = self.tasks.draining() => {
-                    if down.buffered().is_empty() {
+                    if served > 0 && down.buffered().is_empty() {
                         return None;
                     }
                     down.read_head_within(parse_request_head, wait).await
                 }
             };
+            served += 1;
             let (time, started) = (SystemTime::now(), Instant::now());
             let (next, out) = match read {
                 Ok(None) => return None,

@@ -69,11 +69,10 @@ impl Proxy {
                 _ => None,
             }
         };
-        let peeked = tokio::select! {
-            p = peeked => p,
-            () = self.tasks.draining() => None,
-        };
-        match peeked {
+        // Not cut short by a drain: a connection accepted just before it
+        // (an upgrade's last ones) is served, its first bytes awaited; the
+        // drain deadline bounds the wait.
+        match peeked.await {
             None => Opening::Nothing,
             Some(Ok(h)) => Opening::Hello(h),
             Some(Err(PeekError::NotTls)) => Opening::Plain,
