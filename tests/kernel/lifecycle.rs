@@ -126,6 +126,7 @@ fn sigkill_leaves_enforcement_in_place() {
 const PROBE: &str = r#"
 import errno, json, os, socket, sys, time
 stop, counts, deadline = sys.argv[1], {}, time.time() + 120
+started = False
 while time.time() < deadline and not os.path.exists(stop):
     s = socket.socket()
     s.settimeout(1)
@@ -137,6 +138,9 @@ while time.time() < deadline and not os.path.exists(stop):
     finally:
         s.close()
     counts[k] = counts.get(k, 0) + 1
+    if not started:
+        open(stop + ".started", "w").close()
+        started = True
     time.sleep(0.002)
 print(json.dumps(counts))
 "#;
@@ -148,7 +152,11 @@ fn each_start_takes_over_without_a_moment_unjudged() {
     let mut first = Sockwarden::start(&topo.node, &tag, &policy(cg.rel()));
     let stop = first.dir.join("probe.stop");
     let probe = background_workload(&topo.node, &cg, PROBE, &stop);
-    std::thread::sleep(Duration::from_millis(300));
+    // The probe is connecting before anything is stopped (an emulated
+    // guest takes seconds to start Python).
+    let started = stop.with_extension("stop.started");
+    let up = crate::common::wait_for(Duration::from_secs(30), || started.exists(), |up| *up);
+    assert!(up, "the probe did not start");
     // SIGTERM, start; SIGKILL, start: each start finds the earlier run's
     // programs attached and moves their links onto its own.
     let status = first.stop();
