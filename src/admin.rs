@@ -38,8 +38,6 @@ pub struct AdminState {
     pub reload: Option<ReloadRequests>,
     /// The proxy, for the gauges read at each scrape (its idle upstreams).
     pub proxy: Option<Arc<crate::proxy::Proxy>>,
-    /// When the process started (`sockwarden_start_time_seconds`).
-    pub started: std::time::SystemTime,
 }
 
 /// What `/` answers: the endpoints, one a line.
@@ -69,7 +67,6 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     if let Some(proxy) = &s.proxy {
         crate::metrics::upstream_idle(proxy.idle_upstreams());
     }
-    crate::metrics::start_time(s.started);
     crate::metrics::process::refresh();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -84,6 +84,7 @@ pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildE
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
         .install_recorder()?;
     process::describe();
+    start_time(std::time::SystemTime::now());
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
@@ -597,7 +598,7 @@ pub fn upstream_idle(n: usize) {
     gauge!(UPSTREAM_IDLE).set(n as f64);
 }
 
-pub fn start_time(t: std::time::SystemTime) {
+fn start_time(t: std::time::SystemTime) {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());

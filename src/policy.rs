@@ -349,6 +349,15 @@ impl PolicySet {
         Some(p.rules.iter().find(|r| r.covers(dst)))
     }
 
+    /// Whether a rule takes a preserve source mode, whose replies need the
+    /// return path (its own or inherited from `upstream.source`).
+    pub fn needs_return_path(&self) -> bool {
+        self.policies
+            .iter()
+            .flat_map(|p| &p.rules)
+            .any(|r| r.upstream.source.is_transparent())
+    }
+
     /// (name, id) of every policy.
     pub fn ids(&self) -> Vec<(&str, PolicyId)> {
         self.policies
@@ -627,6 +636,31 @@ fn canonical_net(net: IpNet) -> IpNet {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn the_return_path_is_needed_by_a_preserve_source_own_or_inherited() {
+        let config = |upstream: &str, rule: &str| {
+            let yaml = format!("proxy: {{ listen: \"10.0.0.1:15001\" }}\n{upstream}policies:\n  - name: p\n    cgroup: /p\n    egress:\n      - {{ to: [\"10.0.0.0/8\"], http: [{{ method: GET }}]{rule} }}\n");
+            PolicySet::compile(&Config::parse(&yaml, std::path::Path::new("t.yaml")).expect(&yaml))
+        };
+        let cases = [
+            ("", "", false),
+            ("", ", upstream: { source: preserve-ip-port }", true),
+            ("upstream: { source: preserve-ip }\n", "", true),
+            (
+                "upstream: { source: preserve-ip }\n",
+                ", upstream: { source: node }",
+                false,
+            ),
+        ];
+        for (upstream, rule, want) in cases {
+            assert_eq!(
+                config(upstream, rule).needs_return_path(),
+                want,
+                "{upstream:?} {rule:?}"
+            );
+        }
+    }
 
     #[test]
     fn a_reload_keeps_each_kept_name_s_id_and_gives_new_names_free_ones() {

@@ -166,12 +166,7 @@ pub async fn run(
 
     // The return path for preserve modes before the kernel is touched: a
     // start that cannot set it up leaves nothing attached.
-    let transparent = policies
-        .policies
-        .iter()
-        .flat_map(|p| &p.rules)
-        .any(|r| r.upstream.source.is_transparent());
-    let mut return_path = if transparent {
+    let mut return_path = if policies.needs_return_path() {
         Some(
             crate::transparent::ReturnPath::install(&config.transparent)
                 .context("setting up the return path for upstream.source preserve modes")?,
@@ -370,7 +365,7 @@ impl Reloader {
     /// (Re)starts the watchers of the policies in force: the cgroup
     /// watcher (policy_cgroups of this generation) and the CAP_NET_RAW watch.
     fn watch(&mut self) {
-        for task in [self.net_raw.take()].into_iter().flatten() {
+        if let Some(task) = self.net_raw.take() {
             task.abort();
         }
         if let Some(task) = self.watcher.take() {
@@ -398,16 +393,6 @@ impl Reloader {
         if let Some(e) = decide::rejection(&decide::restart_only_changes(&self.config, &value)) {
             return Err(e);
         }
-        let transparent = config.policies.iter().flat_map(|p| &p.egress).any(|r| {
-            r.upstream
-                .is_some_and(|u| u.source.is_some_and(|s| s.is_transparent()))
-        });
-        if transparent && !self.transparent {
-            return Err(ReloadError::new(
-                ReloadResult::Rejected,
-                "upstream.source preserve modes need the return path that is set up at start: restart to add the first one",
-            ));
-        }
         let old = self.policies.get();
         let maps = self.maps.get();
         let names: Vec<&str> = config
@@ -422,6 +407,13 @@ impl Reloader {
             )
         })?;
         let set = PolicySet::compile_with_ids(&config, &ids);
+        // A rule's own source or the `upstream.source` it inherits.
+        if set.needs_return_path() && !self.transparent {
+            return Err(ReloadError::new(
+                ReloadResult::Rejected,
+                "upstream.source preserve modes need the return path that is set up at start: restart to add the first one",
+            ));
+        }
         let named: Vec<_> = set
             .policies
             .iter()
@@ -602,7 +594,6 @@ async fn serve(
         kernel: Some((reloader.maps.clone(), reloader.policies.clone())),
         reload: Some(reload_tx),
         proxy: Some(Arc::clone(&proxy)),
-        started: std::time::SystemTime::now(),
     };
     // What a take-over gets, in the handoff's order: proxy, proxy v6, admin
     // (valid while the tasks that own them run: until a take-over stops them).

@@ -184,11 +184,13 @@ pub(super) fn obj_pin(fd: std::os::fd::BorrowedFd<'_>, path: &Path) -> std::io::
     Ok(())
 }
 
-/// Whether a link attaches a cgroup program (whose program a
-/// `BPF_LINK_UPDATE` can change).
-pub(super) fn is_cgroup_link(link: &libbpf_rs::Link) -> bool {
-    link.info()
-        .is_ok_and(|i| matches!(i.info, libbpf_rs::query::LinkTypeInfo::Cgroup(_)))
+/// The cgroup a link attaches its program to, if it is a cgroup link
+/// (whose program a `BPF_LINK_UPDATE` can change).
+pub(super) fn link_cgroup(link: &libbpf_rs::Link) -> Option<u64> {
+    match link.info().ok()?.info {
+        libbpf_rs::query::LinkTypeInfo::Cgroup(c) => Some(c.cgroup_id),
+        _ => None,
+    }
 }
 
 impl Previous {
@@ -218,7 +220,7 @@ impl Previous {
             let Ok(link) = libbpf_rs::Link::open(&path) else {
                 continue;
             };
-            if !is_cgroup_link(&link) {
+            if link_cgroup(&link).is_none() {
                 std::fs::remove_file(&path).map_err(|source| BpfError::Leftovers {
                     path: path.clone(),
                     source,

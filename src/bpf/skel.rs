@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject};
 
-use super::pins::Previous;
+use super::pins::{link_cgroup, Previous};
 use super::{BpfError, MapName, Programs};
 
 #[allow(clippy::all, unsafe_op_in_unsafe_fn, non_camel_case_types, dead_code)]
@@ -131,14 +131,6 @@ fn pin_taken_link(pin_path: &Path, name: &str, link: Link) -> Result<(PathBuf, L
     Ok((path, link))
 }
 
-/// The cgroup a link attaches its program to, if it is a cgroup link.
-fn link_cgroup(link: &Link) -> Option<u64> {
-    match link.info().ok()?.info {
-        libbpf_rs::query::LinkTypeInfo::Cgroup(c) => Some(c.cgroup_id),
-        _ => None,
-    }
-}
-
 /// Attaches `prog` to the cgroup, or, where the earlier run left a link of
 /// the same program on the same cgroup, moves that link onto `prog` in one
 /// step (the kernel swaps the program under the link: each connect() runs
@@ -146,21 +138,20 @@ fn link_cgroup(link: &Link) -> Option<u64> {
 fn attach_or_take(
     prog: &libbpf_rs::ProgramMut<'_>,
     name: &'static str,
-    cgroup: (i32, u64, &Path),
+    at: &AttachPoint<'_>,
     pin_path: &Path,
     previous: &mut Previous,
 ) -> Result<((PathBuf, Link), bool), BpfError> {
-    let (fd, id, root) = cgroup;
     let attach_err = |source| BpfError::Attach {
         program: name,
-        cgroup: root.to_path_buf(),
+        cgroup: at.path.to_path_buf(),
         source,
     };
-    if let Some(mut link) = previous.take_link(name, |l| link_cgroup(l) == Some(id)) {
+    if let Some(mut link) = previous.take_link(name, |l| link_cgroup(l) == Some(at.id)) {
         link.update_prog(prog).map_err(attach_err)?;
         return Ok((pin_taken_link(pin_path, name, link)?, true));
     }
-    let link = prog.attach_cgroup(fd).map_err(attach_err)?;
+    let link = prog.attach_cgroup(at.fd).map_err(attach_err)?;
     Ok((pin_link(pin_path, name, link)?, false))
 }
 
@@ -285,8 +276,7 @@ pub fn load_and_attach(
     let mut links = Vec::new();
     let mut taken = 0;
     for (name, prog) in cgroup_progs {
-        let (link, was_taken) =
-            attach_or_take(prog, name, (at.fd, at.id, at.path), pins.state, previous)?;
+        let (link, was_taken) = attach_or_take(prog, name, at, pins.state, previous)?;
         links.push(link);
         taken += usize::from(was_taken);
     }
